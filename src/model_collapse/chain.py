@@ -1,0 +1,90 @@
+"""The chain: for n = 1..N, sample from model n-1, let the regime build the training set, fit, evaluate.
+
+The chain knows nothing about any setting (it calls the setting protocol) and nothing about any regime
+(it asks the regime what to sample and which rows to train on). With a ``ChainStore`` it records each
+iteration durably and resumes after the last completed one; because every random stream is keyed by
+(seeds, iteration, purpose) rather than carried along, a resumed chain reproduces an uninterrupted one
+exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .randomness import chain_rng
+from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real, synthetic
+from .rundir import ChainStore, IterationRecord
+from .settings import Setting
+
+
+def _training_parts(setting: Setting, plan: TrainingPlan, pool: dict[Source, Any]) -> list[Any]:
+    parts = []
+    for selection in plan.selections:
+        data = [pool[source] for source in selection.sources]
+        if selection.rows is None:
+            parts.extend(data)  # whole sources, reused as they are (their cached statistics too)
+        else:
+            parts.append(setting.select(data, selection.rows))
+    return parts
+
+
+def _restore(setting: Setting, regime: Regime, store: ChainStore, completed: int, pool: dict[Source, Any]) -> Any:
+    """Model of the last completed iteration, and the synthetic batches the regime still needs."""
+    if regime.keeps_history:
+        for iteration in range(2, completed + 1):
+            pool[synthetic(iteration)] = setting.load_data(store.synthetic_directory(iteration))
+    return setting.load_model(store.model_directory(completed))
+
+
+def run_chain(
+    setting: Setting,
+    regime: Regime,
+    iterations: int,
+    store: ChainStore | None = None,
+    keep_models: bool = False,
+    on_iteration: Callable[[IterationRecord], None] | None = None,
+) -> list[IterationRecord]:
+    """Run (or finish) one chain; returns the records of all its iterations, 1..``iterations``."""
+    seeds = setting.seeds
+    real_size = setting.size(setting.real_train)
+    pool: dict[Source, Any] = {REAL: setting.real_train}
+    records: list[IterationRecord] = []
+    model = None
+    completed = 0
+    if store is not None:
+        completed = store.open()
+        if completed > iterations:
+            completed = iterations
+        records = store.records(setting.batch)[:completed]
+        if completed:
+            model = _restore(setting, regime, store, completed, pool)
+
+    for iteration in range(completed + 1, iterations + 1):
+        new_synthetic = None
+        if iteration > 1:
+            if not regime.keeps_history:
+                pool = {REAL: setting.real_train}
+            size = regime.synthetic_size(iteration, real_size)
+            if size:
+                new_synthetic = setting.sample(model, size, chain_rng(seeds, iteration, "sample"))
+                pool[synthetic(iteration)] = new_synthetic
+            size = regime.fresh_real_size(iteration, real_size)
+            if size:
+                pool[fresh_real(iteration)] = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
+        sizes = {source: setting.size(data) for source, data in pool.items()}
+        plan = regime.plan(sizes, iteration, setting.batch, chain_rng(seeds, iteration, "regime"))
+        model = setting.fit(_training_parts(setting, plan, pool), chain_rng(seeds, iteration, "fit"))
+        record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(model))
+        if store is not None:
+            keep = new_synthetic is not None and regime.keeps_history
+            store.commit(
+                record,
+                save_model=lambda directory, model=model: setting.save_model(model, directory),
+                save_synthetic=(lambda directory, data=new_synthetic: setting.save_data(data, directory)) if keep else None,
+                keep_models=keep_models,
+            )
+        records.append(record)
+        if on_iteration is not None:
+            on_iteration(record)
+    return records

@@ -1,0 +1,139 @@
+"""The ``model-collapse`` command."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import apply_overrides, build_experiment, load_experiment
+from .errors import ConfigError, ModelCollapseError
+from .regimes import REGIMES
+from .settings import SETTINGS
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Chains of generative models trained on real and synthetic data, under any data regime.",
+)
+err = Console(stderr=True)
+
+OVERRIDES = typer.Argument(None, help="Config overrides, dotted.key=value (lists as [a,b]).", show_default=False)
+WORKERS = typer.Option(None, "--workers", "-j", min=1, help="Parallel processes (default: config's, else CPU count).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guarded(action, resume_hint: Path | None = None):
+    try:
+        return action()
+    except ModelCollapseError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        hint = f"; finish it with `model-collapse resume {resume_hint}`" if resume_hint else ""
+        _fail(f"interrupted{hint}", code=130)
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="A YAML config (see configs/)."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
+    workers: Optional[int] = WORKERS,
+    quiet: bool = QUIET,
+) -> None:
+    """Run every chain of a config into a new run directory."""
+    from .rundir import create_run
+    from .sweep import run_experiment
+
+    experiment = _guarded(lambda: load_experiment(config, overrides or []))
+    directory = out or Path("runs") / config.stem
+    _guarded(lambda: create_run(directory, experiment.resolved()))
+    _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
+    err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
+
+
+@app.command()
+def resume(run_directory: Path = typer.Argument(..., help="A run directory."), workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+    """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
+    from .rundir import open_run
+    from .sweep import run_experiment
+
+    def prepare():
+        try:
+            return build_experiment(open_run(run_directory))
+        except ConfigError as error:
+            raise ModelCollapseError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
+
+    experiment = _guarded(prepare)
+    _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
+    err.print(f"done: {run_directory}")
+
+
+@app.command()
+def table(run_directory: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration)."""
+    from .results import table as make_table
+
+    sys.stdout.write(_guarded(lambda: make_table(run_directory)))
+
+
+@app.command()
+def plot(run_directory: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Write figures (PNG and SVG) into RUN/figures."""
+    from .plots import plot_run
+
+    paths = _guarded(lambda: plot_run(run_directory))
+    if not paths:
+        _fail(f"{run_directory} has no completed iteration to plot")
+    for path in paths:
+        print(path)
+
+
+@app.command()
+def theory(
+    setting: str = typer.Argument(..., help="A setting with closed forms: linear-regression or gaussian."),
+    overrides: Optional[list[str]] = OVERRIDES,
+) -> None:
+    """Print the closed-form expectations as CSV (setting, regime, metric, kind, iteration, value)."""
+    from . import theory as closed_forms
+
+    raw: dict = {"setting": {"name": setting}, "regimes": list(REGIMES), "iterations": 10, "seeds": 1}
+    experiment = _guarded(lambda: build_experiment(apply_overrides(raw, overrides or [])))
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["setting", "regime", *experiment.varying, "metric", "kind", "iteration", "value"])
+    found = False
+    for point in experiment.points:
+        values = point.model_dump()
+        for regime in experiment.regimes:
+            for curve in closed_forms.curves(point, regime.name, experiment.config.iterations):
+                found = True
+                for i, value in enumerate(curve.values, start=1):
+                    writer.writerow([setting, regime.label, *(values[k] for k in experiment.varying), curve.metric, curve.kind, i, repr(float(value))])
+    if not found:
+        _fail(f"no closed form is known for setting {setting!r}")
+
+
+@app.command(name="list")
+def list_() -> None:
+    """List the settings (with their config fields) and the regimes."""
+    console = Console()
+    settings = Table("setting", "fields (default)", "metrics", title="settings")
+    for name, cls in SETTINGS.items():
+        fields = ", ".join(f"{k}={v.default}" for k, v in cls.Config.model_fields.items() if k != "name")
+        settings.add_row(name, fields, ", ".join(cls.metrics))
+    console.print(settings)
+    regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
+    for name, cls in REGIMES.items():
+        parameter = f"{cls.parameter}={cls.default}" if cls.parameter else ""
+        regimes.add_row(name, parameter, (cls.__doc__ or "").strip())
+    console.print(regimes)

@@ -1,0 +1,194 @@
+"""Run configs: YAML in, typed and validated objects out, one clear line per problem.
+
+A config names a setting, the regimes, the number of iterations and of seeds::
+
+    setting: {name: linear-regression, dim: 10, samples: [32, 100, 316], noise_variance: 1.0}
+    regimes: [replace, accumulate]
+    iterations: 100
+    seeds: 1000
+
+Any field can be overridden as ``dotted.key=value`` (values are read as YAML, so ``[a,b]`` is a list).
+A list given for a setting field makes a sweep: the run covers every combination of the listed values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from .errors import ConfigError
+from .regimes import Regime, parse_regime
+from .settings import SETTINGS, SettingConfig
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    setting: dict[str, Any]
+    regimes: list[Any] = Field(min_length=1)
+    iterations: PositiveInt
+    seeds: PositiveInt = Field(description="how many seeds; the seeds are 0..seeds-1")
+    workers: PositiveInt | None = Field(None, description="parallel processes for a sweep (default: CPU count)")
+    checkpoints: Literal["last", "all"] = Field("last", description="keep every iteration's model, or the last")
+
+
+def _describe(error: dict[str, Any], prefix: tuple = ()) -> str:
+    location = ".".join(str(part) for part in (*prefix, *error["loc"])) or "config"
+    if error["type"] == "extra_forbidden":
+        return f"{location}: unknown key"
+    if error["type"] == "missing":
+        return f"{location}: missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error":
+        return f"{location}: {message}"
+    return f"{location}: {message} (got {error['input']!r})"
+
+
+def _validation_error(error: ValidationError, prefix: tuple = ()) -> ConfigError:
+    return ConfigError("; ".join(_describe(e, prefix) for e in error.errors()))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return raw
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``dotted.key=value`` applied."""
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(raw)))  # deep copy of plain data
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {override!r} must look like dotted.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {override!r}: value is not valid YAML") from None
+        *parents, leaf = key.split(".")
+        node = result
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {'.'.join(parents[: i + 1])} is not a mapping")
+            node = child
+        node[leaf] = value
+    return result
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """One chain of a run: a sweep point, a regime and a batch of seeds."""
+
+    point: SettingConfig
+    varying: tuple[str, ...]  # the setting fields the sweep varies (they name the chain's directory)
+    regime: Regime
+    seeds: tuple[int, ...]
+
+    @property
+    def point_name(self) -> str:
+        values = self.point.model_dump()
+        return "_".join(f"{key}-{values[key]}" for key in self.varying) or "base"
+
+    @property
+    def relative_directory(self) -> Path:
+        path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
+        if not type_of(self.point).batches_seeds:
+            path = path / f"seed-{self.seeds[0]}"
+        return path
+
+    def description(self) -> dict[str, Any]:
+        return {"setting": self.point.model_dump(), "regime": self.regime.label, "seeds": list(self.seeds)}
+
+
+def type_of(point: SettingConfig):
+    return SETTINGS[point.name]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config: RunConfig
+    points: tuple[SettingConfig, ...]
+    varying: tuple[str, ...]
+    regimes: tuple[Regime, ...]
+
+    @property
+    def setting_name(self) -> str:
+        return self.points[0].name
+
+    def chains(self) -> list[ChainSpec]:
+        seeds = tuple(range(self.config.seeds))
+        batches: Sequence[tuple[int, ...]] = (
+            [seeds] if SETTINGS[self.setting_name].batches_seeds else [(s,) for s in seeds]
+        )
+        return [
+            ChainSpec(point, self.varying, regime, batch)
+            for point in self.points
+            for regime in self.regimes
+            for batch in batches
+        ]
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data, every default filled in (written to the run directory)."""
+        data = self.config.model_dump()
+        data["regimes"] = [regime.label for regime in self.regimes]
+        setting = self.points[0].model_dump()
+        for key in self.varying:
+            setting[key] = list(dict.fromkeys(p.model_dump()[key] for p in self.points))
+        data["setting"] = setting
+        return data
+
+
+def _expand(setting: Mapping[str, Any]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    varying = tuple(key for key, value in setting.items() if isinstance(value, list))
+    for key in varying:
+        if not setting[key]:
+            raise ConfigError(f"setting.{key}: an empty list sweeps over nothing")
+    combinations = itertools.product(*(setting[key] for key in varying))
+    return [{**setting, **dict(zip(varying, values))} for values in combinations], varying
+
+
+def build_experiment(raw: Mapping[str, Any]) -> Experiment:
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise _validation_error(error) from None
+    name = config.setting.get("name")
+    if name is None:
+        raise ConfigError("setting.name: missing")
+    if name not in SETTINGS:
+        raise ConfigError(f"setting.name: unknown setting {name!r} (known: {', '.join(SETTINGS)})")
+    regimes = []
+    for index, spec in enumerate(config.regimes):
+        try:
+            regimes.append(parse_regime(spec))
+        except ValueError as error:
+            raise ConfigError(f"regimes[{index}]: {error}") from None
+    if len(set(regimes)) != len(regimes):
+        raise ConfigError("regimes: a regime is listed twice")
+    rows, varying = _expand(config.setting)
+    points = []
+    for row in rows:
+        try:
+            points.append(SETTINGS[name].Config.model_validate(row))
+        except ValidationError as error:
+            raise _validation_error(error, ("setting",)) from None
+    return Experiment(config, tuple(points), varying, tuple(regimes))
+
+
+def load_experiment(path: Path, overrides: Iterable[str] = ()) -> Experiment:
+    return build_experiment(apply_overrides(read_yaml(path), overrides))

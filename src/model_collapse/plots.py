@@ -1,0 +1,130 @@
+"""Figures of a run: simulation means with 95% bands over seeds, closed forms overlaid where known.
+
+For every metric of the setting two figures are written (PNG and SVG) into RUN/figures/:
+* ``<metric>_by_regime``: one row per regime, one column per sweep point - the layout of the paper's
+  Fig. 7 (replace on top, accumulate below, one column per T), theory as black lines;
+* ``<metric>``: one panel per sweep point with every regime in it, to compare regimes directly -
+  the layout of the follow-up's Gaussian and KDE figures.
+plus ``real_fraction``: what share of each regime's training set is real, per iteration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from . import theory  # noqa: E402
+from .results import ChainResult, load_run  # noqa: E402
+from .settings import SETTINGS  # noqa: E402
+
+_STYLES = {"expected": "--", "bound": ":"}
+
+
+def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds and a normal 95% confidence band of the mean."""
+    mean = values.mean(axis=1)
+    if values.shape[1] < 2:
+        return mean, mean, mean
+    half = 1.96 * values.std(axis=1, ddof=1) / np.sqrt(values.shape[1])
+    return mean, mean - half, mean + half
+
+
+def _draw(ax, result: ChainResult, values: np.ndarray, color, label: str) -> None:
+    mean, low, high = _band(values)
+    ax.plot(result.iterations, mean, color=color, label=label, lw=1.5)
+    ax.fill_between(result.iterations, low, high, color=color, alpha=0.25, lw=0)
+
+
+def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) -> None:
+    for curve in theory.curves(result.spec.point, result.spec.regime.name, int(result.iterations.max())):
+        if curve.metric == metric:
+            label = f"theory ({curve.kind})" if with_label else None
+            ax.plot(result.iterations, curve.values[result.iterations - 1], _STYLES[curve.kind], color=color, lw=1, label=label)
+
+
+def _finish(ax, log_scale: bool, values: list[np.ndarray], bottom_row: bool = True) -> None:
+    if bottom_row:
+        ax.set_xlabel("model-fitting iteration")
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    if log_scale and finite.size and (finite > 0).all():
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+
+
+def _save(figure, directory: Path, name: str) -> list[Path]:
+    paths = [directory / f"{name}.png", directory / f"{name}.svg"]
+    for path in paths:
+        figure.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+def plot_run(run_directory: Path) -> list[Path]:
+    experiment, results = load_run(run_directory)
+    if not results:
+        return []
+    setting = SETTINGS[experiment.setting_name]
+    out = run_directory / "figures"
+    out.mkdir(exist_ok=True)
+    points = list(dict.fromkeys(r.spec.point_name for r in results))
+    regimes = list(dict.fromkeys(r.spec.regime.label for r in results))
+    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(regimes)}
+    by_key = {(r.spec.point_name, r.spec.regime.label): r for r in results}
+    seeds = experiment.config.seeds
+    written: list[Path] = []
+
+    for metric, info in setting.metrics.items():
+        figure, axes = plt.subplots(
+            len(regimes), len(points), figsize=(3.6 * len(points), 2.8 * len(regimes)), squeeze=False, sharex=True,
+            layout="constrained",
+        )
+        for row, regime in enumerate(regimes):
+            for column, point in enumerate(points):
+                ax = axes[row][column]
+                result = by_key.get((point, regime))
+                if result is None:
+                    ax.set_visible(False)
+                    continue
+                _draw(ax, result, result.metrics[metric], colours[regime], f"simulation ({seeds} seeds)")
+                _draw_theory(ax, result, metric, "black", with_label=True)
+                _finish(ax, info.log_scale, [result.metrics[metric]], bottom_row=row == len(regimes) - 1)
+                ax.set_title(f"{regime}  |  {point}", fontsize=9)
+                if column == 0:
+                    ax.set_ylabel(info.label, fontsize=9)
+                if row == 0 and column == 0:
+                    ax.legend(fontsize=7)
+        figure.suptitle(f"{experiment.setting_name}: {metric}")
+        written += _save(figure, out, f"{metric}_by_regime")
+
+    for metric, label, log_scale in [
+        *((m, i.label, i.log_scale) for m, i in setting.metrics.items()),
+        ("real_fraction", "real fraction of the training set", False),
+    ]:
+        figure, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.2), squeeze=False, layout="constrained")
+        for column, point in enumerate(points):
+            ax = axes[0][column]
+            drawn = []
+            for regime in regimes:
+                result = by_key.get((point, regime))
+                if result is None:
+                    continue
+                values = result.real_fraction if metric == "real_fraction" else result.metrics[metric]
+                _draw(ax, result, values, colours[regime], regime)
+                if metric != "real_fraction":
+                    _draw_theory(ax, result, metric, colours[regime], with_label=False)
+                drawn.append(values)
+            _finish(ax, log_scale, drawn)
+            ax.set_title(point, fontsize=9)
+            if column == 0:
+                ax.set_ylabel(label, fontsize=9)
+                ax.legend(fontsize=7)
+        figure.suptitle(f"{experiment.setting_name}: {metric} by regime (dashed: theory)")
+        written += _save(figure, out, metric)
+    return written

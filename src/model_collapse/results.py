@@ -1,0 +1,85 @@
+"""Reading a run directory back: per-chain results and the tidy table."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ChainSpec, Experiment, build_experiment
+from .errors import ConfigError, RunDirectoryError
+from .rundir import ChainStore, open_run
+
+
+@dataclass
+class ChainResult:
+    spec: ChainSpec
+    iterations: np.ndarray  # (I,)
+    train_size: np.ndarray  # (I,)
+    real_fraction: np.ndarray  # (I, batch)
+    metrics: dict[str, np.ndarray]  # name -> (I, batch)
+
+
+def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
+    raw = open_run(run_directory)
+    try:
+        experiment = build_experiment(raw)
+    except ConfigError as error:
+        raise RunDirectoryError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
+    results = []
+    for spec in experiment.chains():
+        store = ChainStore(run_directory / spec.relative_directory, spec.description())
+        if not store.directory.exists():
+            continue
+        records = store.records(len(spec.seeds))
+        if not records:
+            continue
+        names = list(records[0].metrics)
+        results.append(
+            ChainResult(
+                spec,
+                np.array([r.iteration for r in records]),
+                np.array([r.train_size for r in records]),
+                np.stack([r.real_fraction for r in records]),
+                {name: np.stack([r.metrics[name] for r in records]) for name in names},
+            )
+        )
+    return experiment, results
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return value
+
+
+def table(run_directory: Path) -> str:
+    """Tidy CSV: one row per (sweep point, regime, seed, iteration), one column per metric."""
+    experiment, results = load_run(run_directory)
+    fields = list(experiment.points[0].model_dump())
+    fields.remove("name")
+    metric_names = list(dict.fromkeys(name for r in results for name in r.metrics))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["setting", "regime", *fields, "seed", "iteration", "train_size", "real_fraction", *metric_names])
+    for result in results:
+        point = result.spec.point.model_dump()
+        for i, iteration in enumerate(result.iterations):
+            for b, seed in enumerate(result.spec.seeds):
+                writer.writerow(
+                    [
+                        experiment.setting_name,
+                        result.spec.regime.label,
+                        *(point[f] for f in fields),
+                        seed,
+                        int(iteration),
+                        int(result.train_size[i]),
+                        _format(result.real_fraction[i, b]),
+                        *(_format(result.metrics[m][i, b]) if m in result.metrics else "" for m in metric_names),
+                    ]
+                )
+    return buffer.getvalue()

@@ -1,0 +1,117 @@
+"""Data and model storage for settings whose data are numeric arrays with a leading seed axis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RunDirectoryError
+from .base import Setting
+
+
+class Samples:
+    """Named arrays of shape (batch, rows, ...) that share the batch and row axes.
+
+    ``cache`` holds what a setting derives from the rows (sufficient statistics), so that a part reused
+    at every later iteration (accumulate) is summarised once, not once per iteration.
+    """
+
+    def __init__(self, **fields: np.ndarray):
+        if not fields:
+            raise ValueError("Samples needs at least one field")
+        shapes = {name: a.shape[:2] for name, a in fields.items()}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"fields disagree on (batch, rows): {shapes}")
+        self.fields = fields
+        self.cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.fields[name]
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.fields.values())).shape[0]
+
+    def __len__(self) -> int:
+        return next(iter(self.fields.values())).shape[1]
+
+
+def concatenate(parts: Sequence[Samples]) -> Samples:
+    if len(parts) == 1:
+        return parts[0]
+    return Samples(**{name: np.concatenate([p[name] for p in parts], axis=1) for name in parts[0].fields})
+
+
+def gather(parts: Sequence[Samples], rows: np.ndarray) -> Samples:
+    """Rows of the concatenation of ``parts`` without building the concatenation.
+
+    Each part is visited once with a mask of the requested rows that fall into it, so the cost is
+    proportional to (number of parts) x (rows requested), not to the size of the pool.
+    """
+    batch, k = rows.shape
+    seed_index = np.broadcast_to(np.arange(batch)[:, None], rows.shape)
+    out = {name: np.empty((batch, k) + a.shape[2:], dtype=a.dtype) for name, a in parts[0].fields.items()}
+    start = 0
+    for part in parts:
+        local = rows - start
+        inside = (local >= 0) & (local < len(part))
+        if inside.any():
+            for name, target in out.items():
+                target[inside] = part[name][seed_index[inside], local[inside]]
+        start += len(part)
+    if rows.size and (rows.min() < 0 or rows.max() >= start):
+        raise IndexError(f"rows out of range for a pool of {start}")
+    return Samples(**out)
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
+    """Arrays from an .npz file; a missing, unreadable or foreign file is a RunDirectoryError."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise RunDirectoryError(f"missing file {path}") from None
+    except Exception as error:  # numpy raises several types for a damaged archive
+        raise RunDirectoryError(f"corrupted file {path}: {error}") from None
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise RunDirectoryError(f"file {path} is not from this setting: it lacks {', '.join(missing)}")
+    return arrays
+
+
+def check_shape(path: Path, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+    if array.shape != expected:
+        raise RunDirectoryError(f"file {path} holds an array of shape {array.shape}, this chain expects {expected}")
+    return array
+
+
+class ArraySetting(Setting):
+    """Storage and row selection for settings whose data are ``Samples``."""
+
+    data_fields: tuple[str, ...]
+
+    def size(self, data: Samples) -> int:
+        return len(data)
+
+    def select(self, parts: Sequence[Samples], rows: np.ndarray) -> Samples:
+        return gather(parts, rows)
+
+    def save_data(self, data: Samples, directory: Path) -> None:
+        save_arrays(directory / "samples.npz", dict(data.fields))
+
+    def load_data(self, directory: Path) -> Samples:
+        data = Samples(**load_arrays(directory / "samples.npz", self.data_fields))
+        self._check_batch(data.batch, directory)
+        return data
+
+    def _check_batch(self, batch: int, where: Path) -> None:
+        if batch != self.batch:
+            raise RunDirectoryError(f"{where} holds {batch} seeds, this chain has {self.batch}")

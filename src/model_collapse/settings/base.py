@@ -1,0 +1,91 @@
+"""The one protocol every setting implements.
+
+A setting is bound to one batch of seeds when it is constructed: it draws the real training and test
+data of those seeds and then fits, samples and evaluates models for that batch. Cheap settings hold all
+seeds of a chain in one batch and vectorise over it; costly ones set ``batches_seeds = False`` and get a
+batch of one seed per chain.
+
+A setting knows nothing about regimes: it is handed a list of data *parts* to fit on (whole sources it
+produced earlier, or rows gathered from several of them by ``select``) and fits one model per seed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class SettingConfig(BaseModel):
+    """Base of every setting's typed config. Unknown keys are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str  # axis label for figures
+    log_scale: bool = False  # figures use a log axis for it, as the paper does
+
+
+class Setting(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[SettingConfig]]
+    metrics: ClassVar[dict[str, Metric]]
+    batches_seeds: ClassVar[bool] = True
+
+    def __init__(self, config: SettingConfig, seeds: Sequence[int]):
+        self.config = config
+        self.seeds = tuple(int(s) for s in seeds)
+
+    @property
+    def batch(self) -> int:
+        return len(self.seeds)
+
+    @property
+    @abstractmethod
+    def real_train(self) -> Any:
+        """The real training data of every seed of the batch (iteration 1 fits on it)."""
+
+    @abstractmethod
+    def fresh_real(self, size: int, rng: np.random.Generator) -> Any:
+        """``size`` new real training samples per seed, never seen before."""
+
+    @abstractmethod
+    def fit(self, parts: Sequence[Any], rng: np.random.Generator) -> Any:
+        """A freshly initialised model per seed, fitted on the union of ``parts``."""
+
+    @abstractmethod
+    def sample(self, model: Any, size: int, rng: np.random.Generator) -> Any:
+        """``size`` synthetic samples per seed from ``model``."""
+
+    @abstractmethod
+    def evaluate(self, model: Any) -> dict[str, np.ndarray]:
+        """Metrics on held-out real data: one array of shape (batch,) per name in ``metrics``."""
+
+    @abstractmethod
+    def size(self, data: Any) -> int:
+        """The number of samples per seed in ``data``."""
+
+    @abstractmethod
+    def select(self, parts: Sequence[Any], rows: np.ndarray) -> Any:
+        """The rows ``rows`` (shape (batch, k)) of the concatenation of ``parts``."""
+
+    @abstractmethod
+    def save_model(self, model: Any, directory: Path) -> None: ...
+
+    @abstractmethod
+    def load_model(self, directory: Path) -> Any: ...
+
+    @abstractmethod
+    def save_data(self, data: Any, directory: Path) -> None: ...
+
+    @abstractmethod
+    def load_data(self, directory: Path) -> Any: ...

@@ -1,0 +1,156 @@
+"""Linear regression with a fixed Gaussian design, the paper's analytically tractable setting (§3).
+
+Per seed: one design X in R^{T x d} with x ~ N(0, I_d), a true weight w* ~ N(0, I_d) and real labels
+y = X w* + e, e ~ N(0, sigma^2 I). A model is the ordinary-least-squares weight w_hat. Sampling from a
+model relabels the *same* design with fresh noise, y = X w_hat + e, so a batch of m synthetic samples is
+m labels on design rows 0, 1, ..., T-1, 0, 1, ... (the design repeated).
+
+Fitting uses sufficient statistics (X^T X and X^T y per part, cached on the part), so accumulating
+n batches costs a sum of n small (d,) vectors instead of a least-squares solve on an n*T-row stack.
+The metric is the exact population test error ||w_hat - w*||^2_Sigma with Sigma = I (noise floor removed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from ..randomness import seed_rng
+from .arrays import ArraySetting, Samples, check_shape, load_arrays, save_arrays
+from .base import Metric, SettingConfig
+
+
+class LinearRegressionConfig(SettingConfig):
+    name: Literal["linear-regression"] = "linear-regression"
+    dim: PositiveInt = Field(10, description="d, the number of features")
+    samples: PositiveInt = Field(100, description="T, the number of rows of the fixed design")
+    noise_variance: PositiveFloat = Field(1.0, description="sigma^2, the label noise variance")
+
+    @model_validator(mode="after")
+    def _well_posed(self):
+        if self.samples <= self.dim + 1:
+            raise ValueError(
+                f"samples ({self.samples}) must exceed dim + 1 ({self.dim + 1}): with T <= d + 1 the "
+                "least-squares error has no finite expectation"
+            )
+        return self
+
+
+class LinearRegression(ArraySetting):
+    name = "linear-regression"
+    Config = LinearRegressionConfig
+    metrics = {"test_error": Metric("test error  ||w_hat - w*||^2", log_scale=True)}
+    data_fields = ("y",)
+
+    def __init__(self, config: LinearRegressionConfig, seeds: Sequence[int]):
+        super().__init__(config, seeds)
+        T, d = config.samples, config.dim
+        self.sigma = float(np.sqrt(config.noise_variance))
+        design, truth, noise = [], [], []
+        for seed in self.seeds:
+            rng = seed_rng(seed, "real")
+            design.append(rng.standard_normal((T, d)))
+            truth.append(rng.standard_normal(d))
+            noise.append(rng.standard_normal(T))
+        self.design = np.stack(design)  # (B, T, d)
+        self.design_t = np.ascontiguousarray(self.design.transpose(0, 2, 1))  # (B, d, T)
+        self.true_weight = np.stack(truth)  # (B, d)
+        self.gram = self.design_t @ self.design  # (B, d, d)
+        self.gram_inverse = np.linalg.inv(self.gram)
+        self._real = self._labels(self._predict(self.true_weight) + self.sigma * np.stack(noise))
+
+    # -- data -------------------------------------------------------------------------------------
+    def _predict(self, weight: np.ndarray) -> np.ndarray:
+        return (self.design @ weight[:, :, None])[:, :, 0]  # (B, T)
+
+    def _labels(self, y: np.ndarray) -> Samples:
+        """Labels on the repeated design: row j of the batch belongs to design row j mod T."""
+        T = self.config.samples
+        rows = np.broadcast_to(np.arange(y.shape[1]) % T, y.shape)
+        data = Samples(y=y, row=rows)
+        data.cache["repeated"] = True
+        return data
+
+    def _relabel(self, weight: np.ndarray, size: int, rng: np.random.Generator) -> Samples:
+        mean = self._predict(weight)
+        T = self.config.samples
+        if size != T:
+            mean = np.take(mean, np.arange(size) % T, axis=1)
+        return self._labels(mean + self.sigma * rng.standard_normal((self.batch, size)))
+
+    @property
+    def real_train(self) -> Samples:
+        return self._real
+
+    def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
+        return self._relabel(self.true_weight, size, rng)
+
+    def sample(self, model: np.ndarray, size: int, rng: np.random.Generator) -> Samples:
+        return self._relabel(model, size, rng)
+
+    # -- fitting ----------------------------------------------------------------------------------
+    def _statistics(self, part: Samples) -> tuple[float, np.ndarray | None, np.ndarray]:
+        """(copies of X^T X, extra gram or None, X^T y) of one part, cached on it."""
+        if "statistics" in part.cache:
+            return part.cache["statistics"]
+        y = part["y"]
+        T = self.config.samples
+        if part.cache.get("repeated"):
+            copies, tail = divmod(y.shape[1], T)
+            summed = y[:, : copies * T].reshape(self.batch, copies, T).sum(axis=1) if copies else np.zeros((self.batch, T))
+            summed[:, :tail] += y[:, copies * T :]
+            xty = (self.design_t @ summed[:, :, None])[:, :, 0]
+            extra = self.design_t[:, :, :tail] @ self.design[:, :tail] if tail else None
+            statistics = (float(copies), extra, xty)
+        else:
+            rows = self.design[np.arange(self.batch)[:, None], part["row"]]  # (B, k, d)
+            rows_t = rows.transpose(0, 2, 1)
+            statistics = (0.0, rows_t @ rows, (rows_t @ y[:, :, None])[:, :, 0])
+        part.cache["statistics"] = statistics
+        return statistics
+
+    def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> np.ndarray:
+        copies, extra, xty = 0.0, None, 0.0
+        for part in parts:
+            c, e, b = self._statistics(part)
+            copies += c
+            xty = xty + b
+            if e is not None:
+                extra = e if extra is None else extra + e
+        if extra is None:
+            return (self.gram_inverse @ xty[:, :, None])[:, :, 0] / copies
+        gram = copies * self.gram + extra
+        try:
+            return np.linalg.solve(gram, xty[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            # A subset that repeats design rows can be rank deficient: minimum-norm least squares.
+            return (np.linalg.pinv(gram, hermitian=True) @ xty[:, :, None])[:, :, 0]
+
+    def evaluate(self, model: np.ndarray) -> dict[str, np.ndarray]:
+        return {"test_error": np.sum((model - self.true_weight) ** 2, axis=1)}
+
+    # -- storage ----------------------------------------------------------------------------------
+    def save_model(self, model: np.ndarray, directory: Path) -> None:
+        save_arrays(directory / "model.npz", {"weight": model})
+
+    def load_model(self, directory: Path) -> np.ndarray:
+        weight = load_arrays(directory / "model.npz", ["weight"])["weight"]
+        return check_shape(directory / "model.npz", weight, (self.batch, self.config.dim))
+
+    def save_data(self, data: Samples, directory: Path) -> None:
+        arrays = {"y": data["y"]}
+        if not data.cache.get("repeated"):
+            arrays["row"] = data["row"]
+        save_arrays(directory / "samples.npz", arrays)
+
+    def load_data(self, directory: Path) -> Samples:
+        arrays = load_arrays(directory / "samples.npz", ["y"])
+        self._check_batch(arrays["y"].shape[0], directory)
+        if "row" not in arrays:
+            return self._labels(arrays["y"])
+        return Samples(y=arrays["y"], row=arrays["row"])
+

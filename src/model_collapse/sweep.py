@@ -1,0 +1,107 @@
+"""Running every chain of an experiment into a run directory, in parallel local processes.
+
+Each chain is independent and resumable on its own, so a sweep interrupted anywhere is finished by
+running the same function again: chains already complete are skipped, others resume where they stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from queue import Empty
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from threadpoolctl import threadpool_limits
+
+from .chain import run_chain
+from .config import ChainSpec, Experiment, type_of
+from .rundir import ChainStore, IterationRecord
+
+
+def run_spec(
+    run_directory: Path,
+    spec: ChainSpec,
+    iterations: int,
+    keep_models: bool,
+    on_iteration: Callable[[IterationRecord], None] | None = None,
+) -> None:
+    setting = type_of(spec.point)(spec.point, spec.seeds)
+    store = ChainStore(run_directory / spec.relative_directory, spec.description())
+    run_chain(setting, spec.regime, iterations, store, keep_models=keep_models, on_iteration=on_iteration)
+
+
+def _worker(run_directory: Path, index: int, spec: ChainSpec, iterations: int, keep_models: bool, queue) -> None:
+    # One BLAS thread per process: the parallelism is across chains.
+    with threadpool_limits(limits=1):
+        run_spec(run_directory, spec, iterations, keep_models, lambda record: queue.put((index, record.iteration)))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def pending_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
+    """Iterations each chain has already completed (0 for a chain not started)."""
+    done = []
+    for spec in specs:
+        store = ChainStore(run_directory / spec.relative_directory, spec.description())
+        done.append(min(store.completed(), iterations) if store.directory.exists() else 0)
+    return done
+
+
+def run_experiment(run_directory: Path, experiment: Experiment, workers: int | None = None, quiet: bool = False) -> None:
+    specs = experiment.chains()
+    iterations = experiment.config.iterations
+    keep_models = experiment.config.checkpoints == "all"
+    workers = workers or experiment.config.workers or os.cpu_count() or 1
+    done = pending_iterations(run_directory, specs, iterations)
+    todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
+    console = Console(stderr=True, quiet=quiet)
+    with _progress(console) as progress:
+        overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done))
+        tasks = {
+            i: progress.add_task(f"{specs[i].point_name} / {specs[i].regime.label}", total=iterations, completed=done[i])
+            for i in todo
+        }
+
+        def advance(index: int, iteration: int) -> None:
+            progress.update(tasks[index], completed=iteration)
+            progress.advance(overall)
+
+        if workers == 1 or len(todo) <= 1:
+            for i in todo:
+                run_spec(run_directory, specs[i], iterations, keep_models, lambda r, i=i: advance(i, r.iteration))
+            return
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            queue = manager.Queue()
+            futures = {pool.submit(_worker, run_directory, i, specs[i], iterations, keep_models, queue) for i in todo}
+            try:
+                while futures:
+                    try:
+                        advance(*queue.get(timeout=0.2))
+                    except Empty:
+                        pass
+                    finished, futures = wait(futures, timeout=0, return_when=FIRST_EXCEPTION)
+                    for future in finished:
+                        future.result()  # re-raise a chain's error here, in the main process
+                while True:
+                    advance(*queue.get_nowait())
+            except Empty:
+                pass
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
