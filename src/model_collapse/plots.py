@@ -52,7 +52,8 @@ def _finish(ax, log_scale: bool, values: list[np.ndarray], bottom_row: bool = Tr
     if bottom_row:
         ax.set_xlabel("model-fitting iteration")
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
-    if log_scale and finite.size and (finite > 0).all():
+    # A log axis only pays off over more than a decade; below that it hides the tick labels.
+    if log_scale and finite.size and (finite > 0).all() and finite.max() > 10 * finite.min():
         ax.set_yscale("log")
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3)

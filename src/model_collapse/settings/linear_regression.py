@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from ..randomness import seed_rng
 from .arrays import ArraySetting, Samples, check_shape, load_arrays, save_arrays
@@ -30,14 +30,16 @@ class LinearRegressionConfig(SettingConfig):
     samples: PositiveInt = Field(100, description="T, the number of rows of the fixed design")
     noise_variance: PositiveFloat = Field(1.0, description="sigma^2, the label noise variance")
 
-    @model_validator(mode="after")
-    def _well_posed(self):
-        if self.samples <= self.dim + 1:
+    @field_validator("samples")
+    @classmethod
+    def _well_posed(cls, samples: int, info: ValidationInfo) -> int:
+        dim = info.data.get("dim")
+        if dim is not None and samples <= dim + 1:
             raise ValueError(
-                f"samples ({self.samples}) must exceed dim + 1 ({self.dim + 1}): with T <= d + 1 the "
-                "least-squares error has no finite expectation"
+                f"must exceed dim + 1 = {dim + 1} (got {samples}): with T <= d + 1 the least-squares "
+                "error has no finite expectation"
             )
-        return self
+        return samples
 
 
 class LinearRegression(ArraySetting):

@@ -1,0 +1,148 @@
+"""The chain loop: every regime on every setting, determinism, and resume after an interruption."""
+
+import json
+
+import numpy as np
+import pytest
+
+from model_collapse.chain import run_chain
+from model_collapse.errors import RunDirectoryError
+from model_collapse.regimes import REGIMES, parse_regime
+from model_collapse.rundir import ChainStore
+from model_collapse.settings import SETTINGS
+
+SMALL = {
+    "linear-regression": {"dim": 2, "samples": 8},
+    "gaussian": {"dim": 2, "samples": 8},
+    "kde": {"samples": 8, "test_samples": 20},
+}
+REGIME_SPECS = ["replace", "accumulate", "accumulate-subsample", "replace-grown", "keep-real-fraction:0.25", "fresh-real:0.5", "mix:0.5"]
+
+
+def small_setting(name, seeds=(0, 1, 2)):
+    cls = SETTINGS[name]
+    return cls(cls.Config(**SMALL[name]), seeds)
+
+
+def expected_sizes(regime, iteration, T=8):
+    """(train size, real fraction) that DESIGN.md prescribes."""
+    if iteration == 1:
+        return T, 1.0
+    return {
+        "replace": (T, 0.0),
+        "accumulate": (iteration * T, 1 / iteration),
+        "accumulate-subsample": (T, None),
+        "replace-grown": (iteration * T, 0.0),
+        "keep-real-fraction:0.25": (T, 0.25),
+        "fresh-real:0.5": (T, 0.5),
+        "mix:0.5": (T + 4, 8 / 12),
+    }[regime]
+
+
+def test_every_regime_is_covered():
+    assert {parse_regime(s).name for s in REGIME_SPECS} == set(REGIMES)
+
+
+@pytest.mark.parametrize("setting_name", list(SETTINGS))
+@pytest.mark.parametrize("regime", REGIME_SPECS)
+def test_every_regime_runs_on_every_setting(setting_name, regime):
+    setting = small_setting(setting_name)
+    records = run_chain(setting, parse_regime(regime), 4)
+    assert [r.iteration for r in records] == [1, 2, 3, 4]
+    for record in records:
+        size, fraction = expected_sizes(regime, record.iteration)
+        assert record.train_size == size
+        if fraction is not None:
+            np.testing.assert_allclose(record.real_fraction, fraction)
+        assert set(record.metrics) == set(setting.metrics)
+        for values in record.metrics.values():
+            assert values.shape == (3,)
+            assert not np.isnan(values).any()
+
+
+@pytest.mark.parametrize("setting_name", list(SETTINGS))
+def test_iteration_one_is_identical_in_every_regime_and_later_ones_differ(setting_name):
+    runs = {spec: run_chain(small_setting(setting_name), parse_regime(spec), 3) for spec in ["replace", "accumulate", "mix:0.5"]}
+    first = [run[0].metrics for run in runs.values()]
+    for other in first[1:]:
+        for name in other:
+            np.testing.assert_array_equal(other[name], first[0][name])
+    metric = next(iter(SETTINGS[setting_name].metrics))
+    assert not np.array_equal(runs["replace"][2].metrics[metric], runs["accumulate"][2].metrics[metric])
+
+
+def test_chains_are_deterministic_and_seeds_differ():
+    a = run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 5)
+    b = run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.metrics["mean_sq_error"], y.metrics["mean_sq_error"])
+        np.testing.assert_array_equal(x.real_fraction, y.real_fraction)
+    assert len(set(a[-1].metrics["mean_sq_error"])) == 3
+
+
+def test_replace_collapses_the_gaussian_and_accumulate_does_not():
+    replace = run_chain(small_setting("gaussian", range(200)), parse_regime("replace"), 60)
+    accumulate = run_chain(small_setting("gaussian", range(200)), parse_regime("accumulate"), 60)
+    assert replace[-1].metrics["trace_ratio"].mean() < 0.05
+    assert accumulate[-1].metrics["trace_ratio"].mean() > 0.6
+
+
+def metrics_of(records):
+    return [{k: v.tolist() for k, v in r.metrics.items()} | {"real": r.real_fraction.tolist()} for r in records]
+
+
+@pytest.mark.parametrize("regime", REGIME_SPECS)
+def test_resumed_chain_equals_uninterrupted_chain(tmp_path, regime):
+    description = {"test": regime}
+    straight = run_chain(small_setting("linear-regression"), parse_regime(regime), 6)
+
+    store = ChainStore(tmp_path / "chain", description)
+    run_chain(small_setting("linear-regression"), parse_regime(regime), 3, store)
+    assert store.completed() == 3
+    # a crash in the middle of iteration 4 leaves a partial directory behind; resume must ignore it
+    (tmp_path / "chain" / "iter_0004.partial").mkdir()
+    (tmp_path / "chain" / "iter_0004.partial" / "metrics.json").write_text("{garbage")
+    resumed = run_chain(small_setting("linear-regression"), parse_regime(regime), 6, ChainStore(tmp_path / "chain", description))
+    assert metrics_of(resumed) == metrics_of(straight)
+    assert not (tmp_path / "chain" / "iter_0004.partial").exists()
+
+
+def test_only_the_last_checkpoint_is_kept_unless_asked(tmp_path):
+    for keep, expected in [(False, {5}), (True, {1, 2, 3, 4, 5})]:
+        store = ChainStore(tmp_path / str(keep), {})
+        run_chain(small_setting("gaussian"), parse_regime("accumulate"), 5, store, keep_models=keep)
+        kept = {int(p.parent.name[5:]) for p in (tmp_path / str(keep)).glob("iter_*/model")}
+        assert kept == expected
+        # accumulate needs its synthetic history to resume
+        assert {int(p.parent.name[5:]) for p in (tmp_path / str(keep)).glob("iter_*/synthetic")} == {2, 3, 4, 5}
+
+
+def test_a_store_refuses_another_chains_directory_and_damaged_records(tmp_path):
+    store = ChainStore(tmp_path, {"regime": "replace"})
+    run_chain(small_setting("gaussian"), parse_regime("replace"), 2, store)
+    with pytest.raises(RunDirectoryError, match="describes another chain"):
+        run_chain(small_setting("gaussian"), parse_regime("replace"), 3, ChainStore(tmp_path, {"regime": "accumulate"}))
+    (tmp_path / "iter_0002" / "metrics.json").write_text("{not json")
+    with pytest.raises(RunDirectoryError, match="corrupted file .*iter_0002.*metrics.json"):
+        run_chain(small_setting("gaussian"), parse_regime("replace"), 3, ChainStore(tmp_path, {"regime": "replace"}))
+    (tmp_path / "progress.json").write_text(json.dumps({"completed": "two"}))
+    with pytest.raises(RunDirectoryError, match="progress.json"):
+        ChainStore(tmp_path, {"regime": "replace"}).completed()
+
+
+def test_accumulate_cost_does_not_grow_with_the_pool():
+    """Accumulate reuses each part's cached statistics: fitting iteration 60 touches no old rows."""
+    setting = small_setting("linear-regression")
+    records = []
+    calls = []
+    original = setting._statistics
+
+    def counting(part):
+        calls.append("statistics" in part.cache)
+        return original(part)
+
+    setting._statistics = counting
+    run_chain(setting, parse_regime("accumulate"), 60, on_iteration=records.append)
+    # 1 + 2 + ... + 60 lookups, of which only the first of each part computes anything
+    assert len(calls) == 60 * 61 // 2
+    assert calls.count(False) == 60

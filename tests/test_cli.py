@@ -1,0 +1,207 @@
+"""The `model-collapse` command: run, table, plot, resume, theory, and what it does with bad input."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from model_collapse.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write_config(path, **changes):
+    config = {
+        "setting": {"name": "linear-regression", "dim": 3, "samples": [10, 20], "noise_variance": 1.0},
+        "regimes": ["replace", "accumulate"],
+        "iterations": 6,
+        "seeds": 50,
+        "workers": 1,
+    }
+    config.update(changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_table(directory):
+    result = invoke("table", directory)
+    assert result.exit_code == 0, result.output
+    return pd.read_csv(io.StringIO(result.stdout))
+
+
+def test_run_table_plot(tmp_path):
+    config = write_config(tmp_path / "lr.yaml")
+    result = invoke("run", config, "--out", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    frame = read_table(tmp_path / "run")
+    assert len(frame) == 2 * 2 * 50 * 6
+    for column in ["setting", "regime", "seed", "iteration", "train_size", "real_fraction", "test_error", "samples", "dim"]:
+        assert column in frame.columns
+    accumulate = frame[(frame.regime == "accumulate") & (frame.samples == 10)]
+    assert accumulate.groupby("iteration").train_size.first().tolist() == [10, 20, 30, 40, 50, 60]
+    np.testing.assert_allclose(accumulate.groupby("iteration").real_fraction.mean(), 1 / np.arange(1, 7))
+    assert sorted(frame.seed.unique()) == list(range(50))
+    # replace grows past accumulate
+    last = frame[frame.iteration == 6].groupby(["samples", "regime"]).test_error.mean()
+    assert (last.xs("replace", level="regime") > 2 * last.xs("accumulate", level="regime")).all()
+
+    result = invoke("plot", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    figures = {p.name for p in (tmp_path / "run" / "figures").iterdir()}
+    assert {"test_error_by_regime.png", "test_error_by_regime.svg", "test_error.png", "real_fraction.png"} <= figures
+    assert (tmp_path / "run" / "figures" / "test_error_by_regime.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_overrides_and_parallel_sweep(tmp_path):
+    config = write_config(tmp_path / "g.yaml", setting={"name": "gaussian", "dim": 1, "samples": 10})
+    result = invoke(
+        "run", config, "setting.samples=[10,30]", "setting.dim=[1,2]", "regimes=[replace,mix:0.5]", "iterations=3",
+        "--out", tmp_path / "run", "--workers", "2", "-q",
+    )
+    assert result.exit_code == 0, result.output
+    frame = read_table(tmp_path / "run")
+    assert set(frame.regime) == {"replace", "mix:0.5"}
+    assert set(zip(frame.samples, frame.dim)) == {(10, 1), (10, 2), (30, 1), (30, 2)}
+    assert frame.iteration.max() == 3
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["setting"]["samples"] == [10, 30] and resolved["regimes"] == ["replace", "mix:0.5"]
+    # the parallel run gives the numbers of a sequential one
+    result = invoke("run", config, "setting.samples=[10,30]", "setting.dim=[1,2]", "regimes=[replace,mix:0.5]",
+                    "iterations=3", "--out", tmp_path / "sequential", "--workers", "1", "-q")
+    assert result.exit_code == 0
+    pd.testing.assert_frame_equal(frame, read_table(tmp_path / "sequential"))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["setting.samples=4"], "setting.samples"),
+        (["setting.samples=[20,4]"], "must exceed dim + 1"),
+        (["setting.dim=-3"], "setting.dim"),
+        (["setting.dim=ten"], "setting.dim"),
+        (["setting.colour=red"], "setting.colour: unknown key"),
+        (["colour=red"], "colour: unknown key"),
+        (["iterations=0"], "iterations"),
+        (["seeds=-1"], "seeds"),
+        (["regimes=[replace,resample]"], "regimes[1]: unknown regime 'resample'"),
+        (["regimes=[]"], "regimes"),
+        (["regimes=[replace,replace]"], "listed twice"),
+        (["setting.name=glm"], "unknown setting 'glm'"),
+        (["setting.samples=[]"], "empty list"),
+        (["iterations"], "dotted.key=value"),
+        (["setting.dim.x=3"], "setting.dim is not a mapping"),
+        (["checkpoints=some"], "checkpoints"),
+    ],
+)
+def test_bad_configs_fail_with_one_line_exit_2_and_write_nothing(tmp_path, overrides, message):
+    config = write_config(tmp_path / "lr.yaml")
+    result = invoke("run", config, *overrides, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_config_files(tmp_path):
+    (tmp_path / "broken.yaml").write_text("setting: [unclosed")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    for path, message in [(tmp_path / "missing.yaml", "not found"), (tmp_path / "broken.yaml", "not valid YAML"), (tmp_path / "list.yaml", "mapping")]:
+        result = invoke("run", path, "--out", tmp_path / "run")
+        assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_refuses_an_existing_run_and_resume_refuses_foreign_directories(tmp_path):
+    config = write_config(tmp_path / "lr.yaml", iterations=2, seeds=3)
+    assert invoke("run", config, "--out", tmp_path / "run", "-q").exit_code == 0
+    before = read_table(tmp_path / "run")
+    result = invoke("run", config, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "already holds a run" in result.output
+    pd.testing.assert_frame_equal(before, read_table(tmp_path / "run"))
+
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("hello")
+    for command in ["resume", "table", "plot"]:
+        result = invoke(command, tmp_path / "foreign")
+        assert result.exit_code == 2 and "not a model-collapse run directory" in result.output
+    (tmp_path / "foreign" / "run.json").write_text('{"format": "something-else"}')
+    assert "not a model-collapse run marker" in invoke("resume", tmp_path / "foreign").output
+
+    metrics = next((tmp_path / "run").glob("chains/*/replace/iter_0002/metrics.json"))
+    metrics.write_text("{truncated")
+    result = invoke("table", tmp_path / "run")
+    assert result.exit_code == 2 and "corrupted file" in result.output and "metrics.json" in result.output
+
+
+def test_resume_after_kill_9_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
+    config = write_config(
+        tmp_path / "slow.yaml", setting={"name": "linear-regression", "dim": 20, "samples": 400},
+        regimes=["accumulate", "accumulate-subsample"], iterations=40, seeds=600, workers=1,
+    )
+    command = [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(tmp_path / "killed"), "-q"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "killed" / "chains" / "base" / "accumulate" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (progress.exists() and '"completed": 1' not in progress.read_text()):
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert progress.exists(), "the run did not get going"
+    interrupted = read_table(tmp_path / "killed")
+    assert 0 < len(interrupted) < 2 * 40 * 600, "kill the run before it finishes"
+
+    result = invoke("resume", tmp_path / "killed", "-q")
+    assert result.exit_code == 0, result.output
+    assert invoke("run", config, "--out", tmp_path / "straight", "-q").exit_code == 0
+    pd.testing.assert_frame_equal(read_table(tmp_path / "killed"), read_table(tmp_path / "straight"))
+
+
+def test_theory_command(tmp_path):
+    result = invoke("theory", "linear-regression", "setting.dim=10", "setting.samples=100", "iterations=20")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    replace = frame[(frame.regime == "replace") & (frame.kind == "expected")].set_index("iteration").value
+    assert len(replace) == 20
+    np.testing.assert_allclose(replace.loc[20], 20 * 10 / 89)
+    bound = frame[(frame.regime == "accumulate") & (frame.kind == "bound")].value
+    np.testing.assert_allclose(bound, 10 / 89 * np.pi**2 / 6)
+    assert set(frame.regime) == {"replace", "accumulate", "replace-grown"}
+
+    result = invoke("theory", "gaussian", "setting.samples=[10,100]", "iterations=5")
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    trace = frame[(frame.metric == "trace_ratio") & (frame.samples == 10)].set_index("iteration").value
+    np.testing.assert_allclose(trace, 0.9 ** np.arange(1, 6))
+
+    result = invoke("theory", "kde")
+    assert result.exit_code == 2 and "no closed form" in result.output
+    result = invoke("theory", "linear-regression", "setting.samples=5")
+    assert result.exit_code == 2 and "setting.samples" in result.output
+
+
+def test_list_names_every_setting_and_regime():
+    result = invoke("list")
+    assert result.exit_code == 0
+    for name in ["linear-regression", "gaussian", "kde", "replace", "accumulate-subsample", "keep-real-fraction", "fresh-real", "mix"]:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(config):
+    from model_collapse.config import load_experiment
+
+    experiment = load_experiment(config)
+    assert experiment.chains()

@@ -1,0 +1,169 @@
+"""What each regime hands the fit, iteration by iteration."""
+
+import numpy as np
+import pytest
+
+from model_collapse.regimes import REAL, REGIMES, fresh_real, parse_regime, synthetic
+
+T = 10
+BATCH = 3
+
+
+def pool_for(regime, iteration, real_size=T):
+    """The pool a chain holds at ``iteration`` for ``regime`` (sizes only)."""
+    pool = {REAL: real_size}
+    first = 2 if regime.keeps_history else iteration
+    for n in range(max(first, 2), iteration + 1):
+        pool[synthetic(n)] = regime.synthetic_size(n, real_size)
+    if iteration >= 2 and regime.fresh_real_size(iteration, real_size):
+        pool[fresh_real(iteration)] = regime.fresh_real_size(iteration, real_size)
+    return pool
+
+
+def plan(regime, iteration, seed=0):
+    return regime.plan(pool_for(regime, iteration), iteration, BATCH, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("name", list(REGIMES))
+def test_iteration_one_is_the_real_data_in_every_regime(name):
+    result = plan(parse_regime(name), 1)
+    assert len(result.selections) == 1
+    assert result.selections[0].sources == (REAL,)
+    assert result.selections[0].rows is None
+    assert result.train_size == T
+    np.testing.assert_array_equal(result.real_fraction, np.ones(BATCH))
+
+
+@pytest.mark.parametrize("iteration", [2, 3, 7])
+def test_replace_uses_only_the_newest_synthetic_batch(iteration):
+    regime = parse_regime("replace")
+    result = plan(regime, iteration)
+    assert [s.sources for s in result.selections] == [(synthetic(iteration),)]
+    assert result.train_size == T
+    np.testing.assert_array_equal(result.real_fraction, 0.0)
+    assert not regime.keeps_history
+
+
+@pytest.mark.parametrize("iteration", [2, 3, 7])
+def test_accumulate_uses_real_plus_every_synthetic_batch(iteration):
+    regime = parse_regime("accumulate")
+    result = plan(regime, iteration)
+    expected = (REAL, *(synthetic(n) for n in range(2, iteration + 1)))
+    assert [s.sources for s in result.selections] == [expected]
+    assert result.selections[0].rows is None
+    assert result.train_size == iteration * T
+    np.testing.assert_allclose(result.real_fraction, 1 / iteration)
+    assert regime.keeps_history
+
+
+@pytest.mark.parametrize("iteration", [2, 5])
+def test_accumulate_subsample_draws_T_distinct_rows_of_the_pool_per_seed(iteration):
+    regime = parse_regime("accumulate-subsample")
+    result = plan(regime, iteration)
+    (selection,) = result.selections
+    assert selection.sources == (REAL, *(synthetic(n) for n in range(2, iteration + 1)))
+    rows = selection.rows
+    assert rows.shape == (BATCH, T)
+    assert rows.min() >= 0 and rows.max() < iteration * T
+    for seed_rows in rows:
+        assert len(set(seed_rows)) == T
+    assert not all(np.array_equal(rows[0], r) for r in rows[1:]), "seeds must subsample independently"
+    np.testing.assert_allclose(result.real_fraction, (rows < T).mean(axis=1))
+    assert result.train_size == T
+
+
+def test_accumulate_subsample_is_uniform_over_the_pool():
+    regime = parse_regime("accumulate-subsample")
+    pool = pool_for(regime, 4)
+    counts = np.zeros(4 * T)
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        rows = regime.plan(pool, 4, BATCH, rng).selections[0].rows
+        np.add.at(counts, rows.ravel(), 1)
+    expected = 400 * BATCH * T / (4 * T)  # 300 draws per row on average
+    assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
+    real_fraction = regime.plan(pool, 4, 2000, rng).real_fraction
+    assert abs(real_fraction.mean() - 0.25) < 0.01
+
+
+@pytest.mark.parametrize("iteration", [2, 4])
+def test_replace_grown_draws_n_times_T_synthetic_samples(iteration):
+    regime = parse_regime("replace-grown")
+    assert regime.synthetic_size(iteration, T) == iteration * T
+    result = plan(regime, iteration)
+    assert [s.sources for s in result.selections] == [(synthetic(iteration),)]
+    assert result.train_size == iteration * T
+    np.testing.assert_array_equal(result.real_fraction, 0.0)
+
+
+@pytest.mark.parametrize("fraction,kept", [(0.1, 1), (0.5, 5), (0.0, 0), (1.0, 10)])
+def test_keep_real_fraction_keeps_a_fresh_subset_of_the_original_real_data(fraction, kept):
+    regime = parse_regime(f"keep-real-fraction:{fraction}")
+    assert regime.synthetic_size(3, T) == T - kept
+    result = plan(regime, 3)
+    assert result.train_size == T
+    np.testing.assert_allclose(result.real_fraction, kept / T)
+    real = [s for s in result.selections if s.sources == (REAL,)]
+    synthetic_parts = [s for s in result.selections if s.sources == (synthetic(3),)]
+    assert len(real) == (1 if kept else 0)
+    assert len(synthetic_parts) == (1 if kept < T else 0)
+    if kept:
+        rows = real[0].rows
+        assert rows.shape == (BATCH, kept)
+        assert all(len(set(r)) == kept for r in rows)
+        assert rows.max() < T
+        # a new subset every iteration
+        assert not np.array_equal(rows, plan(regime, 3, seed=1).selections[0].rows) or kept == T
+
+
+def test_keep_real_fraction_default_is_shumailovs_ten_percent():
+    assert parse_regime("keep-real-fraction").value == 0.1
+    assert parse_regime("keep-real-fraction").label == "keep-real-fraction:0.1"
+
+
+@pytest.mark.parametrize("fraction,fresh", [(0.5, 5), (0.2, 2), (1.0, 10)])
+def test_fresh_real_trains_on_new_real_samples_plus_synthetic(fraction, fresh):
+    regime = parse_regime(f"fresh-real:{fraction}")
+    assert regime.fresh_real_size(2, T) == fresh
+    assert regime.synthetic_size(2, T) == T - fresh
+    result = plan(regime, 2)
+    sources = [s.sources for s in result.selections]
+    assert (fresh_real(2),) in sources
+    assert REAL not in {src for s in sources for src in s}, "fresh-real never reuses the original real data"
+    assert result.train_size == T
+    np.testing.assert_allclose(result.real_fraction, fresh / T)
+
+
+@pytest.mark.parametrize("ratio,extra", [(0.5, 5), (1.0, 10), (2.0, 20), (0.0, 0)])
+def test_mix_adds_lambda_T_synthetic_samples_to_all_real_data(ratio, extra):
+    regime = parse_regime({"name": "mix", "ratio": ratio})
+    assert regime.synthetic_size(5, T) == extra
+    result = plan(regime, 5)
+    assert result.selections[0].sources == (REAL,)
+    assert result.train_size == T + extra
+    np.testing.assert_allclose(result.real_fraction, T / (T + extra))
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("resample", "unknown regime"),
+        ("replace:0.3", "takes no parameter"),
+        ("keep-real-fraction:1.5", "must lie in [0, 1]"),
+        ("mix:-1", "ratio must be >= 0"),
+        ("mix:lots", "must be a number"),
+        ({"name": "mix", "fraction": 0.2}, "unknown field"),
+        ({"ratio": 0.2}, "needs a 'name'"),
+        (3, "must be a name or a mapping"),
+    ],
+)
+def test_bad_regime_specs_are_refused_with_a_message(spec, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_regime(spec)
+
+
+def test_labels_round_trip():
+    for spec in ["replace", "accumulate", "accumulate-subsample", "replace-grown", "keep-real-fraction:0.2", "fresh-real:0.25", "mix:1.5"]:
+        regime = parse_regime(spec)
+        assert regime.label == spec
+        assert parse_regime(regime.label) == regime

@@ -1,0 +1,168 @@
+"""Each setting against the direct computation it shortcuts."""
+
+import numpy as np
+import pytest
+from sklearn.neighbors import KernelDensity
+
+from model_collapse.errors import RunDirectoryError
+from model_collapse.settings import SETTINGS
+from model_collapse.settings.arrays import Samples, concatenate, gather
+from model_collapse.settings.gaussian import Gaussian, GaussianConfig
+from model_collapse.settings.kde import KDE, KDEConfig
+from model_collapse.settings.linear_regression import LinearRegression, LinearRegressionConfig
+
+rng = np.random.default_rng
+
+
+def stacked_least_squares(setting, parts):
+    """The obvious way: build the stacked design and labels, solve per seed."""
+    weights = []
+    for b in range(setting.batch):
+        X = np.concatenate([setting.design[b][p["row"][b]] for p in parts])
+        y = np.concatenate([p["y"][b] for p in parts])
+        weights.append(np.linalg.lstsq(X, y, rcond=None)[0])
+    return np.stack(weights)
+
+
+def test_linear_regression_real_data_depend_only_on_the_seed():
+    config = LinearRegressionConfig(dim=3, samples=12)
+    alone = LinearRegression(config, [5])
+    batch = LinearRegression(config, [2, 5, 9])
+    np.testing.assert_array_equal(alone.design[0], batch.design[1])
+    np.testing.assert_array_equal(alone.real_train["y"][0], batch.real_train["y"][1])
+    assert not np.array_equal(batch.design[0], batch.design[1])
+
+
+def test_linear_regression_sufficient_statistics_equal_stacked_least_squares():
+    setting = LinearRegression(LinearRegressionConfig(dim=4, samples=9, noise_variance=0.5), [0, 1, 2])
+    w1 = setting.fit([setting.real_train], rng(0))
+    np.testing.assert_allclose(w1, stacked_least_squares(setting, [setting.real_train]), rtol=1e-10)
+
+    s2 = setting.sample(w1, 9, rng(1))
+    s3 = setting.sample(w1, 23, rng(2))  # not a multiple of T: two copies of the design and a tail
+    accumulated = [setting.real_train, s2, s3]
+    np.testing.assert_allclose(setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=1e-10)
+
+    rows = np.sort(rng(3).permuted(np.tile(np.arange(41), (3, 1)), axis=1)[:, :9], axis=1)
+    subset = setting.select(accumulated, rows)
+    np.testing.assert_allclose(setting.fit([subset], rng(0)), stacked_least_squares(setting, [subset]), rtol=1e-10)
+    mixed = [subset, s2]
+    np.testing.assert_allclose(setting.fit(mixed, rng(0)), stacked_least_squares(setting, mixed), rtol=1e-10)
+
+
+def test_linear_regression_sampling_relabels_the_fixed_design_with_fresh_noise():
+    setting = LinearRegression(LinearRegressionConfig(dim=2, samples=6, noise_variance=4.0), [0, 1])
+    weight = np.array([[1.0, -2.0], [0.5, 0.0]])
+    data = setting.sample(weight, 4000 * 6, rng(0))
+    assert data["y"].shape == (2, 24000)
+    np.testing.assert_array_equal(data["row"][0, :13], np.arange(13) % 6)
+    residual = data["y"] - np.take(setting._predict(weight), np.arange(24000) % 6, axis=1)
+    assert abs(residual.var() - 4.0) < 0.1
+    assert abs(residual.mean()) < 0.03
+    metrics = setting.evaluate(weight)
+    np.testing.assert_allclose(metrics["test_error"], ((weight - setting.true_weight) ** 2).sum(axis=1))
+
+
+def test_gaussian_fit_is_the_mle_of_the_union_of_parts():
+    setting = Gaussian(GaussianConfig(dim=3, samples=20, variance=2.0), [0, 1])
+    model = setting.fit([setting.real_train], rng(0))
+    s2 = setting.sample(model, 15, rng(1))
+    s3 = setting.sample(model, 20, rng(2))
+    parts = [setting.real_train, s2, s3]
+    fitted = setting.fit(parts, rng(0))
+    union = concatenate(parts)["x"]
+    for b in range(2):
+        np.testing.assert_allclose(fitted.mean[b], union[b].mean(axis=0), rtol=1e-10)
+        np.testing.assert_allclose(fitted.covariance[b], np.cov(union[b], rowvar=False, bias=True), rtol=1e-10)
+
+
+def test_gaussian_fit_stays_accurate_when_the_covariance_collapses():
+    setting = Gaussian(GaussianConfig(dim=1, samples=10), [0])
+    x = 3.0 + 1e-9 * rng(0).standard_normal((1, 10, 1))
+    fitted = setting.fit([Samples(x=x[:, :5]), Samples(x=x[:, 5:])], rng(0))
+    np.testing.assert_allclose(fitted.covariance[0, 0, 0], x[0, :, 0].var(), rtol=1e-6)
+
+
+def test_gaussian_metrics_on_known_models():
+    setting = Gaussian(GaussianConfig(dim=2, samples=10, variance=1.0), [0, 1])
+    model = setting.fit([setting.real_train], rng(0))
+    model.mean = np.array([[0.0, 0.0], [1.0, 2.0]])
+    model.covariance = np.stack([np.eye(2), np.diag([0.5, 2.0])])
+    metrics = setting.evaluate(model)
+    np.testing.assert_allclose(metrics["mean_sq_error"], [0.0, 5.0])
+    np.testing.assert_allclose(metrics["trace_ratio"], [1.0, 1.25])
+    np.testing.assert_allclose(metrics["det_ratio"], [1.0, 1.0])
+    # E[-log N(x; m, C)] for x ~ N(0, I): 0.5 (d log 2pi + log det C + tr C^-1 + m^T C^-1 m)
+    expected = 0.5 * (2 * np.log(2 * np.pi) + np.log(1.0) + (2 + 0.5) + (1 / 0.5 + 4 / 2.0))
+    np.testing.assert_allclose(metrics["test_nll"], [np.log(2 * np.pi) + 1.0, expected])
+    # and the formula agrees with a Monte-Carlo estimate on fresh real data
+    x = rng(1).standard_normal((200000, 2))
+    c = model.covariance[1]
+    d = x - model.mean[1]
+    mc = 0.5 * (2 * np.log(2 * np.pi) + np.log(np.linalg.det(c)) + np.einsum("ni,ij,nj->n", d, np.linalg.inv(c), d)).mean()
+    assert abs(mc - expected) < 0.02
+
+
+def test_gaussian_samples_follow_the_fitted_distribution():
+    setting = Gaussian(GaussianConfig(dim=2, samples=10), [0])
+    model = setting.fit([setting.real_train], rng(0))
+    x = setting.sample(model, 100000, rng(1))["x"][0]
+    np.testing.assert_allclose(x.mean(axis=0), model.mean[0], atol=0.02)
+    np.testing.assert_allclose(np.cov(x, rowvar=False), model.covariance[0], atol=0.03)
+
+
+@pytest.mark.parametrize("dataset", ["moons", "circles", "blobs", "swiss-roll"])
+def test_kde_train_and_test_come_from_one_distribution(dataset):
+    setting = KDE(KDEConfig(dataset=dataset, samples=2000, test_samples=2000), [0, 1])
+    train, test = setting.real_train["x"], setting.test
+    assert train.shape[-1] == test.shape[-1] == (3 if dataset == "swiss-roll" else 2)
+    scale = train.std()
+    np.testing.assert_allclose(train.mean(axis=1), test.mean(axis=1), atol=0.1 * scale)
+    np.testing.assert_allclose(train.std(axis=1), test.std(axis=1), rtol=0.1)
+    assert not np.array_equal(train[0], train[1])
+
+
+def test_kde_metric_and_sampling_are_scikit_learns():
+    setting = KDE(KDEConfig(dataset="moons", samples=50, bandwidth="scott"), [0, 1])
+    model = setting.fit([setting.real_train], rng(0))
+    reference = KernelDensity(bandwidth="scott").fit(setting.real_train["x"][1])
+    np.testing.assert_allclose(model.bandwidth[1], reference.bandwidth_)
+    np.testing.assert_allclose(setting.evaluate(model)["test_nll"][1], -reference.score_samples(setting.test[1]).mean())
+    assert setting.sample(model, 7, rng(1))["x"].shape == (2, 7, 2)
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_models_and_data_survive_a_save_and_load(name, tmp_path):
+    setting = SETTINGS[name](SETTINGS[name].Config(samples=20), [0, 1])
+    model = setting.fit([setting.real_train], rng(0))
+    data = setting.select([setting.real_train, setting.sample(model, 20, rng(1))], np.array([[0, 25, 39], [3, 4, 21]]))
+    setting.save_model(model, tmp_path)
+    setting.save_data(data, tmp_path)
+    loaded = setting.load_model(tmp_path)
+    for key, value in setting.evaluate(loaded).items():
+        np.testing.assert_array_equal(value, setting.evaluate(model)[key])
+    back = setting.load_data(tmp_path)
+    for key in data.fields:
+        np.testing.assert_array_equal(back[key], data[key])
+    other = SETTINGS[name](SETTINGS[name].Config(samples=20), [0, 1, 2])
+    with pytest.raises(RunDirectoryError):
+        other.load_model(tmp_path)
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path):
+    setting = LinearRegression(LinearRegressionConfig(dim=2, samples=6), [0])
+    (tmp_path / "model.npz").write_bytes(b"not an archive")
+    with pytest.raises(RunDirectoryError, match="corrupted file"):
+        setting.load_model(tmp_path)
+    np.savez(tmp_path / "model.npz", mean=np.zeros(3))
+    with pytest.raises(RunDirectoryError, match="not from this setting"):
+        setting.load_model(tmp_path)
+
+
+def test_gather_reads_rows_of_the_concatenation():
+    a = Samples(x=np.arange(6).reshape(2, 3))
+    b = Samples(x=np.arange(10, 18).reshape(2, 4))
+    rows = np.array([[0, 3, 6], [2, 4, 5]])
+    np.testing.assert_array_equal(gather([a, b], rows)["x"], [[0, 10, 13], [5, 15, 16]])
+    with pytest.raises(IndexError):
+        gather([a, b], np.array([[7], [0]]))
