@@ -130,19 +130,21 @@ def test_a_store_refuses_another_chains_directory_and_damaged_records(tmp_path):
         ChainStore(tmp_path, {"regime": "replace"}).completed()
 
 
-def test_accumulate_cost_does_not_grow_with_the_pool():
-    """Accumulate reuses each part's cached statistics: fitting iteration 60 touches no old rows."""
-    setting = small_setting("linear-regression")
-    records = []
-    calls = []
-    original = setting._statistics
+@pytest.mark.parametrize("setting_name", ["linear-regression", "gaussian"])
+def test_accumulate_cost_does_not_grow_with_the_pool(setting_name):
+    """Each part is summarised once, and each iteration adds one summary to the previous total."""
+    setting = small_setting(setting_name)
+    total = setting._total
+    calls = {"summarise": 0, "combine": 0}
 
-    def counting(part):
-        calls.append("statistics" in part.cache)
-        return original(part)
+    def counted(name, function):
+        def wrapper(*args):
+            calls[name] += 1
+            return function(*args)
 
-    setting._statistics = counting
-    run_chain(setting, parse_regime("accumulate"), 60, on_iteration=records.append)
-    # 1 + 2 + ... + 60 lookups, of which only the first of each part computes anything
-    assert len(calls) == 60 * 61 // 2
-    assert calls.count(False) == 60
+        return wrapper
+
+    total.summarise = counted("summarise", total.summarise)
+    total.combine = counted("combine", total.combine)
+    run_chain(setting, parse_regime("accumulate"), 60)
+    assert calls == {"summarise": 60, "combine": 59}

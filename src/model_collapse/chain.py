@@ -60,19 +60,20 @@ def run_chain(
         if completed:
             model = _restore(setting, regime, store, completed, pool)
 
+    sizes = {source: setting.size(data) for source, data in pool.items()}  # kept in step with the pool
     for iteration in range(completed + 1, iterations + 1):
         new_synthetic = None
         if iteration > 1:
             if not regime.keeps_history:
-                pool = {REAL: setting.real_train}
+                pool, sizes = {REAL: setting.real_train}, {REAL: real_size}
             size = regime.synthetic_size(iteration, real_size)
             if size:
                 new_synthetic = setting.sample(model, size, chain_rng(seeds, iteration, "sample"))
-                pool[synthetic(iteration)] = new_synthetic
+                pool[synthetic(iteration)], sizes[synthetic(iteration)] = new_synthetic, size
             size = regime.fresh_real_size(iteration, real_size)
             if size:
                 pool[fresh_real(iteration)] = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
-        sizes = {source: setting.size(data) for source, data in pool.items()}
+                sizes[fresh_real(iteration)] = size
         plan = regime.plan(sizes, iteration, setting.batch, chain_rng(seeds, iteration, "regime"))
         model = setting.fit(_training_parts(setting, plan, pool), chain_rng(seeds, iteration, "fit"))
         record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(model))

@@ -16,6 +16,7 @@ and reproducible from their key alone (no generator state has to be checkpointed
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Sequence
 
@@ -46,11 +47,12 @@ def seed_rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([_STREAM_VERSION, _purpose_code(purpose), int(seed)]))
 
 
-def _seeds_key(seeds: Sequence[int]) -> int:
+@functools.lru_cache(maxsize=64)
+def _seeds_key(seeds: tuple[int, ...]) -> int:
     return zlib.crc32(",".join(str(int(s)) for s in seeds).encode())
 
 
 def chain_rng(seeds: Sequence[int], iteration: int, purpose: str) -> np.random.Generator:
     """A generator for one iteration of one batch of seeds."""
-    key = [_STREAM_VERSION, _purpose_code(purpose), _seeds_key(seeds), len(seeds), int(iteration)]
+    key = [_STREAM_VERSION, _purpose_code(purpose), _seeds_key(tuple(seeds)), len(seeds), int(iteration)]
     return np.random.default_rng(np.random.SeedSequence(key))

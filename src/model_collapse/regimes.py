@@ -14,14 +14,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True, order=True)
-class Source:
-    """One block of training data: the real set, a synthetic batch, or a batch of fresh real data."""
+class Source(NamedTuple):
+    """One block of training data: the real set, a synthetic batch, or a batch of fresh real data.
+
+    A NamedTuple rather than a dataclass: accumulate looks up every source of the pool at every
+    iteration, and tuple hashing is several times cheaper."""
 
     kind: str  # "real", "synthetic" or "fresh-real"
     iteration: int  # the iteration the block was made for (1 for the original real data)
@@ -149,7 +151,7 @@ class Regime(ABC):
     def _nonempty(selection: Selection, pool: Mapping[Source, int]) -> bool:
         if selection.rows is not None:
             return selection.rows.shape[1] > 0
-        return sum(pool[s] for s in selection.sources) > 0
+        return any(pool[s] for s in selection.sources)
 
     @abstractmethod
     def _plan(self, pool: Mapping[Source, int], iteration: int, batch: int, rng: np.random.Generator) -> list[Selection]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,37 @@ def gather(parts: Sequence[Samples], rows: np.ndarray) -> Samples:
     if rows.size and (rows.min() < 0 or rows.max() >= start):
         raise IndexError(f"rows out of range for a pool of {start}")
     return Samples(**out)
+
+
+class RunningTotal:
+    """Combined statistics of a list of parts that reuses the previous total when the list only grew.
+
+    Under accumulate the parts of iteration n are those of iteration n-1 plus one new batch, so the
+    total costs one combine per iteration instead of n. Each part's own statistics are cached on it
+    (``part.cache[key]``), which also serves parts reused in other orders (the real data under mix).
+    """
+
+    def __init__(self, key: str, summarise: Callable[[Samples], Any], combine: Callable[[Any, Any], Any]):
+        self.key, self.summarise, self.combine = key, summarise, combine
+        self._parts: list[Samples] = []  # held, so identities below cannot be reused by new objects
+        self._total: Any = None
+
+    def _statistics(self, part: Samples) -> Any:
+        if self.key not in part.cache:
+            part.cache[self.key] = self.summarise(part)
+        return part.cache[self.key]
+
+    def __call__(self, parts: Sequence[Samples]) -> Any:
+        known = len(self._parts)
+        if known and len(parts) >= known and all(a is b for a, b in zip(self._parts, parts)):
+            total, new = self._total, parts[known:]
+        else:
+            total, new = None, parts
+        for part in new:
+            statistics = self._statistics(part)
+            total = statistics if total is None else self.combine(total, statistics)
+        self._parts, self._total = list(parts), total
+        return total
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..randomness import seed_rng
-from .arrays import ArraySetting, Samples, check_shape, load_arrays, save_arrays
+from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
 from .base import Metric, SettingConfig
 
 
@@ -35,7 +35,8 @@ class GaussianModel:
         self.covariance = covariance  # (B, d, d)
 
 
-def _summary(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+def _summary(part: Samples) -> tuple[int, np.ndarray, np.ndarray]:
+    x = part["x"]
     mean = x.mean(axis=1)
     centred = x - mean[:, None, :]
     return x.shape[1], mean, centred.transpose(0, 2, 1) @ centred
@@ -70,6 +71,7 @@ class Gaussian(ArraySetting):
         self._real = Samples(
             x=np.stack([self.scale * seed_rng(s, "real").standard_normal((config.samples, d)) for s in self.seeds])
         )
+        self._total = RunningTotal("gaussian summary", _summary, _merge)
 
     @property
     def real_train(self) -> Samples:
@@ -79,12 +81,7 @@ class Gaussian(ArraySetting):
         return Samples(x=self.true_mean + self.scale * rng.standard_normal((self.batch, size, self.config.dim)))
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> GaussianModel:
-        summary = None
-        for part in parts:
-            if "summary" not in part.cache:
-                part.cache["summary"] = _summary(part["x"])
-            summary = part.cache["summary"] if summary is None else _merge(summary, part.cache["summary"])
-        n, mean, scatter = summary
+        n, mean, scatter = self._total(parts)
         return GaussianModel(mean, scatter / n)
 
     def sample(self, model: GaussianModel, size: int, rng: np.random.Generator) -> Samples:

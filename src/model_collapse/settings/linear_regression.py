@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from ..randomness import seed_rng
-from .arrays import ArraySetting, Samples, check_shape, load_arrays, save_arrays
+from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
 from .base import Metric, SettingConfig
 
 
@@ -64,6 +64,7 @@ class LinearRegression(ArraySetting):
         self.gram = self.design_t @ self.design  # (B, d, d)
         self.gram_inverse = np.linalg.inv(self.gram)
         self._real = self._labels(self._predict(self.true_weight) + self.sigma * np.stack(noise))
+        self._total = RunningTotal("least-squares statistics", self._statistics, self._combine)
 
     # -- data -------------------------------------------------------------------------------------
     def _predict(self, weight: np.ndarray) -> np.ndarray:
@@ -96,9 +97,7 @@ class LinearRegression(ArraySetting):
 
     # -- fitting ----------------------------------------------------------------------------------
     def _statistics(self, part: Samples) -> tuple[float, np.ndarray | None, np.ndarray]:
-        """(copies of X^T X, extra gram or None, X^T y) of one part, cached on it."""
-        if "statistics" in part.cache:
-            return part.cache["statistics"]
+        """(copies of X^T X, extra gram or None, X^T y) of one part."""
         y = part["y"]
         T = self.config.samples
         if part.cache.get("repeated"):
@@ -107,22 +106,18 @@ class LinearRegression(ArraySetting):
             summed[:, :tail] += y[:, copies * T :]
             xty = (self.design_t @ summed[:, :, None])[:, :, 0]
             extra = self.design_t[:, :, :tail] @ self.design[:, :tail] if tail else None
-            statistics = (float(copies), extra, xty)
-        else:
-            rows = self.design[np.arange(self.batch)[:, None], part["row"]]  # (B, k, d)
-            rows_t = rows.transpose(0, 2, 1)
-            statistics = (0.0, rows_t @ rows, (rows_t @ y[:, :, None])[:, :, 0])
-        part.cache["statistics"] = statistics
-        return statistics
+            return float(copies), extra, xty
+        rows = self.design[np.arange(self.batch)[:, None], part["row"]]  # (B, k, d)
+        rows_t = rows.transpose(0, 2, 1)
+        return 0.0, rows_t @ rows, (rows_t @ y[:, :, None])[:, :, 0]
+
+    @staticmethod
+    def _combine(a, b):
+        extra = b[1] if a[1] is None else a[1] if b[1] is None else a[1] + b[1]
+        return a[0] + b[0], extra, a[2] + b[2]
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> np.ndarray:
-        copies, extra, xty = 0.0, None, 0.0
-        for part in parts:
-            c, e, b = self._statistics(part)
-            copies += c
-            xty = xty + b
-            if e is not None:
-                extra = e if extra is None else extra + e
+        copies, extra, xty = self._total(parts)
         if extra is None:
             return (self.gram_inverse @ xty[:, :, None])[:, :, 0] / copies
         gram = copies * self.gram + extra
