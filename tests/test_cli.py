@@ -1,6 +1,7 @@
 """The `model-collapse` command: run, table, plot, resume, theory, and what it does with bad input."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -147,6 +148,13 @@ def test_run_refuses_an_existing_run_and_resume_refuses_foreign_directories(tmp_
     assert result.exit_code == 2 and "corrupted file" in result.output and "metrics.json" in result.output
 
 
+def completed(progress):
+    try:
+        return json.loads(progress.read_text())["completed"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
 def test_resume_after_kill_9_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     config = write_config(
         tmp_path / "slow.yaml", setting={"name": "linear-regression", "dim": 20, "samples": 400},
@@ -156,7 +164,7 @@ def test_resume_after_kill_9_gives_the_numbers_of_an_uninterrupted_run(tmp_path)
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / "killed" / "chains" / "base" / "accumulate" / "progress.json"
     deadline = time.time() + 120
-    while time.time() < deadline and not (progress.exists() and '"completed": 1' not in progress.read_text()):
+    while time.time() < deadline and completed(progress) < 2:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

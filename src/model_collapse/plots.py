@@ -28,10 +28,11 @@ _STYLES = {"expected": "--", "bound": ":"}
 
 def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over seeds and a normal 95% confidence band of the mean."""
-    mean = values.mean(axis=1)
-    if values.shape[1] < 2:
-        return mean, mean, mean
-    half = 1.96 * values.std(axis=1, ddof=1) / np.sqrt(values.shape[1])
+    with np.errstate(invalid="ignore"):  # infinite values (a singular Gaussian's NLL) are simply not drawn
+        mean = values.mean(axis=1)
+        if values.shape[1] < 2:
+            return mean, mean, mean
+        half = 1.96 * values.std(axis=1, ddof=1) / np.sqrt(values.shape[1])
     return mean, mean - half, mean + half
 
 

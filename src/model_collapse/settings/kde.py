@@ -23,6 +23,9 @@ from .arrays import ArraySetting, Samples, check_shape, concatenate, load_arrays
 from .base import Metric, SettingConfig
 
 BLOB_CENTRES = np.array([[-5.0, -5.0], [0.0, 5.0], [5.0, -2.0]])
+# Relative tolerance of scikit-learn's tree-based density evaluation: it changes a log-density by at
+# most ~1e-8 nats, and lets the tree skip far nodes (2-3x faster than the exact default on large pools).
+DENSITY_RTOL = 1e-8
 DIMENSIONS = {"moons": 2, "circles": 2, "blobs": 2, "swiss-roll": 3}
 
 
@@ -55,7 +58,9 @@ class KDEModel:
 
     def __init__(self, points: np.ndarray, bandwidth: Sequence[float | str], kernel: str):
         self.points = points  # (B, m, dim): the training set is the model
-        self.estimators = [KernelDensity(bandwidth=h, kernel=kernel).fit(p) for p, h in zip(points, bandwidth)]
+        self.estimators = [
+            KernelDensity(bandwidth=h, kernel=kernel, rtol=DENSITY_RTOL).fit(p) for p, h in zip(points, bandwidth)
+        ]
         self.bandwidth = np.array([e.bandwidth_ for e in self.estimators], dtype=float)
 
 
