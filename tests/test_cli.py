@@ -213,3 +213,23 @@ def test_shipped_configs_validate(config):
 
     experiment = load_experiment(config)
     assert experiment.chains()
+
+
+def test_ctrl_c_stops_with_a_resume_hint_and_the_run_finishes_later(tmp_path):
+    config = write_config(
+        tmp_path / "slow.yaml", setting={"name": "linear-regression", "dim": 20, "samples": 400},
+        regimes=["accumulate"], iterations=40, seeds=600, workers=1,
+    )
+    command = [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(tmp_path / "run"), "-q"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "run" / "chains" / "base" / "accumulate" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and completed(progress) < 2:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted" in stderr and f"model-collapse resume {tmp_path / 'run'}" in stderr.replace("\n", "")
+    assert completed(progress) < 40
+    assert invoke("resume", tmp_path / "run", "-q").exit_code == 0
+    assert completed(progress) == 40
