@@ -79,11 +79,15 @@ def run_chain(
         record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(model))
         if store is not None:
             keep = new_synthetic is not None and regime.keeps_history
+            preview = None
+            if setting.preview_size:
+                preview = setting.preview(setting.sample(model, setting.preview_size, chain_rng(seeds, iteration, "preview")))
             store.commit(
                 record,
                 save_model=lambda directory, model=model: setting.save_model(model, directory),
                 save_synthetic=(lambda directory, data=new_synthetic: setting.save_data(data, directory)) if keep else None,
                 keep_models=keep_models,
+                preview=preview,
             )
         records.append(record)
         if on_iteration is not None:

@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
@@ -112,7 +112,7 @@ class ChainSpec:
         return path
 
     def description(self) -> dict[str, Any]:
-        return {"setting": self.point.model_dump(), "regime": self.regime.label, "seeds": list(self.seeds)}
+        return {"setting": self.point.model_dump(mode="json"), "regime": self.regime.label, "seeds": list(self.seeds)}
 
 
 def type_of(point: SettingConfig):
@@ -146,15 +146,19 @@ class Experiment:
         """The config as plain data, every default filled in (written to the run directory)."""
         data = self.config.model_dump()
         data["regimes"] = [regime.label for regime in self.regimes]
-        setting = self.points[0].model_dump()
+        setting = self.points[0].model_dump(mode="json")
         for key in self.varying:
-            setting[key] = list(dict.fromkeys(p.model_dump()[key] for p in self.points))
+            setting[key] = list(dict.fromkeys(p.model_dump(mode="json")[key] for p in self.points))
         data["setting"] = setting
         return data
 
 
-def _expand(setting: Mapping[str, Any]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    varying = tuple(key for key, value in setting.items() if isinstance(value, list))
+def _expand(setting: Mapping[str, Any], config_type: type[SettingConfig]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    # A list is a sweep axis, except for fields whose value is itself a sequence (e.g. vae widths).
+    sequence_fields = {
+        key for key, field in config_type.model_fields.items() if get_origin(field.annotation) in (list, tuple)
+    }
+    varying = tuple(key for key, value in setting.items() if isinstance(value, list) and key not in sequence_fields)
     for key in varying:
         if not setting[key]:
             raise ConfigError(f"setting.{key}: an empty list sweeps over nothing")
@@ -180,7 +184,7 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
             raise ConfigError(f"regimes[{index}]: {error}") from None
     if len(set(regimes)) != len(regimes):
         raise ConfigError("regimes: a regime is listed twice")
-    rows, varying = _expand(config.setting)
+    rows, varying = _expand(config.setting, SETTINGS[name].Config)
     points = []
     for row in rows:
         try:

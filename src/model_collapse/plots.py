@@ -1,5 +1,8 @@
 """Figures of a run: simulation means with 95% bands over seeds, closed forms overlaid where known.
 
+For image settings also ``samples_<point>`` (the paper's Fig. 6: real images, then the last iteration of
+every regime) and ``samples_by_iteration_<point>``.
+
 For every metric of the setting two figures are written (PNG and SVG) into RUN/figures/:
 * ``<metric>_by_regime``: one row per regime, one column per sweep point - the layout of the paper's
   Fig. 7 (replace on top, accumulate below, one column per T), theory as black lines;
@@ -20,7 +23,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from . import theory  # noqa: E402
-from .results import ChainResult, load_run  # noqa: E402
+from .results import ChainResult, load_run, merge_seeds  # noqa: E402
+from .rundir import ChainStore  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
@@ -68,10 +72,67 @@ def _save(figure, directory: Path, name: str) -> list[Path]:
     return paths
 
 
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """uint8 (N, H, W, C) images tiled into one (rows*H, columns*W, C) picture with 1-pixel gaps."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, k = divmod(i, columns)
+        grid[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = image
+    return grid
+
+
+def _show(ax, images: np.ndarray, title: str) -> None:
+    grid = image_grid(images)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _sample_figures(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
+    """The paper's Fig. 6 layout (real images, then the last iteration of every regime) and the
+    samples of every regime over the iterations, for the first seed of each sweep point."""
+    setting_type = SETTINGS[experiment.setting_name]
+    written = []
+    for point in dict.fromkeys(r.spec.point_name for r in results):
+        chains = [r for r in results if r.spec.point_name == point and r.spec.seeds[0] == 0]
+        if not chains:
+            continue
+        setting = setting_type(chains[0].spec.point, (0,))
+        real = setting.preview(setting.real_train)[: setting.preview_size]
+        stores = {r.spec.regime.label: ChainStore(run_directory / r.spec.relative_directory, r.spec.description()) for r in chains}
+        last = {label: int(r.iterations.max()) for label, r in zip(stores, chains)}
+
+        figure, axes = plt.subplots(1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained")
+        _show(axes[0][0], real, "real data")
+        for ax, (label, store) in zip(axes[0][1:], stores.items()):
+            _show(ax, store.preview(last[label]), f"{label}, iteration {last[label]}")
+        figure.suptitle(f"{experiment.setting_name}: samples ({point})")
+        written += _save(figure, out, f"samples_{point}")
+
+        iterations = sorted({int(i) for i in np.linspace(1, max(last.values()), min(6, max(last.values())))})
+        figure, axes = plt.subplots(
+            len(stores), len(iterations), figsize=(2.4 * len(iterations), 2.6 * len(stores)), squeeze=False, layout="constrained"
+        )
+        for row, (label, store) in enumerate(stores.items()):
+            for column, iteration in enumerate(iterations):
+                images = store.preview(iteration) if iteration <= last[label] else None
+                if images is None:
+                    axes[row][column].set_visible(False)
+                    continue
+                _show(axes[row][column], images, f"{label}, iteration {iteration}")
+        figure.suptitle(f"{experiment.setting_name}: samples by iteration ({point})")
+        written += _save(figure, out, f"samples_by_iteration_{point}")
+    return written
+
+
 def plot_run(run_directory: Path) -> list[Path]:
-    experiment, results = load_run(run_directory)
-    if not results:
+    experiment, chain_results = load_run(run_directory)
+    if not chain_results:
         return []
+    results = merge_seeds(chain_results)
     setting = SETTINGS[experiment.setting_name]
     out = run_directory / "figures"
     out.mkdir(exist_ok=True)
@@ -129,4 +190,6 @@ def plot_run(run_directory: Path) -> list[Path]:
                 ax.legend(fontsize=7)
         figure.suptitle(f"{experiment.setting_name}: {metric} by regime (dashed: theory)")
         written += _save(figure, out, metric)
+    if setting.preview_size:
+        written += _sample_figures(run_directory, experiment, chain_results, out)
     return written

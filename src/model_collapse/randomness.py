@@ -32,6 +32,7 @@ _PURPOSES = {
     "regime": 4,
     "fit": 5,
     "evaluate": 6,
+    "preview": 7,
 }
 
 

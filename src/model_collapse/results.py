@@ -51,6 +51,32 @@ def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
     return experiment, results
 
 
+def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
+    """One result per (sweep point, regime): settings that run one seed per chain are joined along
+    the seed axis, over the iterations every seed has completed."""
+    groups: dict[tuple[str, str], list[ChainResult]] = {}
+    for result in results:
+        groups.setdefault((result.spec.point_name, result.spec.regime.label), []).append(result)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        n = min(len(r.iterations) for r in group)
+        first = group[0]
+        spec = ChainSpec(first.spec.point, first.spec.varying, first.spec.regime, tuple(s for r in group for s in r.spec.seeds))
+        merged.append(
+            ChainResult(
+                spec,
+                first.iterations[:n],
+                first.train_size[:n],
+                np.concatenate([r.real_fraction[:n] for r in group], axis=1),
+                {m: np.concatenate([r.metrics[m][:n] for r in group], axis=1) for m in first.metrics},
+            )
+        )
+    return merged
+
+
 def _format(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return repr(float(value))

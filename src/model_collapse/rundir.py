@@ -8,6 +8,7 @@
         iter_0001/metrics.json        per-iteration record (train size, real fraction, metrics per seed)
         iter_0001/model/              checkpoint (kept for every iteration or the last one only)
         iter_0002/synthetic/          synthetic batch, kept when the regime needs its history to resume
+        iter_0001/preview.npy         image settings: samples of this iteration's model (uint8 N,H,W,C)
     RUN/figures/                      written by `model-collapse plot`
 
 Every file is written to a temporary name, flushed to disk and renamed into place; an iteration is
@@ -19,7 +20,6 @@ and ``resume`` discards whatever lies beyond progress.json.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -168,18 +168,12 @@ class IterationRecord:
         return record
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 class ChainStore:
     """Reads and writes one chain's directory."""
 
     def __init__(self, directory: Path, description: Mapping[str, Any]):
         self.directory = directory
-        self.description = {k: _json_safe(v) for k, v in description.items()}
+        self.description = json.loads(json.dumps(dict(description)))  # as it reads back from chain.json
 
     def _iteration_directory(self, iteration: int) -> Path:
         return self.directory / f"iter_{iteration:04d}"
@@ -219,6 +213,7 @@ class ChainStore:
         save_model: Callable[[Path], None],
         save_synthetic: Callable[[Path], None] | None,
         keep_models: bool,
+        preview: np.ndarray | None = None,
     ) -> None:
         final = self._iteration_directory(record.iteration)
         partial = final.with_name(final.name + ".partial")
@@ -229,6 +224,8 @@ class ChainStore:
         if save_synthetic is not None:
             (partial / "synthetic").mkdir()
             save_synthetic(partial / "synthetic")
+        if preview is not None:
+            np.save(partial / "preview.npy", preview)
         fsync_tree(partial)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -248,6 +245,15 @@ class ChainStore:
         if not path.is_dir():
             raise RunDirectoryError(f"missing synthetic data {path}")
         return path
+
+    def preview(self, iteration: int) -> np.ndarray | None:
+        path = self._iteration_directory(iteration) / "preview.npy"
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as error:  # numpy raises several types for a damaged file
+            raise RunDirectoryError(f"corrupted file {path}: {error}") from None
 
     def records(self, batch: int) -> list[IterationRecord]:
         records = []

@@ -40,6 +40,8 @@ class Setting(ABC):
     Config: ClassVar[type[SettingConfig]]
     metrics: ClassVar[dict[str, Metric]]
     batches_seeds: ClassVar[bool] = True
+    # Image settings keep this many samples of every iteration's model as a preview (figures, report).
+    preview_size: ClassVar[int] = 0
 
     def __init__(self, config: SettingConfig, seeds: Sequence[int]):
         self.config = config
@@ -77,6 +79,10 @@ class Setting(ABC):
     @abstractmethod
     def select(self, parts: Sequence[Any], rows: np.ndarray) -> Any:
         """The rows ``rows`` (shape (batch, k)) of the concatenation of ``parts``."""
+
+    def preview(self, data: Any) -> np.ndarray:
+        """Images of the first seed of ``data`` as uint8 (N, H, W, C), for settings with ``preview_size``."""
+        raise NotImplementedError(f"setting {self.name!r} has no image preview")
 
     @abstractmethod
     def save_model(self, model: Any, directory: Path) -> None: ...

@@ -1,0 +1,282 @@
+"""Variational autoencoders on images (the paper's §2.3; Shumailov et al.'s MNIST loop).
+
+Every iteration trains a freshly initialised convolutional VAE from scratch. Synthetic images are the
+decoder means of latents drawn from the prior, stored as uint8 like real images. Metrics on held-out
+real images: the negative ELBO (``test_loss``, the paper's test loss) with its reconstruction and KL
+parts, in nats per image; and two numbers that make a collapse to few modes visible:
+``class_entropy``, the entropy of the class histogram of samples under a classifier trained once on
+real data (log 10 = 2.30 for ten balanced digit classes; NaN for data without labels), and
+``sample_spread``, the total variance of samples over that of real test images in a PCA feature space
+fitted on real data (1 = as spread out as real data, 0 = a single image).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from ..errors import ModelCollapseError, RunDirectoryError
+from ..randomness import seed_rng
+from .arrays import ArraySetting, Samples, concatenate
+from .base import Metric, SettingConfig
+from .images import CHANNELS, ImageSplit, load_images
+
+
+class VAEConfig(SettingConfig):
+    name: Literal["vae"] = "vae"
+    dataset: Literal["digits", "mnist", "celeba", "folder"] = "digits"
+    data_dir: str | None = Field(None, description="where mnist/celeba live (or are downloaded to), or the image folder")
+    download: bool = False
+    channels: Literal[1, 3] | None = Field(None, description="1 (grey) or 3 (RGB); set by the data set except for folder")
+    image_size: PositiveInt = 16
+    samples: PositiveInt | None = Field(None, description="T: real training images (default: the whole training split)")
+    test_samples: PositiveInt = 300
+    latent_dim: PositiveInt = 16
+    widths: tuple[PositiveInt, ...] = Field((32, 64), min_length=1, description="channels of each stride-2 conv stage")
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    decoder_std: PositiveFloat = Field(0.1, description="pixel noise of the gaussian likelihood")
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
+    evaluation_samples: PositiveInt = 1000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        stride = 2 ** len(self.widths)
+        if self.image_size % stride:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by 2^len(widths) = {stride}")
+        if self.dataset == "folder" and self.channels is None:
+            raise ValueError("channels must be given (1 or 3) for dataset 'folder'")
+        if self.dataset != "folder" and self.channels not in (None, CHANNELS[self.dataset]):
+            raise ValueError(f"channels: {self.dataset} images have {CHANNELS[self.dataset]} channel(s)")
+        return self
+
+    @property
+    def image_channels(self) -> int:
+        return self.channels or CHANNELS[self.dataset]
+
+
+class ConvVAE(nn.Module):
+    """Stride-2 convolutions down to (widths[-1], s, s), a Gaussian latent, and the mirror image back up."""
+
+    def __init__(self, channels: int, image_size: int, widths: Sequence[int], latent_dim: int):
+        super().__init__()
+        encoder, width_in = [], channels
+        for width in widths:
+            encoder += [nn.Conv2d(width_in, width, 4, stride=2, padding=1), nn.SiLU()]
+            width_in = width
+        self.encoder = nn.Sequential(*encoder, nn.Flatten())
+        self.side = image_size // 2 ** len(widths)
+        flat = widths[-1] * self.side**2
+        self.to_latent = nn.Linear(flat, 2 * latent_dim)
+        self.from_latent = nn.Linear(latent_dim, flat)
+        decoder = []
+        for width_in, width in zip(widths[::-1], [*widths[-2::-1], None]):
+            if width is None:
+                decoder.append(nn.ConvTranspose2d(width_in, channels, 4, stride=2, padding=1))
+            else:
+                decoder += [nn.ConvTranspose2d(width_in, width, 4, stride=2, padding=1), nn.SiLU()]
+        self.decoder = nn.Sequential(*decoder)
+        self.top_width = widths[-1]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_variance = self.to_latent(self.encoder(x)).chunk(2, dim=1)
+        return mean, log_variance
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of the pixel means."""
+        hidden = self.from_latent(z).view(-1, self.top_width, self.side, self.side)
+        return self.decoder(F.silu(hidden))
+
+
+def negative_elbo(
+    model: ConvVAE, x: torch.Tensor, noise: torch.Tensor, likelihood: str, decoder_std: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction, KL) per image in nats, with the reparameterisation z = mean + std * noise."""
+    mean, log_variance = model.encode(x)
+    z = mean + torch.exp(0.5 * log_variance) * noise
+    logits = model.decode(z)
+    if likelihood == "bernoulli":
+        reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    else:
+        reconstruction = 0.5 * ((x - torch.sigmoid(logits)) / decoder_std) ** 2 + 0.5 * np.log(2 * np.pi * decoder_std**2)
+    kl = 0.5 * (mean**2 + log_variance.exp() - 1 - log_variance).sum(dim=1)
+    return reconstruction.flatten(1).sum(dim=1), kl
+
+
+def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.integers(2**63)))
+    return generator
+
+
+def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(images).to(device).float().div_(255)
+
+
+@dataclass(frozen=True)
+class RealImages:
+    train: ImageSplit
+    test: ImageSplit
+    features: PCA  # feature space for sample_spread, fitted on real training images
+    real_spread: float  # total variance of real test images in that space
+    classifier: LogisticRegression | None  # for class_entropy, where the data set has labels
+
+
+@functools.lru_cache(maxsize=4)
+def _real_images(dataset: str, image_size: int, test_size: int, data_dir: str | None, download: bool, channels: int) -> RealImages:
+    """The real data and the judges trained once on them; cached, as every chain of a sweep shares them."""
+    train, test = load_images(dataset, image_size, test_size, data_dir, download, channels)
+    flat = train.images.reshape(len(train.images), -1) / 255
+    features = PCA(n_components=min(20, *flat.shape), random_state=0).fit(flat)
+    real_spread = float(features.transform(test.images.reshape(len(test.images), -1) / 255).var(axis=0).sum())
+    classifier = None
+    if train.labels is not None:
+        limit = min(len(flat), 10000)
+        classifier = LogisticRegression(max_iter=300).fit(flat[:limit], train.labels[:limit])
+    return RealImages(train, test, features, real_spread, classifier)
+
+
+class VAE(ArraySetting):
+    name = "vae"
+    Config = VAEConfig
+    metrics = {
+        "test_loss": Metric("test negative ELBO (nats / image)"),
+        "test_reconstruction": Metric("test reconstruction (nats / image)"),
+        "test_kl": Metric("test KL (nats / image)"),
+        "class_entropy": Metric("entropy of sample classes (nats)"),
+        "sample_spread": Metric("sample spread / real spread"),
+    }
+    batches_seeds = False  # a neural network per seed: one seed per chain
+    preview_size = 64
+    data_fields = ("x",)
+
+    def __init__(self, config: VAEConfig, seeds: Sequence[int]):
+        super().__init__(config, seeds)
+        if self.batch != 1:
+            raise ValueError("the vae setting runs one seed per chain")
+        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if config.device == "auto" else config.device)
+        real = _real_images(
+            config.dataset, config.image_size, config.test_samples, config.data_dir, config.download, config.image_channels
+        )
+        train = real.train
+        size = config.samples or len(train.images)
+        if size > len(train.images):
+            raise ModelCollapseError(f"setting.samples: {config.dataset} has {len(train.images)} training images, asked for {size}")
+        self._real = Samples(x=train.images[None, :size])
+        self._reserve = train.images[size:]  # real images the chain never trains on: source of fresh real data
+        self.test = real.test.images
+        self.features, self.real_spread, self.classifier = real.features, real.real_spread, real.classifier
+        self._evaluation_seed = int(seed_rng(self.seeds[0], "evaluate").integers(2**63))
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def real_train(self) -> Samples:
+        return self._real
+
+    def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
+        if size > len(self._reserve):
+            raise ModelCollapseError(
+                f"fresh-real needs {size} unused real images per iteration, {self.config.dataset} has "
+                f"{len(self._reserve)} beyond the training set: lower setting.samples"
+            )
+        return Samples(x=self._reserve[None, rng.choice(len(self._reserve), size, replace=False)])
+
+    def preview(self, data: Samples) -> np.ndarray:
+        return data["x"][0].transpose(0, 2, 3, 1)
+
+    # -- model ------------------------------------------------------------------------------------
+    def _new_model(self) -> ConvVAE:
+        c = self.config
+        return ConvVAE(c.image_channels, c.image_size, c.widths, c.latent_dim).to(self.device)
+
+    def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> ConvVAE:
+        c = self.config
+        images = concatenate(parts)["x"][0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**63)))
+            model = self._new_model()
+        generator = _generator(rng, self.device)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=c.learning_rate)
+        model.train()
+        for _ in range(c.epochs):
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
+            for start in range(0, len(images), c.batch_size):
+                x = _pixels(images[order[start : start + c.batch_size].numpy()], self.device)
+                noise = torch.randn(len(x), c.latent_dim, generator=generator, device=self.device)
+                reconstruction, kl = negative_elbo(model, x, noise, c.likelihood, c.decoder_std)
+                loss = (reconstruction + kl).mean()
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        model.eval()
+        return model
+
+    @torch.no_grad()
+    def _generate(self, model: ConvVAE, size: int, rng: np.random.Generator) -> np.ndarray:
+        generator = _generator(rng, self.device)
+        images = []
+        for start in range(0, size, 1024):
+            z = torch.randn(min(1024, size - start), self.config.latent_dim, generator=generator, device=self.device)
+            images.append((torch.sigmoid(model.decode(z)) * 255).round().to(torch.uint8).cpu().numpy())
+        return np.concatenate(images)
+
+    def sample(self, model: ConvVAE, size: int, rng: np.random.Generator) -> Samples:
+        return Samples(x=self._generate(model, size, rng)[None])
+
+    @torch.no_grad()
+    def evaluate(self, model: ConvVAE) -> dict[str, np.ndarray]:
+        c = self.config
+        # The same evaluation noise and prior draws at every iteration: differences are the model's.
+        rng = np.random.default_rng(self._evaluation_seed)
+        generator = _generator(rng, self.device)
+        totals = np.zeros(2)
+        for start in range(0, len(self.test), 512):
+            x = _pixels(self.test[start : start + 512], self.device)
+            noise = torch.randn(len(x), c.latent_dim, generator=generator, device=self.device)
+            reconstruction, kl = negative_elbo(model, x, noise, c.likelihood, c.decoder_std)
+            totals += [reconstruction.sum().item(), kl.sum().item()]
+        reconstruction, kl = totals / len(self.test)
+        samples = self._generate(model, c.evaluation_samples, rng).reshape(c.evaluation_samples, -1) / 255
+        entropy = np.nan
+        if self.classifier is not None:
+            counts = np.bincount(self.classifier.predict(samples), minlength=len(self.classifier.classes_))
+            p = counts[counts > 0] / counts.sum()
+            entropy = float(-(p * np.log(p)).sum())
+        spread = self.features.transform(samples).var(axis=0).sum() / self.real_spread
+        return {
+            "test_loss": np.array([reconstruction + kl]),
+            "test_reconstruction": np.array([reconstruction]),
+            "test_kl": np.array([kl]),
+            "class_entropy": np.array([entropy]),
+            "sample_spread": np.array([spread]),
+        }
+
+    # -- storage ----------------------------------------------------------------------------------
+    def save_model(self, model: ConvVAE, directory: Path) -> None:
+        torch.save(model.state_dict(), directory / "model.pt")
+
+    def load_model(self, directory: Path) -> ConvVAE:
+        path = directory / "model.pt"
+        model = self._new_model()
+        try:
+            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        except FileNotFoundError:
+            raise RunDirectoryError(f"missing file {path}") from None
+        except Exception as error:  # torch raises several types for damaged or foreign files
+            raise RunDirectoryError(f"file {path} is not a checkpoint of this model: {error}") from None
+        model.eval()
+        return model

@@ -1,0 +1,168 @@
+"""The VAE setting: the model, its loss, its metrics on known inputs, data loading, and resume."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model_collapse.chain import run_chain
+from model_collapse.config import build_experiment
+from model_collapse.errors import ConfigError, ModelCollapseError, RunDirectoryError
+from model_collapse.regimes import parse_regime
+from model_collapse.rundir import ChainStore
+from model_collapse.settings.images import load_images
+from model_collapse.settings.vae import VAE, ConvVAE, VAEConfig, negative_elbo
+
+TINY = dict(samples=64, test_samples=100, image_size=8, widths=(8,), latent_dim=2, epochs=1, evaluation_samples=200)
+
+
+@pytest.mark.parametrize("channels,size,widths", [(1, 28, (32, 64)), (3, 64, (32, 64, 128, 256)), (1, 16, (8,))])
+def test_conv_vae_shapes(channels, size, widths):
+    model = ConvVAE(channels, size, widths, latent_dim=5)
+    x = torch.rand(3, channels, size, size)
+    mean, log_variance = model.encode(x)
+    assert mean.shape == log_variance.shape == (3, 5)
+    assert model.decode(mean).shape == (3, channels, size, size)
+
+
+def zeroed(model, latent_bias=None):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        if latent_bias is not None:
+            model.to_latent.bias.copy_(torch.tensor(latent_bias, dtype=torch.float32))
+    return model
+
+
+def test_negative_elbo_on_known_inputs():
+    model = zeroed(ConvVAE(1, 8, (4,), latent_dim=2), latent_bias=[1.0, -1.0, 0.0, np.log(4.0)])
+    x = torch.rand(5, 1, 8, 8)
+    noise = torch.randn(5, 2)
+    reconstruction, kl = negative_elbo(model, x, noise, "bernoulli", 0.1)
+    # decoder logits are 0: every pixel costs log 2, whatever its value
+    torch.testing.assert_close(reconstruction, torch.full((5,), 64 * np.log(2.0)))
+    # KL(N(m, s^2) || N(0, 1)) = 0.5 (m^2 + s^2 - 1 - log s^2): dims (1, 1) and (-1, 4)
+    expected_kl = 0.5 * (1 + 1 - 1 - 0) + 0.5 * (1 + 4 - 1 - np.log(4.0))
+    torch.testing.assert_close(kl, torch.full((5,), expected_kl, dtype=torch.float32))
+
+    reconstruction, _ = negative_elbo(model, x, noise, "gaussian", 0.2)
+    expected = (0.5 * ((x - 0.5) / 0.2) ** 2 + 0.5 * np.log(2 * np.pi * 0.04)).flatten(1).sum(1)
+    torch.testing.assert_close(reconstruction, expected)
+
+
+def test_sampling_shapes_and_types():
+    setting = VAE(VAEConfig(**TINY), [0])
+    model = setting.fit([setting.real_train], np.random.default_rng(0))
+    data = setting.sample(model, 10, np.random.default_rng(1))
+    assert data["x"].shape == (1, 10, 1, 8, 8) and data["x"].dtype == np.uint8
+    assert setting.preview(data).shape == (10, 8, 8, 1)
+    assert setting.real_train["x"].shape == (1, 64, 1, 8, 8)
+
+
+def test_diversity_metrics_on_known_models():
+    setting = VAE(VAEConfig(**TINY), [0])
+    # the judges see ten balanced classes in real data
+    test = setting.test.reshape(len(setting.test), -1) / 255
+    counts = np.bincount(setting.classifier.predict(test), minlength=10)
+    p = counts / counts.sum()
+    assert -(p * np.log(p)).sum() > 2.1  # log 10 = 2.30
+    # a model whose every sample is the same image: one class, no spread
+    collapsed = zeroed(setting._new_model())
+    metrics = setting.evaluate(collapsed)
+    assert metrics["class_entropy"][0] == 0.0
+    assert metrics["sample_spread"][0] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(metrics["test_kl"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(metrics["test_reconstruction"], 64 * np.log(2.0), rtol=1e-5)
+
+
+def test_training_lowers_the_test_loss_and_evaluation_is_repeatable():
+    config = VAEConfig(
+        **{**TINY, "samples": None, "image_size": 16, "widths": (16, 32), "latent_dim": 8, "epochs": 5, "learning_rate": 2e-3}
+    )
+    setting = VAE(config, [0])
+    untrained = setting.evaluate(setting._new_model())["test_loss"][0]
+    model = setting.fit([setting.real_train], np.random.default_rng(0))
+    trained = setting.evaluate(model)
+    assert trained["test_loss"][0] < 0.7 * untrained
+    # a model trained on real digits draws most classes, spread out like real data
+    assert trained["class_entropy"][0] > 1.6
+    assert trained["sample_spread"][0] > 0.3
+    assert setting.evaluate(model)["test_loss"][0] == trained["test_loss"][0]
+
+
+def test_checkpoints_round_trip_and_foreign_files_are_refused(tmp_path):
+    setting = VAE(VAEConfig(**TINY), [0])
+    model = setting.fit([setting.real_train], np.random.default_rng(0))
+    setting.save_model(model, tmp_path)
+    assert setting.evaluate(setting.load_model(tmp_path)) == setting.evaluate(model)
+    other = VAE(VAEConfig(**{**TINY, "latent_dim": 3}), [0])
+    with pytest.raises(RunDirectoryError, match="not a checkpoint of this model"):
+        other.load_model(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(RunDirectoryError):
+        setting.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("regime", ["accumulate", "replace"])
+def test_resumed_vae_chain_equals_uninterrupted_chain(tmp_path, regime):
+    straight = run_chain(VAE(VAEConfig(**TINY), [0]), parse_regime(regime), 3)
+    run_chain(VAE(VAEConfig(**TINY), [0]), parse_regime(regime), 2, ChainStore(tmp_path, {}))
+    resumed = run_chain(VAE(VAEConfig(**TINY), [0]), parse_regime(regime), 3, ChainStore(tmp_path, {}))
+    for a, b in zip(straight, resumed):
+        assert {k: v.tolist() for k, v in a.metrics.items()} == {k: v.tolist() for k, v in b.metrics.items()}
+    assert (tmp_path / "iter_0003" / "preview.npy").exists()
+
+
+def test_fresh_real_images_come_from_outside_the_training_set():
+    setting = VAE(VAEConfig(**TINY), [0])
+    fresh = setting.fresh_real(10, np.random.default_rng(0))["x"][0]
+    train = setting.real_train["x"][0].reshape(64, -1)
+    assert not any((train == image.reshape(1, -1)).all(axis=1).any() for image in fresh)
+    with pytest.raises(ModelCollapseError, match="lower setting.samples"):
+        setting.fresh_real(10**6, np.random.default_rng(0))
+
+
+def test_images_from_a_folder(tmp_path):
+    train, test = load_images("digits", 8, 100, None, False, 1)
+    for i, image in enumerate(np.concatenate([train.images, test.images])[:40]):
+        Image.fromarray(image[0]).save(tmp_path / f"{i:03d}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder_train, folder_test = load_images("folder", 8, 10, str(tmp_path), False, 1)
+    assert folder_train.images.shape == (30, 1, 8, 8) and folder_test.images.shape == (10, 1, 8, 8)
+    originals = {image.tobytes() for image in train.images[:40]}
+    assert {image.tobytes() for image in folder_train.images} <= originals
+    rgb_train, _ = load_images("folder", 16, 10, str(tmp_path), False, 3)
+    assert rgb_train.images.shape == (30, 3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"image_size": 12, "widths": [8, 16, 32]}, "divisible by 2^len(widths)"),
+        ({"dataset": "folder"}, "channels must be given"),
+        ({"dataset": "celeba", "channels": 1}, "3 channel"),
+        ({"widths": []}, "widths"),
+    ],
+)
+def test_bad_vae_configs(changes, message):
+    raw = {"setting": {"name": "vae", **changes}, "regimes": ["replace"], "iterations": 2, "seeds": 1}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_experiment(raw)
+
+
+def test_data_sets_that_need_a_directory_say_so():
+    with pytest.raises(ConfigError, match="needs a data directory"):
+        VAE(VAEConfig(dataset="mnist"), [0])
+    with pytest.raises(ModelCollapseError, match="setting.samples"):
+        VAE(VAEConfig(samples=100000), [0])
+
+
+def test_a_vae_sweep_runs_one_chain_per_seed_and_lists_are_values_for_widths():
+    raw = {"setting": {"name": "vae", "widths": [8, 16], "latent_dim": [2, 4]}, "regimes": ["replace"], "iterations": 2, "seeds": 3}
+    experiment = build_experiment(raw)
+    assert experiment.varying == ("latent_dim",)
+    chains = experiment.chains()
+    assert len(chains) == 2 * 3 and {c.seeds for c in chains} == {(0,), (1,), (2,)}
+    assert all(c.point.widths == (8, 16) for c in chains)
