@@ -188,7 +188,10 @@ def plot_run(run_directory: Path) -> list[Path]:
             if column == 0:
                 ax.set_ylabel(label, fontsize=9)
                 ax.legend(fontsize=7)
-        figure.suptitle(f"{experiment.setting_name}: {metric} by regime (dashed: theory)")
+        has_theory = any(
+            c.metric == metric for r in results for c in theory.curves(r.spec.point, r.spec.regime.name, 1)
+        )
+        figure.suptitle(f"{experiment.setting_name}: {metric} by regime" + (" (dashed: theory)" if has_theory else ""))
         written += _save(figure, out, metric)
     if setting.preview_size:
         written += _sample_figures(run_directory, experiment, chain_results, out)
