@@ -221,7 +221,11 @@ def test_ctrl_c_stops_with_a_resume_hint_and_the_run_finishes_later(tmp_path):
         regimes=["accumulate"], iterations=40, seeds=600, workers=1,
     )
     command = [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(tmp_path / "run"), "-q"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job inherits SIGINT ignored (so may this test); a terminal's Ctrl-C does not.
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     progress = tmp_path / "run" / "chains" / "base" / "accumulate" / "progress.json"
     deadline = time.time() + 120
     while time.time() < deadline and completed(progress) < 2:

@@ -52,7 +52,7 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def pending_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
+def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
     """Iterations each chain has already completed (0 for a chain not started)."""
     done = []
     for spec in specs:
@@ -66,7 +66,7 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
     iterations = experiment.config.iterations
     keep_models = experiment.config.checkpoints == "all"
     workers = workers or experiment.config.workers or os.cpu_count() or 1
-    done = pending_iterations(run_directory, specs, iterations)
+    done = completed_iterations(run_directory, specs, iterations)
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
     console = Console(stderr=True, quiet=quiet)
     with _progress(console) as progress:
