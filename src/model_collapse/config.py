@@ -105,6 +105,11 @@ class ChainSpec:
         return "_".join(f"{key}-{values[key]}" for key in self.varying) or "base"
 
     @property
+    def label(self) -> str:
+        seeds = "" if type_of(self.point).batches_seeds else f" / seed {self.seeds[0]}"
+        return f"{self.point_name} / {self.regime.label}{seeds}"
+
+    @property
     def relative_directory(self) -> Path:
         path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
         if not type_of(self.point).batches_seeds:

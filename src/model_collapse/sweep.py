@@ -35,7 +35,9 @@ def run_spec(
 
 
 def _worker(run_directory: Path, index: int, spec: ChainSpec, iterations: int, keep_models: bool, queue) -> None:
-    # One BLAS thread per process: the parallelism is across chains.
+    # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
+    # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
+    type_of(spec.point)
     with threadpool_limits(limits=1):
         run_spec(run_directory, spec, iterations, keep_models, lambda record: queue.put((index, record.iteration)))
 
@@ -72,7 +74,7 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
     with _progress(console) as progress:
         overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done))
         tasks = {
-            i: progress.add_task(f"{specs[i].point_name} / {specs[i].regime.label}", total=iterations, completed=done[i])
+            i: progress.add_task(specs[i].label, total=iterations, completed=done[i])
             for i in todo
         }
 
