@@ -1,0 +1,133 @@
+"""Language-model training and sampling: packing, loss masking, the schedule, the KV cache."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_collapse.settings.language_model.corpus import load_documents
+from model_collapse.settings.language_model.models import build_model
+from model_collapse.settings.language_model.packing import TokenCorpus, pack
+from model_collapse.settings.language_model.sampling import generate, next_token_distribution, story_prompts
+from model_collapse.settings.language_model.tokenizer import train_tokenizer
+from model_collapse.settings.language_model.training import TrainingOptions, cross_entropy, learning_rate_factor, train
+
+BOS = EOS = 0
+
+
+def test_packing_puts_documents_back_to_back_and_masks_cross_document_targets():
+    corpus = TokenCorpus.from_documents([[5, 6, 7], [8], [9, 10]])
+    blocks = pack(corpus, block_size=4, bos=0, eos=1)
+    np.testing.assert_array_equal(blocks.inputs, [[0, 5, 6, 7], [1, 0, 8, 1], [0, 9, 10, 1]])
+    np.testing.assert_array_equal(blocks.targets, [[5, 6, 7, 1], [-100, 8, 1, -100], [9, 10, 1, -100]])
+
+
+def test_every_document_token_and_eos_is_a_target_exactly_once():
+    rng = np.random.default_rng(0)
+    documents = [list(rng.integers(2, 50, size=rng.integers(0, 30))) for _ in range(40)]
+    corpus = TokenCorpus.from_documents(documents)
+    order = rng.permutation(len(documents))
+    blocks = pack(corpus, 16, bos=0, eos=1, order=order)
+    targets = blocks.targets[blocks.targets != -100]
+    expected = [t for i in order for t in [*documents[i], 1]]
+    np.testing.assert_array_equal(targets, expected)
+
+
+def test_token_corpus_selects_concatenates_and_memory_maps(tmp_path):
+    a = TokenCorpus.from_documents([[1, 2], [3]])
+    b = TokenCorpus.from_documents([[4, 5, 6], []])
+    both = TokenCorpus.concatenate([a, b])
+    assert [both.document(i).tolist() for i in range(len(both))] == [[1, 2], [3], [4, 5, 6], []]
+    assert [d.tolist() for d in (both.select(np.array([2, 0])).document(i) for i in range(2))] == [[4, 5, 6], [1, 2]]
+    both.save(tmp_path)
+    loaded = TokenCorpus.load(tmp_path)
+    assert isinstance(loaded.tokens, np.memmap)
+    np.testing.assert_array_equal(loaded.tokens, both.tokens)
+    np.testing.assert_array_equal(loaded.offsets, both.offsets)
+
+
+def test_learning_rate_schedule_warms_up_then_decays_to_the_final_ratio():
+    factors = [learning_rate_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert learning_rate_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_cross_entropy_takes_only_unmasked_targets():
+    torch.manual_seed(0)
+    model = build_model("gpt2-tiny", vocab_size=40, special_token_id=EOS).eval()  # no dropout
+    corpus = TokenCorpus.from_documents([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]])
+    blocks = pack(corpus, 8, bos=BOS, eos=EOS)
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(blocks.inputs)).logits
+    targets = torch.from_numpy(blocks.targets)
+    keep = targets != -100
+    expected = F.cross_entropy(logits[keep], targets[keep]).item()
+    assert cross_entropy(model, blocks, batch_size=1, device=torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_corpus():
+    train_documents = load_documents("moby-dick", "train")[:600]
+    validation_documents = load_documents("moby-dick", "validation")[:40]
+    tokenizer = train_tokenizer(train_documents, vocab_size=400)
+    encode = lambda docs: TokenCorpus.from_documents(tokenizer(docs, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return tokenizer, encode(train_documents), encode(validation_documents)
+
+
+def test_training_lowers_the_validation_loss_and_is_deterministic(small_corpus):
+    tokenizer, train_corpus, validation_corpus = small_corpus
+    eos = tokenizer.eos_token_id
+    blocks, validation = pack(train_corpus, 64, eos, eos), pack(validation_corpus, 64, eos, eos)
+    options = TrainingOptions(batch_size=16, learning_rate=3e-3, evaluations_per_epoch=3)
+    curves = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model("llama-tiny", len(tokenizer), eos)
+        before = cross_entropy(model, validation, 16, torch.device("cpu"))
+        curves.append(train(model, blocks, validation, options, np.random.default_rng(0), torch.device("cpu")))
+    assert before == pytest.approx(math.log(len(tokenizer)), rel=0.05)  # an untrained model is near uniform
+    assert curves[0][-1]["validation_loss"] < before - 1.0
+    assert len(curves[0]) >= 3 and curves[0][-1]["epoch"] == 1.0
+    assert curves[0] == curves[1]
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_kv_cache_sampling_equals_uncached_sampling(preset):
+    torch.manual_seed(0)
+    model = build_model(preset, vocab_size=60, special_token_id=EOS)
+    prompts = story_prompts([7, 8, 9, 10, 11, 12], 6, bos=BOS)
+    outputs = [
+        generate(model, prompts, 40, EOS, torch.Generator().manual_seed(3), temperature=1.0, use_cache=cache)
+        for cache in (True, False)
+    ]
+    assert outputs[0] == outputs[1]
+    for prompt, story in zip(prompts.tolist(), outputs[0]):
+        assert story[:2] == prompt  # the prompt's first token stays in the story
+        assert EOS not in story[2:] and len(story) <= 2 + 40
+
+
+def test_sampling_stops_at_eos_and_respects_top_k_and_top_p():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    np.testing.assert_allclose(next_token_distribution(logits, 1.0, None, None)[0], torch.softmax(logits, -1)[0], rtol=1e-6)
+    assert next_token_distribution(logits, 1.0, 1, None)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    top_two = next_token_distribution(logits, 1.0, 2, None)[0]
+    assert top_two[2] == top_two[3] == 0 and top_two.sum() == pytest.approx(1.0)
+    p = torch.softmax(logits, -1)[0]
+    nucleus = next_token_distribution(logits, 1.0, None, float(p[0] + p[1] - 1e-3))[0]  # needs tokens 0 and 1
+    assert nucleus[2] == 0 and nucleus[0] > 0 and nucleus[1] > 0
+    cold = next_token_distribution(logits, 0.3, None, None)[0]
+    assert cold[0] > torch.softmax(logits, -1)[0][0]
+    with pytest.raises(ValueError):
+        next_token_distribution(logits, 0.0, None, None)
+
+    torch.manual_seed(0)
+    model = build_model("gpt2-tiny", vocab_size=30, special_token_id=EOS)
+    with torch.no_grad():  # final hidden state = a long vector along EOS's embedding: EOS always wins
+        eos_embedding = model.lm_head.weight[EOS]
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(1e4 * eos_embedding / eos_embedding.norm() ** 2)
+    stories = generate(model, story_prompts(None, 4, bos=BOS), 50, EOS, torch.Generator().manual_seed(0))
+    assert stories == [[BOS]] * 4
