@@ -1,6 +1,7 @@
 """The chain loop: every regime on every setting, determinism, and resume after an interruption."""
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +17,10 @@ SMALL = {
     "gaussian": {"dim": 2, "samples": 8},
     "kde": {"samples": 8, "test_samples": 20},
     "vae": {"samples": 8, "test_samples": 20, "image_size": 8, "widths": [4], "latent_dim": 2, "epochs": 1, "evaluation_samples": 20},
+    "language-model": {
+        "samples": 8, "validation_documents": 4, "vocab_size": 300, "block_size": 32, "max_new_tokens": 16,
+        "batch_size": 4, "tokenizer_cache": tempfile.mkdtemp(prefix="tokenizers-"),
+    },
 }
 REGIME_SPECS = ["replace", "accumulate", "accumulate-subsample", "replace-grown", "keep-real-fraction:0.25", "fresh-real:0.5", "mix:0.5"]
 

@@ -35,17 +35,29 @@ def test_every_document_token_and_eos_is_a_target_exactly_once():
     np.testing.assert_array_equal(targets, expected)
 
 
-def test_token_corpus_selects_concatenates_and_memory_maps(tmp_path):
-    a = TokenCorpus.from_documents([[1, 2], [3]])
-    b = TokenCorpus.from_documents([[4, 5, 6], []])
-    both = TokenCorpus.concatenate([a, b])
-    assert [both.document(i).tolist() for i in range(len(both))] == [[1, 2], [3], [4, 5, 6], []]
-    assert [d.tolist() for d in (both.select(np.array([2, 0])).document(i) for i in range(2))] == [[4, 5, 6], [1, 2]]
-    both.save(tmp_path)
+def test_token_corpus_round_trips_through_memory_mapped_files(tmp_path):
+    corpus = TokenCorpus.from_documents([[1, 2], [3], [4, 5, 6], []])
+    assert [corpus.document(i).tolist() for i in range(len(corpus))] == [[1, 2], [3], [4, 5, 6], []]
+    corpus.save(tmp_path)
     loaded = TokenCorpus.load(tmp_path)
     assert isinstance(loaded.tokens, np.memmap)
-    np.testing.assert_array_equal(loaded.tokens, both.tokens)
-    np.testing.assert_array_equal(loaded.offsets, both.offsets)
+    np.testing.assert_array_equal(loaded.tokens, corpus.tokens)
+    np.testing.assert_array_equal(loaded.offsets, corpus.offsets)
+
+
+def test_packing_several_parts_equals_packing_their_concatenation():
+    rng = np.random.default_rng(1)
+    documents = [list(rng.integers(2, 50, size=rng.integers(0, 20))) for _ in range(30)]
+    parts = [TokenCorpus.from_documents(documents[:7]), TokenCorpus.from_documents(documents[7:20]), TokenCorpus.from_documents(documents[20:])]
+    order = rng.permutation(30)
+    together = pack(TokenCorpus.from_documents(documents), 8, bos=0, eos=1, order=order)
+    apart = pack(parts, 8, bos=0, eos=1, order=order)
+    assert len(apart) == len(together)
+    np.testing.assert_array_equal(apart.inputs, together.inputs)
+    np.testing.assert_array_equal(apart.targets, together.targets)
+    inputs, targets = apart.batch([3, 0])
+    np.testing.assert_array_equal(inputs, together.inputs[[3, 0]])
+    assert len(apart.limited(2)) == 2
 
 
 def test_learning_rate_schedule_warms_up_then_decays_to_the_final_ratio():

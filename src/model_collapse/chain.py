@@ -88,7 +88,10 @@ def run_chain(
                 save_synthetic=(lambda directory, data=new_synthetic: setting.save_data(data, directory)) if keep else None,
                 keep_models=keep_models,
                 preview=preview,
+                diagnostics=setting.diagnostics(model),
             )
+            if keep and setting.data_on_disk:
+                pool[synthetic(iteration)] = setting.load_data(store.synthetic_directory(iteration))
         records.append(record)
         if on_iteration is not None:
             on_iteration(record)

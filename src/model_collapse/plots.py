@@ -1,5 +1,8 @@
 """Figures of a run: simulation means with 95% bands over seeds, closed forms overlaid where known.
 
+Settings that record learning curves (language models) also get ``learning_curves_<point>``: validation
+loss during training, one line per iteration, one panel per regime.
+
 For image settings also ``samples_<point>`` (the paper's Fig. 6: real images, then the last iteration of
 every regime) and ``samples_by_iteration_<point>``.
 
@@ -91,6 +94,18 @@ def _show(ax, images: np.ndarray, title: str) -> None:
     ax.set_yticks([])
 
 
+def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, stores: dict, last: dict) -> Path:
+    """Sample texts of iteration 1 and the last iteration of every regime, after real ones."""
+    lines = [f"# {setting_name}: samples ({point})", "", "## real data", ""]
+    lines += [f"{i + 1}. {text!r}" for i, text in enumerate(real)]
+    for label, store in stores.items():
+        for iteration in sorted({1, last[label]}):
+            lines += ["", f"## {label}, iteration {iteration}", ""]
+            lines += [f"{i + 1}. {text!r}" for i, text in enumerate(store.preview(iteration))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def _sample_figures(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
     """The paper's Fig. 6 layout (real images, then the last iteration of every regime) and the
     samples of every regime over the iterations, for the first seed of each sweep point."""
@@ -104,6 +119,9 @@ def _sample_figures(run_directory: Path, experiment, results: list[ChainResult],
         real = setting.preview(setting.real_train)[: setting.preview_size]
         stores = {r.spec.regime.label: ChainStore(run_directory / r.spec.relative_directory, r.spec.description()) for r in chains}
         last = {label: int(r.iterations.max()) for label, r in zip(stores, chains)}
+        if real.ndim == 1:  # texts: a page of samples instead of image grids
+            written.append(_text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, stores, last))
+            continue
 
         figure, axes = plt.subplots(1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained")
         _show(axes[0][0], real, "real data")
@@ -125,6 +143,35 @@ def _sample_figures(run_directory: Path, experiment, results: list[ChainResult],
                 _show(axes[row][column], images, f"{label}, iteration {iteration}")
         figure.suptitle(f"{experiment.setting_name}: samples by iteration ({point})")
         written += _save(figure, out, f"samples_by_iteration_{point}")
+    return written
+
+
+def _learning_curves(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
+    """Validation loss during training, one line per iteration, one panel per regime (first seed)."""
+    written = []
+    for point in dict.fromkeys(r.spec.point_name for r in results):
+        chains = [r for r in results if r.spec.point_name == point and r.spec.seeds[0] == 0]
+        curves = {}
+        for result in chains:
+            store = ChainStore(run_directory / result.spec.relative_directory, result.spec.description())
+            found = {int(i): (store.diagnostics(int(i)) or {}).get("learning_curve") for i in result.iterations}
+            curves[result.spec.regime.label] = {i: c for i, c in found.items() if c}
+        if not any(curves.values()):
+            continue
+        last = max(i for c in curves.values() for i in c)
+        colour = plt.cm.viridis
+        figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False, sharey=True, layout="constrained")
+        for ax, (label, by_iteration) in zip(axes[0], curves.items()):
+            for iteration, curve in by_iteration.items():
+                ax.plot([p["epoch"] for p in curve], [p["validation_loss"] for p in curve],
+                        color=colour((iteration - 1) / max(1, last - 1)), label=f"iteration {iteration}")
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("validation loss (nats / token)")
+        axes[0][0].legend(fontsize=7)
+        figure.suptitle(f"{experiment.setting_name}: learning curves ({point})")
+        written += _save(figure, out, f"learning_curves_{point}")
     return written
 
 
@@ -195,4 +242,5 @@ def plot_run(run_directory: Path) -> list[Path]:
         written += _save(figure, out, metric)
     if setting.preview_size:
         written += _sample_figures(run_directory, experiment, chain_results, out)
+    written += _learning_curves(run_directory, experiment, chain_results, out)
     return written

@@ -8,7 +8,8 @@
         iter_0001/metrics.json        per-iteration record (train size, real fraction, metrics per seed)
         iter_0001/model/              checkpoint (kept for every iteration or the last one only)
         iter_0002/synthetic/          synthetic batch, kept when the regime needs its history to resume
-        iter_0001/preview.npy         image settings: samples of this iteration's model (uint8 N,H,W,C)
+        iter_0001/preview.npy         samples of this iteration's model: images (uint8 N,H,W,C) or texts
+        iter_0001/diagnostics.json    details of the fit a setting keeps (a language model's learning curve)
     RUN/figures/                      written by `model-collapse plot`
 
 Every file is written to a temporary name, flushed to disk and renamed into place; an iteration is
@@ -214,6 +215,7 @@ class ChainStore:
         save_synthetic: Callable[[Path], None] | None,
         keep_models: bool,
         preview: np.ndarray | None = None,
+        diagnostics: dict[str, Any] | None = None,
     ) -> None:
         final = self._iteration_directory(record.iteration)
         partial = final.with_name(final.name + ".partial")
@@ -226,6 +228,8 @@ class ChainStore:
             save_synthetic(partial / "synthetic")
         if preview is not None:
             np.save(partial / "preview.npy", preview)
+        if diagnostics is not None:
+            write_json(partial / "diagnostics.json", diagnostics, compact=True)
         fsync_tree(partial)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -254,6 +258,10 @@ class ChainStore:
             return np.load(path, allow_pickle=False)
         except Exception as error:  # numpy raises several types for a damaged file
             raise RunDirectoryError(f"corrupted file {path}: {error}") from None
+
+    def diagnostics(self, iteration: int) -> dict[str, Any] | None:
+        path = self._iteration_directory(iteration) / "diagnostics.json"
+        return read_json(path) if path.exists() else None
 
     def records(self, batch: int) -> list[IterationRecord]:
         records = []

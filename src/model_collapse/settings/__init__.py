@@ -16,6 +16,7 @@ _LOCATIONS = {
     "gaussian": ("gaussian", "Gaussian", None),
     "kde": ("kde", "KDE", None),
     "vae": ("vae", "VAE", "images"),
+    "language-model": ("language_model.setting", "LanguageModel", "lm"),
 }
 
 

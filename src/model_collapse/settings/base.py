@@ -42,6 +42,9 @@ class Setting(ABC):
     batches_seeds: ClassVar[bool] = True
     # Image settings keep this many samples of every iteration's model as a preview (figures, report).
     preview_size: ClassVar[int] = 0
+    # True when load_data memory-maps: a synthetic batch kept for later iterations is then read back
+    # from the run directory once it is committed, so the accumulated pool does not grow RAM.
+    data_on_disk: ClassVar[bool] = False
 
     def __init__(self, config: SettingConfig, seeds: Sequence[int]):
         self.config = config
@@ -81,8 +84,13 @@ class Setting(ABC):
         """The rows ``rows`` (shape (batch, k)) of the concatenation of ``parts``."""
 
     def preview(self, data: Any) -> np.ndarray:
-        """Images of the first seed of ``data`` as uint8 (N, H, W, C), for settings with ``preview_size``."""
-        raise NotImplementedError(f"setting {self.name!r} has no image preview")
+        """A few samples of the first seed of ``data``, for settings with ``preview_size``: images as
+        uint8 (N, H, W, C), or texts as an array of strings (N,)."""
+        raise NotImplementedError(f"setting {self.name!r} has no preview")
+
+    def diagnostics(self, model: Any) -> dict[str, Any] | None:
+        """JSON-ready details of a fit worth keeping beside the metrics (e.g. a learning curve)."""
+        return None
 
     @abstractmethod
     def save_model(self, model: Any, directory: Path) -> None: ...

@@ -39,18 +39,6 @@ class TokenCorpus:
     def document(self, index: int) -> np.ndarray:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
 
-    def select(self, indices: np.ndarray) -> TokenCorpus:
-        return TokenCorpus.from_documents([self.document(i) for i in indices])
-
-    @classmethod
-    def concatenate(cls, corpora: Sequence[TokenCorpus]) -> TokenCorpus:
-        offsets = [corpora[0].offsets]
-        shift = corpora[0].offsets[-1]
-        for corpus in corpora[1:]:
-            offsets.append(corpus.offsets[1:] + shift)
-            shift += corpus.offsets[-1]
-        return cls(np.concatenate([c.tokens for c in corpora]), np.concatenate(offsets))
-
     def save(self, directory: Path) -> None:
         np.save(directory / "tokens.npy", self.tokens)
         np.save(directory / "offsets.npy", self.offsets)
@@ -61,38 +49,74 @@ class TokenCorpus:
         return cls(np.load(directory / "tokens.npy", mmap_mode="r"), np.load(directory / "offsets.npy"))
 
 
-@dataclass
 class PackedBlocks:
-    inputs: np.ndarray  # (blocks, block_size) token ids
-    targets: np.ndarray  # (blocks, block_size) next-token ids; -100 where no loss is taken
+    """Documents of several corpora, in ``order``, as BOS doc EOS back to back, cut into blocks.
+
+    Nothing is materialised up front: only the document lengths are held (8 bytes per document), and
+    ``batch`` builds the requested blocks from the corpora, which may be memory-mapped. So an
+    accumulate chain whose pool grows to n corpora does not need n corpora's worth of RAM to train.
+    The tail of the last block is padded with EOS and never predicted.
+    """
+
+    def __init__(self, parts: Sequence[TokenCorpus], block_size: int, bos: int, eos: int, order: np.ndarray | None = None):
+        self.parts = list(parts)
+        self.part_starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.block_size, self.bos, self.eos = block_size, bos, eos
+        lengths = np.concatenate([np.diff(p.offsets) for p in self.parts])
+        self.order = np.arange(len(lengths)) if order is None else np.asarray(order)
+        self.starts = np.zeros(len(self.order) + 1, dtype=np.int64)  # where each document enters the stream
+        np.cumsum(lengths[self.order] + 2, out=self.starts[1:])
+        self.count = max(0, -(-(int(self.starts[-1]) - 1) // block_size))
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return self.count
+
+    def limited(self, count: int) -> PackedBlocks:
+        """The first ``count`` blocks only."""
+        view = object.__new__(PackedBlocks)
+        view.__dict__.update(self.__dict__, count=min(count, self.count))
+        return view
+
+    def _document(self, position: int) -> np.ndarray:
+        index = int(self.order[position])
+        part = int(np.searchsorted(self.part_starts, index, side="right")) - 1
+        return self.parts[part].document(index - int(self.part_starts[part]))
+
+    def _stream(self, begin: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and owning document of stream positions [begin, end)."""
+        tokens = np.full(end - begin, self.eos, dtype=np.int64)
+        owner = np.full(end - begin, -1, dtype=np.int64)
+        position = int(np.searchsorted(self.starts, begin, side="right")) - 1
+        while position < len(self.order) and self.starts[position] < end:
+            first = int(self.starts[position])
+            segment = np.concatenate(([self.bos], self._document(position), [self.eos]))
+            low, high = max(first, begin), min(first + len(segment), end)
+            tokens[low - begin : high - begin] = segment[low - first : high - first]
+            owner[low - begin : high - begin] = position
+            position += 1
+        return tokens, owner
+
+    def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets) of the given blocks, each (len(indices), block_size); targets are -100
+        where the next token belongs to another document or is padding."""
+        size = self.block_size
+        inputs = np.empty((len(indices), size), dtype=np.int64)
+        targets = np.empty((len(indices), size), dtype=np.int64)
+        for row, block in enumerate(indices):
+            tokens, owner = self._stream(int(block) * size, int(block) * size + size + 1)
+            inputs[row] = tokens[:-1]
+            targets[row] = np.where((owner[1:] == owner[:-1]) & (owner[1:] >= 0), tokens[1:], -100)
+        return inputs, targets
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.batch(range(len(self)))[0]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.batch(range(len(self)))[1]
 
 
-def pack(corpus: TokenCorpus, block_size: int, bos: int, eos: int, order: np.ndarray | None = None) -> PackedBlocks:
-    """Documents (in ``order``) as BOS doc EOS, back to back, cut into blocks; the tail is padded."""
-    order = np.arange(len(corpus)) if order is None else order
-    lengths = np.diff(corpus.offsets)[order] + 2
-    total = int(lengths.sum())
-    stream = np.empty(total, dtype=np.int64)
-    document = np.repeat(np.arange(len(order)), lengths)
-    starts = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    stream[starts[:-1]] = bos
-    stream[starts[1:] - 1] = eos
-    inner = np.ones(total, dtype=bool)
-    inner[starts[:-1]] = inner[starts[1:] - 1] = False
-    stream[inner] = np.concatenate([corpus.document(i) for i in order]) if total > 2 * len(order) else []
-
-    blocks = -(-(total - 1) // block_size)
-    padded = blocks * block_size + 1
-    tokens = np.full(padded, eos, dtype=np.int64)
-    tokens[:total] = stream
-    owner = np.full(padded, -1, dtype=np.int64)
-    owner[:total] = document
-    inputs = tokens[:-1].reshape(blocks, block_size)
-    targets = tokens[1:].copy()
-    same_document = owner[1:] == owner[:-1]
-    targets[~same_document | (owner[1:] < 0)] = -100
-    return PackedBlocks(inputs, targets.reshape(blocks, block_size))
+def pack(corpus: TokenCorpus | Sequence[TokenCorpus], block_size: int, bos: int, eos: int, order: np.ndarray | None = None) -> PackedBlocks:
+    """Blocks of one corpus or of several taken as one (documents numbered across them in order)."""
+    return PackedBlocks([corpus] if isinstance(corpus, TokenCorpus) else corpus, block_size, bos, eos, order)

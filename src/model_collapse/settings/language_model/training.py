@@ -65,8 +65,7 @@ def cross_entropy(model, blocks: PackedBlocks, batch_size: int, device: torch.de
     dtype = _autocast_dtype(precision, device)
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        inputs = torch.from_numpy(blocks.inputs[start : start + batch_size]).to(device)
-        targets = torch.from_numpy(blocks.targets[start : start + batch_size]).to(device)
+        inputs, targets = (torch.from_numpy(a).to(device) for a in blocks.batch(range(start, min(start + batch_size, len(blocks)))))
         loss, n = _loss(model, inputs, targets, dtype)
         total += loss.item()
         count += n
@@ -117,9 +116,9 @@ def train(
     for _ in range(options.epochs):
         order = rng.permutation(len(blocks))
         for start in range(0, len(order), options.batch_size):
-            batch = np.sort(order[start : start + options.batch_size])
-            inputs = torch.from_numpy(blocks.inputs[batch]).to(device, non_blocking=True)
-            targets = torch.from_numpy(blocks.targets[batch]).to(device, non_blocking=True)
+            inputs, targets = (
+                torch.from_numpy(a).to(device, non_blocking=True) for a in blocks.batch(order[start : start + options.batch_size])
+            )
             loss, count = _loss(forward, inputs, targets, dtype)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss / max(count, 1)).backward()

@@ -1,0 +1,139 @@
+"""Language-model speed, side by side in one run, same model, batch and sequence length:
+
+* training tokens/s: our loop (``training.train``) against the Hugging Face ``Trainer``;
+* synthetic-corpus tokens/s: our KV-cache sampler (``sampling.generate``) against ``model.generate``;
+* model FLOP utilisation of our loop against this machine's measured matmul peak.
+
+    pip install -e ".[lm]" accelerate
+    python benchmarks/language_model.py [--model gpt2-tiny] [--steps 60] [--batch 16] [--block 128]
+
+Both trainers see the same packed blocks of the bundled corpus; both samplers start from the same
+prompts and run an untrained model (which almost never emits EOS, so both produce full-length stories).
+Each measurement is taken twice, alternating, and the faster run of each side is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+
+from model_collapse.settings.language_model.corpus import load_documents
+from model_collapse.settings.language_model.models import build_model
+from model_collapse.settings.language_model.packing import TokenCorpus, pack
+from model_collapse.settings.language_model.sampling import generate, story_prompts
+from model_collapse.settings.language_model.tokenizer import train_tokenizer
+from model_collapse.settings.language_model.training import TrainingOptions, train
+
+
+class Blocks(torch.utils.data.Dataset):
+    def __init__(self, inputs: np.ndarray):
+        self.inputs = torch.from_numpy(inputs)
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.inputs[index], "labels": self.inputs[index]}
+
+
+def fresh_model(name, vocab, eos):
+    torch.manual_seed(0)
+    return build_model(name, vocab, eos)
+
+
+def time_ours(name, vocab, eos, blocks, validation, batch):
+    model = fresh_model(name, vocab, eos)
+    options = TrainingOptions(batch_size=batch, learning_rate=1e-3, evaluations_per_epoch=1)
+    start = time.perf_counter()
+    train(model, blocks, validation, options, np.random.default_rng(0), torch.device("cpu"))
+    return time.perf_counter() - start
+
+
+def time_trainer(name, vocab, eos, blocks, batch, steps):
+    model = fresh_model(name, vocab, eos)
+    with tempfile.TemporaryDirectory() as directory:
+        arguments = TrainingArguments(
+            output_dir=directory, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
+            lr_scheduler_type="cosine", warmup_ratio=0.02, weight_decay=0.1, max_grad_norm=1.0,
+            save_strategy="no", report_to=[], logging_steps=10**9, use_cpu=True, dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=arguments, train_dataset=Blocks(blocks.inputs))
+        start = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - start
+
+
+def matmul_peak(size=2048, repeats=10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="gpt2-tiny")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--stories", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    documents = load_documents("moby-dick", "train")
+    tokenizer = train_tokenizer(documents, 8000)
+    eos, vocab = tokenizer.eos_token_id, len(tokenizer)
+    corpus = TokenCorpus.from_documents(tokenizer(documents, add_special_tokens=False)["input_ids"])
+    packed = pack(corpus, args.block, eos, eos)
+    blocks = packed.limited(args.steps * args.batch)
+    validation = packed.limited(1)
+    tokens = args.steps * args.batch * args.block
+    parameters = fresh_model(args.model, vocab, eos).num_parameters()
+    print(f"{args.model} ({parameters:,} parameters), {args.steps} steps of {args.batch} x {args.block} tokens, "
+          f"{torch.get_num_threads()} threads")
+
+    ours, theirs = [], []
+    for _ in range(2):
+        ours.append(time_ours(args.model, vocab, eos, blocks, validation, args.batch))
+        theirs.append(time_trainer(args.model, vocab, eos, blocks, args.batch, args.steps))
+    training_rate, trainer_rate = tokens / min(ours), tokens / min(theirs)
+    print(f"training   ours {training_rate:9.0f} tok/s   Trainer {trainer_rate:9.0f} tok/s   ratio {training_rate / trainer_rate:.2f}x")
+
+    model = fresh_model(args.model, vocab, eos).eval()
+    first_tokens = [int(corpus.document(i)[0]) for i in range(args.stories)]
+    prompts = story_prompts(first_tokens, args.stories, eos)
+    ours, theirs, produced = [], [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        stories = generate(model, prompts, args.new_tokens, eos, torch.Generator().manual_seed(0))
+        ours.append(time.perf_counter() - start)
+        produced.append(sum(len(s) - prompts.shape[1] for s in stories))
+        start = time.perf_counter()
+        with torch.no_grad():
+            output = model.generate(prompts, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=args.new_tokens,
+                                    eos_token_id=eos, pad_token_id=eos, attention_mask=torch.ones_like(prompts))
+        theirs.append(time.perf_counter() - start)
+        produced.append(int((output[:, prompts.shape[1]:] != eos).sum()))
+    ours_rate = produced[0] / min(ours)
+    generate_rate = produced[1] / min(theirs)
+    print(f"sampling   ours {ours_rate:9.0f} tok/s   generate {generate_rate:9.0f} tok/s   ratio {ours_rate / generate_rate:.2f}x"
+          f"   ({produced[0]} and {produced[1]} new tokens)")
+
+    peak = matmul_peak()
+    # 6 N per token for the weights (forward and backward), plus 12 L T d for attention (PaLM's count)
+    config = model.config
+    flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * args.block * config.hidden_size
+    achieved = training_rate * flops_per_token
+    print(f"model FLOP utilisation: {achieved / 1e9:.2f} GFLOP/s of a measured fp32 matmul peak of "
+          f"{peak / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}%")
+
+if __name__ == "__main__":
+    main()

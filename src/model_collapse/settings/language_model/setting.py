@@ -1,0 +1,196 @@
+"""The ``language-model`` setting: causal transformers pretrained from scratch, one per iteration.
+
+Data are token corpora (documents = stories). The tokenizer is trained once per corpus on the real
+training split and cached. Each iteration trains a fresh model for ``epochs`` passes over its packed
+training set, evaluates the cross-entropy on the real validation split, and - when asked for synthetic
+data - samples stories prompted with BOS and the first token of a random real training story (the
+paper's ``first_token_inclusive``) or with BOS alone, at ``temperature``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as transformers_logging
+
+from ...errors import ModelCollapseError, RunDirectoryError
+from ..base import Metric, Setting, SettingConfig
+from .corpus import BUNDLED, load_documents
+from .models import PRESETS, build_model
+from .packing import TokenCorpus, pack
+from .sampling import generate, story_prompts
+from .tokenizer import cache_key, cached_tokenizer
+from .training import TrainingOptions, cross_entropy, train
+
+
+# Our own progress bars report training; transformers' would interleave with them. Its warning that
+# EOS (= pad) tokens appear in inputs does not apply: packed blocks are meant to contain them.
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
+
+
+class LanguageModelConfig(SettingConfig):
+    name: Literal["language-model"] = "language-model"
+    corpus: Literal["tinystories", "files", "moby-dick"] = BUNDLED
+    train_file: str | None = None
+    validation_file: str | None = None
+    separator: str | None = Field(None, description="a line that separates documents in .txt files")
+    samples: PositiveInt | None = Field(None, description="T: real training documents (default: the whole split)")
+    validation_documents: PositiveInt | None = None
+    vocab_size: PositiveInt = 8000
+    tokenizer_cache: str = "~/.cache/model-collapse/tokenizers"
+    model: str = "gpt2-tiny"
+    block_size: PositiveInt = 256
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 5e-4
+    warmup_fraction: float = Field(0.02, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    epochs: PositiveInt = 1
+    evaluations_per_epoch: PositiveInt = 10
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    temperature: PositiveFloat = 1.0
+    top_k: PositiveInt | None = None
+    top_p: float | None = Field(None, gt=0, le=1)
+    prompt: Literal["first-token", "bos"] = "first-token"
+    max_new_tokens: PositiveInt = 256
+    generation_batch_size: PositiveInt = 256
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.model not in PRESETS:
+            raise ValueError(f"model: unknown preset {self.model!r} (known: {', '.join(PRESETS)})")
+        if self.corpus == "files" and not (self.train_file and self.validation_file):
+            raise ValueError("corpus 'files' needs train_file and validation_file")
+        return self
+
+
+class LanguageModel(Setting):
+    name = "language-model"
+    Config = LanguageModelConfig
+    metrics = {"test_cross_entropy": Metric("cross-entropy on real validation text (nats / token)")}
+    batches_seeds = False
+    preview_size = 8
+    data_on_disk = True  # synthetic corpora kept for accumulate are memory-mapped from the run directory
+
+    def __init__(self, config: LanguageModelConfig, seeds: Sequence[int]):
+        super().__init__(config, seeds)
+        if self.batch != 1:
+            raise ValueError("the language-model setting runs one seed per chain")
+        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if config.device == "auto" else config.device)
+        files = {"train": config.train_file, "validation": config.validation_file}
+        train_documents = load_documents(config.corpus, "train", files, config.separator)
+        validation_documents = load_documents(config.corpus, "validation", files, config.separator)
+        size = config.samples or len(train_documents)
+        if size > len(train_documents):
+            raise ModelCollapseError(f"setting.samples: the corpus has {len(train_documents)} training documents, asked for {size}")
+        corpus_description = {"corpus": config.corpus, "files": files, "separator": config.separator}
+        self.tokenizer = cached_tokenizer(
+            Path(config.tokenizer_cache).expanduser(),
+            cache_key(corpus_description, config.vocab_size),
+            lambda: train_documents,  # the whole real training split, whatever T is: one tokenizer per corpus
+            config.vocab_size,
+        )
+        self.eos = self.tokenizer.eos_token_id
+        self._real = self._encode(train_documents[:size])
+        self._reserve = train_documents[size:]  # never trained on: the source of fresh real documents
+        validation = self._encode(validation_documents[: config.validation_documents])
+        self.validation = pack(validation, config.block_size, self.eos, self.eos)
+        self.options = TrainingOptions(
+            batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_fraction=config.warmup_fraction,
+            weight_decay=config.weight_decay, epochs=config.epochs, evaluations_per_epoch=config.evaluations_per_epoch,
+            precision=config.precision, compile=config.compile,
+        )
+
+    def _encode(self, documents: Sequence[str]) -> TokenCorpus:
+        return TokenCorpus.from_documents(self.tokenizer(list(documents), add_special_tokens=False)["input_ids"])
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def real_train(self) -> TokenCorpus:
+        return self._real
+
+    def size(self, data: TokenCorpus) -> int:
+        return len(data)
+
+    def select(self, parts: Sequence[TokenCorpus], rows: np.ndarray) -> TokenCorpus:
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        documents = []
+        for row in rows[0]:
+            part = int(np.searchsorted(starts, row, side="right")) - 1
+            documents.append(parts[part].document(int(row - starts[part])))
+        return TokenCorpus.from_documents(documents)
+
+    def fresh_real(self, size: int, rng: np.random.Generator) -> TokenCorpus:
+        if size > len(self._reserve):
+            raise ModelCollapseError(
+                f"fresh-real needs {size} unused real documents per iteration, the corpus has "
+                f"{len(self._reserve)} beyond the training set: lower setting.samples"
+            )
+        return self._encode([self._reserve[i] for i in np.sort(rng.choice(len(self._reserve), size, replace=False))])
+
+    def preview(self, data: TokenCorpus) -> np.ndarray:
+        return np.array([self.tokenizer.decode(data.document(i)) for i in range(min(len(data), self.preview_size))])
+
+    # -- model ------------------------------------------------------------------------------------
+    def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator):
+        documents = sum(len(part) for part in parts)
+        blocks = pack(parts, self.config.block_size, self.eos, self.eos, order=rng.permutation(documents))
+        # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(rng.integers(2**63)))
+            model = build_model(self.config.model, len(self.tokenizer), self.eos)
+            model.learning_curve = train(model, blocks, self.validation, self.options, rng, self.device)
+        return model
+
+    def diagnostics(self, model) -> dict:
+        return {"learning_curve": getattr(model, "learning_curve", [])}
+
+    def sample(self, model, size: int, rng: np.random.Generator) -> TokenCorpus:
+        c = self.config
+        model.to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**63)))
+        first_tokens = None
+        if c.prompt == "first-token":
+            stories = [i for i in range(len(self._real)) if len(self._real.document(i))]
+            first_tokens = [int(self._real.document(i)[0]) for i in rng.choice(stories, size)]
+        prompts = story_prompts(first_tokens, size, self.eos)
+        new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
+        documents = []
+        for start in range(0, size, c.generation_batch_size):
+            batch = prompts[start : start + c.generation_batch_size].to(self.device)
+            stories = generate(model, batch, new_tokens, self.eos, generator, c.temperature, c.top_k, c.top_p)
+            documents += [story[1:] for story in stories]  # without BOS; the prompt's first token stays
+        return TokenCorpus.from_documents(documents)
+
+    def evaluate(self, model) -> dict[str, np.ndarray]:
+        loss = cross_entropy(model, self.validation, self.config.batch_size, self.device, self.config.precision)
+        return {"test_cross_entropy": np.array([loss])}
+
+    # -- storage ----------------------------------------------------------------------------------
+    def save_model(self, model, directory: Path) -> None:
+        model.save_pretrained(directory)
+
+    def load_model(self, directory: Path):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory)
+        except Exception as error:  # transformers raises several types for missing or foreign files
+            raise RunDirectoryError(f"{directory} holds no usable checkpoint: {error}") from None
+        return model.to(self.device).eval()
+
+    def save_data(self, data: TokenCorpus, directory: Path) -> None:
+        data.save(directory)
+
+    def load_data(self, directory: Path) -> TokenCorpus:
+        try:
+            return TokenCorpus.load(directory)
+        except (OSError, ValueError) as error:
+            raise RunDirectoryError(f"corrupted corpus in {directory}: {error}") from None

@@ -1,0 +1,123 @@
+"""The language-model setting in the engine: storage, resume, fresh real data and the run directory."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from model_collapse.chain import run_chain
+from model_collapse.cli import app
+from model_collapse.errors import ModelCollapseError, RunDirectoryError
+from model_collapse.regimes import parse_regime
+from model_collapse.rundir import ChainStore
+from model_collapse.settings import SETTINGS
+from model_collapse.settings.language_model.packing import TokenCorpus
+
+LanguageModel = SETTINGS["language-model"]
+
+
+@pytest.fixture()
+def config(tmp_path):
+    return LanguageModel.Config(
+        samples=10, validation_documents=4, vocab_size=300, block_size=32, max_new_tokens=12, batch_size=4,
+        tokenizer_cache=str(tmp_path / "tokenizers"),
+    )
+
+
+def test_synthetic_stories_keep_the_prompt_token_and_are_as_many_as_asked(config):
+    setting = LanguageModel(config, [0])
+    model = setting.fit([setting.real_train], np.random.default_rng(0))
+    stories = setting.sample(model, 7, np.random.default_rng(1))
+    assert len(stories) == 7
+    first_tokens = {int(setting.real_train.document(i)[0]) for i in range(10)}
+    assert all(int(stories.document(i)[0]) in first_tokens for i in range(7))
+    assert all(len(stories.document(i)) <= 1 + 12 for i in range(7))
+    texts = setting.preview(stories)
+    assert texts.dtype.kind == "U" and len(texts) == 7
+    assert setting.diagnostics(model)["learning_curve"][-1]["epoch"] == 1.0
+
+
+def test_selection_reads_documents_across_parts(config):
+    setting = LanguageModel(config, [0])
+    a = TokenCorpus.from_documents([[1], [2, 2]])
+    b = TokenCorpus.from_documents([[3, 3, 3]])
+    chosen = setting.select([a, b], np.array([[2, 0]]))
+    assert [chosen.document(i).tolist() for i in range(2)] == [[3, 3, 3], [1]]
+
+
+def test_fresh_real_documents_come_from_outside_the_training_set(config):
+    setting = LanguageModel(config, [0])
+    fresh = setting.fresh_real(5, np.random.default_rng(0))
+    train = {tuple(setting.real_train.document(i)) for i in range(10)}
+    assert not any(tuple(fresh.document(i)) in train for i in range(5))
+    with pytest.raises(ModelCollapseError, match="lower setting.samples"):
+        setting.fresh_real(10**6, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("regime", ["accumulate", "replace"])
+def test_resumed_language_model_chain_equals_uninterrupted_chain(config, tmp_path, regime):
+    straight = run_chain(LanguageModel(config, [0]), parse_regime(regime), 3)
+    run_chain(LanguageModel(config, [0]), parse_regime(regime), 2, ChainStore(tmp_path / "chain", {}))
+    resumed = run_chain(LanguageModel(config, [0]), parse_regime(regime), 3, ChainStore(tmp_path / "chain", {}))
+    assert [r.metrics["test_cross_entropy"].tolist() for r in straight] == [r.metrics["test_cross_entropy"].tolist() for r in resumed]
+    curve = json.loads((tmp_path / "chain" / "iter_0003" / "diagnostics.json").read_text())["learning_curve"]
+    assert curve and all("validation_loss" in point for point in curve)
+
+
+def test_foreign_checkpoints_and_corpora_are_refused(config, tmp_path):
+    setting = LanguageModel(config, [0])
+    with pytest.raises(RunDirectoryError, match="no usable checkpoint"):
+        setting.load_model(tmp_path)
+    (tmp_path / "tokens.npy").write_bytes(b"nonsense")
+    with pytest.raises(RunDirectoryError, match="corrupted corpus"):
+        setting.load_data(tmp_path)
+
+
+def test_bad_language_model_configs(tmp_path):
+    from model_collapse.config import build_experiment
+    from model_collapse.errors import ConfigError
+
+    for changes, message in [({"model": "gpt5"}, "unknown preset"), ({"corpus": "files"}, "needs train_file"), ({"top_p": 1.5}, "top_p")]:
+        raw = {"setting": {"name": "language-model", **changes}, "regimes": ["replace"], "iterations": 2, "seeds": 1}
+        with pytest.raises(ConfigError, match=message):
+            build_experiment(raw)
+
+
+def test_run_table_and_text_samples_from_the_command_line(tmp_path):
+    config = {
+        "setting": {
+            "name": "language-model", "samples": 8, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
+            "max_new_tokens": 12, "batch_size": 4, "tokenizer_cache": str(tmp_path / "tokenizers"),
+        },
+        "regimes": ["replace", "accumulate"],
+        "iterations": 2,
+        "seeds": 1,
+        "workers": 1,
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "run"), "-q"]).exit_code == 0
+    table = runner.invoke(app, ["table", str(tmp_path / "run")]).stdout.splitlines()
+    assert table[0].split(",")[-1] == "test_cross_entropy" and len(table) == 1 + 2 * 2
+    result = runner.invoke(app, ["plot", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "figures" / "learning_curves_base.png").exists()
+    page = (tmp_path / "run" / "figures" / "samples_base.md").read_text()
+    assert "## real data" in page and "## replace, iteration 2" in page and "## accumulate, iteration 1" in page
+
+
+def test_accumulated_synthetic_corpora_are_read_from_disk_not_kept_in_ram(config, tmp_path):
+    setting = LanguageModel(config, [0])
+    seen = []
+    fit = setting.fit
+
+    def recording(parts, rng):
+        seen.append([type(p.tokens) for p in parts])
+        return fit(parts, rng)
+
+    setting.fit = recording
+    run_chain(setting, parse_regime("accumulate"), 3, ChainStore(tmp_path / "chain", {}))
+    # iteration 3 trains on real + S_2 (committed, so memory-mapped) + S_3 (just sampled)
+    assert seen[2][0] is np.ndarray and seen[2][1] is np.memmap and seen[2][2] is np.ndarray
