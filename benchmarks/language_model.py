@@ -4,7 +4,7 @@
 * synthetic-corpus tokens/s: our KV-cache sampler (``sampling.generate``) against ``model.generate``;
 * model FLOP utilisation of our loop against this machine's measured matmul peak.
 
-    pip install -e ".[lm]" accelerate
+    pip install -e ".[lm,bench]"
     python benchmarks/language_model.py [--model gpt2-tiny] [--steps 60] [--batch 16] [--block 128]
 
 Both trainers see the same packed blocks of the bundled corpus; both samplers start from the same
@@ -59,7 +59,7 @@ def time_trainer(name, vocab, eos, blocks, batch, steps):
     with tempfile.TemporaryDirectory() as directory:
         arguments = TrainingArguments(
             output_dir=directory, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
-            lr_scheduler_type="cosine", warmup_ratio=0.02, weight_decay=0.1, max_grad_norm=1.0,
+            lr_scheduler_type="cosine", warmup_steps=max(1, round(0.02 * steps)), weight_decay=0.1, max_grad_norm=1.0,
             save_strategy="no", report_to=[], logging_steps=10**9, use_cpu=True, dataloader_num_workers=0,
             disable_tqdm=True,
         )

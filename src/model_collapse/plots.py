@@ -96,12 +96,13 @@ def _show(ax, images: np.ndarray, title: str) -> None:
 
 def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, stores: dict, last: dict) -> Path:
     """Sample texts of iteration 1 and the last iteration of every regime, after real ones."""
-    lines = [f"# {setting_name}: samples ({point})", "", "## real data", ""]
-    lines += [f"{i + 1}. {text!r}" for i, text in enumerate(real)]
+    def numbered(texts) -> list[str]:
+        return [f"{i + 1}. {' '.join(str(text).split())}" for i, text in enumerate(texts)]
+
+    lines = [f"# {setting_name}: samples ({point})", "", "## real data", "", *numbered(real)]
     for label, store in stores.items():
         for iteration in sorted({1, last[label]}):
-            lines += ["", f"## {label}, iteration {iteration}", ""]
-            lines += [f"{i + 1}. {text!r}" for i, text in enumerate(store.preview(iteration))]
+            lines += ["", f"## {label}, iteration {iteration}", "", *numbered(store.preview(iteration))]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
