@@ -49,6 +49,8 @@ class Setting(ABC):
     def __init__(self, config: SettingConfig, seeds: Sequence[int]):
         self.config = config
         self.seeds = tuple(int(s) for s in seeds)
+        if not self.batches_seeds and len(self.seeds) != 1:
+            raise ValueError(f"the {self.name} setting runs one seed per chain, got {len(self.seeds)}")
 
     @property
     def batch(self) -> int:

@@ -30,6 +30,7 @@ from ..errors import ModelCollapseError, RunDirectoryError
 from ..randomness import seed_rng
 from .arrays import ArraySetting, Samples, concatenate
 from .base import Metric, SettingConfig
+from .devices import resolve_device
 from .images import CHANNELS, ImageSplit, load_images
 
 
@@ -165,10 +166,7 @@ class VAE(ArraySetting):
 
     def __init__(self, config: VAEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
-        if self.batch != 1:
-            raise ValueError("the vae setting runs one seed per chain")
-        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if config.device == "auto" else config.device)
+        self.device = resolve_device(config.device)
         real = _real_images(
             config.dataset, config.image_size, config.test_samples, config.data_dir, config.download, config.image_channels
         )

@@ -21,6 +21,7 @@ from transformers.utils import logging as transformers_logging
 
 from ...errors import ModelCollapseError, RunDirectoryError
 from ..base import Metric, Setting, SettingConfig
+from ..devices import resolve_device
 from .corpus import BUNDLED, load_documents
 from .models import PRESETS, build_model
 from .packing import TokenCorpus, pack
@@ -82,10 +83,7 @@ class LanguageModel(Setting):
 
     def __init__(self, config: LanguageModelConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
-        if self.batch != 1:
-            raise ValueError("the language-model setting runs one seed per chain")
-        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if config.device == "auto" else config.device)
+        self.device = resolve_device(config.device)
         files = {"train": config.train_file, "validation": config.validation_file}
         train_documents = load_documents(config.corpus, "train", files, config.separator)
         validation_documents = load_documents(config.corpus, "validation", files, config.separator)
