@@ -200,10 +200,17 @@ def test_theory_command(tmp_path):
     assert result.exit_code == 2 and "setting.samples" in result.output
 
 
-def test_list_names_every_setting_and_regime():
-    result = invoke("list")
+def test_list_names_every_setting_and_regime(monkeypatch):
+    from model_collapse import settings
+
+    # a setting whose optional dependency is missing is listed with the install hint, not a crash
+    monkeypatch.setitem(settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm"))
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "400"})  # rich wraps cells in a narrow terminal
     assert result.exit_code == 0
-    for name in ["linear-regression", "gaussian", "kde", "replace", "accumulate-subsample", "keep-real-fraction", "fresh-real", "mix"]:
+    assert "missing-extra" in result.output and "model-collapse[lm]" in result.output
+    missing = invoke("theory", "missing-extra")  # and its error line keeps the brackets
+    assert missing.exit_code == 2 and "pip install 'model-collapse[lm]'" in missing.output
+    for name in ["linear-regression", "gaussian", "kde", "vae", "language-model", "replace", "accumulate-subsample", "keep-real-fraction", "fresh-real", "mix"]:
         assert name in result.output
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import apply_overrides, build_experiment, load_experiment
@@ -29,7 +30,7 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -128,7 +129,12 @@ def list_() -> None:
     """List the settings (with their config fields) and the regimes."""
     console = Console()
     settings = Table("setting", "fields (default)", "metrics", title="settings")
-    for name, cls in SETTINGS.items():
+    for name in SETTINGS:
+        try:
+            cls = SETTINGS[name]
+        except ConfigError as error:  # an optional dependency is missing: say how to get it
+            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "")
+            continue
         fields = ", ".join(f"{k}={v.default}" for k, v in cls.Config.model_fields.items() if k != "name")
         settings.add_row(name, fields, ", ".join(cls.metrics))
     console.print(settings)
