@@ -121,3 +121,39 @@ def test_accumulated_synthetic_corpora_are_read_from_disk_not_kept_in_ram(config
     run_chain(setting, parse_regime("accumulate"), 3, ChainStore(tmp_path / "chain", {}))
     # iteration 3 trains on real + S_2 (committed, so memory-mapped) + S_3 (just sampled)
     assert seen[2][0] is np.ndarray and seen[2][1] is np.memmap and seen[2][2] is np.ndarray
+
+
+def test_a_run_under_torchrun_with_two_processes(tmp_path):
+    """Two gloo ranks run the chains together; rank 0 writes the run directory, once."""
+    import io
+    import socket
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    config = {
+        "setting": {
+            "name": "language-model", "samples": 12, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
+            "max_new_tokens": 12, "batch_size": 4, "tokenizer_cache": str(tmp_path / "tokenizers"), "model": "llama-tiny",
+        },
+        "regimes": ["replace", "accumulate"],
+        "iterations": 2,
+        "seeds": 1,
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), "-m", "model_collapse", "run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "parallel"), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "single"), "-q"]).exit_code == 0
+    parallel, single = (pd.read_csv(io.StringIO(runner.invoke(app, ["table", str(tmp_path / d)]).stdout)) for d in ("parallel", "single"))
+    assert len(parallel) == len(single) == 4
+    # same data, same initialisation, the same optimisation split over two processes
+    first = lambda frame: frame[frame.iteration == 1].set_index("regime").test_cross_entropy  # noqa: E731
+    pd.testing.assert_series_equal(first(parallel), first(single), rtol=1e-4)
+    assert (tmp_path / "parallel" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic" / "tokens.npy").exists()

@@ -143,3 +143,50 @@ def test_sampling_stops_at_eos_and_respects_top_k_and_top_p():
         model.transformer.ln_f.bias.copy_(1e4 * eos_embedding / eos_embedding.norm() ** 2)
     stories = generate(model, story_prompts(None, 4, bos=BOS), 50, EOS, torch.Generator().manual_seed(0))
     assert stories == [[BOS]] * 4
+
+
+DATA_PARALLEL_SCRIPT = """
+import sys, numpy as np, torch, torch.distributed as dist
+from model_collapse.settings.language_model.models import build_model
+from model_collapse.settings.language_model.packing import TokenCorpus, pack
+from model_collapse.settings.language_model.training import TrainingOptions, train
+
+dist.init_process_group("gloo")
+rng = np.random.default_rng(5)
+corpus = TokenCorpus.from_documents([list(rng.integers(2, 60, size=rng.integers(1, 40))) for _ in range(120)])
+blocks, validation = pack(corpus, 16, 0, 1), pack(corpus, 16, 0, 1).limited(4)
+torch.manual_seed(0)
+model = build_model("llama-tiny", vocab_size=60, special_token_id=1)
+curve = train(model, blocks, validation, TrainingOptions(batch_size=7, learning_rate=3e-3, evaluations_per_epoch=2),
+              np.random.default_rng(0), torch.device("cpu"))
+if dist.get_rank() == 0:
+    torch.save({"state": model.state_dict(), "curve": curve}, sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
+def test_data_parallel_training_over_two_processes_equals_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) follows the single-process optimisation."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(DATA_PARALLEL_SCRIPT)
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(script), str(tmp_path / "parallel.pt")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single.pt")], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    assert single.returncode == 0, single.stderr[-3000:]
+    parallel, alone = torch.load(tmp_path / "parallel.pt"), torch.load(tmp_path / "single.pt")
+    for name, value in alone["state"].items():
+        torch.testing.assert_close(parallel["state"][name], value, rtol=1e-4, atol=1e-4)
+    for a, b in zip(parallel["curve"], alone["curve"]):
+        assert a["step"] == b["step"]
+        assert a["validation_loss"] == pytest.approx(b["validation_loss"], rel=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

@@ -80,7 +80,7 @@ def run_chain(
         if store is not None:
             keep = new_synthetic is not None and regime.keeps_history
             preview = None
-            if setting.preview_size:
+            if setting.preview_size and store.writer:
                 preview = setting.preview(setting.sample(model, setting.preview_size, chain_rng(seeds, iteration, "preview")))
             store.commit(
                 record,
@@ -90,7 +90,7 @@ def run_chain(
                 preview=preview,
                 diagnostics=setting.diagnostics(model),
             )
-            if keep and setting.data_on_disk:
+            if keep and setting.data_on_disk and store.writer:
                 pool[synthetic(iteration)] = setting.load_data(store.synthetic_directory(iteration))
         records.append(record)
         if on_iteration is not None:

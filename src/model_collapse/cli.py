@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import distributed
 from .config import apply_overrides, build_experiment, load_experiment
 from .errors import ConfigError, ModelCollapseError
 from .regimes import REGIMES
@@ -58,7 +59,10 @@ def run(
 
     experiment = _guarded(lambda: load_experiment(config, overrides or []))
     directory = out or Path("runs") / config.stem
-    _guarded(lambda: create_run(directory, experiment.resolved()))
+    distributed.start()
+    if distributed.is_main():
+        _guarded(lambda: create_run(directory, experiment.resolved()))
+    distributed.barrier()
     _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
     err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
 
@@ -76,6 +80,7 @@ def resume(run_directory: Path = typer.Argument(..., help="A run directory."), w
             raise ModelCollapseError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
 
     experiment = _guarded(prepare)
+    distributed.start()
     _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
     err.print(f"done: {run_directory}")
 

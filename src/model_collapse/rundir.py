@@ -172,8 +172,9 @@ class IterationRecord:
 class ChainStore:
     """Reads and writes one chain's directory."""
 
-    def __init__(self, directory: Path, description: Mapping[str, Any]):
+    def __init__(self, directory: Path, description: Mapping[str, Any], writer: bool = True):
         self.directory = directory
+        self.writer = writer  # False for the other ranks of a data-parallel run: they read, never write
         self.description = json.loads(json.dumps(dict(description)))  # as it reads back from chain.json
 
     def _iteration_directory(self, iteration: int) -> Path:
@@ -181,6 +182,8 @@ class ChainStore:
 
     def open(self) -> int:
         """Create or check the chain directory; returns the last completed iteration (0 if none)."""
+        if not self.writer:
+            return self.completed() if self.directory.exists() else 0
         self.directory.mkdir(parents=True, exist_ok=True)
         description_path = self.directory / "chain.json"
         if description_path.exists():
@@ -217,6 +220,8 @@ class ChainStore:
         preview: np.ndarray | None = None,
         diagnostics: dict[str, Any] | None = None,
     ) -> None:
+        if not self.writer:
+            return
         final = self._iteration_directory(record.iteration)
         partial = final.with_name(final.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from threadpoolctl import threadpool_limits
 
+from . import distributed
 from .chain import run_chain
 from .config import ChainSpec, Experiment, type_of
 from .rundir import ChainStore, IterationRecord
@@ -30,7 +31,10 @@ def run_spec(
     on_iteration: Callable[[IterationRecord], None] | None = None,
 ) -> None:
     setting = type_of(spec.point)(spec.point, spec.seeds)
-    store = ChainStore(run_directory / spec.relative_directory, spec.description())
+    store = ChainStore(run_directory / spec.relative_directory, spec.description(), writer=distributed.is_main())
+    if store.writer:
+        store.open()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
+    distributed.barrier()
     run_chain(setting, spec.regime, iterations, store, keep_models=keep_models, on_iteration=on_iteration)
 
 
@@ -68,6 +72,8 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
     iterations = experiment.config.iterations
     keep_models = experiment.config.checkpoints == "all"
     workers = workers or experiment.config.workers or os.cpu_count() or 1
+    if distributed.world_size() > 1:
+        workers, quiet = 1, quiet or not distributed.is_main()  # ranks run the chains together, one at a time
     done = completed_iterations(run_directory, specs, iterations)
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
     console = Console(stderr=True, quiet=quiet)

@@ -2,6 +2,11 @@
 on GPU (bf16 where supported, else fp16 with loss scaling), optional ``torch.compile``, and evaluation
 on the real validation blocks several times per epoch, so that learning curves can be drawn.
 
+Data parallel when a process group is running (``torchrun``): every rank holds the same model and the
+same global batch order, takes every world-th block of each global batch, and scales its summed loss
+by world / (unmasked targets in the whole global batch), so that DDP's gradient averaging yields the
+gradient of the single-process loss: the same optimisation, split across processes.
+
 The paper does not report its optimiser settings; the defaults are the reference notes' suggestion
 (AdamW, lr 5e-4, wd 0.1, cosine decay, ~2% warmup, batches of 32 x 512 tokens, 1 epoch).
 """
@@ -14,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from .packing import PackedBlocks
 
@@ -31,6 +38,19 @@ class TrainingOptions:
     evaluations_per_epoch: int = 10
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16
     compile: bool = False
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _global_sum(value: float, device: torch.device) -> float:
+    """``value`` summed over the ranks of a running process group (itself without one)."""
+    if not distributed():
+        return value
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
+    dist.all_reduce(total)
+    return total.item()
 
 
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -101,7 +121,9 @@ def train(
     )
     dtype = _autocast_dtype(options.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    forward = torch.compile(model) if options.compile else model
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+    forward = DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(forward) if options.compile else forward
     evaluate_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
     curve: list[dict] = []
 
@@ -116,19 +138,23 @@ def train(
     for _ in range(options.epochs):
         order = rng.permutation(len(blocks))
         for start in range(0, len(order), options.batch_size):
-            inputs, targets = (
-                torch.from_numpy(a).to(device, non_blocking=True) for a in blocks.batch(order[start : start + options.batch_size])
-            )
+            batch = order[start : start + options.batch_size]
+            mine = batch[rank::world]
+            # A rank left without a block in a short last batch still joins the gradient all-reduce.
+            weight = 1.0 if len(mine) else 0.0
+            inputs, targets = (torch.from_numpy(a).to(device, non_blocking=True) for a in blocks.batch(mine if len(mine) else batch[:1]))
             loss, count = _loss(forward, inputs, targets, dtype)
+            count = _global_sum(count * weight, device)
             optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss / max(count, 1)).backward()
+            scaler.scale(loss * weight * world / max(count, 1)).backward()
+            loss = loss * weight
             scaler.unscale_(optimiser)
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.gradient_clip)
             scaler.step(optimiser)
             scaler.update()
             schedule.step()
             step += 1
-            running += loss.item()
+            running += _global_sum(loss.item(), device)
             running_count += count
             if step % evaluate_every == 0 or step == total_steps:
                 evaluate(step, running / max(running_count, 1))
