@@ -85,7 +85,7 @@ def test_bad_language_model_configs(tmp_path):
             build_experiment(raw)
 
 
-def test_run_table_and_text_samples_from_the_command_line(tmp_path):
+def test_run_table_and_text_samples_from_the_command_line(tmp_path, monkeypatch):
     config = {
         "setting": {
             "name": "language-model", "samples": 8, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
@@ -101,6 +101,12 @@ def test_run_table_and_text_samples_from_the_command_line(tmp_path):
     assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "run"), "-q"]).exit_code == 0
     table = runner.invoke(app, ["table", str(tmp_path / "run")]).stdout.splitlines()
     assert table[0].split(",")[-1] == "test_cross_entropy" and len(table) == 1 + 2 * 2
+    assert (tmp_path / "run" / "chains" / "base" / "replace" / "seed-0" / "real_preview.npy").exists()
+
+    def no_data_loading(*args, **kwargs):
+        raise AssertionError("plot must draw from the run directory, not reload the corpus")
+
+    monkeypatch.setattr(LanguageModel, "__init__", no_data_loading)
     result = runner.invoke(app, ["plot", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "figures" / "learning_curves_base.png").exists()

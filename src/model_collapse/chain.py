@@ -59,6 +59,8 @@ def run_chain(
         records = store.records(setting.batch)[:completed]
         if completed:
             model = _restore(setting, regime, store, completed, pool)
+        if setting.preview_size:
+            store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
 
     sizes = {source: setting.size(data) for source, data in pool.items()}  # kept in step with the pool
     for iteration in range(completed + 1, iterations + 1):

@@ -1,17 +1,16 @@
 """Figures of a run: simulation means with 95% bands over seeds, closed forms overlaid where known.
 
-Settings that record learning curves (language models) also get ``learning_curves_<point>``: validation
-loss during training, one line per iteration, one panel per regime.
-
-For image settings also ``samples_<point>`` (the paper's Fig. 6: real images, then the last iteration of
-every regime) and ``samples_by_iteration_<point>``.
-
 For every metric of the setting two figures are written (PNG and SVG) into RUN/figures/:
 * ``<metric>_by_regime``: one row per regime, one column per sweep point - the layout of the paper's
   Fig. 7 (replace on top, accumulate below, one column per T), theory as black lines;
 * ``<metric>``: one panel per sweep point with every regime in it, to compare regimes directly -
   the layout of the follow-up's Gaussian and KDE figures.
 plus ``real_fraction``: what share of each regime's training set is real, per iteration.
+
+Settings with previews also get ``samples_<point>``: for images the paper's Fig. 6 (real images, then
+the last iteration of every regime) and ``samples_by_iteration_<point>``; for texts a page of samples.
+Settings that record learning curves (language models) get ``learning_curves_<point>``: validation loss
+during training, one line per iteration, one panel per regime.
 """
 
 from __future__ import annotations
@@ -107,24 +106,33 @@ def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, s
     return path
 
 
+def _first_seed_chains(run_directory: Path, results: list[ChainResult]) -> dict[str, dict[str, tuple[ChainResult, ChainStore]]]:
+    """Per sweep point, per regime: the chain of the first seed and its store (what sample and
+    learning-curve figures show)."""
+    chains: dict[str, dict[str, tuple[ChainResult, ChainStore]]] = {}
+    for result in results:
+        if result.spec.seeds[0] == 0:
+            store = ChainStore(run_directory / result.spec.relative_directory, result.spec.description())
+            chains.setdefault(result.spec.point_name, {})[result.spec.regime.label] = (result, store)
+    return chains
+
+
 def _sample_figures(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
     """The paper's Fig. 6 layout (real images, then the last iteration of every regime) and the
-    samples of every regime over the iterations, for the first seed of each sweep point."""
-    setting_type = SETTINGS[experiment.setting_name]
+    samples of every regime over the iterations; for texts, a page of samples."""
     written = []
-    for point in dict.fromkeys(r.spec.point_name for r in results):
-        chains = [r for r in results if r.spec.point_name == point and r.spec.seeds[0] == 0]
-        if not chains:
+    for point, chains in _first_seed_chains(run_directory, results).items():
+        stores = {label: store for label, (_, store) in chains.items()}
+        last = {label: int(result.iterations.max()) for label, (result, _) in chains.items()}
+        # every chain of a point records the same real samples; a run stopped early may lack some
+        real = next((p for p in (store.real_preview() for store in stores.values()) if p is not None), None)
+        if real is None:
             continue
-        setting = setting_type(chains[0].spec.point, (0,))
-        real = setting.preview(setting.real_train)[: setting.preview_size]
-        stores = {r.spec.regime.label: ChainStore(run_directory / r.spec.relative_directory, r.spec.description()) for r in chains}
-        last = {label: int(r.iterations.max()) for label, r in zip(stores, chains)}
         if real.ndim == 1:  # texts: a page of samples instead of image grids
             written.append(_text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, stores, last))
             continue
 
-        figure, axes = plt.subplots(1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained")
+        figure, axes = plt.subplots(1, 1 + len(stores), figsize=(3.2 * (1 + len(stores)), 3.6), squeeze=False, layout="constrained")
         _show(axes[0][0], real, "real data")
         for ax, (label, store) in zip(axes[0][1:], stores.items()):
             _show(ax, store.preview(last[label]), f"{label}, iteration {last[label]}")
@@ -150,13 +158,11 @@ def _sample_figures(run_directory: Path, experiment, results: list[ChainResult],
 def _learning_curves(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
     """Validation loss during training, one line per iteration, one panel per regime (first seed)."""
     written = []
-    for point in dict.fromkeys(r.spec.point_name for r in results):
-        chains = [r for r in results if r.spec.point_name == point and r.spec.seeds[0] == 0]
+    for point, chains in _first_seed_chains(run_directory, results).items():
         curves = {}
-        for result in chains:
-            store = ChainStore(run_directory / result.spec.relative_directory, result.spec.description())
+        for label, (result, store) in chains.items():
             found = {int(i): (store.diagnostics(int(i)) or {}).get("learning_curve") for i in result.iterations}
-            curves[result.spec.regime.label] = {i: c for i, c in found.items() if c}
+            curves[label] = {i: c for i, c in found.items() if c}
         if not any(curves.values()):
             continue
         last = max(i for c in curves.values() for i in c)

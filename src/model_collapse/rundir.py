@@ -4,6 +4,7 @@
     RUN/config.yaml                   the resolved config (overrides applied)
     RUN/chains/<point>/<regime>/      one directory per chain
         chain.json                    what the chain is: setting fields, regime, seeds
+        real_preview.npy              a few real samples beside which figures show the synthetic ones
         progress.json                 {"completed": n}: the last iteration that is fully on disk
         iter_0001/metrics.json        per-iteration record (train size, real fraction, metrics per seed)
         iter_0001/model/              checkpoint (kept for every iteration or the last one only)
@@ -255,8 +256,26 @@ class ChainStore:
             raise RunDirectoryError(f"missing synthetic data {path}")
         return path
 
+    def save_real_preview(self, preview: np.ndarray) -> None:
+        """Real samples for figures, written once per chain (so plotting never reloads a data set)."""
+        path = self.directory / "real_preview.npy"
+        if not self.writer or path.exists():
+            return
+        temporary = path.with_name(".real_preview.tmp.npy")
+        with open(temporary, "wb") as handle:
+            np.save(handle, preview)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    def real_preview(self) -> np.ndarray | None:
+        return self._load_preview(self.directory / "real_preview.npy")
+
     def preview(self, iteration: int) -> np.ndarray | None:
-        path = self._iteration_directory(iteration) / "preview.npy"
+        return self._load_preview(self._iteration_directory(iteration) / "preview.npy")
+
+    @staticmethod
+    def _load_preview(path: Path) -> np.ndarray | None:
         if not path.exists():
             return None
         try:

@@ -40,7 +40,8 @@ class Setting(ABC):
     Config: ClassVar[type[SettingConfig]]
     metrics: ClassVar[dict[str, Metric]]
     batches_seeds: ClassVar[bool] = True
-    # Image settings keep this many samples of every iteration's model as a preview (figures, report).
+    # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
+    # every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0
     # True when load_data memory-maps: a synthetic batch kept for later iterations is then read back
     # from the run directory once it is committed, so the accumulated pool does not grow RAM.

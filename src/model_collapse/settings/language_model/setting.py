@@ -99,6 +99,8 @@ class LanguageModel(Setting):
         )
         self.eos = self.tokenizer.eos_token_id
         self._real = self._encode(train_documents[:size])
+        nonempty = np.flatnonzero(np.diff(self._real.offsets) > 0)
+        self._first_tokens = self._real.tokens[self._real.offsets[nonempty]]  # the prompts of first-token sampling
         self._reserve = train_documents[size:]  # never trained on: the source of fresh real documents
         validation = self._encode(validation_documents[: config.validation_documents])
         self.validation = pack(validation, config.block_size, self.eos, self.eos)
@@ -156,10 +158,7 @@ class LanguageModel(Setting):
         c = self.config
         model.to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**63)))
-        first_tokens = None
-        if c.prompt == "first-token":
-            stories = [i for i in range(len(self._real)) if len(self._real.document(i))]
-            first_tokens = [int(self._real.document(i)[0]) for i in rng.choice(stories, size)]
+        first_tokens = rng.choice(self._first_tokens, size) if c.prompt == "first-token" else None
         prompts = story_prompts(first_tokens, size, self.eos)
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
         documents = []
