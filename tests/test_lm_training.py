@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from model_collapse.settings.language_model.corpus import load_documents
 from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
-from model_collapse.settings.language_model.sampling import generate, next_token_distribution, story_prompts
+from model_collapse.settings.language_model.sampling import draw, generate, next_token_distribution, story_prompts
 from model_collapse.settings.language_model.tokenizer import train_tokenizer
 from model_collapse.settings.language_model.training import TrainingOptions, cross_entropy, learning_rate_factor, train
 
@@ -119,6 +119,51 @@ def test_kv_cache_sampling_equals_uncached_sampling(preset):
     for prompt, story in zip(prompts.tolist(), outputs[0]):
         assert story[:2] == prompt  # the prompt's first token stays in the story
         assert EOS not in story[2:] and len(story) <= 2 + 40
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_continuous_batching_equals_uncached_sampling_as_slots_refill(preset):
+    # A 6-token vocabulary makes EOS likely, so stories end at many different steps: slots refill
+    # mid-batch, the cache is compacted (longest story 2 + 12 tokens) and idle slots are dropped.
+    torch.manual_seed(1)
+    model = build_model(preset, vocab_size=6, special_token_id=EOS)
+    prompts = story_prompts(list(range(1, 6)) * 8, 40, bos=BOS)
+    outputs = [
+        generate(model, prompts, 12, EOS, torch.Generator().manual_seed(4), batch_size=6, use_cache=cache)
+        for cache in (True, False)
+    ]
+    assert outputs[0] == outputs[1]
+    lengths = {len(story) for story in outputs[0]}
+    assert min(lengths) == 2 and max(lengths) == 14 and len(lengths) > 5
+    for prompt, story in zip(prompts.tolist(), outputs[0]):
+        assert story[:2] == prompt and EOS not in story[2:]
+
+
+@pytest.mark.parametrize("preset, seed", [("gpt2-tiny", 4), ("llama-tiny", 3)])  # seeds whose stories end unevenly
+def test_greedy_continuous_batching_matches_hugging_face_generate_story_by_story(preset, seed):
+    torch.manual_seed(seed)
+    model = build_model(preset, vocab_size=12, special_token_id=EOS).eval()
+    prompts = story_prompts(list(range(1, 12)) * 2, 22, bos=BOS)
+    ours = generate(model, prompts, 20, EOS, torch.Generator().manual_seed(0), top_k=1, batch_size=5)
+    for prompt, story in zip(prompts, ours):
+        with torch.no_grad():
+            theirs = model.generate(prompt[None], do_sample=False, max_new_tokens=20, eos_token_id=EOS, pad_token_id=EOS,
+                                    attention_mask=torch.ones_like(prompt[None]))[0].tolist()
+        ended = EOS in theirs[2:]
+        assert story == (theirs[: theirs.index(EOS, 2)] if ended else theirs)
+    assert any(len(story) < 22 for story in ours) and any(len(story) == 22 for story in ours)
+
+
+def test_inverse_cdf_draws_follow_the_distribution_and_never_pick_a_zero():
+    probabilities = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40_000, 1)
+    tokens = draw(probabilities, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(tokens, minlength=5).double() / len(tokens)
+    assert frequencies[1] == 0 and frequencies[4] == 0  # zero mass, also the last token
+    standard_error = (probabilities[0] * (1 - probabilities[0]) / len(tokens)).sqrt()
+    assert bool(((frequencies - probabilities[0].double()).abs() <= 4 * standard_error + 1e-12).all())
+    unnormalised = torch.tensor([[2.0, 6.0]]).repeat(20_000, 1)  # top-k/top-p leave sums below 1: scale is irrelevant
+    share = draw(unnormalised, torch.Generator().manual_seed(1)).double().mean()
+    assert abs(share - 0.75) < 4 * math.sqrt(0.75 * 0.25 / 20_000)
 
 
 def test_sampling_stops_at_eos_and_respects_top_k_and_top_p():

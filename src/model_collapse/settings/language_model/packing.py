@@ -30,7 +30,7 @@ class TokenCorpus:
         lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
         offsets = np.zeros(len(documents) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        tokens = np.fromiter((t for d in documents for t in d), dtype=TOKEN_DTYPE, count=int(offsets[-1]))
+        tokens = np.concatenate([np.asarray(d, dtype=TOKEN_DTYPE) for d in documents]) if len(documents) else np.empty(0, TOKEN_DTYPE)
         return cls(tokens, offsets)
 
     def __len__(self) -> int:

@@ -24,8 +24,8 @@ from ..base import Metric, Setting, SettingConfig
 from ..devices import resolve_device
 from .corpus import BUNDLED, load_documents
 from .models import PRESETS, build_model
-from .packing import TokenCorpus, pack
-from .sampling import generate, story_prompts
+from .packing import TOKEN_DTYPE, TokenCorpus, pack
+from .sampling import story_prompts, stream_stories
 from .tokenizer import cache_key, cached_tokenizer
 from .training import TrainingOptions, cross_entropy, train
 
@@ -61,7 +61,7 @@ class LanguageModelConfig(SettingConfig):
     top_p: float | None = Field(None, gt=0, le=1)
     prompt: Literal["first-token", "bos"] = "first-token"
     max_new_tokens: PositiveInt = 256
-    generation_batch_size: PositiveInt = 256
+    generation_batch_size: PositiveInt = Field(256, description="stories sampled at once (continuous batching)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -161,11 +161,11 @@ class LanguageModel(Setting):
         first_tokens = rng.choice(self._first_tokens, size) if c.prompt == "first-token" else None
         prompts = story_prompts(first_tokens, size, self.eos)
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
-        documents = []
-        for start in range(0, size, c.generation_batch_size):
-            batch = prompts[start : start + c.generation_batch_size].to(self.device)
-            stories = generate(model, batch, new_tokens, self.eos, generator, c.temperature, c.top_k, c.top_p)
-            documents += [story[1:] for story in stories]  # without BOS; the prompt's first token stays
+        documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * size
+        stories = stream_stories(model, prompts.to(self.device), new_tokens, self.eos, generator, c.temperature, c.top_k,
+                                 c.top_p, batch_size=c.generation_batch_size)
+        for index, story in stories:
+            documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
         return TokenCorpus.from_documents(documents)
 
     def evaluate(self, model) -> dict[str, np.ndarray]:
