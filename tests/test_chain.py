@@ -113,6 +113,24 @@ def test_resumed_chain_equals_uninterrupted_chain(tmp_path, regime):
     assert not (tmp_path / "chain" / "iter_0004.partial").exists()
 
 
+def test_resume_keeps_the_interrupted_fits_scratch_and_nothing_older(tmp_path):
+    description = {"test": "scratch"}
+    store = ChainStore(tmp_path / "chain", description)
+    run_chain(small_setting("gaussian"), parse_regime("replace"), 2, store)
+    for iteration in (2, 3, 4):  # 2: stale, left by a crash after its commit; 3: the fit interrupted; 4: stale
+        (store.scratch_directory(iteration)).mkdir()
+        (store.scratch_directory(iteration) / "state").write_text(str(iteration))
+    assert ChainStore(tmp_path / "chain", description).open() == 2
+    assert sorted(p.name for p in (tmp_path / "chain").glob("*.scratch")) == ["iter_0003.scratch"]
+    seen = []
+    setting = small_setting("gaussian")
+    fit = setting.fit
+    setting.fit = lambda parts, rng, scratch=None: (seen.append(scratch), fit(parts, rng, scratch))[1]
+    run_chain(setting, parse_regime("replace"), 3, ChainStore(tmp_path / "chain", description))
+    assert seen == [store.scratch_directory(3)]
+    assert not store.scratch_directory(3).exists()  # removed once iteration 3 is committed
+
+
 def test_only_the_last_checkpoint_is_kept_unless_asked(tmp_path):
     for keep, expected in [(False, {5}), (True, {1, 2, 3, 4, 5})]:
         store = ChainStore(tmp_path / str(keep), {})

@@ -119,14 +119,58 @@ def test_accumulated_synthetic_corpora_are_read_from_disk_not_kept_in_ram(config
     seen = []
     fit = setting.fit
 
-    def recording(parts, rng):
+    def recording(parts, rng, scratch=None):
         seen.append([type(p.tokens) for p in parts])
-        return fit(parts, rng)
+        return fit(parts, rng, scratch)
 
     setting.fit = recording
     run_chain(setting, parse_regime("accumulate"), 3, ChainStore(tmp_path / "chain", {}))
     # iteration 3 trains on real + S_2 (committed, so memory-mapped) + S_3 (just sampled)
     assert seen[2][0] is np.ndarray and seen[2][1] is np.memmap and seen[2][2] is np.ndarray
+
+
+def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbers(tmp_path):
+    import io
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    config = {
+        "setting": {
+            "name": "language-model", "samples": 500, "validation_documents": 4, "vocab_size": 300, "block_size": 64,
+            "max_new_tokens": 24, "batch_size": 8, "tokenizer_cache": str(tmp_path / "tokenizers"), "checkpoint_minutes": 0.003,
+        },
+        "regimes": ["accumulate"],
+        "iterations": 2,
+        "seeds": 1,
+    }
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "model_collapse", "run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "killed"), "-q"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002.scratch" / "training_state.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.exists() and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.5)  # some steps and checkpoints into iteration 2's training
+    assert process.poll() is None, "the run ended before it could be killed in iteration 2's training"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "model_collapse", "resume", str(tmp_path / "killed")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "training resumes at step" in resumed.stderr
+    assert not checkpoint.parent.exists()  # gone once the iteration is committed
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "straight"), "-q"]).exit_code == 0
+    killed, straight = (pd.read_csv(io.StringIO(runner.invoke(app, ["table", str(tmp_path / d)]).stdout)) for d in ("killed", "straight"))
+    assert len(killed) == 2
+    pd.testing.assert_frame_equal(killed, straight)
 
 
 def test_a_run_under_torchrun_with_two_processes(tmp_path):
@@ -162,4 +206,7 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
     # same data, same initialisation, the same optimisation split over two processes
     first = lambda frame: frame[frame.iteration == 1].set_index("regime").test_cross_entropy  # noqa: E731
     pd.testing.assert_series_equal(first(parallel), first(single), rtol=1e-4)
-    assert (tmp_path / "parallel" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic" / "tokens.npy").exists()
+    # sampling is split across the ranks and gathered: a whole corpus, as many stories as real ones
+    synthetic = TokenCorpus.load(tmp_path / "parallel" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic")
+    assert len(synthetic) == 12 and all(len(synthetic.document(i)) >= 1 for i in range(12))
+    assert np.isfinite(parallel.test_cross_entropy).all()

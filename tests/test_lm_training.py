@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model_collapse.settings.language_model.corpus import load_documents
+from model_collapse.settings.language_model.loss import CausalLanguageModelLoss
 from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
 from model_collapse.settings.language_model.sampling import draw, generate, next_token_distribution, story_prompts
@@ -106,6 +107,71 @@ def test_training_lowers_the_validation_loss_and_is_deterministic(small_corpus):
     assert curves[0] == curves[1]
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_at_the_saved_step_and_ends_as_if_never_stopped(small_corpus, tmp_path):
+    tokenizer, train_corpus, validation_corpus = small_corpus
+    eos = tokenizer.eos_token_id
+    blocks, validation = pack(train_corpus, 64, eos, eos).limited(64), pack(validation_corpus, 64, eos, eos).limited(4)
+    # gpt2 has dropout (torch's random state must be restored); two epochs (the data order must be too)
+    options = TrainingOptions(batch_size=8, learning_rate=3e-3, epochs=2, evaluations_per_epoch=3, checkpoint_interval_s=0)
+    steps_run = []
+    original_batch = blocks.batch
+    blocks.batch = lambda indices: (steps_run.append(1), original_batch(indices))[1]
+
+    def run(on_evaluation=None, directory=None, options=options):
+        torch.manual_seed(0)
+        model = build_model("gpt2-tiny", len(tokenizer), eos)
+        steps_run.clear()
+        curve = train(model, blocks, validation, options, np.random.default_rng(0), torch.device("cpu"), on_evaluation, directory)
+        return model, curve
+
+    uninterrupted, expected_curve = run()
+    total_steps = len(steps_run)
+
+    def stop_at_the_fourth_evaluation(point):
+        if point["epoch"] > 1.2:
+            raise Interrupted
+    with pytest.raises(Interrupted):
+        run(stop_at_the_fourth_evaluation, tmp_path)
+    stopped_after = len(steps_run)
+    assert total_steps / 2 < stopped_after < total_steps  # stopped in the second epoch
+    resumed, curve = run(directory=tmp_path)
+    assert len(steps_run) == total_steps - (stopped_after - 1)  # the checkpoint is the step before the stop
+    assert curve == expected_curve
+    for (name, a), b in zip(resumed.state_dict().items(), uninterrupted.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    # a checkpoint of another run (here another learning rate) is not resumed from
+    other = TrainingOptions(**{**options.__dict__, "learning_rate": 1e-3})
+    run(directory=tmp_path, options=other)
+    assert len(steps_run) == total_steps
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])  # tied and untied output layers
+def test_chunked_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients(preset):
+    torch.manual_seed(0)
+    model = build_model(preset, vocab_size=300, special_token_id=EOS).eval()  # eval: no dropout, same function twice
+    inputs = torch.randint(0, 300, (5, 33))
+    targets = torch.roll(inputs, -1, dims=1)
+    targets[:, -1] = -100
+    targets[1, :7] = -100  # masked targets, including a whole run of them
+    reference = F.cross_entropy(model(input_ids=inputs).logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    reference.backward()
+    expected = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss, count = CausalLanguageModelLoss(model, rows=16)(inputs, targets)  # 165 rows: 11 chunks, the last one short
+    loss.backward()
+    assert int(count) == 5 * 32 - 7
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-4, atol=1e-6 * expected[name].abs().max().item())
+    with torch.no_grad():
+        assert CausalLanguageModelLoss(model, rows=7)(inputs, targets)[0].item() == pytest.approx(reference.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
 def test_kv_cache_sampling_equals_uncached_sampling(preset):
     torch.manual_seed(0)
@@ -192,6 +258,7 @@ def test_sampling_stops_at_eos_and_respects_top_k_and_top_p():
 
 DATA_PARALLEL_SCRIPT = """
 import sys, numpy as np, torch, torch.distributed as dist
+from model_collapse.settings.language_model.loss import CausalLanguageModelLoss
 from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
 from model_collapse.settings.language_model.training import TrainingOptions, train

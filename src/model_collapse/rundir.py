@@ -11,6 +11,8 @@
         iter_0002/synthetic/          synthetic batch, kept when the regime needs its history to resume
         iter_0001/preview.npy         samples of this iteration's model: images (uint8 N,H,W,C) or texts
         iter_0001/diagnostics.json    details of the fit a setting keeps (a language model's learning curve)
+        iter_0003.scratch/            the running fit's own progress (a language model's last saved
+                                      training step): kept across an interruption, removed at commit
     RUN/figures/                      written by `model-collapse plot`
 
 Every file is written to a temporary name, flushed to disk and renamed into place; an iteration is
@@ -196,12 +198,19 @@ class ChainStore:
         else:
             write_json(description_path, self.description)
         completed = self.completed()
-        # Whatever lies beyond the last completed iteration is the remains of an interrupted one.
+        # Whatever lies beyond the last completed iteration is the remains of an interrupted one, but
+        # for the progress the interrupted fit saved, from which it resumes.
+        keep = self.scratch_directory(completed + 1)
         for path in self.directory.glob("iter_*"):
             suffix = path.name[len("iter_") :].split(".")[0]
-            if path.name.endswith(".partial") or (suffix.isdigit() and int(suffix) > completed):
+            stale = path.name.endswith((".partial", ".scratch")) or (suffix.isdigit() and int(suffix) > completed)
+            if stale and path != keep:
                 shutil.rmtree(path)
         return completed
+
+    def scratch_directory(self, iteration: int) -> Path:
+        """Where the fit of ``iteration`` may keep its own progress (created by the fit if it wants)."""
+        return self.directory / f"iter_{iteration:04d}.scratch"
 
     def completed(self) -> int:
         path = self.directory / "progress.json"
@@ -241,6 +250,7 @@ class ChainStore:
         os.replace(partial, final)
         _fsync_directory(self.directory)
         write_json(self.directory / "progress.json", {"completed": record.iteration})
+        shutil.rmtree(self.scratch_directory(record.iteration), ignore_errors=True)
         if not keep_models and record.iteration > 1:
             shutil.rmtree(self._iteration_directory(record.iteration - 1) / "model", ignore_errors=True)
 

@@ -6,8 +6,10 @@ running the same function again: chains already complete are skipped, others res
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -38,7 +40,30 @@ def run_spec(
     run_chain(setting, spec.regime, iterations, store, keep_models=keep_models, on_iteration=on_iteration)
 
 
-def _worker(run_directory: Path, index: int, spec: ChainSpec, iterations: int, keep_models: bool, queue) -> None:
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time, so that rich's progress display (which
+    redirects it) and test runners (which capture it) see the messages."""
+
+    model_collapse = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def show_messages(quiet: bool) -> None:
+    """Send the package's log messages (a training run resuming from its checkpoint, say) to stderr:
+    notices unless ``quiet``, warnings always. Called in the main process and in every worker."""
+    logger = logging.getLogger("model_collapse")
+    if not any(getattr(handler, "model_collapse", False) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _worker(run_directory: Path, index: int, spec: ChainSpec, iterations: int, keep_models: bool, quiet: bool, queue) -> None:
+    show_messages(quiet)
     # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
     # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
     type_of(spec.point)
@@ -77,6 +102,7 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
     done = completed_iterations(run_directory, specs, iterations)
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
     console = Console(stderr=True, quiet=quiet)
+    show_messages(quiet)
     with _progress(console) as progress:
         overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done))
         tasks = {
@@ -95,7 +121,7 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
             queue = manager.Queue()
-            futures = {pool.submit(_worker, run_directory, i, specs[i], iterations, keep_models, queue) for i in todo}
+            futures = {pool.submit(_worker, run_directory, i, specs[i], iterations, keep_models, quiet, queue) for i in todo}
             try:
                 while futures:
                     try:

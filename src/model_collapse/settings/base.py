@@ -67,8 +67,13 @@ class Setting(ABC):
         """``size`` new real training samples per seed, never seen before."""
 
     @abstractmethod
-    def fit(self, parts: Sequence[Any], rng: np.random.Generator) -> Any:
-        """A freshly initialised model per seed, fitted on the union of ``parts``."""
+    def fit(self, parts: Sequence[Any], rng: np.random.Generator, scratch: Path | None = None) -> Any:
+        """A freshly initialised model per seed, fitted on the union of ``parts``.
+
+        ``scratch`` (with a run directory) is a directory, not yet created, where a long fit may save
+        its progress. If the run is interrupted, the same fit - same parts, same ``rng`` - is run again
+        with the same ``scratch`` and may continue from there; the directory goes once the iteration
+        is committed. Quick fits ignore it."""
 
     @abstractmethod
     def sample(self, model: Any, size: int, rng: np.random.Generator) -> Any:

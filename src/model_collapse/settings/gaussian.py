@@ -80,7 +80,7 @@ class Gaussian(ArraySetting):
     def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
         return Samples(x=self.true_mean + self.scale * rng.standard_normal((self.batch, size, self.config.dim)))
 
-    def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> GaussianModel:
+    def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> GaussianModel:
         n, mean, scatter = self._total(parts)
         return GaussianModel(mean, scatter / n)
 

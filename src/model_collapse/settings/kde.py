@@ -88,7 +88,7 @@ class KDE(ArraySetting):
         states = rng.integers(2**31, size=self.batch)
         return Samples(x=np.stack([draw_real(self.config.dataset, size, self.config.noise, int(s)) for s in states]))
 
-    def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> KDEModel:
+    def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> KDEModel:
         return KDEModel(concatenate(parts)["x"], [self.config.bandwidth] * self.batch, self.config.kernel)
 
     def sample(self, model: KDEModel, size: int, rng: np.random.Generator) -> Samples:

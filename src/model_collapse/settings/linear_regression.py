@@ -116,7 +116,7 @@ class LinearRegression(ArraySetting):
         extra = b[1] if a[1] is None else a[1] if b[1] is None else a[1] + b[1]
         return a[0] + b[0], extra, a[2] + b[2]
 
-    def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> np.ndarray:
+    def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> np.ndarray:
         copies, extra, xty = self._total(parts)
         if extra is None:
             return (self.gram_inverse @ xty[:, :, None])[:, :, 0] / copies

@@ -201,7 +201,7 @@ class VAE(ArraySetting):
         c = self.config
         return ConvVAE(c.image_channels, c.image_size, c.widths, c.latent_dim).to(self.device)
 
-    def fit(self, parts: Sequence[Samples], rng: np.random.Generator) -> ConvVAE:
+    def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> ConvVAE:
         c = self.config
         images = concatenate(parts)["x"][0]
         with torch.random.fork_rng(devices=[]):

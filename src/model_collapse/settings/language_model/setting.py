@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as transformers_logging
@@ -27,7 +28,7 @@ from .models import PRESETS, build_model
 from .packing import TOKEN_DTYPE, TokenCorpus, pack
 from .sampling import story_prompts, stream_stories
 from .tokenizer import cache_key, cached_tokenizer
-from .training import TrainingOptions, cross_entropy, train
+from .training import TrainingOptions, cross_entropy, rank_and_world, train
 
 
 # Our own progress bars report training; transformers' would interleave with them. Its warning that
@@ -56,6 +57,9 @@ class LanguageModelConfig(SettingConfig):
     evaluations_per_epoch: PositiveInt = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    checkpoint_minutes: float | None = Field(
+        10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
+    )
     temperature: PositiveFloat = 1.0
     top_k: PositiveInt | None = None
     top_p: float | None = Field(None, gt=0, le=1)
@@ -108,6 +112,7 @@ class LanguageModel(Setting):
             batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_fraction=config.warmup_fraction,
             weight_decay=config.weight_decay, epochs=config.epochs, evaluations_per_epoch=config.evaluations_per_epoch,
             precision=config.precision, compile=config.compile,
+            checkpoint_interval_s=None if config.checkpoint_minutes is None else 60 * config.checkpoint_minutes,
         )
 
     def _encode(self, documents: Sequence[str]) -> TokenCorpus:
@@ -141,31 +146,44 @@ class LanguageModel(Setting):
         return np.array([self.tokenizer.decode(data.document(i)) for i in range(min(len(data), self.preview_size))])
 
     # -- model ------------------------------------------------------------------------------------
-    def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator):
+    def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator, scratch: Path | None = None):
         documents = sum(len(part) for part in parts)
         blocks = pack(parts, self.config.block_size, self.eos, self.eos, order=rng.permutation(documents))
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**63)))
             model = build_model(self.config.model, len(self.tokenizer), self.eos)
-            model.learning_curve = train(model, blocks, self.validation, self.options, rng, self.device)
+            # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
+            model.learning_curve = train(model, blocks, self.validation, self.options, rng, self.device,
+                                         checkpoint_directory=scratch)
         return model
 
     def diagnostics(self, model) -> dict:
         return {"learning_curve": getattr(model, "learning_curve", [])}
 
     def sample(self, model, size: int, rng: np.random.Generator) -> TokenCorpus:
+        """``size`` stories; under ``torchrun`` every rank samples every world-th one, with a random
+        stream of its own, and all ranks end up with the whole corpus (call it on all ranks)."""
         c = self.config
         model.to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**63)))
+        rank, world = rank_and_world()
+        seeds = rng.integers(2**63, size=world)
+        generator = torch.Generator(device=self.device).manual_seed(int(seeds[rank]))
         first_tokens = rng.choice(self._first_tokens, size) if c.prompt == "first-token" else None
-        prompts = story_prompts(first_tokens, size, self.eos)
+        prompts = story_prompts(first_tokens, size, self.eos)[rank::world]
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
-        documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * size
+        mine: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
         stories = stream_stories(model, prompts.to(self.device), new_tokens, self.eos, generator, c.temperature, c.top_k,
                                  c.top_p, batch_size=c.generation_batch_size)
         for index, story in stories:
-            documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
+            mine[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
+        if world == 1:
+            return TokenCorpus.from_documents(mine)
+        shards: list = [None] * world
+        dist.all_gather_object(shards, TokenCorpus.from_documents(mine))
+        documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * size
+        for shard_rank, shard in enumerate(shards):
+            documents[shard_rank::world] = [shard.document(i) for i in range(len(shard))]
         return TokenCorpus.from_documents(documents)
 
     def evaluate(self, model) -> dict[str, np.ndarray]:
