@@ -93,7 +93,8 @@ def run_chain(
                 preview=preview,
                 diagnostics=setting.diagnostics(model),
             )
-            if keep and setting.data_on_disk and store.writer:
+            if keep and setting.data_on_disk:
+                store.wait_for_commit()  # a reading rank maps the batch only once the writer has committed it
                 pool[synthetic(iteration)] = setting.load_data(store.synthetic_directory(iteration))
         records.append(record)
         if on_iteration is not None:

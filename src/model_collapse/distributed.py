@@ -1,7 +1,8 @@
 """Running under ``torchrun``: data-parallel training for neural settings.
 
-Every rank runs the same chains in the same order (all their random streams are keyed, so every rank
-samples the same data); training splits each batch across ranks. Rank 0 alone writes the run
+Every rank runs the same chains in the same order, with the same keyed random streams; a neural
+setting splits each training batch, its sampling and its evaluation across the ranks (so all ranks
+call them together) and gathers what every rank needs. Rank 0 alone writes the run
 directory; the others only read it, after rank 0 has prepared each chain. Without ``torchrun``
 (no WORLD_SIZE > 1 in the environment) all of this is a no-op and PyTorch is never imported.
 """

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import __version__
+from . import __version__, distributed
 from .errors import RunDirectoryError
 
 FORMAT = "model-collapse-run"
@@ -207,6 +207,11 @@ class ChainStore:
             if stale and path != keep:
                 shutil.rmtree(path)
         return completed
+
+    def wait_for_commit(self) -> None:
+        """Under ``torchrun``, hold every rank until the writer (rank 0) has committed what it was
+        committing, so that the others can read it; without ``torchrun``, nothing to wait for."""
+        distributed.barrier()
 
     def scratch_directory(self, iteration: int) -> Path:
         """Where the fit of ``iteration`` may keep its own progress (created by the fit if it wants)."""

@@ -7,6 +7,12 @@ same global batch order, takes every world-th block of each global batch, and sc
 by world / (unmasked targets in the whole global batch), so that DDP's gradient averaging yields the
 gradient of the single-process loss: the same optimisation, split across processes.
 
+The loss is computed from the final hidden states in chunks (``loss.py``), without materialising the
+logits. With a checkpoint directory (the chain's scratch directory for the iteration) the whole training
+state is saved every few minutes, and an interrupted run continues from the last saved step.
+
+Evaluation is split across ranks too (every world-th validation block), so call it on every rank.
+
 The paper does not report its optimiser settings; the defaults are the reference notes' suggestion
 (AdamW, lr 5e-4, wd 0.1, cosine decay, ~2% warmup, batches of 32 x 512 tokens, 1 epoch).
 """
