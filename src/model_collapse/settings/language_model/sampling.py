@@ -13,9 +13,8 @@ consumes one exponential random number per vocabulary entry (on a CPU, most of a
   so every step does useful work until the prompts run out (continuous batching). A slot's new story
   starts at the cache's current column, with the slot's earlier columns masked out and its own position
   ids counted from 0; prompts are fed one token per step like everything else, so every step is one
-  token per slot. When the cache has grown to twice the longest possible story, each slot's live
-  columns, which are the most recent ones, are kept and older columns dropped: that bounds the
-  attention span;
+  token per slot. Each slot's live columns are the most recent ones, so columns older than the
+  longest live story are dropped as the cache grows: that bounds its memory and the attention span;
 * a token is drawn by inverting the cumulative distribution with one uniform number per row.
 
 ``use_cache=False`` recomputes every live story in full at each step (left-padded, with the same
@@ -35,7 +34,9 @@ def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int
     """Probabilities (batch, vocab) of the next token after temperature, top-k and top-p truncation."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -53,33 +54,20 @@ def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int
 def draw(probabilities: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per row of (unnormalised) ``probabilities``, by inverse-CDF sampling: one uniform
     number per row, against the one exponential per vocabulary entry of ``torch.multinomial``."""
-    cdf = probabilities.double().cumsum(dim=-1)
-    total = cdf[:, -1:]
+    cdf = torch.cumsum(probabilities, dim=-1, dtype=torch.float64)  # float64: exact enough for the tail
+    total = cdf[:, -1:].contiguous()
     uniform = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=cdf.device)
     index = torch.searchsorted(cdf, uniform * total, right=True)
     # rounding can put the draw at the very end; the first index where the cdf reaches the total is
     # the last token with any mass, so a zero-probability token is never drawn
-    last_with_mass = (cdf < total).sum(dim=-1, keepdim=True)
+    last_with_mass = torch.searchsorted(cdf, total)
     return torch.minimum(index, last_with_mass)[:, 0]
 
 
-def generate(
-    model,
-    prompts: torch.Tensor,
-    max_new_tokens: int,
-    eos: int,
-    generator: torch.Generator,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    batch_size: int | None = None,
-    use_cache: bool = True,
-) -> list[list[int]]:
-    """Continuations of ``prompts`` (stories, prompt length), in prompt order: for each, the prompt and
-    the sampled tokens up to (not including) EOS, at most ``max_new_tokens`` of them. ``batch_size``
-    stories are in flight at once (all of them by default)."""
+def generate(model, prompts: torch.Tensor, *arguments, **options) -> list[list[int]]:
+    """The stories of ``stream_stories`` (same arguments), in prompt order."""
     stories: list[list[int]] = [[] for _ in range(len(prompts))]
-    for index, story in stream_stories(model, prompts, max_new_tokens, eos, generator, temperature, top_k, top_p, batch_size, use_cache):
+    for index, story in stream_stories(model, prompts, *arguments, **options):
         stories[index] = story
     return stories
 
@@ -97,8 +85,10 @@ def stream_stories(
     batch_size: int | None = None,
     use_cache: bool = True,
 ) -> Iterator[tuple[int, list[int]]]:
-    """``generate``'s stories as (prompt index, story) pairs in the order they end, so that a caller
-    can store millions of them compactly as they come."""
+    """Continuations of ``prompts`` (stories, prompt length): for each, the prompt and the sampled
+    tokens up to (not including) EOS, at most ``max_new_tokens`` of them, as (prompt index, story)
+    pairs in the order the stories end, so that a caller can store millions of them compactly as they
+    come. ``batch_size`` stories are in flight at once (all of them by default)."""
     model.eval()
     device = prompts.device
     count, prompt_length = prompts.shape
@@ -158,8 +148,14 @@ def stream_stories(
                 story, history, fed, known, mask = story[keep], history[keep], fed[keep], known[keep], mask[keep]
                 if use_cache:
                     cache.batch_select_indices(keep)
-        if mask.shape[1] >= 2 * longest:
+        if mask.shape[1] > int(fed.max()) + COMPACT_SLACK:
             mask, cache = _compact(mask, cache, fed)
+
+
+# Columns no live story attends to are dropped once there are this many. Dropping is a slice (a view);
+# the cache's next append copies it anyway, so compacting often costs nearly nothing, and it keeps the
+# cache - the sampler's largest allocation - and the attention span at about the longest live story.
+COMPACT_SLACK = 8
 
 
 def _compact(mask: torch.Tensor, cache: DynamicCache | None, fed: torch.Tensor) -> tuple[torch.Tensor, DynamicCache | None]:
