@@ -125,9 +125,11 @@ def test_resume_keeps_the_interrupted_fits_scratch_and_nothing_older(tmp_path):
     seen = []
     setting = small_setting("gaussian")
     fit = setting.fit
-    setting.fit = lambda parts, rng, scratch=None: (seen.append(scratch), fit(parts, rng, scratch))[1]
+    sample = setting.sample
+    setting.fit = lambda parts, rng, scratch=None: (seen.append(("fit", scratch)), fit(parts, rng, scratch))[1]
+    setting.sample = lambda model, size, rng, scratch=None: (seen.append(("sample", scratch)), sample(model, size, rng, scratch))[1]
     run_chain(setting, parse_regime("replace"), 3, ChainStore(tmp_path / "chain", description))
-    assert seen == [store.scratch_directory(3)]
+    assert seen == [("sample", store.scratch_directory(3)), ("fit", store.scratch_directory(3))]
     assert not store.scratch_directory(3).exists()  # removed once iteration 3 is committed
 
 

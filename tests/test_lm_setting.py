@@ -39,6 +39,33 @@ def test_synthetic_stories_keep_the_prompt_token_and_are_as_many_as_asked(config
     assert setting.diagnostics(model)["learning_curve"][-1]["epoch"] == 1.0
 
 
+def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(config, tmp_path):
+    from model_collapse.settings.language_model.models import build_model
+    import torch
+
+    setting = LanguageModel(config.model_copy(update={"generation_batch_size": 2}), [0])  # shards of 32 stories
+    torch.manual_seed(0)
+    model = build_model(config.model, len(setting.tokenizer), setting.eos)
+    straight = setting.sample(model, 70, np.random.default_rng(3))
+    scratch = tmp_path / "scratch"
+    saved = setting.sample(model, 70, np.random.default_rng(3), scratch)
+    assert sorted(p.name for p in scratch.iterdir()) == ["samples_00000", "samples_00001", "samples_00002"]
+    documents = lambda corpus: [corpus.document(i).tolist() for i in range(len(corpus))]  # noqa: E731
+    assert documents(saved) == documents(straight) and len(straight) == 70
+
+    # an interruption: shard 1 was never written, shard 2 was cut short; shard 0 stands in for one
+    # whose stories differ, to show that it is taken as saved rather than sampled again
+    import shutil
+    shutil.rmtree(scratch / "samples_00001")
+    (scratch / "samples_00002" / "tokens.npy").write_bytes(b"\x93NUMPY")
+    marked = TokenCorpus.from_documents([[7]] * 32)
+    shutil.rmtree(scratch / "samples_00000")
+    (scratch / "samples_00000").mkdir()
+    marked.save(scratch / "samples_00000")
+    resumed = setting.sample(model, 70, np.random.default_rng(3), scratch)
+    assert documents(resumed) == [[7]] * 32 + documents(straight)[32:]
+
+
 def test_selection_reads_documents_across_parts(config):
     setting = LanguageModel(config, [0])
     a = TokenCorpus.from_documents([[1], [2, 2]])
@@ -184,8 +211,9 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
 
     config = {
         "setting": {
-            "name": "language-model", "samples": 12, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
+            "name": "language-model", "samples": 24, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
             "max_new_tokens": 12, "batch_size": 4, "tokenizer_cache": str(tmp_path / "tokenizers"), "model": "llama-tiny",
+            "generation_batch_size": 1,  # shards of 16 stories: 24 stories are a shard per rank
         },
         "regimes": ["replace", "accumulate"],
         "iterations": 2,
@@ -206,7 +234,10 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
     # same data, same initialisation, the same optimisation split over two processes
     first = lambda frame: frame[frame.iteration == 1].set_index("regime").test_cross_entropy  # noqa: E731
     pd.testing.assert_series_equal(first(parallel), first(single), rtol=1e-4)
-    # sampling is split across the ranks and gathered: a whole corpus, as many stories as real ones
-    synthetic = TokenCorpus.load(tmp_path / "parallel" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic")
-    assert len(synthetic) == 12 and all(len(synthetic.document(i)) >= 1 for i in range(12))
+    # sampling is split across the ranks in shards and gathered: the whole corpus, as one process samples it
+    synthetic = {d: TokenCorpus.load(tmp_path / d / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic")
+                 for d in ("parallel", "single")}
+    assert len(synthetic["parallel"]) == 24
+    np.testing.assert_array_equal(synthetic["parallel"].tokens, synthetic["single"].tokens)
+    np.testing.assert_array_equal(synthetic["parallel"].offsets, synthetic["single"].offsets)
     assert np.isfinite(parallel.test_cross_entropy).all()

@@ -62,6 +62,9 @@ def run_chain(
         if setting.preview_size:
             store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
 
+    def scratch(iteration: int):  # where a long sample or fit of this iteration may keep its progress
+        return store.scratch_directory(iteration) if store is not None else None
+
     sizes = {source: setting.size(data) for source, data in pool.items()}  # kept in step with the pool
     for iteration in range(completed + 1, iterations + 1):
         new_synthetic = None
@@ -70,15 +73,14 @@ def run_chain(
                 pool, sizes = {REAL: setting.real_train}, {REAL: real_size}
             size = regime.synthetic_size(iteration, real_size)
             if size:
-                new_synthetic = setting.sample(model, size, chain_rng(seeds, iteration, "sample"))
+                new_synthetic = setting.sample(model, size, chain_rng(seeds, iteration, "sample"), scratch(iteration))
                 pool[synthetic(iteration)], sizes[synthetic(iteration)] = new_synthetic, size
             size = regime.fresh_real_size(iteration, real_size)
             if size:
                 pool[fresh_real(iteration)] = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
                 sizes[fresh_real(iteration)] = size
         plan = regime.plan(sizes, iteration, setting.batch, chain_rng(seeds, iteration, "regime"))
-        scratch = store.scratch_directory(iteration) if store is not None else None
-        model = setting.fit(_training_parts(setting, plan, pool), chain_rng(seeds, iteration, "fit"), scratch)
+        model = setting.fit(_training_parts(setting, plan, pool), chain_rng(seeds, iteration, "fit"), scratch(iteration))
         record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(model))
         if store is not None:
             keep = new_synthetic is not None and regime.keeps_history

@@ -11,8 +11,9 @@
         iter_0002/synthetic/          synthetic batch, kept when the regime needs its history to resume
         iter_0001/preview.npy         samples of this iteration's model: images (uint8 N,H,W,C) or texts
         iter_0001/diagnostics.json    details of the fit a setting keeps (a language model's learning curve)
-        iter_0003.scratch/            the running fit's own progress (a language model's last saved
-                                      training step): kept across an interruption, removed at commit
+        iter_0003.scratch/            the running iteration's own progress (a language model's finished
+                                      sampling shards, its last saved training step): kept across an
+                                      interruption, removed at commit
     RUN/figures/                      written by `model-collapse plot`
 
 Every file is written to a temporary name, flushed to disk and renamed into place; an iteration is
@@ -214,7 +215,8 @@ class ChainStore:
         distributed.barrier()
 
     def scratch_directory(self, iteration: int) -> Path:
-        """Where the fit of ``iteration`` may keep its own progress (created by the fit if it wants)."""
+        """Where the sampling and the fit of ``iteration`` may keep their progress (created by the
+        setting if it wants)."""
         return self.directory / f"iter_{iteration:04d}.scratch"
 
     def completed(self) -> int:

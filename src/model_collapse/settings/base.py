@@ -76,8 +76,9 @@ class Setting(ABC):
         is committed. Quick fits ignore it."""
 
     @abstractmethod
-    def sample(self, model: Any, size: int, rng: np.random.Generator) -> Any:
-        """``size`` synthetic samples per seed from ``model``."""
+    def sample(self, model: Any, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Any:
+        """``size`` synthetic samples per seed from ``model``. ``scratch`` is as for ``fit`` (the same
+        directory: the iteration's), for a long sampling run that saves what it has done so far."""
 
     @abstractmethod
     def evaluate(self, model: Any) -> dict[str, np.ndarray]:

@@ -84,7 +84,7 @@ class Gaussian(ArraySetting):
         n, mean, scatter = self._total(parts)
         return GaussianModel(mean, scatter / n)
 
-    def sample(self, model: GaussianModel, size: int, rng: np.random.Generator) -> Samples:
+    def sample(self, model: GaussianModel, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
         # A symmetric square root through eigh works for singular (collapsed) covariances, unlike Cholesky.
         values, vectors = np.linalg.eigh(model.covariance)
         root = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]

@@ -91,7 +91,7 @@ class KDE(ArraySetting):
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> KDEModel:
         return KDEModel(concatenate(parts)["x"], [self.config.bandwidth] * self.batch, self.config.kernel)
 
-    def sample(self, model: KDEModel, size: int, rng: np.random.Generator) -> Samples:
+    def sample(self, model: KDEModel, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
         states = rng.integers(2**31, size=self.batch)
         return Samples(x=np.stack([e.sample(size, random_state=int(s)) for e, s in zip(model.estimators, states)]))
 

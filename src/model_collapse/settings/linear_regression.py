@@ -92,7 +92,7 @@ class LinearRegression(ArraySetting):
     def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
         return self._relabel(self.true_weight, size, rng)
 
-    def sample(self, model: np.ndarray, size: int, rng: np.random.Generator) -> Samples:
+    def sample(self, model: np.ndarray, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
         return self._relabel(model, size, rng)
 
     # -- fitting ----------------------------------------------------------------------------------

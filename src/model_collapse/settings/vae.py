@@ -232,7 +232,7 @@ class VAE(ArraySetting):
             images.append((torch.sigmoid(model.decode(z)) * 255).round().to(torch.uint8).cpu().numpy())
         return np.concatenate(images)
 
-    def sample(self, model: ConvVAE, size: int, rng: np.random.Generator) -> Samples:
+    def sample(self, model: ConvVAE, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
         return Samples(x=self._generate(model, size, rng)[None])
 
     @torch.no_grad()

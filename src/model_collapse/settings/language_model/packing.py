@@ -33,6 +33,15 @@ class TokenCorpus:
         tokens = np.concatenate([np.asarray(d, dtype=TOKEN_DTYPE) for d in documents]) if len(documents) else np.empty(0, TOKEN_DTYPE)
         return cls(tokens, offsets)
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[TokenCorpus]) -> TokenCorpus:
+        """The documents of ``parts``, one part after the other."""
+        if not parts:
+            return cls.from_documents([])
+        starts = np.cumsum([0] + [int(p.offsets[-1] - p.offsets[0]) for p in parts])
+        offsets = np.concatenate([np.zeros(1, np.int64)] + [p.offsets[1:] - p.offsets[0] + start for p, start in zip(parts, starts)])
+        return cls(np.concatenate([p.tokens[p.offsets[0] : p.offsets[-1]] for p in parts]).astype(TOKEN_DTYPE), offsets)
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 

@@ -9,6 +9,8 @@ paper's ``first_token_inclusive``) or with BOS alone, at ``temperature``.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,6 +23,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as transformers_logging
 
 from ...errors import ModelCollapseError, RunDirectoryError
+from ...rundir import fsync_tree
 from ..base import Metric, Setting, SettingConfig
 from ..devices import resolve_device
 from .corpus import BUNDLED, load_documents
@@ -75,6 +78,39 @@ class LanguageModelConfig(SettingConfig):
         if self.corpus == "files" and not (self.train_file and self.validation_file):
             raise ValueError("corpus 'files' needs train_file and validation_file")
         return self
+
+
+# Stories per sampling shard, in batches: large enough that the slots of the last batch of a shard,
+# which empty as its stories end, waste little (about 1/32 of a shard's steps); small enough that an
+# interrupted run loses little.
+SHARD_BATCHES = 16
+
+
+def _shard_directory(scratch: Path, index: int) -> Path:
+    return scratch / f"samples_{index:05d}"
+
+
+def _load_shard(scratch: Path | None, index: int, stories: int) -> TokenCorpus | None:
+    """A shard of ``stories`` stories an interrupted run finished, or None (also for an unreadable or
+    foreign one: it is sampled again)."""
+    if scratch is None or not _shard_directory(scratch, index).is_dir():
+        return None
+    try:
+        shard = TokenCorpus.load(_shard_directory(scratch, index))
+    except (OSError, ValueError):
+        return None
+    return shard if len(shard) == stories and int(shard.offsets[-1]) == len(shard.tokens) else None
+
+
+def _save_shard(scratch: Path, index: int, shard: TokenCorpus) -> None:
+    final = _shard_directory(scratch, index)
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    shard.save(partial)
+    fsync_tree(partial)
+    shutil.rmtree(final, ignore_errors=True)  # an unreadable shard of an earlier attempt
+    os.replace(partial, final)
 
 
 class LanguageModel(Setting):
@@ -161,29 +197,46 @@ class LanguageModel(Setting):
     def diagnostics(self, model) -> dict:
         return {"learning_curve": getattr(model, "learning_curve", [])}
 
-    def sample(self, model, size: int, rng: np.random.Generator) -> TokenCorpus:
-        """``size`` stories; under ``torchrun`` every rank samples every world-th one, with a random
-        stream of its own, and all ranks end up with the whole corpus (call it on all ranks)."""
+    def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> TokenCorpus:
+        """``size`` stories, generated in shards of ``generation_batch_size`` x 16 stories, each with a
+        random stream of its own. Under ``torchrun`` the ranks take the shards in turn and gather them
+        (call it on all ranks), so the corpus does not depend on the number of ranks. With ``scratch``,
+        finished shards are saved there, and a run interrupted while sampling redoes only the rest."""
         c = self.config
         model.to(self.device)
         rank, world = rank_and_world()
-        seeds = rng.integers(2**63, size=world)
-        generator = torch.Generator(device=self.device).manual_seed(int(seeds[rank]))
         first_tokens = rng.choice(self._first_tokens, size) if c.prompt == "first-token" else None
-        prompts = story_prompts(first_tokens, size, self.eos)[rank::world]
+        prompts = story_prompts(first_tokens, size, self.eos)
+        shard_size = c.generation_batch_size * SHARD_BATCHES
+        seeds = rng.integers(2**63, size=-(-size // shard_size))
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
-        mine: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
+        shards = {index: _load_shard(scratch, index, len(prompts[index * shard_size : (index + 1) * shard_size]))
+                  for index in range(len(seeds))}
+        todo = [index for index, shard in shards.items() if shard is None]
+        for first in range(0, len(todo), world):  # one shard per rank at a time
+            group = todo[first : first + world]
+            mine = None
+            if rank < len(group):
+                index = group[rank]
+                generator = torch.Generator(device=self.device).manual_seed(int(seeds[index]))
+                mine = self._sample_shard(model, prompts[index * shard_size : (index + 1) * shard_size], new_tokens, generator)
+            gathered = [mine]
+            if world > 1:
+                gathered = [None] * world
+                dist.all_gather_object(gathered, mine)
+            for index, shard in zip(group, gathered):
+                shards[index] = shard
+                if scratch is not None and rank == 0:
+                    _save_shard(scratch, index, shard)
+        return TokenCorpus.concatenate([shards[index] for index in range(len(seeds))])
+
+    def _sample_shard(self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator) -> TokenCorpus:
+        c = self.config
+        documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
         stories = stream_stories(model, prompts.to(self.device), new_tokens, self.eos, generator, c.temperature, c.top_k,
                                  c.top_p, batch_size=c.generation_batch_size)
         for index, story in stories:
-            mine[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
-        if world == 1:
-            return TokenCorpus.from_documents(mine)
-        shards: list = [None] * world
-        dist.all_gather_object(shards, TokenCorpus.from_documents(mine))
-        documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * size
-        for shard_rank, shard in enumerate(shards):
-            documents[shard_rank::world] = [shard.document(i) for i in range(len(shard))]
+            documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
         return TokenCorpus.from_documents(documents)
 
     def evaluate(self, model) -> dict[str, np.ndarray]:
