@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from . import theory  # noqa: E402
 from .results import ChainResult, load_run, merge_seeds  # noqa: E402
@@ -58,6 +58,7 @@ def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) 
 def _finish(ax, log_scale: bool, values: list[np.ndarray], bottom_row: bool = True) -> None:
     if bottom_row:
         ax.set_xlabel("model-fitting iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
     # A log axis only pays off over more than a decade; below that it hides the tick labels.
     if log_scale and finite.size and (finite > 0).all() and finite.max() > 10 * finite.min():
@@ -199,7 +200,7 @@ def plot_run(run_directory: Path) -> list[Path]:
 
     for metric, info in setting.metrics.items():
         figure, axes = plt.subplots(
-            len(regimes), len(points), figsize=(3.6 * len(points), 2.8 * len(regimes)), squeeze=False, sharex=True,
+            len(regimes), len(points), figsize=(max(5.2, 3.6 * len(points)), max(3.6, 2.8 * len(regimes))), squeeze=False, sharex=True,
             layout="constrained",
         )
         for row, regime in enumerate(regimes):
@@ -224,7 +225,8 @@ def plot_run(run_directory: Path) -> list[Path]:
         *((m, i.label, i.log_scale) for m, i in setting.metrics.items()),
         ("real_fraction", "real fraction of the training set", False),
     ]:
-        figure, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 3.2), squeeze=False, layout="constrained")
+        # wide and tall enough for the title and a metric's long axis label when there is one sweep point
+        figure, axes = plt.subplots(1, len(points), figsize=(max(5.6, 4.2 * len(points)), 3.8), squeeze=False, layout="constrained")
         for column, point in enumerate(points):
             ax = axes[0][column]
             drawn = []
