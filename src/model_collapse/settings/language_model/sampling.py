@@ -24,6 +24,7 @@ same tokens.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -105,14 +106,15 @@ def stream_stories(
     next_prompt = slots
     mask = torch.zeros(slots, 0, dtype=torch.long, device=device)  # which cache columns each slot attends to
     cache = DynamicCache() if use_cache else None
+    cache_keyword = _cache_keyword(model)
 
     while len(story):
         rows = torch.arange(len(story), device=device)
         inputs = history[rows, fed][:, None]
         mask = torch.cat([mask, torch.ones_like(inputs)], dim=1)
         if use_cache:
-            logits = model(input_ids=inputs, attention_mask=mask, position_ids=fed[:, None], past_key_values=cache,
-                           use_cache=True).logits[:, -1]
+            logits = model(input_ids=inputs, attention_mask=mask, position_ids=fed[:, None], use_cache=True,
+                           **{cache_keyword: cache}).logits[:, -1]
         else:
             logits = _recompute_last_logits(model, history, fed)
         token = draw(next_token_distribution(logits, temperature, top_k, top_p), generator)
@@ -150,6 +152,12 @@ def stream_stories(
                     cache.batch_select_indices(keep)
         if mask.shape[1] > int(fed.max()) + COMPACT_SLACK:
             mask, cache = _compact(mask, cache, fed)
+
+
+def _cache_keyword(model) -> str:
+    """The name under which the model's forward takes the cache: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name is to go in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 # Columns no live story attends to are dropped once there are this many. Dropping is a slice (a view);
