@@ -34,6 +34,20 @@ def test_gpt2_9m_ties_its_embeddings_and_llama_does_not():
     assert gpt2.config.n_positions == 2048
 
 
+def test_dropout_is_set_everywhere_the_architecture_has_it_or_left_at_its_default():
+    import torch.nn as nn
+
+    from model_collapse.settings.language_model.models import dropout_overrides
+
+    def rates(model):
+        return {m.p for m in model.modules() if isinstance(m, nn.Dropout)} | {getattr(model.config, "attention_dropout", None)} - {None}
+
+    assert rates(build_model("gpt2-tiny", 60, 0)) == {0.1}
+    assert rates(build_model("gpt2-tiny", 60, 0, **dropout_overrides("gpt2-tiny", 0.0))) == {0.0}
+    llama = build_model("llama-tiny", 60, 0, **dropout_overrides("llama-tiny", 0.2))
+    assert llama.config.attention_dropout == 0.2
+    assert dropout_overrides("gpt2-9m", None) == {}
+
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
 def test_checkpoints_load_with_from_pretrained(preset, tmp_path):
     torch.manual_seed(0)

@@ -49,6 +49,14 @@ def model_config(preset: str, vocab_size: int, special_token_id: int, **override
     return LlamaConfig(vocab_size=vocab_size, **ids, **fields)
 
 
+def dropout_overrides(preset: str, dropout: float | None) -> dict[str, float]:
+    """Config fields that set every dropout of a preset's architecture to ``dropout`` (none if None)."""
+    if dropout is None:
+        return {}
+    names = ["resid_pdrop", "embd_pdrop", "attn_pdrop"] if PRESETS[preset][0] == "gpt2" else ["attention_dropout"]
+    return dict.fromkeys(names, dropout)
+
+
 def build_model(preset: str, vocab_size: int, special_token_id: int, **overrides: Any) -> PreTrainedModel:
     """A freshly initialised model (uses torch's global random state: seed it first)."""
     config = model_config(preset, vocab_size, special_token_id, **overrides)

@@ -27,7 +27,7 @@ from ...rundir import fsync_tree
 from ..base import Metric, Setting, SettingConfig
 from ..devices import resolve_device
 from .corpus import BUNDLED, load_documents
-from .models import PRESETS, build_model
+from .models import PRESETS, build_model, dropout_overrides
 from .packing import TOKEN_DTYPE, TokenCorpus, pack
 from .sampling import story_prompts, stream_stories
 from .tokenizer import cache_key, cached_tokenizer
@@ -51,6 +51,10 @@ class LanguageModelConfig(SettingConfig):
     vocab_size: PositiveInt = 8000
     tokenizer_cache: str = "~/.cache/model-collapse/tokenizers"
     model: str = "gpt2-tiny"
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="dropout probability everywhere the architecture has it (null: its default, "
+        "0.1 for GPT-2, 0 for Llama; the paper does not say)"
+    )
     block_size: PositiveInt = 256
     batch_size: PositiveInt = 32
     learning_rate: PositiveFloat = 5e-4
@@ -188,7 +192,7 @@ class LanguageModel(Setting):
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**63)))
-            model = build_model(self.config.model, len(self.tokenizer), self.eos)
+            model = build_model(self.config.model, len(self.tokenizer), self.eos, **dropout_overrides(self.config.model, self.config.dropout))
             # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
             model.learning_curve = train(model, blocks, self.validation, self.options, rng, self.device,
                                          checkpoint_directory=scratch)
