@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import yaml
@@ -63,18 +63,37 @@ def fsync_tree(directory: Path) -> None:
         _fsync_directory(Path(root))
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Create or replace ``path`` with what ``write`` writes to a binary file: all of it or, after a
+    crash at any point, the old file untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    write_file_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_directory_atomic(path: Path, fill: Callable[[Path], None]) -> None:
+    """Create or replace the directory ``path`` with what ``fill`` puts into an empty directory,
+    assembled beside it as ``<name>.partial`` and renamed as a whole once it is on disk."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    fill(partial)
+    fsync_tree(partial)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(partial, path)
     _fsync_directory(path.parent)
 
 
@@ -200,7 +219,7 @@ class ChainStore:
             write_json(description_path, self.description)
         completed = self.completed()
         # Whatever lies beyond the last completed iteration is the remains of an interrupted one, but
-        # for the progress the interrupted fit saved, from which it resumes.
+        # for the progress the interrupted iteration saved in its scratch directory, to resume from.
         keep = self.scratch_directory(completed + 1)
         for path in self.directory.glob("iter_*"):
             suffix = path.name[len("iter_") :].split(".")[0]
@@ -239,23 +258,20 @@ class ChainStore:
     ) -> None:
         if not self.writer:
             return
-        final = self._iteration_directory(record.iteration)
-        partial = final.with_name(final.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        (partial / "model").mkdir(parents=True)
-        write_json(partial / "metrics.json", record.to_json(), compact=True)
-        save_model(partial / "model")
-        if save_synthetic is not None:
-            (partial / "synthetic").mkdir()
-            save_synthetic(partial / "synthetic")
-        if preview is not None:
-            np.save(partial / "preview.npy", preview)
-        if diagnostics is not None:
-            write_json(partial / "diagnostics.json", diagnostics, compact=True)
-        fsync_tree(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        _fsync_directory(self.directory)
+
+        def fill(partial: Path) -> None:
+            (partial / "model").mkdir()
+            write_json(partial / "metrics.json", record.to_json(), compact=True)
+            save_model(partial / "model")
+            if save_synthetic is not None:
+                (partial / "synthetic").mkdir()
+                save_synthetic(partial / "synthetic")
+            if preview is not None:
+                np.save(partial / "preview.npy", preview)
+            if diagnostics is not None:
+                write_json(partial / "diagnostics.json", diagnostics, compact=True)
+
+        write_directory_atomic(self._iteration_directory(record.iteration), fill)
         write_json(self.directory / "progress.json", {"completed": record.iteration})
         shutil.rmtree(self.scratch_directory(record.iteration), ignore_errors=True)
         if not keep_models and record.iteration > 1:

@@ -9,8 +9,6 @@ paper's ``first_token_inclusive``) or with BOS alone, at ``temperature``.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -23,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as transformers_logging
 
 from ...errors import ModelCollapseError, RunDirectoryError
-from ...rundir import fsync_tree
+from ...rundir import write_directory_atomic
 from ..base import Metric, Setting, SettingConfig
 from ..devices import resolve_device
 from .corpus import BUNDLED, load_documents
@@ -104,17 +102,6 @@ def _load_shard(scratch: Path | None, index: int, stories: int) -> TokenCorpus |
     except (OSError, ValueError):
         return None
     return shard if len(shard) == stories and int(shard.offsets[-1]) == len(shard.tokens) else None
-
-
-def _save_shard(scratch: Path, index: int, shard: TokenCorpus) -> None:
-    final = _shard_directory(scratch, index)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    shard.save(partial)
-    fsync_tree(partial)
-    shutil.rmtree(final, ignore_errors=True)  # an unreadable shard of an earlier attempt
-    os.replace(partial, final)
 
 
 class LanguageModel(Setting):
@@ -214,8 +201,8 @@ class LanguageModel(Setting):
         shard_size = c.generation_batch_size * SHARD_BATCHES
         seeds = rng.integers(2**63, size=-(-size // shard_size))
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
-        shards = {index: _load_shard(scratch, index, len(prompts[index * shard_size : (index + 1) * shard_size]))
-                  for index in range(len(seeds))}
+        shard_prompts = [prompts[start : start + shard_size] for start in range(0, size, shard_size)]
+        shards = {index: _load_shard(scratch, index, len(shard_prompts[index])) for index in range(len(seeds))}
         todo = [index for index, shard in shards.items() if shard is None]
         for first in range(0, len(todo), world):  # one shard per rank at a time
             group = todo[first : first + world]
@@ -223,7 +210,7 @@ class LanguageModel(Setting):
             if rank < len(group):
                 index = group[rank]
                 generator = torch.Generator(device=self.device).manual_seed(int(seeds[index]))
-                mine = self._sample_shard(model, prompts[index * shard_size : (index + 1) * shard_size], new_tokens, generator)
+                mine = self._sample_shard(model, shard_prompts[index], new_tokens, generator)
             gathered = [mine]
             if world > 1:
                 gathered = [None] * world
@@ -231,7 +218,7 @@ class LanguageModel(Setting):
             for index, shard in zip(group, gathered):
                 shards[index] = shard
                 if scratch is not None and rank == 0:
-                    _save_shard(scratch, index, shard)
+                    write_directory_atomic(_shard_directory(scratch, index), shard.save)
         return TokenCorpus.concatenate([shards[index] for index in range(len(seeds))])
 
     def _sample_shard(self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator) -> TokenCorpus:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ...rundir import write_file_atomic
 from .loss import CausalLanguageModelLoss
 from .packing import PackedBlocks
 
@@ -155,13 +155,7 @@ class TrainingCheckpoint:
         return self.path is not None and self.interval_s is not None and time.monotonic() - self.last_saved >= self.interval_s
 
     def save(self, state: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with open(temporary, "wb") as file:
-            torch.save({**state, "fingerprint": self.fingerprint}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.path)
+        write_file_atomic(self.path, lambda handle: torch.save({**state, "fingerprint": self.fingerprint}, handle))
         self.last_saved = time.monotonic()
 
 
