@@ -204,12 +204,15 @@ def test_list_names_every_setting_and_regime(monkeypatch):
     from model_collapse import settings
 
     # a setting whose optional dependency is missing is listed with the install hint, not a crash
-    monkeypatch.setitem(settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm"))
+    monkeypatch.setitem(settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm", ("no_such_module", "Nothing")))
     result = runner.invoke(app, ["list"], env={"COLUMNS": "400"})  # rich wraps cells in a narrow terminal
     assert result.exit_code == 0
-    assert "missing-extra" in result.output and "model-collapse[lm]" in result.output
+    # this checkout is installed editable (the README's command): the hint installs the extra from it
+    hint = f"pip install -e '{ROOT}[lm]'"
+    assert settings.install_hint("lm") == hint
+    assert "missing-extra" in result.output and hint in result.output.replace("\n", "")
     missing = invoke("theory", "missing-extra")  # and its error line keeps the brackets
-    assert missing.exit_code == 2 and "pip install 'model-collapse[lm]'" in missing.output
+    assert missing.exit_code == 2 and hint in missing.output
     for name in ["linear-regression", "gaussian", "kde", "vae", "language-model", "replace", "accumulate-subsample", "keep-real-fraction", "fresh-real", "mix"]:
         assert name in result.output
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .errors import RunDirectoryError
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real, synthetic
 from .rundir import ChainStore, IterationRecord
@@ -30,10 +31,19 @@ def _training_parts(setting: Setting, plan: TrainingPlan, pool: dict[Source, Any
 
 
 def _restore(setting: Setting, regime: Regime, store: ChainStore, completed: int, pool: dict[Source, Any]) -> Any:
-    """Model of the last completed iteration, and the synthetic batches the regime still needs."""
+    """Model of the last completed iteration, and the synthetic batches the regime still needs, each
+    checked to hold as many samples per seed as this chain drew for it."""
     if regime.keeps_history:
+        real_size = setting.size(setting.real_train)
         for iteration in range(2, completed + 1):
-            pool[synthetic(iteration)] = setting.load_data(store.synthetic_directory(iteration))
+            directory = store.synthetic_directory(iteration)
+            data = setting.load_data(directory)
+            expected = regime.synthetic_size(iteration, real_size)
+            if setting.size(data) != expected:
+                raise RunDirectoryError(
+                    f"corrupted data in {directory}: {setting.size(data)} samples per seed, this chain drew {expected}"
+                )
+            pool[synthetic(iteration)] = data
     return setting.load_model(store.model_directory(completed))
 
 
@@ -56,7 +66,7 @@ def run_chain(
         completed = store.open()
         if completed > iterations:
             completed = iterations
-        records = store.records(setting.batch)[:completed]
+        records = store.records(setting.batch, setting.metrics, completed)
         if completed:
             model = _restore(setting, regime, store, completed, pool)
         if setting.preview_size:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,9 +15,10 @@ from rich.table import Table
 
 from . import distributed
 from .config import apply_overrides, build_experiment, load_experiment
-from .errors import ConfigError, ModelCollapseError
+from .errors import ConfigError, ModelCollapseError, ResourceError, Terminated
 from .regimes import REGIMES
 from .settings import SETTINGS
+from .sweep import ChainFailed, describe_fault
 
 app = typer.Typer(
     add_completion=False,
@@ -36,13 +38,36 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _guarded(action, resume_hint: Path | None = None):
+    """Run ``action``; what the user or the machine caused becomes one line and an exit code: 2 for
+    bad input, 1 for a fault (disk full, memory, a killed worker), 130 for Ctrl-C, 143 for SIGTERM."""
+    hint = f"; finish it with `model-collapse resume {resume_hint}`" if resume_hint else ""
     try:
         return action()
+    except ResourceError as error:
+        _fail(f"{error}{hint}", code=1)
+    except ChainFailed as error:
+        _fail(f"{error}{hint}", code=1)
     except ModelCollapseError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        hint = f"; finish it with `model-collapse resume {resume_hint}`" if resume_hint else ""
         _fail(f"interrupted{hint}", code=130)
+    except Terminated:
+        _fail(f"terminated{hint}", code=143)
+    except (OSError, MemoryError) as error:
+        fault = describe_fault(error, resume_hint or Path.cwd())
+        if fault is None:
+            raise
+        _fail(f"{fault}{hint}", code=1)
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a scheduler's or ``kill``'s) stops a run as Ctrl-C does: workers stopped, exit 143."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the cleanup finish
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @app.command()
@@ -55,33 +80,51 @@ def run(
 ) -> None:
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
-    from .sweep import run_experiment
+    from .sweep import estimate_memory, resolve_workers, run_experiment
 
-    experiment = _guarded(lambda: load_experiment(config, overrides or []))
+    def prepare():
+        experiment = load_experiment(config, overrides or [])
+        SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+        estimate_memory(experiment, resolve_workers(experiment, workers))
+        return experiment
+
+    experiment = _guarded(prepare)
     directory = out or Path("runs") / config.stem
+    _terminate_like_ctrl_c()
     distributed.start()
-    if distributed.is_main():
-        _guarded(lambda: create_run(directory, experiment.resolved()))
+    lock = _guarded(lambda: create_run(directory, experiment.resolved())) if distributed.is_main() else None
     distributed.barrier()
-    _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
+    try:
+        _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
+    finally:
+        if lock is not None:
+            lock.release()
     err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
 
 
 @app.command()
 def resume(run_directory: Path = typer.Argument(..., help="A run directory."), workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
-    from .rundir import open_run
+    from .rundir import lock_run, open_run
     from .sweep import run_experiment
 
     def prepare():
         try:
-            return build_experiment(open_run(run_directory))
+            experiment = build_experiment(open_run(run_directory))
         except ConfigError as error:
             raise ModelCollapseError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
+        SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+        return experiment
 
     experiment = _guarded(prepare)
+    _terminate_like_ctrl_c()
     distributed.start()
-    _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
+    lock = _guarded(lambda: lock_run(run_directory)) if distributed.is_main() else None
+    try:
+        _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
+    finally:
+        if lock is not None:
+            lock.release()
     err.print(f"done: {run_directory}")
 
 
@@ -115,18 +158,18 @@ def theory(
 
     raw: dict = {"setting": {"name": setting}, "regimes": list(REGIMES), "iterations": 10, "seeds": 1}
     experiment = _guarded(lambda: build_experiment(apply_overrides(raw, overrides or [])))
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["setting", "regime", *experiment.varying, "metric", "kind", "iteration", "value"])
-    found = False
+    rows = []
     for point in experiment.points:
         values = point.model_dump()
         for regime in experiment.regimes:
             for curve in closed_forms.curves(point, regime.name, experiment.config.iterations):
-                found = True
                 for i, value in enumerate(curve.values, start=1):
-                    writer.writerow([setting, regime.label, *(values[k] for k in experiment.varying), curve.metric, curve.kind, i, repr(float(value))])
-    if not found:
+                    rows.append([setting, regime.label, *(values[k] for k in experiment.varying), curve.metric, curve.kind, i, repr(float(value))])
+    if not rows:  # decided before a line is printed, so that the error is the only output
         _fail(f"no closed form is known for setting {setting!r}")
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["setting", "regime", *experiment.varying, "metric", "kind", "iteration", "value"])
+    writer.writerows(rows)
 
 
 @app.command(name="list")

@@ -13,22 +13,25 @@ A list given for a setting field makes a sweep: the run covers every combination
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import ConfigDict, Field, PositiveInt, ValidationError
 
 from .errors import ConfigError
 from .regimes import Regime, parse_regime
 from .settings import SETTINGS, SettingConfig
+from .settings.base import StrictConfig
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunConfig(StrictConfig):
+    model_config = ConfigDict(frozen=False)
 
     setting: dict[str, Any]
     regimes: list[Any] = Field(min_length=1)
@@ -39,13 +42,16 @@ class RunConfig(BaseModel):
 
 
 def _describe(error: dict[str, Any], prefix: tuple = ()) -> str:
-    location = ".".join(str(part) for part in (*prefix, *error["loc"])) or "config"
+    where = (*prefix, *error["loc"])
+    if error["type"] == "boolean_for_number":
+        where = (*where, error["ctx"]["key"])
+    location = ".".join(str(part) for part in where) or "config"
     if error["type"] == "extra_forbidden":
         return f"{location}: unknown key"
     if error["type"] == "missing":
         return f"{location}: missing"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "value_error":
+    if error["type"] in ("value_error", "boolean_for_number"):
         return f"{location}: {message}"
     return f"{location}: {message} (got {error['input']!r})"
 
@@ -61,6 +67,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file (not UTF-8)") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
@@ -101,18 +111,18 @@ class ChainSpec:
 
     @property
     def point_name(self) -> str:
-        values = self.point.model_dump()
-        return "_".join(f"{key}-{values[key]}" for key in self.varying) or "base"
+        values = self.point.model_dump(mode="json")
+        return safe_name("_".join(f"{key}-{_token(values[key])}" for key in self.varying)) or "base"
 
     @property
     def label(self) -> str:
-        seeds = "" if type_of(self.point).batches_seeds else f" / seed {self.seeds[0]}"
+        seeds = "" if SETTINGS.declared(self.point.name).batches_seeds else f" / seed {self.seeds[0]}"
         return f"{self.point_name} / {self.regime.label}{seeds}"
 
     @property
     def relative_directory(self) -> Path:
         path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
-        if not type_of(self.point).batches_seeds:
+        if not SETTINGS.declared(self.point.name).batches_seeds:
             path = path / f"seed-{self.seeds[0]}"
         return path
 
@@ -120,7 +130,31 @@ class ChainSpec:
         return {"setting": self.point.model_dump(mode="json"), "regime": self.regime.label, "seeds": list(self.seeds)}
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _token(value: Any) -> str:
+    """A sweep value as part of a directory name: as written when it is a plain token (``100``, ``0.5``,
+    ``scott``), else a readable slug plus a hash of the value, so that no value (``../../victim``, a
+    path, text with slashes) can name a directory outside the run, and distinct values stay distinct."""
+    text = str(value)
+    if _PLAIN.fullmatch(text) and len(text) <= 40:
+        return text
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-.")[:40]
+    return f"{slug}-{_short_hash(text)}" if slug else _short_hash(text)
+
+
+def safe_name(name: str, limit: int = 120) -> str:
+    """``name`` cut to a length every filesystem takes, a hash of the whole keeping it distinct."""
+    return name if len(name) <= limit else f"{name[: limit - 9]}-{_short_hash(name)}"
+
+
 def type_of(point: SettingConfig):
+    """The setting class of a sweep point (imports its model code: PyTorch for neural settings)."""
     return SETTINGS[point.name]
 
 
@@ -138,14 +172,20 @@ class Experiment:
     def chains(self) -> list[ChainSpec]:
         seeds = tuple(range(self.config.seeds))
         batches: Sequence[tuple[int, ...]] = (
-            [seeds] if SETTINGS[self.setting_name].batches_seeds else [(s,) for s in seeds]
+            [seeds] if SETTINGS.declared(self.setting_name).batches_seeds else [(s,) for s in seeds]
         )
-        return [
+        specs = [
             ChainSpec(point, self.varying, regime, batch)
             for point in self.points
             for regime in self.regimes
             for batch in batches
         ]
+        directories: dict[Path, ChainSpec] = {}
+        for spec in specs:
+            other = directories.setdefault(spec.relative_directory, spec)
+            if other is not spec:
+                raise ConfigError(f"sweep points {other.label!r} and {spec.label!r} would share the directory {spec.relative_directory}")
+        return specs
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain data, every default filled in (written to the run directory)."""
@@ -189,11 +229,12 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
             raise ConfigError(f"regimes[{index}]: {error}") from None
     if len(set(regimes)) != len(regimes):
         raise ConfigError("regimes: a regime is listed twice")
-    rows, varying = _expand(config.setting, SETTINGS[name].Config)
+    declared = SETTINGS.declared(name)
+    rows, varying = _expand(config.setting, declared.Config)
     points = []
     for row in rows:
         try:
-            points.append(SETTINGS[name].Config.model_validate(row))
+            points.append(declared.Config.model_validate(row))
         except ValidationError as error:
             raise _validation_error(error, ("setting",)) from None
     return Experiment(config, tuple(points), varying, tuple(regimes))

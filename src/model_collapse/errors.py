@@ -11,3 +11,13 @@ class ConfigError(ModelCollapseError):
 
 class RunDirectoryError(ModelCollapseError):
     """A run directory (or a file in it) that is missing, corrupted or not ours."""
+
+
+class ResourceError(ModelCollapseError):
+    """The machine ran out of something (disk space, memory) or a worker was killed: the run
+    directory is intact and ``resume`` continues it."""
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM: handled like Ctrl-C (a BaseException, so that no ``except
+    Exception`` on the way swallows it)."""

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from . import theory  # noqa: E402
 from .results import ChainResult, load_run, merge_seeds  # noqa: E402
-from .rundir import ChainStore  # noqa: E402
+from .rundir import ChainStore, inside, write_atomic, write_file_atomic  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
@@ -68,10 +68,13 @@ def _finish(ax, log_scale: bool, values: list[np.ndarray], bottom_row: bool = Tr
 
 
 def _save(figure, directory: Path, name: str) -> list[Path]:
+    """PNG and SVG, each written whole or not at all (a full disk leaves the old figure, not an empty one)."""
     paths = [directory / f"{name}.png", directory / f"{name}.svg"]
-    for path in paths:
-        figure.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        for path in paths:
+            write_file_atomic(path, lambda handle, path=path: figure.savefig(handle, format=path.suffix[1:], dpi=130, bbox_inches="tight"))
+    finally:
+        plt.close(figure)
     return paths
 
 
@@ -103,7 +106,7 @@ def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, s
     for label, store in stores.items():
         for iteration in sorted({1, last[label]}):
             lines += ["", f"## {label}, iteration {iteration}", "", *numbered(store.preview(iteration))]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -113,7 +116,7 @@ def _first_seed_chains(run_directory: Path, results: list[ChainResult]) -> dict[
     chains: dict[str, dict[str, tuple[ChainResult, ChainStore]]] = {}
     for result in results:
         if result.spec.seeds[0] == 0:
-            store = ChainStore(run_directory / result.spec.relative_directory, result.spec.description())
+            store = ChainStore.at(run_directory, result.spec.relative_directory, result.spec.description(), writer=False)
             chains.setdefault(result.spec.point_name, {})[result.spec.regime.label] = (result, store)
     return chains
 
@@ -188,8 +191,8 @@ def plot_run(run_directory: Path) -> list[Path]:
     if not chain_results:
         return []
     results = merge_seeds(chain_results)
-    setting = SETTINGS[experiment.setting_name]
-    out = run_directory / "figures"
+    setting = SETTINGS.declared(experiment.setting_name)
+    out = inside(run_directory, "figures")
     out.mkdir(exist_ok=True)
     points = list(dict.fromkeys(r.spec.point_name for r in results))
     regimes = list(dict.fromkeys(r.spec.regime.label for r in results))

@@ -92,6 +92,13 @@ def uniform_rows(rng: np.random.Generator, population: int, k: int, batch: int) 
     return rows
 
 
+def _exact(value: float) -> str:
+    """The shortest text that reads back as exactly ``value``: ``0.5``, ``1``, ``10000.25`` (never
+    rounded, so a resumed run uses the parameter it was started with)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 class Regime(ABC):
     """A data policy. Subclasses set ``name`` and implement ``_plan`` for iterations n >= 2."""
 
@@ -108,6 +115,8 @@ class Regime(ABC):
             self.value = None
         else:
             self.value = float(self.default if value is None else value)
+            if not np.isfinite(self.value):
+                raise ValueError(f"regime {self.name!r}: {self.parameter} must be a finite number, got {value}")
             self._check(self.value)
 
     def _check(self, value: float) -> None:
@@ -117,7 +126,7 @@ class Regime(ABC):
     @property
     def label(self) -> str:
         """The name as written in configs and tables, parameter included: ``keep-real-fraction:0.1``."""
-        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+        return self.name if self.value is None else f"{self.name}:{_exact(self.value)}"
 
     def __repr__(self) -> str:
         return f"<regime {self.label}>"

@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import ChainSpec, Experiment, build_experiment
 from .errors import ConfigError, RunDirectoryError
+from .settings import SETTINGS
 from .rundir import ChainStore, open_run
 
 
@@ -30,15 +31,16 @@ def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
         experiment = build_experiment(raw)
     except ConfigError as error:
         raise RunDirectoryError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
+    metrics = list(SETTINGS.declared(experiment.setting_name).metrics)
     results = []
     for spec in experiment.chains():
-        store = ChainStore(run_directory / spec.relative_directory, spec.description())
+        store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=False)
         if not store.directory.exists():
             continue
-        records = store.records(len(spec.seeds))
+        records = store.records(len(spec.seeds), metrics)
         if not records:
             continue
-        names = list(records[0].metrics)
+        names = metrics
         results.append(
             ChainResult(
                 spec,

@@ -2,6 +2,7 @@
 
     RUN/run.json                      marker: format, version, tool version, creation time
     RUN/config.yaml                   the resolved config (overrides applied)
+    RUN/run.lock                      locked (flock) by the one process running or resuming the run
     RUN/chains/<point>/<regime>/      one directory per chain
         chain.json                    what the chain is: setting fields, regime, seeds
         real_preview.npy              a few real samples beside which figures show the synthetic ones
@@ -18,17 +19,27 @@
 
 Every file is written to a temporary name, flushed to disk and renamed into place; an iteration is
 assembled in ``iter_NNNN.partial`` and renamed as a whole, and only then does progress.json move on.
-A crash at any point therefore leaves either the old state or the new one, never a half-written one,
-and ``resume`` discards whatever lies beyond progress.json.
+A crash at any point therefore leaves either the old state or the new one, never a half-written one.
+An ``iter_NNNN`` directory is committed the moment it appears, so nothing ever deletes one: progress.json
+is a record kept in step with them, rebuilt from them when it lags behind (a crash between the rename
+and its update, or a file rolled back), and a gap in the iterations is refused rather than repaired.
+The run directory itself is assembled beside its final name and renamed into place, so a crash while
+creating it leaves no half-made run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +55,10 @@ FORMAT = "model-collapse-run"
 FORMAT_VERSION = 1
 MARKER = "run.json"
 CONFIG = "config.yaml"
+LOCK = "run.lock"
+_ITERATION = re.compile(r"iter_(\d+)(\.partial|\.scratch)?")
+
+log = logging.getLogger(__name__)
 
 
 # -- atomic files --------------------------------------------------------------------------------
@@ -63,12 +78,29 @@ def fsync_tree(directory: Path) -> None:
         _fsync_directory(Path(root))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(fd_or_path: int | Path, directory: bool = False) -> None:
+    """mkstemp and mkdtemp create private files (0600, 0700); give them the mode any other file of
+    the user gets, so that a run directory on a shared filesystem is as readable as the user expects."""
+    mode = (0o777 if directory else 0o666) & ~_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Create or replace ``path`` with what ``write`` writes to a binary file: all of it or, after a
     crash at any point, the old file untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _honour_umask(fd)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -103,6 +135,20 @@ def write_json(path: Path, value: Any, compact: bool = False) -> None:
     write_atomic(path, json.dumps(value, indent=None if compact else 1, allow_nan=True) + "\n")
 
 
+def load_array(path: Path) -> np.ndarray:
+    """An .npy file written by this tool; anything else is a RunDirectoryError naming the file (and
+    never a hint to load it with pickles enabled)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RunDirectoryError(f"missing file {path}") from None
+    except Exception:  # numpy raises several types for a damaged file, some suggesting allow_pickle
+        raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
+    if not isinstance(array, np.ndarray):
+        raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote")
+    return array
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -113,26 +159,123 @@ def read_json(path: Path) -> Any:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def create_run(directory: Path, config: Mapping[str, Any]) -> None:
-    """Start a run directory; refuses one that already holds anything."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+class RunLock:
+    """An exclusive lock on a run directory, held for the life of ``run`` or ``resume``.
+
+    ``flock`` on ``RUN/run.lock``: the kernel releases it when the holder exits, however it exits, so
+    a killed run never leaves a stale lock behind. The file names the holder for the error message."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise RunDirectoryError(f"cannot open the lock file {self.path}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirectoryError(
+                f"{self.path.parent} is in use by {holder}; wait for it to end or stop it, then try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:2])})\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays, holding no meaning by itself
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run(directory: Path) -> RunLock:
+    """Lock an existing run directory (see ``RunLock``)."""
+    return RunLock(directory / LOCK).acquire()
+
+
+def _check_out_path(directory: Path) -> None:
+    """Refuse an --out whose existing part is not a directory, before anything is written."""
+    for ancestor in [directory, *directory.parents]:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise RunDirectoryError(f"cannot create the run directory {directory}: {ancestor} is not a directory")
+            return
+
+
+def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
+    """Start a run directory and return its lock, held; refuses one that already holds anything.
+
+    The directory is assembled beside its final name (config, marker, lock) and renamed into place in
+    one step, so a crash leaves either no run or a whole one, and of two processes starting the same
+    directory at once exactly one succeeds (rename refuses a non-empty target)."""
+    _check_out_path(directory)
+    if directory.exists():
         if (directory / MARKER).exists():
             raise RunDirectoryError(
                 f"{directory} already holds a run: continue it with `model-collapse resume {directory}` "
                 "or choose another --out"
             )
-        raise RunDirectoryError(f"{directory} exists and is not an empty directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
-    write_json(
-        directory / MARKER,
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "tool_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
+        if any(directory.iterdir()):
+            raise RunDirectoryError(f"{directory} exists and is not an empty directory")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.creating-"))
+    except OSError as error:
+        raise RunDirectoryError(f"cannot create the run directory {directory}: {error.strerror}") from None
+    lock = RunLock(staging / LOCK)
+    try:
+        _honour_umask(staging, directory=True)
+        lock.acquire()  # the lock follows the file through the rename below
+        write_atomic(staging / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
+        write_json(
+            staging / MARKER,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "tool_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+        try:
+            os.rename(staging, directory)  # replaces an empty directory, refuses a non-empty one
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise RunDirectoryError(f"{directory} was started by another process at the same moment") from None
+            raise RunDirectoryError(f"cannot create the run directory {directory}: {error.strerror}") from None
+        lock.path = directory / LOCK
+        _fsync_directory(directory.parent)
+    except BaseException:
+        lock.release()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return lock
+
+
+def inside(root: Path, relative: Path | str) -> Path:
+    """``root / relative``, refused unless it lies inside ``root`` once every link is resolved and
+    every existing part of it is a directory: no config value can make the run touch other files."""
+    path = root / relative
+    resolved_root = root.resolve()
+    try:
+        path.resolve().relative_to(resolved_root)
+    except ValueError:
+        raise RunDirectoryError(f"{path} lies outside the run directory {root}") from None
+    for part in [*reversed(path.relative_to(root).parents), Path(relative)][1:]:
+        candidate = root / part
+        if candidate.exists() and not candidate.is_dir():
+            raise RunDirectoryError(f"corrupted run directory: {candidate} is not a directory")
+    return path
 
 
 def open_run(directory: Path) -> dict[str, Any]:
@@ -200,11 +343,16 @@ class ChainStore:
         self.writer = writer  # False for the other ranks of a data-parallel run: they read, never write
         self.description = json.loads(json.dumps(dict(description)))  # as it reads back from chain.json
 
+    @classmethod
+    def at(cls, run_directory: Path, relative: Path, description: Mapping[str, Any], writer: bool = True) -> ChainStore:
+        """The chain at ``relative`` inside ``run_directory``, refused if that path leads outside it."""
+        return cls(inside(run_directory, relative), description, writer)
+
     def _iteration_directory(self, iteration: int) -> Path:
         return self.directory / f"iter_{iteration:04d}"
 
     def open(self) -> int:
-        """Create or check the chain directory; returns the last completed iteration (0 if none)."""
+        """Create or check the chain directory for writing; returns the last completed iteration (0 if none)."""
         if not self.writer:
             return self.completed() if self.directory.exists() else 0
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -217,15 +365,59 @@ class ChainStore:
                 )
         else:
             write_json(description_path, self.description)
-        completed = self.completed()
-        # Whatever lies beyond the last completed iteration is the remains of an interrupted one, but
-        # for the progress the interrupted iteration saved in its scratch directory, to resume from.
+        completed = self.completed(repair=True)
+        # Assembling directories are the remains of an interrupted commit; scratch directories are
+        # dropped too, but for the one the interrupted iteration saved its progress in, to resume from.
         keep = self.scratch_directory(completed + 1)
         for path in self.directory.glob("iter_*"):
-            suffix = path.name[len("iter_") :].split(".")[0]
-            stale = path.name.endswith((".partial", ".scratch")) or (suffix.isdigit() and int(suffix) > completed)
-            if stale and path != keep:
-                shutil.rmtree(path)
+            match = _ITERATION.fullmatch(path.name)
+            if match and match.group(2) and path != keep:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        return completed
+
+    def _committed(self) -> list[int]:
+        """The iterations whose directory is on disk: each was renamed into place whole, so committed."""
+        found = []
+        for path in self.directory.glob("iter_*"):
+            match = _ITERATION.fullmatch(path.name)
+            if match is None or match.group(2):
+                continue
+            if not path.is_dir() or path.is_symlink():
+                raise RunDirectoryError(f"corrupted run directory: {path} should be an iteration's directory")
+            found.append(int(match.group(1)))
+        return sorted(found)
+
+    def completed(self, repair: bool = False) -> int:
+        """The last iteration of the unbroken sequence 1, 2, ... of committed iterations.
+
+        progress.json is checked against it: one that lags behind is rebuilt when ``repair`` (a crash
+        between an iteration's rename and the record's update leaves it one behind); one that counts
+        iterations no longer on disk, or a gap before later iterations, is refused, naming what is missing."""
+        if not self.directory.is_dir():
+            return 0
+        committed = self._committed()
+        completed = 0
+        while completed < len(committed) and committed[completed] == completed + 1:
+            completed += 1
+        if completed < len(committed):
+            raise RunDirectoryError(
+                f"{self._iteration_directory(completed + 1)} is missing but later iterations of the chain are on disk"
+            )
+        path = self.directory / "progress.json"
+        recorded = 0
+        if path.exists():
+            progress = read_json(path)
+            if not isinstance(progress, dict) or type(progress.get("completed")) is not int or progress["completed"] < 0:
+                raise RunDirectoryError(f"corrupted file {path}")
+            recorded = progress["completed"]
+        if recorded > completed:
+            raise RunDirectoryError(
+                f"{path} records {recorded} completed iterations but {self._iteration_directory(completed + 1)} is missing"
+            )
+        if recorded < completed and repair and self.writer:
+            if completed > recorded + 1:
+                log.warning("%s recorded %d completed iterations, %d are on disk: record rebuilt", path, recorded, completed)
+            write_json(path, {"completed": completed})
         return completed
 
     def wait_for_commit(self) -> None:
@@ -237,15 +429,6 @@ class ChainStore:
         """Where the sampling and the fit of ``iteration`` may keep their progress (created by the
         setting if it wants)."""
         return self.directory / f"iter_{iteration:04d}.scratch"
-
-    def completed(self) -> int:
-        path = self.directory / "progress.json"
-        if not path.exists():
-            return 0
-        progress = read_json(path)
-        if not isinstance(progress, dict) or not isinstance(progress.get("completed"), int) or progress["completed"] < 0:
-            raise RunDirectoryError(f"corrupted file {path}")
-        return progress["completed"]
 
     def commit(
         self,
@@ -271,7 +454,10 @@ class ChainStore:
             if diagnostics is not None:
                 write_json(partial / "diagnostics.json", diagnostics, compact=True)
 
-        write_directory_atomic(self._iteration_directory(record.iteration), fill)
+        target = self._iteration_directory(record.iteration)
+        if target.exists():  # committed iterations are never replaced (resume starts after them)
+            raise RunDirectoryError(f"{target} is already committed")
+        write_directory_atomic(target, fill)
         write_json(self.directory / "progress.json", {"completed": record.iteration})
         shutil.rmtree(self.scratch_directory(record.iteration), ignore_errors=True)
         if not keep_models and record.iteration > 1:
@@ -294,12 +480,7 @@ class ChainStore:
         path = self.directory / "real_preview.npy"
         if not self.writer or path.exists():
             return
-        temporary = path.with_name(".real_preview.tmp.npy")
-        with open(temporary, "wb") as handle:
-            np.save(handle, preview)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_file_atomic(path, lambda handle: np.save(handle, preview))
 
     def real_preview(self) -> np.ndarray | None:
         return self._load_preview(self.directory / "real_preview.npy")
@@ -309,23 +490,36 @@ class ChainStore:
 
     @staticmethod
     def _load_preview(path: Path) -> np.ndarray | None:
+        """Images as uint8 (N, H, W, C) with C = 1 or 3, or texts (N,); anything else is refused."""
         if not path.exists():
             return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except Exception as error:  # numpy raises several types for a damaged file
-            raise RunDirectoryError(f"corrupted file {path}: {error}") from None
+        preview = load_array(path)
+        images = preview.ndim == 4 and preview.dtype == np.uint8 and preview.shape[-1] in (1, 3) and preview.shape[0] > 0
+        texts = preview.ndim == 1 and preview.dtype.kind == "U"
+        if not (images or texts):
+            raise RunDirectoryError(
+                f"corrupted file {path}: a preview holds images (N, H, W, 1 or 3) of uint8 or texts, "
+                f"not an array of shape {preview.shape} and type {preview.dtype}"
+            )
+        return preview
 
     def diagnostics(self, iteration: int) -> dict[str, Any] | None:
         path = self._iteration_directory(iteration) / "diagnostics.json"
         return read_json(path) if path.exists() else None
 
-    def records(self, batch: int) -> list[IterationRecord]:
+    def records(self, batch: int, metrics: Collection[str] | None = None, completed: int | None = None) -> list[IterationRecord]:
+        """The records of iterations 1..``completed`` (default: all completed), each checked: the
+        right iteration, ``batch`` values per metric, and exactly the metric names ``metrics``."""
         records = []
-        for iteration in range(1, self.completed() + 1):
+        for iteration in range(1, (self.completed() if completed is None else completed) + 1):
             path = self._iteration_directory(iteration) / "metrics.json"
             record = IterationRecord.from_json(read_json(path), path, batch)
             if record.iteration != iteration:
                 raise RunDirectoryError(f"corrupted file {path}: it records iteration {record.iteration}")
+            if metrics is not None and set(record.metrics) != set(metrics):
+                raise RunDirectoryError(
+                    f"corrupted file {path}: it records the metrics {', '.join(sorted(record.metrics))}, "
+                    f"this setting has {', '.join(sorted(metrics))}"
+                )
             records.append(record)
         return records

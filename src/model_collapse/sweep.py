@@ -6,14 +6,20 @@ running the same function again: chains already complete are skipped, others res
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
-from queue import Empty
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -22,7 +28,9 @@ from threadpoolctl import threadpool_limits
 from . import distributed
 from .chain import run_chain
 from .config import ChainSpec, Experiment, type_of
+from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
 from .rundir import ChainStore, IterationRecord
+from .settings import SETTINGS
 
 
 def run_spec(
@@ -33,7 +41,7 @@ def run_spec(
     on_iteration: Callable[[IterationRecord], None] | None = None,
 ) -> None:
     setting = type_of(spec.point)(spec.point, spec.seeds)
-    store = ChainStore(run_directory / spec.relative_directory, spec.description(), writer=distributed.is_main())
+    store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=distributed.is_main())
     if store.writer:
         store.open()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
     distributed.barrier()
@@ -62,13 +70,119 @@ def show_messages(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-def _worker(run_directory: Path, index: int, spec: ChainSpec, iterations: int, keep_models: bool, quiet: bool, queue) -> None:
+def describe_fault(error: BaseException, run_directory: Path) -> ModelCollapseError | None:
+    """The one-line error for a failure that is the machine's, not the code's: a full disk, memory
+    running out. None for anything else."""
+    if isinstance(error, ModelCollapseError):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = error.filename or run_directory
+        return ResourceError(f"no space left on the device while writing {where}")
+    if isinstance(error, MemoryError):
+        return ResourceError("out of memory (lower seeds, setting sizes or --workers)")
+    return None
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the process that started it ends, however it ends (kill -9 included), so
+    that no orphan goes on writing into a run directory that a later ``resume`` also writes."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us when the parent dies
+    else:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _worker(connection, parent: int, run_directory: Path, spec: ChainSpec, iterations: int, keep_models: bool, quiet: bool) -> None:
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     show_messages(quiet)
-    # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
-    # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
-    type_of(spec.point)
-    with threadpool_limits(limits=1):
-        run_spec(run_directory, spec, iterations, keep_models, lambda record: queue.put((index, record.iteration)))
+    try:
+        # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
+        # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
+        type_of(spec.point)
+        with threadpool_limits(limits=1):
+            run_spec(run_directory, spec, iterations, keep_models, lambda record: connection.send(("iteration", record.iteration)))
+    except BaseException as error:
+        fault = describe_fault(error, run_directory)
+        if fault is not None:
+            connection.send(("error", type(fault).__name__, str(fault)))
+        else:
+            connection.send(("crash", "".join(traceback.format_exception(error))))
+        connection.close()
+        sys.exit(1)
+    connection.send(("done",))
+    connection.close()
+
+
+_ERRORS = {cls.__name__: cls for cls in (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)}
+
+
+class ChainFailed(Exception):
+    """A chain raised an unexpected error in its worker; its traceback has been printed."""
+
+
+def _run_in_processes(run_directory: Path, specs: Sequence[ChainSpec], todo: list[int], workers: int, iterations: int,
+                      keep_models: bool, quiet: bool, advance: Callable[[int, int], None]) -> None:
+    """Run the chains ``todo`` in at most ``workers`` spawned processes at once. The first chain that
+    fails stops the others (their committed iterations stay; ``resume`` finishes them) and its error
+    is raised here; so is anything that interrupts this process, after the workers are stopped."""
+    context = multiprocessing.get_context("spawn")
+    pending = list(todo)
+    running: dict[int, tuple[multiprocessing.process.BaseProcess, Any]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                index = pending.pop(0)
+                reader, writer = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_worker,
+                    args=(writer, os.getpid(), run_directory, specs[index], iterations, keep_models, quiet),
+                    name=f"chain-{index}",
+                )
+                process.start()
+                writer.close()  # the worker holds the only writing end: its death reads as end of file
+                running[index] = (process, reader)
+            for reader in multiprocessing.connection.wait([r for _, r in running.values()], timeout=1.0):
+                index = next(i for i, (_, r) in running.items() if r is reader)
+                try:
+                    message = reader.recv()
+                except (EOFError, OSError):
+                    message = ("died",)
+                if message[0] == "iteration":
+                    advance(index, message[1])
+                    continue
+                process, _ = running.pop(index)
+                reader.close()
+                process.join()
+                label = specs[index].label
+                if message[0] == "error":
+                    raise _ERRORS.get(message[1], ModelCollapseError)(f"chain {label}: {message[2]}")
+                if message[0] == "crash":
+                    sys.stderr.write(message[1])
+                    raise ChainFailed(f"chain {label} failed (traceback above)")
+                if message[0] == "died":
+                    raise ResourceError(f"chain {label}: its worker process {_death(process.exitcode)}")
+    finally:
+        for process, reader in running.values():
+            process.kill()  # commits are atomic: a chain killed anywhere resumes from its last one
+            process.join()
+            reader.close()
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        cause = ", most likely by the out-of-memory killer" if -exitcode == signal.SIGKILL else ""
+        return f"was killed by {name}{cause}"
+    return f"ended with exit code {exitcode} without a word"
 
 
 def _progress(console: Console) -> Progress:
@@ -84,19 +198,78 @@ def _progress(console: Console) -> Progress:
 
 
 def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
-    """Iterations each chain has already completed (0 for a chain not started)."""
+    """Iterations each chain has already completed (0 for a chain not started), after checking what
+    is on disk: the iterations form an unbroken sequence, and a finished chain's records are whole
+    (every metric, every seed), so that a damaged chain is named now rather than later by ``table``."""
     done = []
     for spec in specs:
-        store = ChainStore(run_directory / spec.relative_directory, spec.description())
-        done.append(min(store.completed(), iterations) if store.directory.exists() else 0)
+        store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=False)
+        completed = min(store.completed(), iterations)
+        if completed == iterations:
+            store.records(len(spec.seeds), SETTINGS.declared(spec.point.name).metrics, completed)
+        done.append(completed)
     return done
+
+
+def estimate_memory(experiment: Experiment, workers: int) -> None:
+    """Refuse, before anything is written, a config whose chains cannot fit in this machine's memory
+    (``seeds=1000000000``, ``mix:1e9``, ``setting.dim=100000``): the estimate is what a chain holds at
+    its largest iteration, from the setting's footprint and the regime's synthetic sizes."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    iterations = experiment.config.iterations
+    specs = experiment.chains()
+    worst, worst_spec = 0, None
+    for spec in specs:
+        footprint = SETTINGS.declared(spec.point.name).footprint(spec.point)
+        if footprint is None:
+            continue
+        rows = footprint.rows + peak_synthetic_rows(spec.regime, iterations, footprint.rows)
+        need = len(spec.seeds) * (footprint.fixed_bytes + rows * footprint.bytes_per_row)
+        if need > worst:
+            worst, worst_spec = need, spec
+    parallel = max(1, min(workers, len(specs)))
+    if worst_spec is not None and worst * parallel > total:
+        point = worst_spec.point.model_dump()
+        sizes = ", ".join(f"setting.{k}={v}" for k, v in point.items() if isinstance(v, int) and not isinstance(v, bool))
+        workers_note = f" x {parallel} chains at once (--workers)" if parallel > 1 else ""
+        raise ConfigError(
+            f"seeds={experiment.config.seeds}, iterations={iterations}, {sizes}, regime {worst_spec.regime.label}: "
+            f"a chain would hold about {_bytes(worst)} in memory{workers_note}, this machine has {_bytes(total)}"
+        )
+
+
+def peak_synthetic_rows(regime, iterations: int, real_size: int) -> int:
+    """Rows per seed besides the real data at the largest iteration: every batch so far for a regime
+    that keeps its history, else the largest single iteration's (sizes never shrink with n)."""
+    if iterations < 2:
+        return 0
+
+    def rows(i: int) -> int:
+        return regime.synthetic_size(i, real_size) + regime.fresh_real_size(i, real_size)
+
+    if regime.keeps_history:
+        return (iterations - 1) * rows(iterations) if rows(2) == rows(iterations) else sum(rows(i) for i in range(2, iterations + 1))
+    return rows(iterations)
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} EiB"
+
+
+def resolve_workers(experiment: Experiment, workers: int | None) -> int:
+    """Parallel processes: the command line's, else the config's, else one per CPU."""
+    return workers or experiment.config.workers or os.cpu_count() or 1
 
 
 def run_experiment(run_directory: Path, experiment: Experiment, workers: int | None = None, quiet: bool = False) -> None:
     specs = experiment.chains()
     iterations = experiment.config.iterations
     keep_models = experiment.config.checkpoints == "all"
-    workers = workers or experiment.config.workers or os.cpu_count() or 1
+    workers = resolve_workers(experiment, workers)
     if distributed.world_size() > 1:
         workers, quiet = 1, quiet or not distributed.is_main()  # ranks run the chains together, one at a time
     done = completed_iterations(run_directory, specs, iterations)
@@ -116,26 +289,12 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
 
         if workers == 1 or len(todo) <= 1:
             for i in todo:
-                run_spec(run_directory, specs[i], iterations, keep_models, lambda r, i=i: advance(i, r.iteration))
+                try:
+                    run_spec(run_directory, specs[i], iterations, keep_models, lambda r, i=i: advance(i, r.iteration))
+                except (OSError, MemoryError) as error:
+                    fault = describe_fault(error, run_directory)
+                    if fault is None:
+                        raise
+                    raise ResourceError(f"chain {specs[i].label}: {fault}") from None
             return
-        context = multiprocessing.get_context("spawn")
-        with context.Manager() as manager, ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            queue = manager.Queue()
-            futures = {pool.submit(_worker, run_directory, i, specs[i], iterations, keep_models, quiet, queue) for i in todo}
-            try:
-                while futures:
-                    try:
-                        advance(*queue.get(timeout=0.2))
-                    except Empty:
-                        pass
-                    finished, futures = wait(futures, timeout=0, return_when=FIRST_EXCEPTION)
-                    for future in finished:
-                        future.result()  # re-raise a chain's error here, in the main process
-                while True:
-                    advance(*queue.get_nowait())
-            except Empty:
-                pass
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        _run_in_processes(run_directory, specs, todo, min(workers, len(todo)), iterations, keep_models, quiet, advance)

@@ -110,17 +110,27 @@ def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise RunDirectoryError(f"missing file {path}") from None
-    except Exception as error:  # numpy raises several types for a damaged archive
-        raise RunDirectoryError(f"corrupted file {path}: {error}") from None
+    except Exception:  # numpy raises several types for a damaged archive, some suggesting allow_pickle
+        raise RunDirectoryError(f"corrupted file {path}: not an array archive this tool wrote") from None
     missing = [name for name in required if name not in arrays]
     if missing:
         raise RunDirectoryError(f"file {path} is not from this setting: it lacks {', '.join(missing)}")
     return arrays
 
 
+def samples_from(path: Path, arrays: dict[str, np.ndarray]) -> Samples:
+    """``Samples`` of arrays read from ``path``, which must share their (batch, rows) axes."""
+    if any(array.ndim < 2 for array in arrays.values()):
+        raise RunDirectoryError(f"corrupted file {path}: samples need a seed axis and a row axis")
+    try:
+        return Samples(**arrays)
+    except ValueError as error:
+        raise RunDirectoryError(f"corrupted file {path}: {error}") from None
+
+
 def check_shape(path: Path, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
     if array.shape != expected:
-        raise RunDirectoryError(f"file {path} holds an array of shape {array.shape}, this chain expects {expected}")
+        raise RunDirectoryError(f"corrupted file {path}: an array of shape {array.shape}, this chain expects {expected}")
     return array
 
 
@@ -139,7 +149,7 @@ class ArraySetting(Setting):
         save_arrays(directory / "samples.npz", dict(data.fields))
 
     def load_data(self, directory: Path) -> Samples:
-        data = Samples(**load_arrays(directory / "samples.npz", self.data_fields))
+        data = samples_from(directory / "samples.npz", load_arrays(directory / "samples.npz", self.data_fields))
         self._check_batch(data.batch, directory)
         return data
 

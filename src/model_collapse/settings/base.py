@@ -15,18 +15,57 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 
 
-class SettingConfig(BaseModel):
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return any(_admits_bool(argument) for argument in get_args(annotation))
+
+
+class StrictConfig(BaseModel):
+    """A config model that refuses what pydantic would quietly coerce: unknown keys, infinite or NaN
+    numbers, and booleans where a number is expected (``iterations: true`` is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
+                    raise PydanticCustomError(
+                        "boolean_for_number", "expected {kind}, got the boolean {value}",
+                        {"key": key, "kind": _kind(field.annotation), "value": str(value).lower()},
+                    )
+        return data
+
+
+def _kind(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return "a number" if text in ("int", "float") or "int" in text or "float" in text else f"a {text}"
+
+
+class SettingConfig(StrictConfig):
     """Base of every setting's typed config. Unknown keys are errors, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: str
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one seed of a chain holds in memory, for the check made before a run starts."""
+
+    rows: int  # real training samples per seed (T)
+    bytes_per_row: int  # memory per sample of the pool, copies made to fit and sample included
+    fixed_bytes: int  # memory per seed that does not grow with the pool (designs, test data, models)
 
 
 @dataclass(frozen=True)
@@ -35,7 +74,11 @@ class Metric:
     log_scale: bool = False  # figures use a log axis for it, as the paper does
 
 
-class Setting(ABC):
+class Declaration:
+    """What a setting is, readable without its model code: config type, metrics, how it runs. Every
+    setting class is one; the VAE and language models also have a light one of their own (see
+    ``settings/__init__.py``) that their setting class inherits."""
+
     name: ClassVar[str]
     Config: ClassVar[type[SettingConfig]]
     metrics: ClassVar[dict[str, Metric]]
@@ -43,6 +86,14 @@ class Setting(ABC):
     # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
     # every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0
+
+    @classmethod
+    def footprint(cls, config: SettingConfig) -> Footprint | None:
+        """Memory per seed, for settings whose chains hold their data in RAM (None: not estimated)."""
+        return None
+
+
+class Setting(Declaration, ABC):
     # True when load_data memory-maps: a synthetic batch kept for later iterations is then read back
     # from the run directory once it is committed, so the accumulated pool does not grow RAM.
     data_on_disk: ClassVar[bool] = False

@@ -19,7 +19,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..randomness import seed_rng
 from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Metric, SettingConfig
+from .base import Footprint, Metric, SettingConfig
 
 
 class GaussianConfig(SettingConfig):
@@ -61,6 +61,12 @@ class Gaussian(ArraySetting):
         "test_nll": Metric("test NLL on real data (nats)"),
     }
     data_fields = ("x",)
+
+    @classmethod
+    def footprint(cls, config: GaussianConfig) -> Footprint:
+        d = config.dim
+        # samples, the normal draws and centred copies behind them; covariance, scatter, eigenvectors, solves
+        return Footprint(rows=config.samples, bytes_per_row=24 * d, fixed_bytes=8 * 6 * d * d)
 
     def __init__(self, config: GaussianConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)

@@ -19,8 +19,9 @@ from sklearn import datasets
 from sklearn.neighbors import KernelDensity
 
 from ..randomness import seed_rng
+from ..errors import RunDirectoryError
 from .arrays import ArraySetting, Samples, check_shape, concatenate, load_arrays, save_arrays
-from .base import Metric, SettingConfig
+from .base import Footprint, Metric, SettingConfig
 
 BLOB_CENTRES = np.array([[-5.0, -5.0], [0.0, 5.0], [5.0, -2.0]])
 # Relative tolerance of scikit-learn's tree-based density evaluation: it changes a log-density by at
@@ -70,6 +71,12 @@ class KDE(ArraySetting):
     metrics = {"test_nll": Metric("test NLL on real data (nats)", log_scale=True)}
     data_fields = ("x",)
 
+    @classmethod
+    def footprint(cls, config: KDEConfig) -> Footprint:
+        d = DIMENSIONS[config.dataset]
+        # points, their concatenated copy and scikit-learn's tree over it (a copy plus indices); test points
+        return Footprint(rows=config.samples, bytes_per_row=8 * (3 * d + 2), fixed_bytes=8 * d * config.test_samples)
+
     def __init__(self, config: KDEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         train, test = [], []
@@ -105,5 +112,9 @@ class KDE(ArraySetting):
         path = directory / "model.npz"
         arrays = load_arrays(path, ["points", "bandwidth"])
         points = arrays["points"]
-        check_shape(path, points, (self.batch, points.shape[1], DIMENSIONS[self.config.dataset]))
-        return KDEModel(points, check_shape(path, arrays["bandwidth"], (self.batch,)), self.config.kernel)
+        rows = points.shape[1] if points.ndim == 3 else -1
+        check_shape(path, points, (self.batch, rows, DIMENSIONS[self.config.dataset]))
+        bandwidth = check_shape(path, arrays["bandwidth"], (self.batch,))
+        if not (np.isfinite(bandwidth) & (bandwidth > 0)).all():
+            raise RunDirectoryError(f"corrupted file {path}: bandwidths must be positive numbers, got {bandwidth.tolist()}")
+        return KDEModel(points, bandwidth, self.config.kernel)

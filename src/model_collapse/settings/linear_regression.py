@@ -20,8 +20,9 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from ..randomness import seed_rng
+from ..errors import RunDirectoryError
 from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Metric, SettingConfig
+from .base import Footprint, Metric, SettingConfig
 
 
 class LinearRegressionConfig(SettingConfig):
@@ -47,6 +48,12 @@ class LinearRegression(ArraySetting):
     Config = LinearRegressionConfig
     metrics = {"test_error": Metric("test error  ||w_hat - w*||^2", log_scale=True)}
     data_fields = ("y",)
+
+    @classmethod
+    def footprint(cls, config: LinearRegressionConfig) -> Footprint:
+        T, d = config.samples, config.dim
+        # the design and its transpose, Gram matrix and inverse; labels, design rows and a sampling temporary
+        return Footprint(rows=T, bytes_per_row=32, fixed_bytes=8 * (2 * T * d + 3 * d * d + T))
 
     def __init__(self, config: LinearRegressionConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
@@ -145,9 +152,13 @@ class LinearRegression(ArraySetting):
         save_arrays(directory / "samples.npz", arrays)
 
     def load_data(self, directory: Path) -> Samples:
-        arrays = load_arrays(directory / "samples.npz", ["y"])
-        self._check_batch(arrays["y"].shape[0], directory)
+        path = directory / "samples.npz"
+        arrays = load_arrays(path, ["y"])
+        y = check_shape(path, arrays["y"], (self.batch, arrays["y"].shape[-1] if arrays["y"].ndim == 2 else -1))
         if "row" not in arrays:
-            return self._labels(arrays["y"])
-        return Samples(y=arrays["y"], row=arrays["row"])
+            return self._labels(y)
+        rows = check_shape(path, arrays["row"], y.shape)
+        if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= self.config.samples):
+            raise RunDirectoryError(f"corrupted file {path}: design rows outside 0..{self.config.samples - 1}")
+        return Samples(y=y, row=rows)
 

@@ -21,9 +21,10 @@ Models are plain ``PreTrainedModel`` objects, so every checkpoint can be saved w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-9m": ("gpt2", {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_positions": 2048}),
@@ -37,6 +38,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def model_config(preset: str, vocab_size: int, special_token_id: int, **overrides: Any):
     """The ``transformers`` config of a preset, with any field overridden."""
+    from transformers import GPT2Config, LlamaConfig  # here, so that the preset names need no transformers
+
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r} (known: {', '.join(PRESETS)})")
     family, fields = PRESETS[preset]
@@ -59,5 +62,7 @@ def dropout_overrides(preset: str, dropout: float | None) -> dict[str, float]:
 
 def build_model(preset: str, vocab_size: int, special_token_id: int, **overrides: Any) -> PreTrainedModel:
     """A freshly initialised model (uses torch's global random state: seed it first)."""
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
     config = model_config(preset, vocab_size, special_token_id, **overrides)
     return (GPT2LMHeadModel if config.model_type == "gpt2" else LlamaForCausalLM)(config)

@@ -54,8 +54,22 @@ class TokenCorpus:
 
     @classmethod
     def load(cls, directory: Path) -> TokenCorpus:
-        """Memory-mapped: a corpus on disk costs no RAM until it is read."""
-        return cls(np.load(directory / "tokens.npy", mmap_mode="r"), np.load(directory / "offsets.npy"))
+        """Memory-mapped: a corpus on disk costs no RAM until it is read. A damaged or foreign corpus is
+        a ValueError naming the file (never numpy's advice to load it with pickles enabled)."""
+        arrays = {}
+        for name in ("tokens.npy", "offsets.npy"):
+            try:
+                arrays[name] = np.load(directory / name, mmap_mode="r" if name == "tokens.npy" else None, allow_pickle=False)
+            except FileNotFoundError:
+                raise
+            except Exception:
+                raise ValueError(f"{directory / name} is not an array file this tool wrote") from None
+        tokens, offsets = arrays["tokens.npy"], arrays["offsets.npy"]
+        if tokens.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or not np.issubdtype(offsets.dtype, np.integer):
+            raise ValueError(f"{directory} does not hold a token corpus (tokens and offsets of the wrong shape)")
+        if offsets[0] < 0 or offsets[-1] > len(tokens) or (np.diff(offsets) < 0).any():
+            raise ValueError(f"{directory / 'offsets.npy'} points outside the tokens")
+        return cls(tokens, offsets)
 
 
 class PackedBlocks:

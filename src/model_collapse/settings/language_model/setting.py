@@ -11,75 +11,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as transformers_logging
 
 from ...errors import ModelCollapseError, RunDirectoryError
 from ...rundir import write_directory_atomic
-from ..base import Metric, Setting, SettingConfig
+from ..base import Setting
 from ..devices import resolve_device
-from .corpus import BUNDLED, load_documents
-from .models import PRESETS, build_model, dropout_overrides
+from .config import LanguageModelConfig, LanguageModelDeclaration
+from .corpus import load_documents
+from .models import build_model, dropout_overrides
 from .packing import TOKEN_DTYPE, TokenCorpus, pack
 from .sampling import story_prompts, stream_stories
 from .tokenizer import cache_key, cached_tokenizer
 from .training import TrainingOptions, cross_entropy, rank_and_world, train
 
-
 # Our own progress bars report training; transformers' would interleave with them. Its warning that
 # EOS (= pad) tokens appear in inputs does not apply: packed blocks are meant to contain them.
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
-
-
-class LanguageModelConfig(SettingConfig):
-    name: Literal["language-model"] = "language-model"
-    corpus: Literal["tinystories", "files", "moby-dick"] = BUNDLED
-    train_file: str | None = None
-    validation_file: str | None = None
-    separator: str | None = Field(None, description="a line that separates documents in .txt files")
-    samples: PositiveInt | None = Field(None, description="T: real training documents (default: the whole split)")
-    validation_documents: PositiveInt | None = None
-    vocab_size: PositiveInt = 8000
-    tokenizer_cache: str = "~/.cache/model-collapse/tokenizers"
-    model: str = "gpt2-tiny"
-    dropout: float | None = Field(
-        None, ge=0, lt=1, description="dropout probability everywhere the architecture has it (null: its default, "
-        "0.1 for GPT-2, 0 for Llama; the paper does not say)"
-    )
-    block_size: PositiveInt = 256
-    batch_size: PositiveInt = 32
-    learning_rate: PositiveFloat = 5e-4
-    warmup_fraction: float = Field(0.02, ge=0, le=1)
-    weight_decay: float = Field(0.1, ge=0)
-    epochs: PositiveInt = 1
-    evaluations_per_epoch: PositiveInt = 10
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False
-    checkpoint_minutes: float | None = Field(
-        10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
-    )
-    temperature: PositiveFloat = 1.0
-    top_k: PositiveInt | None = None
-    top_p: float | None = Field(None, gt=0, le=1)
-    prompt: Literal["first-token", "bos"] = "first-token"
-    max_new_tokens: PositiveInt = 256
-    generation_batch_size: PositiveInt = Field(256, description="stories sampled at once (continuous batching)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.model not in PRESETS:
-            raise ValueError(f"model: unknown preset {self.model!r} (known: {', '.join(PRESETS)})")
-        if self.corpus == "files" and not (self.train_file and self.validation_file):
-            raise ValueError("corpus 'files' needs train_file and validation_file")
-        return self
 
 
 # Stories per sampling shard, in batches: large enough that the slots of the last batch of a shard,
@@ -104,12 +58,7 @@ def _load_shard(scratch: Path | None, index: int, stories: int) -> TokenCorpus |
     return shard if len(shard) == stories and int(shard.offsets[-1]) == len(shard.tokens) else None
 
 
-class LanguageModel(Setting):
-    name = "language-model"
-    Config = LanguageModelConfig
-    metrics = {"test_cross_entropy": Metric("cross-entropy on real validation text (nats / token)")}
-    batches_seeds = False
-    preview_size = 8
+class LanguageModel(LanguageModelDeclaration, Setting):
     data_on_disk = True  # synthetic corpora kept for accumulate are memory-mapped from the run directory
 
     def __init__(self, config: LanguageModelConfig, seeds: Sequence[int]):

@@ -1,0 +1,65 @@
+"""What the VAE setting is (its config, metrics and how it runs), readable without PyTorch.
+
+``table``, ``plot`` and config validation need only this; the model and its training live in
+``vae.py`` and import PyTorch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from .base import Declaration, Metric, SettingConfig
+from .images import CHANNELS
+
+
+class VAEConfig(SettingConfig):
+    name: Literal["vae"] = "vae"
+    dataset: Literal["digits", "mnist", "celeba", "folder"] = "digits"
+    data_dir: str | None = Field(None, description="where mnist/celeba live (or are downloaded to), or the image folder")
+    download: bool = False
+    channels: Literal[1, 3] | None = Field(None, description="1 (grey) or 3 (RGB); set by the data set except for folder")
+    image_size: PositiveInt = 16
+    samples: PositiveInt | None = Field(None, description="T: real training images (default: the whole training split)")
+    test_samples: PositiveInt = 300
+    latent_dim: PositiveInt = 16
+    widths: tuple[PositiveInt, ...] = Field((32, 64), min_length=1, description="channels of each stride-2 conv stage")
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    decoder_std: PositiveFloat = Field(0.1, description="pixel noise of the gaussian likelihood")
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
+    evaluation_samples: PositiveInt = 1000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        stride = 2 ** len(self.widths)
+        if self.image_size % stride:
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by 2^len(widths) = {stride}")
+        if self.dataset == "folder" and self.channels is None:
+            raise ValueError("channels must be given (1 or 3) for dataset 'folder'")
+        if self.dataset != "folder" and self.channels not in (None, CHANNELS[self.dataset]):
+            raise ValueError(f"channels: {self.dataset} images have {CHANNELS[self.dataset]} channel(s)")
+        return self
+
+    @property
+    def image_channels(self) -> int:
+        return self.channels or CHANNELS[self.dataset]
+
+
+class VAEDeclaration(Declaration):
+    """The VAE setting's declaration; ``vae.VAE`` inherits it."""
+
+    name = "vae"
+    Config = VAEConfig
+    metrics = {
+        "test_loss": Metric("test negative ELBO (nats / image)"),
+        "test_reconstruction": Metric("test reconstruction (nats / image)"),
+        "test_kl": Metric("test KL (nats / image)"),
+        "class_entropy": Metric("entropy of sample classes (nats)"),
+        "sample_spread": Metric("sample spread / real spread"),
+    }
+    batches_seeds = False  # a neural network per seed: one seed per chain
+    preview_size = 64
