@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import signal
 import sys
@@ -60,14 +61,20 @@ def _guarded(action, resume_hint: Path | None = None):
         _fail(f"{fault}{hint}", code=1)
 
 
-def _terminate_like_ctrl_c() -> None:
-    """SIGTERM (a scheduler's or ``kill``'s) stops a run as Ctrl-C does: workers stopped, exit 143."""
+@contextlib.contextmanager
+def _terminate_like_ctrl_c():
+    """While a run goes, SIGTERM (a scheduler's or ``kill``'s) stops it as Ctrl-C does: workers
+    stopped, exit 143."""
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the cleanup finish
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -90,15 +97,15 @@ def run(
 
     experiment = _guarded(prepare)
     directory = out or Path("runs") / config.stem
-    _terminate_like_ctrl_c()
-    distributed.start()
-    lock = _guarded(lambda: create_run(directory, experiment.resolved())) if distributed.is_main() else None
-    distributed.barrier()
-    try:
-        _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
-    finally:
-        if lock is not None:
-            lock.release()
+    with _terminate_like_ctrl_c():
+        distributed.start()
+        lock = _guarded(lambda: create_run(directory, experiment.resolved())) if distributed.is_main() else None
+        distributed.barrier()
+        try:
+            _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
+        finally:
+            if lock is not None:
+                lock.release()
     err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
 
 
@@ -117,14 +124,14 @@ def resume(run_directory: Path = typer.Argument(..., help="A run directory."), w
         return experiment
 
     experiment = _guarded(prepare)
-    _terminate_like_ctrl_c()
-    distributed.start()
-    lock = _guarded(lambda: lock_run(run_directory)) if distributed.is_main() else None
-    try:
-        _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
-    finally:
-        if lock is not None:
-            lock.release()
+    with _terminate_like_ctrl_c():
+        distributed.start()
+        lock = _guarded(lambda: lock_run(run_directory)) if distributed.is_main() else None
+        try:
+            _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
+        finally:
+            if lock is not None:
+                lock.release()
     err.print(f"done: {run_directory}")
 
 

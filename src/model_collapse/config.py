@@ -144,7 +144,7 @@ def _token(value: Any) -> str:
     text = str(value)
     if _PLAIN.fullmatch(text) and len(text) <= 40:
         return text
-    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-.")[:40]
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", text)[-40:].strip("-.")  # a path's last parts say most
     return f"{slug}-{_short_hash(text)}" if slug else _short_hash(text)
 
 

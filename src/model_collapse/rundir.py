@@ -106,10 +106,18 @@ def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise _naming(error, path) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` naming the path being written, which errors from ``write`` or ``fsync`` do not carry."""
+    return error if error.filename is not None else OSError(error.errno, error.strerror, str(path))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -121,9 +129,13 @@ def write_directory_atomic(path: Path, fill: Callable[[Path], None]) -> None:
     assembled beside it as ``<name>.partial`` and renamed as a whole once it is on disk."""
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    fill(partial)
-    fsync_tree(partial)
+    try:
+        partial.mkdir(parents=True)
+        fill(partial)
+        fsync_tree(partial)
+    except OSError as error:
+        # the partial directory stays until the next attempt, which removes it (so does resume)
+        raise _naming(error, path) from None
     shutil.rmtree(path, ignore_errors=True)
     os.replace(partial, path)
     _fsync_directory(path.parent)
@@ -156,6 +168,8 @@ def read_json(path: Path) -> Any:
         raise RunDirectoryError(f"missing file {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunDirectoryError(f"corrupted file {path}: {error}") from None
+    except OSError as error:
+        raise RunDirectoryError(f"cannot read {path}: {error.strerror}") from None
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -182,8 +196,9 @@ class RunLock:
             raise RunDirectoryError(
                 f"{self.path.parent} is in use by {holder}; wait for it to end or stop it, then try again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:2])})\n".encode())
+        holder = f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:2])})\n".encode()
+        os.pwrite(fd, holder, 0)  # written before trimmed, so that a contender reading it sees a whole name
+        os.ftruncate(fd, len(holder))
         self._fd = fd
         return self
 

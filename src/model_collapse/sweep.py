@@ -211,31 +211,45 @@ def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterat
     return done
 
 
+# What the main process keeps per chain (its spec, progress bar, record of iterations) and per seed.
+_BYTES_PER_CHAIN = 4096
+_BYTES_PER_SEED = 64
+
+
 def estimate_memory(experiment: Experiment, workers: int) -> None:
     """Refuse, before anything is written, a config whose chains cannot fit in this machine's memory
     (``seeds=1000000000``, ``mix:1e9``, ``setting.dim=100000``): the estimate is what a chain holds at
-    its largest iteration, from the setting's footprint and the regime's synthetic sizes."""
+    its largest iteration, from the setting's footprint and the regime's synthetic sizes, plus the
+    bookkeeping of every chain. Computed from counts alone: nothing of that size is built to check it."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    iterations = experiment.config.iterations
-    specs = experiment.chains()
-    worst, worst_spec = 0, None
-    for spec in specs:
-        footprint = SETTINGS.declared(spec.point.name).footprint(spec.point)
+    config = experiment.config
+    declared = SETTINGS.declared(experiment.setting_name)
+    seeds_per_chain = config.seeds if declared.batches_seeds else 1
+    chains = len(experiment.points) * len(experiment.regimes) * (config.seeds // seeds_per_chain)
+    bookkeeping = chains * _BYTES_PER_CHAIN + config.seeds * _BYTES_PER_SEED
+    worst, worst_case = 0, None
+    for point in experiment.points:
+        footprint = declared.footprint(point)
         if footprint is None:
             continue
-        rows = footprint.rows + peak_synthetic_rows(spec.regime, iterations, footprint.rows)
-        need = len(spec.seeds) * (footprint.fixed_bytes + rows * footprint.bytes_per_row)
-        if need > worst:
-            worst, worst_spec = need, spec
-    parallel = max(1, min(workers, len(specs)))
-    if worst_spec is not None and worst * parallel > total:
-        point = worst_spec.point.model_dump()
-        sizes = ", ".join(f"setting.{k}={v}" for k, v in point.items() if isinstance(v, int) and not isinstance(v, bool))
-        workers_note = f" x {parallel} chains at once (--workers)" if parallel > 1 else ""
-        raise ConfigError(
-            f"seeds={experiment.config.seeds}, iterations={iterations}, {sizes}, regime {worst_spec.regime.label}: "
-            f"a chain would hold about {_bytes(worst)} in memory{workers_note}, this machine has {_bytes(total)}"
-        )
+        for regime in experiment.regimes:
+            rows = footprint.rows + peak_synthetic_rows(regime, config.iterations, footprint.rows)
+            need = seeds_per_chain * (footprint.fixed_bytes + rows * footprint.bytes_per_row)
+            if need > worst:
+                worst, worst_case = need, (point, regime)
+    parallel = max(1, min(workers, chains))
+    if worst * parallel + bookkeeping <= total:
+        return
+    where = f"seeds={config.seeds}, iterations={config.iterations}"
+    if worst_case is None or bookkeeping > worst * parallel:
+        raise ConfigError(f"{where}: {chains} chains would need about {_bytes(bookkeeping)} of memory to track, this machine has {_bytes(total)}")
+    point, regime = worst_case
+    sizes = ", ".join(f"setting.{k}={v}" for k, v in point.model_dump().items() if isinstance(v, int) and not isinstance(v, bool))
+    at_once = f" x {parallel} chains at once (--workers)" if parallel > 1 else ""
+    raise ConfigError(
+        f"{where}, {sizes}, regime {regime.label}: a chain would hold about {_bytes(worst)} in memory{at_once}, "
+        f"this machine has {_bytes(total)}"
+    )
 
 
 def peak_synthetic_rows(regime, iterations: int, real_size: int) -> int:
