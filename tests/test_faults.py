@@ -392,6 +392,9 @@ def _used_bytes(mount: Path) -> int:
         (["iterations=true"], "iterations: expected a number, got the boolean true"),
         (["seeds=false"], "seeds"),
         (["setting.dim=[2,true]"], "setting.dim"),
+        (["setting.samples=[20,20]"], "the value 20 is listed twice"),
+        (["workers=true"], "workers: expected a number"),
+        (["--workers", "0"], "--workers"),
     ],
 )
 def test_bad_values_are_refused_before_anything_is_written(tmp_path, arguments, message):
@@ -412,6 +415,10 @@ def test_bad_files_and_paths_on_the_command_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "lr.yaml"]
     result = cli("theory", "kde")
     assert result.stdout == "" and "no closed form" in one_line_error(result)
+    (tmp_path / "broken.yaml").write_text("setting: [unclosed\n")
+    assert "not valid YAML" in one_line_error(cli("run", tmp_path / "broken.yaml", "--out", tmp_path / "run"))
+    assert "No such command" in one_line_error(cli("bogus"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "broken.yaml", "lr.yaml"]
 
 
 def test_random_overrides_never_give_a_traceback_or_write_on_refusal(tmp_path):
@@ -505,6 +512,23 @@ def test_leftovers_of_an_interrupted_commit_are_cleared_even_as_files(finished, 
     assert cli("resume", run, "-q").returncode == 0
     assert not (chain / "iter_0004.partial").exists() and not (chain / "iter_0005.scratch").exists()
     assert table(run) == table(finished["lr"]) and len(table(run)) > len(before)
+
+
+def test_a_config_edited_after_the_run_never_relabels_its_numbers(finished, tmp_path):
+    run, chain = damaged(finished, tmp_path, "lr")
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("dim: 3", "dim: 4"))
+    for command in ["table", "plot", "resume"]:
+        assert "chain.json describes another chain than the run's config.yaml" in one_line_error(cli(command, run))
+
+
+def test_synthetic_samples_of_another_shape_are_named(finished, tmp_path):
+    run, chain = damaged(finished, tmp_path, "kde", unfinish=True)
+    path = chain / "iter_0002" / "synthetic" / "samples.npz"
+    with np.load(path) as archive:
+        x = archive["x"]
+    np.savez(path, x=x[:, :, 0])
+    line = one_line_error(cli("resume", run, "-q"))
+    assert "iter_0002/synthetic/samples.npz" in line and "shape" in line
 
 
 def test_chains_being_a_file_is_named(finished, tmp_path):

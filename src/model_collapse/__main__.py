@@ -1,5 +1,5 @@
 """``python -m model_collapse`` is the ``model-collapse`` command."""
 
-from .cli import app
+from .cli import main
 
-app(prog_name="model-collapse")
+main()

@@ -198,3 +198,20 @@ def list_() -> None:
         parameter = f"{cls.parameter}={cls.default}" if cls.parameter else ""
         regimes.add_row(name, parameter, (cls.__doc__ or "").strip())
     console.print(regimes)
+
+
+def main() -> None:
+    """The ``model-collapse`` command: like ``app``, but a usage error (an option's bad value, a missing
+    argument) is one line and exit 2, as every other error is."""
+    try:
+        code = app(prog_name="model-collapse", standalone_mode=False)
+    except typer.Abort:
+        code = 130
+    except Exception as error:
+        # click's usage errors (typer vendors click in recent versions, so matched by what they offer)
+        if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
+            raise
+        code = error.exit_code
+        if type(error).__name__ != "NoArgsIsHelpError":  # (that one has printed the help)
+            err.print(f"[bold red]error:[/] {escape(error.format_message())} (see model-collapse --help)", highlight=False, soft_wrap=True)
+    sys.exit(code if isinstance(code, int) else 0)

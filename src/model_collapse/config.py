@@ -24,7 +24,7 @@ from typing import Any, Literal, get_origin
 import yaml
 from pydantic import ConfigDict, Field, PositiveInt, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, yaml_problem
 from .regimes import Regime, parse_regime
 from .settings import SETTINGS, SettingConfig
 from .settings.base import StrictConfig
@@ -72,7 +72,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return raw
@@ -180,11 +180,6 @@ class Experiment:
             for regime in self.regimes
             for batch in batches
         ]
-        directories: dict[Path, ChainSpec] = {}
-        for spec in specs:
-            other = directories.setdefault(spec.relative_directory, spec)
-            if other is not spec:
-                raise ConfigError(f"sweep points {other.label!r} and {spec.label!r} would share the directory {spec.relative_directory}")
         return specs
 
     def resolved(self) -> dict[str, Any]:
@@ -207,6 +202,9 @@ def _expand(setting: Mapping[str, Any], config_type: type[SettingConfig]) -> tup
     for key in varying:
         if not setting[key]:
             raise ConfigError(f"setting.{key}: an empty list sweeps over nothing")
+        repeated = [value for i, value in enumerate(setting[key]) if value in setting[key][:i]]
+        if repeated:
+            raise ConfigError(f"setting.{key}: the value {repeated[0]!r} is listed twice")
     combinations = itertools.product(*(setting[key] for key in varying))
     return [{**setting, **dict(zip(varying, values))} for values in combinations], varying
 
@@ -237,6 +235,11 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
             points.append(declared.Config.model_validate(row))
         except ValidationError as error:
             raise _validation_error(error, ("setting",)) from None
+    names: dict[str, SettingConfig] = {}
+    for point in points:  # distinct values whose directory names would coincide (after cutting long ones)
+        name = ChainSpec(point, varying, regimes[0], (0,)).point_name
+        if names.setdefault(name, point) is not point:
+            raise ConfigError(f"setting: the sweep points {names[name]} and {point} would share the directory chains/{name}")
     return Experiment(config, tuple(points), varying, tuple(regimes))
 
 

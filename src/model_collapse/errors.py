@@ -1,5 +1,8 @@
 """The errors a user can cause. The CLI prints them as one line and exits with code 2."""
 
+from typing import Any
+
+
 
 class ModelCollapseError(Exception):
     """Bad input: a config, a command-line argument or a file the tool cannot use."""
@@ -21,3 +24,10 @@ class ResourceError(ModelCollapseError):
 class Terminated(BaseException):
     """The process received SIGTERM: handled like Ctrl-C (a BaseException, so that no ``except
     Exception`` on the way swallows it)."""
+
+
+def yaml_problem(error: Any) -> str:
+    """PyYAML's message in one line: what is wrong and where (its own spans several lines)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or type(error).__name__
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)

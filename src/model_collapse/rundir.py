@@ -49,7 +49,7 @@ import numpy as np
 import yaml
 
 from . import __version__, distributed
-from .errors import RunDirectoryError
+from .errors import RunDirectoryError, yaml_problem
 
 FORMAT = "model-collapse-run"
 FORMAT_VERSION = 1
@@ -312,7 +312,7 @@ def open_run(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise RunDirectoryError(f"missing file {directory / CONFIG}") from None
     except yaml.YAMLError as error:
-        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: {error}") from None
+        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: {yaml_problem(error)}") from None
     if not isinstance(config, dict):
         raise RunDirectoryError(f"corrupted file {directory / CONFIG}: not a mapping")
     return config
@@ -371,15 +371,8 @@ class ChainStore:
         if not self.writer:
             return self.completed() if self.directory.exists() else 0
         self.directory.mkdir(parents=True, exist_ok=True)
-        description_path = self.directory / "chain.json"
-        if description_path.exists():
-            found = read_json(description_path)
-            if found != self.description:
-                raise RunDirectoryError(
-                    f"{description_path} describes another chain than the run's config: {found} != {self.description}"
-                )
-        else:
-            write_json(description_path, self.description)
+        if not (self.directory / "chain.json").exists():
+            write_json(self.directory / "chain.json", self.description)
         completed = self.completed(repair=True)
         # Assembling directories are the remains of an interrupted commit; scratch directories are
         # dropped too, but for the one the interrupted iteration saved its progress in, to resume from.
@@ -389,6 +382,18 @@ class ChainStore:
             if match and match.group(2) and path != keep:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         return completed
+
+    def _check_description(self) -> None:
+        """chain.json must describe the chain the run's config names: a config edited after the run
+        started would otherwise label these numbers with settings they were not computed with."""
+        path = self.directory / "chain.json"
+        if not path.exists():
+            if any(self.directory.glob("iter_*")):
+                raise RunDirectoryError(f"missing file {path}")
+            return
+        found = read_json(path)
+        if found != self.description:
+            raise RunDirectoryError(f"{path} describes another chain than the run's config.yaml: {found} != {self.description}")
 
     def _committed(self) -> list[int]:
         """The iterations whose directory is on disk: each was renamed into place whole, so committed."""
@@ -410,6 +415,7 @@ class ChainStore:
         iterations no longer on disk, or a gap before later iterations, is refused, naming what is missing."""
         if not self.directory.is_dir():
             return 0
+        self._check_description()
         committed = self._committed()
         completed = 0
         while completed < len(committed) and committed[completed] == completed + 1:

@@ -114,7 +114,7 @@ def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
         raise RunDirectoryError(f"corrupted file {path}: not an array archive this tool wrote") from None
     missing = [name for name in required if name not in arrays]
     if missing:
-        raise RunDirectoryError(f"file {path} is not from this setting: it lacks {', '.join(missing)}")
+        raise RunDirectoryError(f"corrupted file {path}: not from this setting (it lacks {', '.join(missing)})")
     return arrays
 
 
@@ -149,8 +149,16 @@ class ArraySetting(Setting):
         save_arrays(directory / "samples.npz", dict(data.fields))
 
     def load_data(self, directory: Path) -> Samples:
-        data = samples_from(directory / "samples.npz", load_arrays(directory / "samples.npz", self.data_fields))
+        path = directory / "samples.npz"
+        data = samples_from(path, load_arrays(path, self.data_fields))
         self._check_batch(data.batch, directory)
+        for name in self.data_fields:  # each sample must be shaped like a real one
+            real = self.real_train[name]
+            if data[name].shape[2:] != real.shape[2:] or data[name].dtype.kind != real.dtype.kind:
+                raise RunDirectoryError(
+                    f"corrupted file {path}: {name} holds samples of shape {data[name].shape[2:]} ({data[name].dtype}), "
+                    f"this setting's are {real.shape[2:]} ({real.dtype})"
+                )
         return data
 
     def _check_batch(self, batch: int, where: Path) -> None:

@@ -49,8 +49,8 @@ class StrictConfig(BaseModel):
 
 
 def _kind(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return "a number" if text in ("int", "float") or "int" in text or "float" in text else f"a {text}"
+    text = str(annotation)
+    return "a number" if "int" in text or "float" in text else "a value of another type"
 
 
 class SettingConfig(StrictConfig):

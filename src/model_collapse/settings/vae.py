@@ -226,7 +226,7 @@ class VAE(VAEDeclaration, ArraySetting):
             model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
         except FileNotFoundError:
             raise RunDirectoryError(f"missing file {path}") from None
-        except Exception as error:  # torch raises several types for damaged or foreign files
-            raise RunDirectoryError(f"file {path} is not a checkpoint of this model: {error}") from None
+        except Exception:  # torch raises several types, with long messages, for damaged or foreign files
+            raise RunDirectoryError(f"corrupted file {path}: not a checkpoint of this model") from None
         model.eval()
         return model

@@ -190,8 +190,9 @@ class LanguageModel(LanguageModelDeclaration, Setting):
     def load_model(self, directory: Path):
         try:
             model = AutoModelForCausalLM.from_pretrained(directory)
-        except Exception as error:  # transformers raises several types for missing or foreign files
-            raise RunDirectoryError(f"{directory} holds no usable checkpoint: {error}") from None
+        except Exception as error:  # transformers raises several types, some with long messages
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise RunDirectoryError(f"{directory} holds no usable checkpoint: {first}") from None
         return model.to(self.device).eval()
 
     def save_data(self, data: TokenCorpus, directory: Path) -> None:
