@@ -1,7 +1,6 @@
 """The `model-collapse` command: run, table, plot, resume, theory, and what it does with bad input."""
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -9,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import completed
 from typer.testing import CliRunner
 
 from model_collapse.cli import app
@@ -25,17 +26,17 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+BASE = {
+    "setting": {"name": "linear-regression", "dim": 3, "samples": [10, 20], "noise_variance": 1.0},
+    "regimes": ["replace", "accumulate"],
+    "iterations": 6,
+    "seeds": 50,
+    "workers": 1,
+}
+
+
 def write_config(path, **changes):
-    config = {
-        "setting": {"name": "linear-regression", "dim": 3, "samples": [10, 20], "noise_variance": 1.0},
-        "regimes": ["replace", "accumulate"],
-        "iterations": 6,
-        "seeds": 50,
-        "workers": 1,
-    }
-    config.update(changes)
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return helpers.write_config(path, BASE, **changes)
 
 
 def read_table(directory):
@@ -146,13 +147,6 @@ def test_run_refuses_an_existing_run_and_resume_refuses_foreign_directories(tmp_
     metrics.write_text("{truncated")
     result = invoke("table", tmp_path / "run")
     assert result.exit_code == 2 and "corrupted file" in result.output and "metrics.json" in result.output
-
-
-def completed(progress):
-    try:
-        return json.loads(progress.read_text())["completed"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
 
 
 def test_resume_after_kill_9_gives_the_numbers_of_an_uninterrupted_run(tmp_path):

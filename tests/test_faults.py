@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import completed, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Trials of kill -9 at a random moment; the closing figures of issue 8 came from a larger number.
@@ -57,28 +58,21 @@ def one_line_error(result, code: int = 2) -> str:
     return " ".join(lines)
 
 
+BASE = {
+    "setting": {"name": "linear-regression", "dim": 3, "samples": 10},
+    "regimes": ["replace", "accumulate"],
+    "iterations": 30,
+    "seeds": 20,
+    "workers": 1,
+}
+
+
 def config(path: Path, **changes) -> Path:
-    data = {
-        "setting": {"name": "linear-regression", "dim": 3, "samples": 10},
-        "regimes": ["replace", "accumulate"],
-        "iterations": 30,
-        "seeds": 20,
-        "workers": 1,
-    }
-    data.update(changes)
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(path, BASE, **changes)
 
 
 # A run of many small commits, long enough (about 5 s) to be interrupted at a chosen moment.
 SLOW = {"setting": {"name": "linear-regression", "dim": 5, "samples": 20}, "iterations": 600, "seeds": 20}
-
-
-def completed(progress: Path) -> int:
-    try:
-        return json.loads(progress.read_text())["completed"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
 
 
 def wait_for(condition, timeout=120.0, interval=0.02):
