@@ -167,3 +167,25 @@ def test_labels_round_trip():
         regime = parse_regime(spec)
         assert regime.label == spec
         assert parse_regime(regime.label) == regime
+
+
+def test_regime_labels_record_parameters_exactly():
+    """The label is what config.yaml records and resume reads back: it must give the same number."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(["mix", "keep-real-fraction", "fresh-real"]), st.floats(min_value=0, max_value=1e12, allow_nan=False))
+    def check(name, value):
+        if name != "mix":
+            value = min(value, 1.0)
+        regime = parse_regime(f"{name}:{value!r}")
+        assert regime.value == value
+        assert parse_regime(regime.label).value == value
+        assert parse_regime(regime.label).label == regime.label
+
+    check()
+    assert parse_regime("mix:10000.25").label == "mix:10000.25"  # :g would have written mix:10000.2
+    assert parse_regime("mix:1").label == "mix:1" and parse_regime("keep-real-fraction:0.1").label == "keep-real-fraction:0.1"
+    with pytest.raises(ValueError, match="finite"):
+        parse_regime("mix:inf")

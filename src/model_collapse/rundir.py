@@ -280,14 +280,14 @@ def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
 def inside(root: Path, relative: Path | str) -> Path:
     """``root / relative``, refused unless it lies inside ``root`` once every link is resolved and
     every existing part of it is a directory: no config value can make the run touch other files."""
-    path = root / relative
-    resolved_root = root.resolve()
+    parts = Path(relative).parts
+    path = root.joinpath(*parts)
     try:
-        path.resolve().relative_to(resolved_root)
+        path.resolve().relative_to(root.resolve())
     except ValueError:
         raise RunDirectoryError(f"{path} lies outside the run directory {root}") from None
-    for part in [*reversed(path.relative_to(root).parents), Path(relative)][1:]:
-        candidate = root / part
+    for depth in range(1, len(parts) + 1):
+        candidate = root.joinpath(*parts[:depth])
         if candidate.exists() and not candidate.is_dir():
             raise RunDirectoryError(f"corrupted run directory: {candidate} is not a directory")
     return path

@@ -49,8 +49,11 @@ class StrictConfig(BaseModel):
 
 
 def _kind(annotation: Any) -> str:
+    """What a field takes, in words, for the message refusing a boolean in it."""
     text = str(annotation)
-    return "a number" if "int" in text or "float" in text else "a value of another type"
+    if "int" in text or "float" in text:
+        return "a number"
+    return "a string" if "str" in text else "a value that is not a boolean"
 
 
 class SettingConfig(StrictConfig):
