@@ -61,9 +61,19 @@ def time_trainer(name, vocab, eos, blocks, batch, steps):
     model = fresh_model(name, vocab, eos)
     with tempfile.TemporaryDirectory() as directory:
         arguments = TrainingArguments(
-            output_dir=directory, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
-            lr_scheduler_type="cosine", warmup_steps=max(1, round(0.02 * steps)), weight_decay=0.1, max_grad_norm=1.0,
-            save_strategy="no", report_to=[], logging_steps=10**9, use_cpu=True, dataloader_num_workers=0,
+            output_dir=directory,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            learning_rate=1e-3,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, round(0.02 * steps)),
+            weight_decay=0.1,
+            max_grad_norm=1.0,
+            save_strategy="no",
+            report_to=[],
+            logging_steps=10**9,
+            use_cpu=True,
+            dataloader_num_workers=0,
             disable_tqdm=True,
         )
         trainer = Trainer(model=model, args=arguments, train_dataset=Blocks(blocks.inputs))
@@ -85,17 +95,27 @@ def time_sampling(model, prompts, new_tokens, batch, eos, label):
         for first in range(0, len(prompts), batch):
             chunk = prompts[first : first + batch]
             with torch.no_grad():
-                output = model.generate(chunk, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=new_tokens,
-                                        eos_token_id=eos, pad_token_id=eos, attention_mask=torch.ones_like(chunk))
-            new = output[:, chunk.shape[1]:]
+                output = model.generate(
+                    chunk,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    max_new_tokens=new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=eos,
+                    attention_mask=torch.ones_like(chunk),
+                )
+            new = output[:, chunk.shape[1] :]
             # tokens before each row's first EOS (rows that ended are padded with EOS to the batch's end)
             count += int((torch.cumsum(new == eos, dim=1) == 0).sum())
         theirs.append(time.perf_counter() - start)
         produced.append(count)
     ours_rate, generate_rate = produced[0] / min(ours), produced[1] / min(theirs)
-    print(f"sampling, {label:9s} ours {ours_rate:9.0f} tok/s   generate {generate_rate:9.0f} tok/s   "
-          f"ratio {ours_rate / generate_rate:.2f}x   (mean story {produced[0] / len(prompts):.0f} and "
-          f"{produced[1] / len(prompts):.0f} new tokens)")
+    print(
+        f"sampling, {label:9s} ours {ours_rate:9.0f} tok/s   generate {generate_rate:9.0f} tok/s   "
+        f"ratio {ours_rate / generate_rate:.2f}x   (mean story {produced[0] / len(prompts):.0f} and "
+        f"{produced[1] / len(prompts):.0f} new tokens)"
+    )
 
 
 def matmul_peak(size=2048, repeats=10) -> float:
@@ -127,8 +147,10 @@ def main() -> None:
     validation = packed.limited(1)
     tokens = args.steps * args.batch * args.block
     parameters = fresh_model(args.model, vocab, eos).num_parameters()
-    print(f"{args.model} ({parameters:,} parameters), {args.steps} steps of {args.batch} x {args.block} tokens, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model} ({parameters:,} parameters), {args.steps} steps of {args.batch} x {args.block} tokens, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     ours, theirs = [], []
     for _ in range(2):
@@ -136,7 +158,10 @@ def main() -> None:
         ours.append(seconds)
         theirs.append(time_trainer(args.model, vocab, eos, blocks, args.batch, args.steps))
     training_rate, trainer_rate = tokens / min(ours), tokens / min(theirs)
-    print(f"training   ours {training_rate:9.0f} tok/s   Trainer {trainer_rate:9.0f} tok/s   ratio {training_rate / trainer_rate:.2f}x")
+    print(
+        f"training   ours {training_rate:9.0f} tok/s   Trainer {trainer_rate:9.0f} tok/s   "
+        f"ratio {training_rate / trainer_rate:.2f}x"
+    )
 
     first_tokens = [int(corpus.document(i)[0]) for i in range(len(corpus)) if len(corpus.document(i))][: args.stories]
     prompts = story_prompts(first_tokens, args.stories, eos)
@@ -149,8 +174,11 @@ def main() -> None:
     config = model.config
     flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * args.block * config.hidden_size
     achieved = training_rate * flops_per_token
-    print(f"model FLOP utilisation: {achieved / 1e9:.2f} GFLOP/s of a measured fp32 matmul peak of "
-          f"{peak / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}%")
+    print(
+        f"model FLOP utilisation: {achieved / 1e9:.2f} GFLOP/s of a measured fp32 matmul peak of "
+        f"{peak / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.1f}%"
+    )
+
 
 if __name__ == "__main__":
     main()

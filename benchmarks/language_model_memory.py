@@ -69,8 +69,15 @@ def main() -> None:
     LanguageModel = SETTINGS["language-model"]
     with tempfile.TemporaryDirectory() as directory:
         config = LanguageModel.Config(
-            samples=args.samples, validation_documents=50, vocab_size=8000, model="gpt2-tiny", block_size=128,
-            batch_size=16, max_new_tokens=96, generation_batch_size=250, evaluations_per_epoch=2,
+            samples=args.samples,
+            validation_documents=50,
+            vocab_size=8000,
+            model="gpt2-tiny",
+            block_size=128,
+            batch_size=16,
+            max_new_tokens=96,
+            generation_batch_size=250,
+            evaluations_per_epoch=2,
             tokenizer_cache=str(Path(directory) / "tokenizers"),
         )
         setting = LanguageModel(config, [0])
@@ -81,17 +88,32 @@ def main() -> None:
             def record(result):
                 peaks.append(meter.take())
                 anonymous, files = peaks[-1]
-                print(f"iteration {result.iteration:2d}: {result.train_size:6d} documents, peak {(anonymous + files) / 2**20:7.1f} MiB "
-                      f"(anonymous {anonymous / 2**20:7.1f}, mapped files {files / 2**20:6.1f})", flush=True)
+                print(
+                    f"iteration {result.iteration:2d}: {result.train_size:6d} documents, "
+                    f"peak {(anonymous + files) / 2**20:7.1f} MiB "
+                    f"(anonymous {anonymous / 2**20:7.1f}, mapped files {files / 2**20:6.1f})",
+                    flush=True,
+                )
 
-            run_chain(setting, parse_regime("accumulate"), args.iterations, ChainStore(Path(directory) / "chain", {}), on_iteration=record)
+            run_chain(
+                setting,
+                parse_regime("accumulate"),
+                args.iterations,
+                ChainStore(Path(directory) / "chain", {}),
+                on_iteration=record,
+            )
     first, last = peaks[0], peaks[-1]
-    print(f"peak RAM, iteration {args.iterations} / iteration 1: {sum(last) / sum(first):.2f}x "
-          f"(anonymous only: {last[0] / first[0]:.2f}x)")
+    print(
+        f"peak RAM, iteration {args.iterations} / iteration 1: {sum(last) / sum(first):.2f}x "
+        f"(anonymous only: {last[0] / first[0]:.2f}x)"
+    )
     if len(peaks) > 2:  # iteration 1 only trains; from iteration 2 on, the sampler's working memory adds in
         second = peaks[1]
-        print(f"peak RAM, iteration {args.iterations} / iteration 2 (the first that samples): {sum(last) / sum(second):.2f}x "
-              f"(anonymous only: {last[0] / second[0]:.2f}x)")
+        print(
+            f"peak RAM, iteration {args.iterations} / iteration 2 (the first that samples): "
+            f"{sum(last) / sum(second):.2f}x "
+            f"(anonymous only: {last[0] / second[0]:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ from model_collapse.settings.linear_regression import LinearRegression, LinearRe
 def engine(config, seeds, iterations, regime, store=None):
     setting = LinearRegression(config, seeds)
     stamps = [time.perf_counter()]
-    records = run_chain(setting, parse_regime(regime), iterations, store, on_iteration=lambda r: stamps.append(time.perf_counter()))
+    records = run_chain(
+        setting, parse_regime(regime), iterations, store, on_iteration=lambda r: stamps.append(time.perf_counter())
+    )
     return np.stack([r.metrics["test_error"] for r in records]), np.diff(stamps)
 
 
@@ -40,7 +42,10 @@ def baseline(config, seeds, iterations, regime):
     """Per seed, per iteration: relabel, stack, lstsq. Same random numbers as the engine."""
     setting = LinearRegression(config, seeds)  # the same real data (design, w*, labels) per seed
     sigma = np.sqrt(config.noise_variance)
-    noise = {n: chain_rng(setting.seeds, n, "sample").standard_normal((len(seeds), config.samples)) for n in range(2, iterations + 1)}
+    noise = {
+        n: chain_rng(setting.seeds, n, "sample").standard_normal((len(seeds), config.samples))
+        for n in range(2, iterations + 1)
+    }
     errors = np.empty((iterations, len(seeds)))
     for b in range(len(seeds)):
         X, w_true = setting.design[b], setting.true_weight[b]
@@ -86,7 +91,10 @@ def main() -> None:
     print(f"engine (in memory)         {engine_seconds:8.2f} s")
     print(f"engine (with run directory){stored_seconds:8.2f} s")
     print(f"per-seed lstsq loop        {baseline_seconds:8.2f} s")
-    print(f"speed-up: {baseline_seconds / engine_seconds:.0f}x in memory, {baseline_seconds / stored_seconds:.0f}x with the run directory")
+    print(
+        f"speed-up: {baseline_seconds / engine_seconds:.0f}x in memory, "
+        f"{baseline_seconds / stored_seconds:.0f}x with the run directory"
+    )
     for regime, durations in per_iteration.items():
         # medians over a window: single iterations take a millisecond or two and are noisy
         first = durations[0]

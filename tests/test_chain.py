@@ -16,13 +16,34 @@ SMALL = {
     "linear-regression": {"dim": 2, "samples": 8},
     "gaussian": {"dim": 2, "samples": 8},
     "kde": {"samples": 8, "test_samples": 20},
-    "vae": {"samples": 8, "test_samples": 20, "image_size": 8, "widths": [4], "latent_dim": 2, "epochs": 1, "evaluation_samples": 20},
+    "vae": {
+        "samples": 8,
+        "test_samples": 20,
+        "image_size": 8,
+        "widths": [4],
+        "latent_dim": 2,
+        "epochs": 1,
+        "evaluation_samples": 20,
+    },
     "language-model": {
-        "samples": 8, "validation_documents": 4, "vocab_size": 300, "block_size": 32, "max_new_tokens": 16,
-        "batch_size": 4, "tokenizer_cache": tempfile.mkdtemp(prefix="tokenizers-"),
+        "samples": 8,
+        "validation_documents": 4,
+        "vocab_size": 300,
+        "block_size": 32,
+        "max_new_tokens": 16,
+        "batch_size": 4,
+        "tokenizer_cache": tempfile.mkdtemp(prefix="tokenizers-"),
     },
 }
-REGIME_SPECS = ["replace", "accumulate", "accumulate-subsample", "replace-grown", "keep-real-fraction:0.25", "fresh-real:0.5", "mix:0.5"]
+REGIME_SPECS = [
+    "replace",
+    "accumulate",
+    "accumulate-subsample",
+    "replace-grown",
+    "keep-real-fraction:0.25",
+    "fresh-real:0.5",
+    "mix:0.5",
+]
 
 
 def small_setting(name, seeds=(0, 1, 2)):
@@ -68,7 +89,10 @@ def test_every_regime_runs_on_every_setting(setting_name, regime):
 
 @pytest.mark.parametrize("setting_name", list(SETTINGS))
 def test_iteration_one_is_identical_in_every_regime_and_later_ones_differ(setting_name):
-    runs = {spec: run_chain(small_setting(setting_name), parse_regime(spec), 3) for spec in ["replace", "accumulate", "mix:0.5"]}
+    runs = {
+        spec: run_chain(small_setting(setting_name), parse_regime(spec), 3)
+        for spec in ["replace", "accumulate", "mix:0.5"]
+    }
     first = [run[0].metrics for run in runs.values()]
     for other in first[1:]:
         for name in other:
@@ -108,7 +132,9 @@ def test_resumed_chain_equals_uninterrupted_chain(tmp_path, regime):
     # a crash in the middle of iteration 4 leaves a partial directory behind; resume must ignore it
     (tmp_path / "chain" / "iter_0004.partial").mkdir()
     (tmp_path / "chain" / "iter_0004.partial" / "metrics.json").write_text("{garbage")
-    resumed = run_chain(small_setting("linear-regression"), parse_regime(regime), 6, ChainStore(tmp_path / "chain", description))
+    resumed = run_chain(
+        small_setting("linear-regression"), parse_regime(regime), 6, ChainStore(tmp_path / "chain", description)
+    )
     assert metrics_of(resumed) == metrics_of(straight)
     assert not (tmp_path / "chain" / "iter_0004.partial").exists()
 
@@ -127,7 +153,10 @@ def test_resume_keeps_the_interrupted_fits_scratch_and_nothing_older(tmp_path):
     fit = setting.fit
     sample = setting.sample
     setting.fit = lambda parts, rng, scratch=None: (seen.append(("fit", scratch)), fit(parts, rng, scratch))[1]
-    setting.sample = lambda model, size, rng, scratch=None: (seen.append(("sample", scratch)), sample(model, size, rng, scratch))[1]
+    setting.sample = lambda model, size, rng, scratch=None: (
+        seen.append(("sample", scratch)),
+        sample(model, size, rng, scratch),
+    )[1]
     run_chain(setting, parse_regime("replace"), 3, ChainStore(tmp_path / "chain", description))
     assert seen == [("sample", store.scratch_directory(3)), ("fit", store.scratch_directory(3))]
     assert not store.scratch_directory(3).exists()  # removed once iteration 3 is committed

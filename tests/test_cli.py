@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import completed
 from typer.testing import CliRunner
 
+import helpers
+from helpers import completed
 from model_collapse.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,17 @@ def test_run_table_plot(tmp_path):
     assert result.exit_code == 0, result.output
     frame = read_table(tmp_path / "run")
     assert len(frame) == 2 * 2 * 50 * 6
-    for column in ["setting", "regime", "seed", "iteration", "train_size", "real_fraction", "test_error", "samples", "dim"]:
+    for column in [
+        "setting",
+        "regime",
+        "seed",
+        "iteration",
+        "train_size",
+        "real_fraction",
+        "test_error",
+        "samples",
+        "dim",
+    ]:
         assert column in frame.columns
     accumulate = frame[(frame.regime == "accumulate") & (frame.samples == 10)]
     assert accumulate.groupby("iteration").train_size.first().tolist() == [10, 20, 30, 40, 50, 60]
@@ -71,8 +81,17 @@ def test_run_table_plot(tmp_path):
 def test_overrides_and_parallel_sweep(tmp_path):
     config = write_config(tmp_path / "g.yaml", setting={"name": "gaussian", "dim": 1, "samples": 10})
     result = invoke(
-        "run", config, "setting.samples=[10,30]", "setting.dim=[1,2]", "regimes=[replace,mix:0.5]", "iterations=3",
-        "--out", tmp_path / "run", "--workers", "2", "-q",
+        "run",
+        config,
+        "setting.samples=[10,30]",
+        "setting.dim=[1,2]",
+        "regimes=[replace,mix:0.5]",
+        "iterations=3",
+        "--out",
+        tmp_path / "run",
+        "--workers",
+        "2",
+        "-q",
     )
     assert result.exit_code == 0, result.output
     frame = read_table(tmp_path / "run")
@@ -82,8 +101,19 @@ def test_overrides_and_parallel_sweep(tmp_path):
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["setting"]["samples"] == [10, 30] and resolved["regimes"] == ["replace", "mix:0.5"]
     # the parallel run gives the numbers of a sequential one
-    result = invoke("run", config, "setting.samples=[10,30]", "setting.dim=[1,2]", "regimes=[replace,mix:0.5]",
-                    "iterations=3", "--out", tmp_path / "sequential", "--workers", "1", "-q")
+    result = invoke(
+        "run",
+        config,
+        "setting.samples=[10,30]",
+        "setting.dim=[1,2]",
+        "regimes=[replace,mix:0.5]",
+        "iterations=3",
+        "--out",
+        tmp_path / "sequential",
+        "--workers",
+        "1",
+        "-q",
+    )
     assert result.exit_code == 0
     pd.testing.assert_frame_equal(frame, read_table(tmp_path / "sequential"))
 
@@ -121,7 +151,11 @@ def test_bad_configs_fail_with_one_line_exit_2_and_write_nothing(tmp_path, overr
 def test_bad_config_files(tmp_path):
     (tmp_path / "broken.yaml").write_text("setting: [unclosed")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    for path, message in [(tmp_path / "missing.yaml", "not found"), (tmp_path / "broken.yaml", "not valid YAML"), (tmp_path / "list.yaml", "mapping")]:
+    for path, message in [
+        (tmp_path / "missing.yaml", "not found"),
+        (tmp_path / "broken.yaml", "not valid YAML"),
+        (tmp_path / "list.yaml", "mapping"),
+    ]:
         result = invoke("run", path, "--out", tmp_path / "run")
         assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "run").exists()
@@ -151,8 +185,12 @@ def test_run_refuses_an_existing_run_and_resume_refuses_foreign_directories(tmp_
 
 def test_resume_after_kill_9_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     config = write_config(
-        tmp_path / "slow.yaml", setting={"name": "linear-regression", "dim": 20, "samples": 400},
-        regimes=["accumulate", "accumulate-subsample"], iterations=40, seeds=600, workers=1,
+        tmp_path / "slow.yaml",
+        setting={"name": "linear-regression", "dim": 20, "samples": 400},
+        regimes=["accumulate", "accumulate-subsample"],
+        iterations=40,
+        seeds=600,
+        workers=1,
     )
     command = [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(tmp_path / "killed"), "-q"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -198,7 +236,9 @@ def test_list_names_every_setting_and_regime(monkeypatch):
     from model_collapse import settings
 
     # a setting whose optional dependency is missing is listed with the install hint, not a crash
-    monkeypatch.setitem(settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm", ("no_such_module", "Nothing")))
+    monkeypatch.setitem(
+        settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm", ("no_such_module", "Nothing"))
+    )
     result = runner.invoke(app, ["list"], env={"COLUMNS": "400"})  # rich wraps cells in a narrow terminal
     assert result.exit_code == 0
     # this checkout is installed editable (the README's command): the hint installs the extra from it
@@ -207,7 +247,18 @@ def test_list_names_every_setting_and_regime(monkeypatch):
     assert "missing-extra" in result.output and hint in result.output.replace("\n", "")
     missing = invoke("theory", "missing-extra")  # and its error line keeps the brackets
     assert missing.exit_code == 2 and hint in missing.output
-    for name in ["linear-regression", "gaussian", "kde", "vae", "language-model", "replace", "accumulate-subsample", "keep-real-fraction", "fresh-real", "mix"]:
+    for name in [
+        "linear-regression",
+        "gaussian",
+        "kde",
+        "vae",
+        "language-model",
+        "replace",
+        "accumulate-subsample",
+        "keep-real-fraction",
+        "fresh-real",
+        "mix",
+    ]:
         assert name in result.output
 
 
@@ -221,13 +272,21 @@ def test_shipped_configs_validate(config):
 
 def test_ctrl_c_stops_with_a_resume_hint_and_the_run_finishes_later(tmp_path):
     config = write_config(
-        tmp_path / "slow.yaml", setting={"name": "linear-regression", "dim": 20, "samples": 400},
-        regimes=["accumulate"], iterations=40, seeds=600, workers=1,
+        tmp_path / "slow.yaml",
+        setting={"name": "linear-regression", "dim": 20, "samples": 400},
+        regimes=["accumulate"],
+        iterations=40,
+        seeds=600,
+        workers=1,
     )
     command = [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(tmp_path / "run"), "-q"]
     # A shell's background job inherits SIGINT ignored (so may this test); a terminal's Ctrl-C does not.
     process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     progress = tmp_path / "run" / "chains" / "base" / "accumulate" / "progress.json"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from helpers import completed, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +35,21 @@ LAUNCH_AT = (
 def cli(*args, cwd=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "model_collapse", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd, **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        **kwargs,
     )
 
 
 def start(*args, cwd=None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "model_collapse", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
     )
 
 
@@ -100,7 +108,10 @@ def alive(pid: int) -> bool:
 
 
 def tree(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
+        for p in sorted(directory.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +139,19 @@ def test_a_swept_path_cannot_lead_the_run_outside_its_directory(tmp_path):
     before = tree(victim)
     work = tmp_path / "a" / "b" / "c" / "d"
     work.mkdir(parents=True)
-    vae = {"name": "vae", "dataset": "folder", "channels": 1, "image_size": 8, "samples": 16, "test_samples": 8,
-           "widths": [4], "latent_dim": 2, "epochs": 1, "evaluation_samples": 8,
-           "data_dir": ["../../../../victim", str(victim)]}
+    vae = {
+        "name": "vae",
+        "dataset": "folder",
+        "channels": 1,
+        "image_size": 8,
+        "samples": 16,
+        "test_samples": 8,
+        "widths": [4],
+        "latent_dim": 2,
+        "epochs": 1,
+        "evaluation_samples": 8,
+        "data_dir": ["../../../../victim", str(victim)],
+    }
     path = config(work / "vae.yaml", setting=vae, regimes=["replace"], iterations=2, seeds=1)
     result = cli("run", path, "--out", "run", "-q", cwd=work)
     assert result.returncode == 0, result.stderr
@@ -181,8 +202,12 @@ def test_two_runs_released_together_never_mix_in_one_directory(tmp_path):
         run = tmp_path / f"run{attempt}"
         go = time.time() + 4.0
         processes = [
-            subprocess.Popen([sys.executable, "-c", LAUNCH_AT, str(go), "run", str(c), "--out", str(run), "-q"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", LAUNCH_AT, str(go), "run", str(c), "--out", str(run), "-q"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for c in (lr, gaussian)
         ]
         results = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
@@ -209,8 +234,12 @@ def test_a_second_process_on_a_running_run_gets_one_line_naming_the_holder(tmp_p
     # two resumes released together: one finishes the run, the other is turned away
     go = time.time() + 4.0
     resumes = [
-        subprocess.Popen([sys.executable, "-c", LAUNCH_AT, str(go), "resume", str(run), "-q"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", LAUNCH_AT, str(go), "resume", str(run), "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in resumes]
@@ -234,10 +263,19 @@ def test_a_crash_while_creating_the_run_directory_leaves_nothing(tmp_path, monke
 # -- wrong numbers -----------------------------------------------------------------------------
 def test_regime_parameters_are_recorded_exactly_and_resume_uses_them(tmp_path):
     # round(10000.25 * 20) = 200005 synthetic rows; the rounded 10000.2 would draw 200004
-    path = config(tmp_path / "mix.yaml", setting={"name": "linear-regression", "dim": 2, "samples": 20},
-                  regimes=["mix:10000.25", "keep-real-fraction:0.123456789"], iterations=4, seeds=3, checkpoints="all")
+    path = config(
+        tmp_path / "mix.yaml",
+        setting={"name": "linear-regression", "dim": 2, "samples": 20},
+        regimes=["mix:10000.25", "keep-real-fraction:0.123456789"],
+        iterations=4,
+        seeds=3,
+        checkpoints="all",
+    )
     assert cli("run", path, "--out", tmp_path / "straight", "-q").returncode == 0
-    assert yaml.safe_load((tmp_path / "straight" / "config.yaml").read_text())["regimes"] == ["mix:10000.25", "keep-real-fraction:0.123456789"]
+    assert yaml.safe_load((tmp_path / "straight" / "config.yaml").read_text())["regimes"] == [
+        "mix:10000.25",
+        "keep-real-fraction:0.123456789",
+    ]
     run = tmp_path / "run"
     shutil.copytree(tmp_path / "straight", run)
     for chain in (run / "chains" / "base").iterdir():
@@ -280,7 +318,9 @@ def test_resume_and_table_check_what_a_chain_holds(tmp_path):
 def two_chains_running(tmp_path, path):
     run = tmp_path / "run"
     process = start("run", path, "--out", run, "-q", "--workers", "2")
-    wait_for(lambda: all(completed(run / "chains" / "base" / r / "progress.json") >= 2 for r in ("replace", "accumulate")))
+    wait_for(
+        lambda: all(completed(run / "chains" / "base" / r / "progress.json") >= 2 for r in ("replace", "accumulate"))
+    )
     workers = [c for c in children(process.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert len(workers) >= 2, workers
     return run, process, workers
@@ -340,7 +380,9 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("a tmpfs for the full-disk test needs root and mount")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     yield mount
@@ -348,7 +390,9 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_gives_one_line_and_the_run_resumes_once_there_is_room(tmp_path, small_disk):
-    path = config(tmp_path / "lr.yaml", setting={"name": "linear-regression", "dim": 5, "samples": 50}, iterations=30, seeds=400)
+    path = config(
+        tmp_path / "lr.yaml", setting={"name": "linear-regression", "dim": 5, "samples": 50}, iterations=30, seeds=400
+    )
     assert cli("run", path, "--out", tmp_path / "straight", "-q").returncode == 0
     run = small_disk / "run"
     line = one_line_error(cli("run", path, "--out", run, "-q"), code=1)
@@ -365,7 +409,9 @@ def test_a_full_disk_gives_one_line_and_the_run_resumes_once_there_is_room(tmp_p
         filler.write(b"\0" * (64 * 1024 * 1024))
     line = one_line_error(cli("plot", run), code=1)
     assert "no space left on the device" in line
-    assert all(p.stat().st_size > 0 and not p.name.startswith(".") for p in (run / "figures").glob("*")), list((run / "figures").iterdir())
+    assert all(p.stat().st_size > 0 and not p.name.startswith(".") for p in (run / "figures").glob("*")), list(
+        (run / "figures").iterdir()
+    )
 
 
 def _used_bytes(mount: Path) -> int:
@@ -426,13 +472,52 @@ def test_random_overrides_never_give_a_traceback_or_write_on_refusal(tmp_path):
 
     runner = CliRunner()
     path = config(tmp_path / "lr.yaml", iterations=3, seeds=2, regimes=["replace"])
-    keys = ["iterations", "seeds", "checkpoints", "regimes", "setting.dim", "setting.samples", "setting.noise_variance",
-            "setting.name", "setting", "workers", "setting.dim.deep"]
-    values = st.sampled_from([
-        "-1", "0", "1", "3", "true", "false", "null", "~", ".inf", "-.inf", ".nan", "1e308", "4611686018427387904",
-        "x", "../../x", "[]", "[1,2]", "[1,true]", "{a: 1}", "[mix:1e9]", "[mix:-1]", "[replace,accumulate]", "é", "'12'",
-        "[unclosed", "0x10", "2.5", "[kde]", "gaussian",
-    ])
+    keys = [
+        "iterations",
+        "seeds",
+        "checkpoints",
+        "regimes",
+        "setting.dim",
+        "setting.samples",
+        "setting.noise_variance",
+        "setting.name",
+        "setting",
+        "workers",
+        "setting.dim.deep",
+    ]
+    values = st.sampled_from(
+        [
+            "-1",
+            "0",
+            "1",
+            "3",
+            "true",
+            "false",
+            "null",
+            "~",
+            ".inf",
+            "-.inf",
+            ".nan",
+            "1e308",
+            "4611686018427387904",
+            "x",
+            "../../x",
+            "[]",
+            "[1,2]",
+            "[1,true]",
+            "{a: 1}",
+            "[mix:1e9]",
+            "[mix:-1]",
+            "[replace,accumulate]",
+            "é",
+            "'12'",
+            "[unclosed",
+            "0x10",
+            "2.5",
+            "[kde]",
+            "gaussian",
+        ]
+    )
     counter = iter(range(10**6))
 
     @hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
@@ -457,9 +542,13 @@ def test_random_overrides_never_give_a_traceback_or_write_on_refusal(tmp_path):
 def finished(tmp_path_factory):
     base = tmp_path_factory.mktemp("finished")
     runs = {}
-    for name, setting in [("lr", {"name": "linear-regression", "dim": 3, "samples": 10}),
-                          ("kde", {"name": "kde", "samples": 10, "test_samples": 20})]:
-        path = config(base / f"{name}.yaml", setting=setting, iterations=4, seeds=3, regimes=["accumulate"], checkpoints="all")
+    for name, setting in [
+        ("lr", {"name": "linear-regression", "dim": 3, "samples": 10}),
+        ("kde", {"name": "kde", "samples": 10, "test_samples": 20}),
+    ]:
+        path = config(
+            base / f"{name}.yaml", setting=setting, iterations=4, seeds=3, regimes=["accumulate"], checkpoints="all"
+        )
         assert cli("run", path, "--out", base / name, "-q").returncode == 0
         runs[name] = base / name
     return runs
@@ -564,8 +653,16 @@ def test_random_bytes_in_an_array_file_are_called_corrupted_never_a_pickle(finis
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("vae")
-    setting = {"name": "vae", "samples": 16, "test_samples": 20, "image_size": 8, "widths": [4], "latent_dim": 2,
-               "epochs": 1, "evaluation_samples": 20}
+    setting = {
+        "name": "vae",
+        "samples": 16,
+        "test_samples": 20,
+        "image_size": 8,
+        "widths": [4],
+        "latent_dim": 2,
+        "epochs": 1,
+        "evaluation_samples": 20,
+    }
     path = config(base / "vae.yaml", setting=setting, iterations=2, seeds=1, regimes=["replace"])
     assert cli("run", path, "--out", base / "run", "-q").returncode == 0
     return base / "run"
@@ -574,9 +671,14 @@ def vae_run(tmp_path_factory):
 def test_table_and_plot_of_a_vae_run_work_without_pytorch(vae_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(vae_run, run)
-    blocked = "import sys; sys.modules['torch'] = None; sys.argv = ['model-collapse', *sys.argv[1:]]; from model_collapse.cli import app; app()"
+    blocked = (
+        "import sys; sys.modules['torch'] = None; sys.argv = ['model-collapse', *sys.argv[1:]]; "
+        "from model_collapse.cli import app; app()"
+    )
     for command in ["table", "plot"]:
-        result = subprocess.run([sys.executable, "-c", blocked, command, str(run)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", blocked, command, str(run)], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
     assert (run / "figures" / "samples_base.png").stat().st_size > 0
 
@@ -602,10 +704,19 @@ def test_files_of_a_run_follow_the_umask(tmp_path):
     path = config(tmp_path / "lr.yaml", iterations=2, seeds=2)
     result = subprocess.run(
         [sys.executable, "-m", "model_collapse", "run", str(path), "--out", str(tmp_path / "run"), "-q"],
-        preexec_fn=lambda: os.umask(0o027), capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: os.umask(0o027),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"
-    files = [run / "run.json", run / "config.yaml", *run.rglob("progress.json"), *run.rglob("metrics.json"), *run.rglob("*.npz")]
+    files = [
+        run / "run.json",
+        run / "config.yaml",
+        *run.rglob("progress.json"),
+        *run.rglob("metrics.json"),
+        *run.rglob("*.npz"),
+    ]
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o640"}
     assert {oct(p.stat().st_mode & 0o777) for p in [run, *run.rglob("iter_*")]} == {"0o750"}

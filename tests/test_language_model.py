@@ -40,13 +40,16 @@ def test_dropout_is_set_everywhere_the_architecture_has_it_or_left_at_its_defaul
     from model_collapse.settings.language_model.models import dropout_overrides
 
     def rates(model):
-        return {m.p for m in model.modules() if isinstance(m, nn.Dropout)} | {getattr(model.config, "attention_dropout", None)} - {None}
+        return {m.p for m in model.modules() if isinstance(m, nn.Dropout)} | {
+            getattr(model.config, "attention_dropout", None)
+        } - {None}
 
     assert rates(build_model("gpt2-tiny", 60, 0)) == {0.1}
     assert rates(build_model("gpt2-tiny", 60, 0, **dropout_overrides("gpt2-tiny", 0.0))) == {0.0}
     llama = build_model("llama-tiny", 60, 0, **dropout_overrides("llama-tiny", 0.2))
     assert llama.config.attention_dropout == 0.2
     assert dropout_overrides("gpt2-9m", None) == {}
+
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
 def test_checkpoints_load_with_from_pretrained(preset, tmp_path):
@@ -84,7 +87,12 @@ def test_tokenizer_has_8000_tokens_and_one_special_token(tokenizer):
 
 @pytest.mark.parametrize(
     "text",
-    ["Once upon a time, there was a little girl named Lily.", "naïve café — 😀 日本語\n\ttabs  and  spaces ", "", "<|endoftext|> inside"],
+    [
+        "Once upon a time, there was a little girl named Lily.",
+        "naïve café — 😀 日本語\n\ttabs  and  spaces ",
+        "",
+        "<|endoftext|> inside",
+    ],
 )
 def test_tokenizer_round_trips_any_text(tokenizer, text):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
@@ -125,7 +133,10 @@ def test_documents_from_local_files(tmp_path):
 
     separated = tmp_path / "stories.txt"
     separated.write_text("One day,\na dog ran.\n<|endoftext|>\nThe end.\n<|endoftext|>\n")
-    assert load_documents("files", "train", {"train": str(separated)}, separator="<|endoftext|>") == ["One day,\na dog ran.", "The end."]
+    assert load_documents("files", "train", {"train": str(separated)}, separator="<|endoftext|>") == [
+        "One day,\na dog ran.",
+        "The end.",
+    ]
 
     jsonl = tmp_path / "stories.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["A.", "B.", " "])))

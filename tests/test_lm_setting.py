@@ -21,7 +21,12 @@ LanguageModel = SETTINGS["language-model"]
 @pytest.fixture()
 def config(tmp_path):
     return LanguageModel.Config(
-        samples=10, validation_documents=4, vocab_size=300, block_size=32, max_new_tokens=12, batch_size=4,
+        samples=10,
+        validation_documents=4,
+        vocab_size=300,
+        block_size=32,
+        max_new_tokens=12,
+        batch_size=4,
         tokenizer_cache=str(tmp_path / "tokenizers"),
     )
 
@@ -40,8 +45,9 @@ def test_synthetic_stories_keep_the_prompt_token_and_are_as_many_as_asked(config
 
 
 def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(config, tmp_path):
-    from model_collapse.settings.language_model.models import build_model
     import torch
+
+    from model_collapse.settings.language_model.models import build_model
 
     setting = LanguageModel(config.model_copy(update={"generation_batch_size": 2}), [0])  # shards of 32 stories
     torch.manual_seed(0)
@@ -56,6 +62,7 @@ def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(con
     # an interruption: shard 1 was never written, shard 2 was cut short; shard 0 stands in for one
     # whose stories differ, to show that it is taken as saved rather than sampled again
     import shutil
+
     shutil.rmtree(scratch / "samples_00001")
     (scratch / "samples_00002" / "tokens.npy").write_bytes(b"\x93NUMPY")
     marked = TokenCorpus.from_documents([[7]] * 32)
@@ -88,7 +95,9 @@ def test_resumed_language_model_chain_equals_uninterrupted_chain(config, tmp_pat
     straight = run_chain(LanguageModel(config, [0]), parse_regime(regime), 3)
     run_chain(LanguageModel(config, [0]), parse_regime(regime), 2, ChainStore(tmp_path / "chain", {}))
     resumed = run_chain(LanguageModel(config, [0]), parse_regime(regime), 3, ChainStore(tmp_path / "chain", {}))
-    assert [r.metrics["test_cross_entropy"].tolist() for r in straight] == [r.metrics["test_cross_entropy"].tolist() for r in resumed]
+    assert [r.metrics["test_cross_entropy"].tolist() for r in straight] == [
+        r.metrics["test_cross_entropy"].tolist() for r in resumed
+    ]
     curve = json.loads((tmp_path / "chain" / "iter_0003" / "diagnostics.json").read_text())["learning_curve"]
     assert curve and all("validation_loss" in point for point in curve)
 
@@ -106,7 +115,11 @@ def test_bad_language_model_configs(tmp_path):
     from model_collapse.config import build_experiment
     from model_collapse.errors import ConfigError
 
-    for changes, message in [({"model": "gpt5"}, "unknown preset"), ({"corpus": "files"}, "needs train_file"), ({"top_p": 1.5}, "top_p")]:
+    for changes, message in [
+        ({"model": "gpt5"}, "unknown preset"),
+        ({"corpus": "files"}, "needs train_file"),
+        ({"top_p": 1.5}, "top_p"),
+    ]:
         raw = {"setting": {"name": "language-model", **changes}, "regimes": ["replace"], "iterations": 2, "seeds": 1}
         with pytest.raises(ConfigError, match=message):
             build_experiment(raw)
@@ -115,8 +128,14 @@ def test_bad_language_model_configs(tmp_path):
 def test_run_table_and_text_samples_from_the_command_line(tmp_path, monkeypatch):
     config = {
         "setting": {
-            "name": "language-model", "samples": 8, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
-            "max_new_tokens": 12, "batch_size": 4, "tokenizer_cache": str(tmp_path / "tokenizers"),
+            "name": "language-model",
+            "samples": 8,
+            "validation_documents": 4,
+            "vocab_size": 300,
+            "block_size": 32,
+            "max_new_tokens": 12,
+            "batch_size": 4,
+            "tokenizer_cache": str(tmp_path / "tokenizers"),
         },
         "regimes": ["replace", "accumulate"],
         "iterations": 2,
@@ -168,17 +187,35 @@ def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbe
 
     config = {
         "setting": {
-            "name": "language-model", "samples": 500, "validation_documents": 4, "vocab_size": 300, "block_size": 64,
-            "max_new_tokens": 24, "batch_size": 8, "tokenizer_cache": str(tmp_path / "tokenizers"), "checkpoint_minutes": 0.003,
+            "name": "language-model",
+            "samples": 500,
+            "validation_documents": 4,
+            "vocab_size": 300,
+            "block_size": 64,
+            "max_new_tokens": 24,
+            "batch_size": 8,
+            "tokenizer_cache": str(tmp_path / "tokenizers"),
+            "checkpoint_minutes": 0.003,
         },
         "regimes": ["accumulate"],
         "iterations": 2,
         "seeds": 1,
     }
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "model_collapse", "run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "killed"), "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "model_collapse",
+        "run",
+        str(tmp_path / "lm.yaml"),
+        "--out",
+        str(tmp_path / "killed"),
+        "-q",
+    ]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002.scratch" / "training_state.pt"
+    checkpoint = (
+        tmp_path / "killed" / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002.scratch" / "training_state.pt"
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not checkpoint.exists() and process.poll() is None:
         time.sleep(0.01)
@@ -188,14 +225,24 @@ def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbe
     process.wait()
     assert checkpoint.exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "model_collapse", "resume", str(tmp_path / "killed")],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "model_collapse", "resume", str(tmp_path / "killed")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "training resumes at step" in resumed.stderr
     assert not checkpoint.parent.exists()  # gone once the iteration is committed
     runner = CliRunner()
-    assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "straight"), "-q"]).exit_code == 0
-    killed, straight = (pd.read_csv(io.StringIO(runner.invoke(app, ["table", str(tmp_path / d)]).stdout)) for d in ("killed", "straight"))
+    assert (
+        runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "straight"), "-q"]).exit_code == 0
+    )
+    killed, straight = (
+        pd.read_csv(io.StringIO(runner.invoke(app, ["table", str(tmp_path / d)]).stdout))
+        for d in ("killed", "straight")
+    )
     assert len(killed) == 2
     pd.testing.assert_frame_equal(killed, straight)
 
@@ -211,8 +258,15 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
 
     config = {
         "setting": {
-            "name": "language-model", "samples": 24, "validation_documents": 4, "vocab_size": 300, "block_size": 32,
-            "max_new_tokens": 12, "batch_size": 4, "tokenizer_cache": str(tmp_path / "tokenizers"), "model": "llama-tiny",
+            "name": "language-model",
+            "samples": 24,
+            "validation_documents": 4,
+            "vocab_size": 300,
+            "block_size": 32,
+            "max_new_tokens": 12,
+            "batch_size": 4,
+            "tokenizer_cache": str(tmp_path / "tokenizers"),
+            "model": "llama-tiny",
             "generation_batch_size": 1,  # shards of 16 stories: 24 stories are a shard per rank
         },
         "regimes": ["replace", "accumulate"],
@@ -223,20 +277,43 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), "-m", "model_collapse", "run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "parallel"), "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "model_collapse",
+        "run",
+        str(tmp_path / "lm.yaml"),
+        "--out",
+        str(tmp_path / "parallel"),
+        "-q",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runner = CliRunner()
-    assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "single"), "-q"]).exit_code == 0
-    parallel, single = (pd.read_csv(io.StringIO(runner.invoke(app, ["table", str(tmp_path / d)]).stdout)) for d in ("parallel", "single"))
+    assert (
+        runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "single"), "-q"]).exit_code == 0
+    )
+    parallel, single = (
+        pd.read_csv(io.StringIO(runner.invoke(app, ["table", str(tmp_path / d)]).stdout))
+        for d in ("parallel", "single")
+    )
     assert len(parallel) == len(single) == 4
     # same data, same initialisation, the same optimisation split over two processes
     first = lambda frame: frame[frame.iteration == 1].set_index("regime").test_cross_entropy  # noqa: E731
     pd.testing.assert_series_equal(first(parallel), first(single), rtol=1e-4)
     # sampling is split across the ranks in shards and gathered: the whole corpus, as one process samples it
-    synthetic = {d: TokenCorpus.load(tmp_path / d / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic")
-                 for d in ("parallel", "single")}
+    synthetic = {
+        d: TokenCorpus.load(tmp_path / d / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic")
+        for d in ("parallel", "single")
+    }
     assert len(synthetic["parallel"]) == 24
     np.testing.assert_array_equal(synthetic["parallel"].tokens, synthetic["single"].tokens)
     np.testing.assert_array_equal(synthetic["parallel"].offsets, synthetic["single"].offsets)

@@ -49,7 +49,11 @@ def test_token_corpus_round_trips_through_memory_mapped_files(tmp_path):
 def test_packing_several_parts_equals_packing_their_concatenation():
     rng = np.random.default_rng(1)
     documents = [list(rng.integers(2, 50, size=rng.integers(0, 20))) for _ in range(30)]
-    parts = [TokenCorpus.from_documents(documents[:7]), TokenCorpus.from_documents(documents[7:20]), TokenCorpus.from_documents(documents[20:])]
+    parts = [
+        TokenCorpus.from_documents(documents[:7]),
+        TokenCorpus.from_documents(documents[7:20]),
+        TokenCorpus.from_documents(documents[20:]),
+    ]
     order = rng.permutation(30)
     together = pack(TokenCorpus.from_documents(documents), 8, bos=0, eos=1, order=order)
     apart = pack(parts, 8, bos=0, eos=1, order=order)
@@ -116,7 +120,9 @@ def test_interrupted_training_resumes_at_the_saved_step_and_ends_as_if_never_sto
     eos = tokenizer.eos_token_id
     blocks, validation = pack(train_corpus, 64, eos, eos).limited(64), pack(validation_corpus, 64, eos, eos).limited(4)
     # gpt2 has dropout (torch's random state must be restored); two epochs (the data order must be too)
-    options = TrainingOptions(batch_size=8, learning_rate=3e-3, epochs=2, evaluations_per_epoch=3, checkpoint_interval_s=0)
+    options = TrainingOptions(
+        batch_size=8, learning_rate=3e-3, epochs=2, evaluations_per_epoch=3, checkpoint_interval_s=0
+    )
     steps_run = []
     original_batch = blocks.batch
     blocks.batch = lambda indices: (steps_run.append(1), original_batch(indices))[1]
@@ -125,7 +131,9 @@ def test_interrupted_training_resumes_at_the_saved_step_and_ends_as_if_never_sto
         torch.manual_seed(0)
         model = build_model("gpt2-tiny", len(tokenizer), eos)
         steps_run.clear()
-        curve = train(model, blocks, validation, options, np.random.default_rng(0), torch.device("cpu"), on_evaluation, directory)
+        curve = train(
+            model, blocks, validation, options, np.random.default_rng(0), torch.device("cpu"), on_evaluation, directory
+        )
         return model, curve
 
     uninterrupted, expected_curve = run()
@@ -134,6 +142,7 @@ def test_interrupted_training_resumes_at_the_saved_step_and_ends_as_if_never_sto
     def stop_at_the_fourth_evaluation(point):
         if point["epoch"] > 1.2:
             raise Interrupted
+
     with pytest.raises(Interrupted):
         run(stop_at_the_fourth_evaluation, tmp_path)
     stopped_after = len(steps_run)
@@ -158,7 +167,9 @@ def test_chunked_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients
     targets = torch.roll(inputs, -1, dims=1)
     targets[:, -1] = -100
     targets[1, :7] = -100  # masked targets, including a whole run of them
-    reference = F.cross_entropy(model(input_ids=inputs).logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    reference = F.cross_entropy(
+        model(input_ids=inputs).logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
     reference.backward()
     expected = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
     model.zero_grad(set_to_none=True)
@@ -167,9 +178,13 @@ def test_chunked_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients
     assert int(count) == 5 * 32 - 7
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
     for name, parameter in model.named_parameters():
-        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-4, atol=1e-6 * expected[name].abs().max().item())
+        torch.testing.assert_close(
+            parameter.grad, expected[name], rtol=1e-4, atol=1e-6 * expected[name].abs().max().item()
+        )
     with torch.no_grad():
-        assert CausalLanguageModelLoss(model, rows=7)(inputs, targets)[0].item() == pytest.approx(reference.item(), rel=1e-6)
+        assert CausalLanguageModelLoss(model, rows=7)(inputs, targets)[0].item() == pytest.approx(
+            reference.item(), rel=1e-6
+        )
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
@@ -213,8 +228,14 @@ def test_greedy_continuous_batching_matches_hugging_face_generate_story_by_story
     ours = generate(model, prompts, 20, EOS, torch.Generator().manual_seed(0), top_k=1, batch_size=5)
     for prompt, story in zip(prompts, ours):
         with torch.no_grad():
-            theirs = model.generate(prompt[None], do_sample=False, max_new_tokens=20, eos_token_id=EOS, pad_token_id=EOS,
-                                    attention_mask=torch.ones_like(prompt[None]))[0].tolist()
+            theirs = model.generate(
+                prompt[None],
+                do_sample=False,
+                max_new_tokens=20,
+                eos_token_id=EOS,
+                pad_token_id=EOS,
+                attention_mask=torch.ones_like(prompt[None]),
+            )[0].tolist()
         ended = EOS in theirs[2:]
         assert story == (theirs[: theirs.index(EOS, 2)] if ended else theirs)
     assert any(len(story) < 22 for story in ours) and any(len(story) == 22 for story in ours)
@@ -234,7 +255,9 @@ def test_inverse_cdf_draws_follow_the_distribution_and_never_pick_a_zero():
 
 def test_sampling_stops_at_eos_and_respects_top_k_and_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    np.testing.assert_allclose(next_token_distribution(logits, 1.0, None, None)[0], torch.softmax(logits, -1)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        next_token_distribution(logits, 1.0, None, None)[0], torch.softmax(logits, -1)[0], rtol=1e-6
+    )
     assert next_token_distribution(logits, 1.0, 1, None)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     top_two = next_token_distribution(logits, 1.0, 2, None)[0]
     assert top_two[2] == top_two[3] == 0 and top_two.sum() == pytest.approx(1.0)
@@ -288,12 +311,34 @@ def test_data_parallel_training_over_two_processes_equals_one_process(tmp_path):
     with socket.socket() as probe:  # a free loopback port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), str(script), str(tmp_path / "parallel.pt")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(script),
+        str(tmp_path / "parallel.pt"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single.pt")], capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "single.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **__import__("os").environ,
+            "WORLD_SIZE": "1",
+            "RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        },
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     parallel, alone = torch.load(tmp_path / "parallel.pt"), torch.load(tmp_path / "single.pt")
     for name, value in alone["state"].items():

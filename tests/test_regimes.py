@@ -163,7 +163,15 @@ def test_bad_regime_specs_are_refused_with_a_message(spec, message):
 
 
 def test_labels_round_trip():
-    for spec in ["replace", "accumulate", "accumulate-subsample", "replace-grown", "keep-real-fraction:0.2", "fresh-real:0.25", "mix:1.5"]:
+    for spec in [
+        "replace",
+        "accumulate",
+        "accumulate-subsample",
+        "replace-grown",
+        "keep-real-fraction:0.2",
+        "fresh-real:0.25",
+        "mix:1.5",
+    ]:
         regime = parse_regime(spec)
         assert regime.label == spec
         assert parse_regime(regime.label) == regime
@@ -175,7 +183,10 @@ def test_regime_labels_record_parameters_exactly():
     from hypothesis import strategies as st
 
     @settings(max_examples=300, deadline=None)
-    @given(st.sampled_from(["mix", "keep-real-fraction", "fresh-real"]), st.floats(min_value=0, max_value=1e12, allow_nan=False))
+    @given(
+        st.sampled_from(["mix", "keep-real-fraction", "fresh-real"]),
+        st.floats(min_value=0, max_value=1e12, allow_nan=False),
+    )
     def check(name, value):
         if name != "mix":
             value = min(value, 1.0)
@@ -186,6 +197,9 @@ def test_regime_labels_record_parameters_exactly():
 
     check()
     assert parse_regime("mix:10000.25").label == "mix:10000.25"  # :g would have written mix:10000.2
-    assert parse_regime("mix:1").label == "mix:1" and parse_regime("keep-real-fraction:0.1").label == "keep-real-fraction:0.1"
+    assert (
+        parse_regime("mix:1").label == "mix:1"
+        and parse_regime("keep-real-fraction:0.1").label == "keep-real-fraction:0.1"
+    )
     with pytest.raises(ValueError, match="finite"):
         parse_regime("mix:inf")

@@ -41,7 +41,9 @@ def test_linear_regression_sufficient_statistics_equal_stacked_least_squares():
     s2 = setting.sample(w1, 9, rng(1))
     s3 = setting.sample(w1, 23, rng(2))  # not a multiple of T: two copies of the design and a tail
     accumulated = [setting.real_train, s2, s3]
-    np.testing.assert_allclose(setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=1e-10)
+    np.testing.assert_allclose(
+        setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=1e-10
+    )
 
     rows = np.sort(rng(3).permuted(np.tile(np.arange(41), (3, 1)), axis=1)[:, :9], axis=1)
     subset = setting.select(accumulated, rows)
@@ -99,7 +101,10 @@ def test_gaussian_metrics_on_known_models():
     x = rng(1).standard_normal((200000, 2))
     c = model.covariance[1]
     d = x - model.mean[1]
-    mc = 0.5 * (2 * np.log(2 * np.pi) + np.log(np.linalg.det(c)) + np.einsum("ni,ij,nj->n", d, np.linalg.inv(c), d)).mean()
+    mc = (
+        0.5
+        * (2 * np.log(2 * np.pi) + np.log(np.linalg.det(c)) + np.einsum("ni,ij,nj->n", d, np.linalg.inv(c), d)).mean()
+    )
     assert abs(mc - expected) < 0.02
 
 

@@ -79,7 +79,15 @@ def test_diversity_metrics_on_known_models():
 
 def test_training_lowers_the_test_loss_and_evaluation_is_repeatable():
     config = VAEConfig(
-        **{**TINY, "samples": None, "image_size": 16, "widths": (16, 32), "latent_dim": 8, "epochs": 5, "learning_rate": 2e-3}
+        **{
+            **TINY,
+            "samples": None,
+            "image_size": 16,
+            "widths": (16, 32),
+            "latent_dim": 8,
+            "epochs": 5,
+            "learning_rate": 2e-3,
+        }
     )
     setting = VAE(config, [0])
     untrained = setting.evaluate(setting._new_model())["test_loss"][0]
@@ -160,7 +168,12 @@ def test_data_sets_that_need_a_directory_say_so():
 
 
 def test_a_vae_sweep_runs_one_chain_per_seed_and_lists_are_values_for_widths():
-    raw = {"setting": {"name": "vae", "widths": [8, 16], "latent_dim": [2, 4]}, "regimes": ["replace"], "iterations": 2, "seeds": 3}
+    raw = {
+        "setting": {"name": "vae", "widths": [8, 16], "latent_dim": [2, 4]},
+        "regimes": ["replace"],
+        "iterations": 2,
+        "seeds": 3,
+    }
     experiment = build_experiment(raw)
     assert experiment.varying == ("latent_dim",)
     chains = experiment.chains()

@@ -90,17 +90,23 @@ def run_chain(
                 pool[fresh_real(iteration)] = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
                 sizes[fresh_real(iteration)] = size
         plan = regime.plan(sizes, iteration, setting.batch, chain_rng(seeds, iteration, "regime"))
-        model = setting.fit(_training_parts(setting, plan, pool), chain_rng(seeds, iteration, "fit"), scratch(iteration))
+        model = setting.fit(
+            _training_parts(setting, plan, pool), chain_rng(seeds, iteration, "fit"), scratch(iteration)
+        )
         record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(model))
         if store is not None:
             keep = new_synthetic is not None and regime.keeps_history
             preview = None
             if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
-                preview = setting.preview(setting.sample(model, setting.preview_size, chain_rng(seeds, iteration, "preview")))
+                preview = setting.preview(
+                    setting.sample(model, setting.preview_size, chain_rng(seeds, iteration, "preview"))
+                )
             store.commit(
                 record,
                 save_model=lambda directory, model=model: setting.save_model(model, directory),
-                save_synthetic=(lambda directory, data=new_synthetic: setting.save_data(data, directory)) if keep else None,
+                save_synthetic=(lambda directory, data=new_synthetic: setting.save_data(data, directory))
+                if keep
+                else None,
                 keep_models=keep_models,
                 preview=preview,
                 diagnostics=setting.diagnostics(model),

@@ -110,7 +110,11 @@ def run(
 
 
 @app.command()
-def resume(run_directory: Path = typer.Argument(..., help="A run directory."), workers: Optional[int] = WORKERS, quiet: bool = QUIET) -> None:
+def resume(
+    run_directory: Path = typer.Argument(..., help="A run directory."),
+    workers: Optional[int] = WORKERS,
+    quiet: bool = QUIET,
+) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
     from .rundir import lock_run, open_run
     from .sweep import run_experiment
@@ -171,7 +175,17 @@ def theory(
         for regime in experiment.regimes:
             for curve in closed_forms.curves(point, regime.name, experiment.config.iterations):
                 for i, value in enumerate(curve.values, start=1):
-                    rows.append([setting, regime.label, *(values[k] for k in experiment.varying), curve.metric, curve.kind, i, repr(float(value))])
+                    rows.append(
+                        [
+                            setting,
+                            regime.label,
+                            *(values[k] for k in experiment.varying),
+                            curve.metric,
+                            curve.kind,
+                            i,
+                            repr(float(value)),
+                        ]
+                    )
     if not rows:  # decided before a line is printed, so that the error is the only output
         _fail(f"no closed form is known for setting {setting!r}")
     writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -213,5 +227,9 @@ def main() -> None:
             raise
         code = error.exit_code
         if type(error).__name__ != "NoArgsIsHelpError":  # (that one has printed the help)
-            err.print(f"[bold red]error:[/] {escape(error.format_message())} (see model-collapse --help)", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {escape(error.format_message())} (see model-collapse --help)",
+                highlight=False,
+                soft_wrap=True,
+            )
     sys.exit(code if isinstance(code, int) else 0)

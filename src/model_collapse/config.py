@@ -193,7 +193,9 @@ class Experiment:
         return data
 
 
-def _expand(setting: Mapping[str, Any], config_type: type[SettingConfig]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+def _expand(
+    setting: Mapping[str, Any], config_type: type[SettingConfig]
+) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
     # A list is a sweep axis, except for fields whose value is itself a sequence (e.g. vae widths).
     sequence_fields = {
         key for key, field in config_type.model_fields.items() if get_origin(field.annotation) in (list, tuple)
@@ -239,7 +241,9 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
     for point in points:  # distinct values whose directory names would coincide (after cutting long ones)
         name = ChainSpec(point, varying, regimes[0], (0,)).point_name
         if names.setdefault(name, point) is not point:
-            raise ConfigError(f"setting: the sweep points {names[name]} and {point} would share the directory chains/{name}")
+            raise ConfigError(
+                f"setting: the sweep points {names[name]} and {point} would share the directory chains/{name}"
+            )
     return Experiment(config, tuple(points), varying, tuple(regimes))
 
 

@@ -10,6 +10,7 @@ directory; the others only read it, after rank 0 has prepared each chain. Withou
 from __future__ import annotations
 
 import os
+import sys
 
 
 def world_size() -> int:
@@ -38,3 +39,41 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def _group_running() -> bool:
+    """A process group of several ranks is running (checked without importing PyTorch if nothing has)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks of the running process group ((0, 1) without one)."""
+    if not _group_running():
+        return 0, 1
+    dist = sys.modules["torch.distributed"]
+    return dist.get_rank(), dist.get_world_size()
+
+
+def global_sum(value: float, device) -> float:
+    """``value`` summed over the ranks (itself without a process group); ``device`` is where the
+    reduction runs: NCCL reduces GPU tensors only."""
+    if not _group_running():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item()
+
+
+def all_gather(value):
+    """Every rank's ``value``, in rank order ([value] without a process group)."""
+    if not _group_running():
+        return [value]
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -3,7 +3,6 @@
 from typing import Any
 
 
-
 class ModelCollapseError(Exception):
     """Bad input: a config, a command-line argument or a file the tool cannot use."""
 

@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from . import theory  # noqa: E402
+from .atomic import write_atomic, write_file_atomic
 from .results import ChainResult, load_run, merge_seeds  # noqa: E402
-from .rundir import ChainStore, inside, write_atomic, write_file_atomic  # noqa: E402
+from .rundir import ChainStore, inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
@@ -52,7 +53,14 @@ def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) 
     for curve in theory.curves(result.spec.point, result.spec.regime.name, int(result.iterations.max())):
         if curve.metric == metric:
             label = f"theory ({curve.kind})" if with_label else None
-            ax.plot(result.iterations, curve.values[result.iterations - 1], _STYLES[curve.kind], color=color, lw=1, label=label)
+            ax.plot(
+                result.iterations,
+                curve.values[result.iterations - 1],
+                _STYLES[curve.kind],
+                color=color,
+                lw=1,
+                label=label,
+            )
 
 
 def _finish(ax, log_scale: bool, values: list[np.ndarray], bottom_row: bool = True) -> None:
@@ -72,7 +80,10 @@ def _save(figure, directory: Path, name: str) -> list[Path]:
     paths = [directory / f"{name}.png", directory / f"{name}.svg"]
     try:
         for path in paths:
-            write_file_atomic(path, lambda handle, path=path: figure.savefig(handle, format=path.suffix[1:], dpi=130, bbox_inches="tight"))
+            write_file_atomic(
+                path,
+                lambda handle, path=path: figure.savefig(handle, format=path.suffix[1:], dpi=130, bbox_inches="tight"),
+            )
     finally:
         plt.close(figure)
     return paths
@@ -99,6 +110,7 @@ def _show(ax, images: np.ndarray, title: str) -> None:
 
 def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, stores: dict, last: dict) -> Path:
     """Sample texts of iteration 1 and the last iteration of every regime, after real ones."""
+
     def numbered(texts) -> list[str]:
         return [f"{i + 1}. {' '.join(str(text).split())}" for i, text in enumerate(texts)]
 
@@ -110,13 +122,17 @@ def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, s
     return path
 
 
-def _first_seed_chains(run_directory: Path, results: list[ChainResult]) -> dict[str, dict[str, tuple[ChainResult, ChainStore]]]:
+def _first_seed_chains(
+    run_directory: Path, results: list[ChainResult]
+) -> dict[str, dict[str, tuple[ChainResult, ChainStore]]]:
     """Per sweep point, per regime: the chain of the first seed and its store (what sample and
     learning-curve figures show)."""
     chains: dict[str, dict[str, tuple[ChainResult, ChainStore]]] = {}
     for result in results:
         if result.spec.seeds[0] == 0:
-            store = ChainStore.at(run_directory, result.spec.relative_directory, result.spec.description(), writer=False)
+            store = ChainStore.at(
+                run_directory, result.spec.relative_directory, result.spec.description(), writer=False
+            )
             chains.setdefault(result.spec.point_name, {})[result.spec.regime.label] = (result, store)
     return chains
 
@@ -133,10 +149,14 @@ def _sample_figures(run_directory: Path, experiment, results: list[ChainResult],
         if real is None:
             continue
         if real.ndim == 1:  # texts: a page of samples instead of image grids
-            written.append(_text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, stores, last))
+            written.append(
+                _text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, stores, last)
+            )
             continue
 
-        figure, axes = plt.subplots(1, 1 + len(stores), figsize=(3.2 * (1 + len(stores)), 3.6), squeeze=False, layout="constrained")
+        figure, axes = plt.subplots(
+            1, 1 + len(stores), figsize=(3.2 * (1 + len(stores)), 3.6), squeeze=False, layout="constrained"
+        )
         _show(axes[0][0], real, "real data")
         for ax, (label, store) in zip(axes[0][1:], stores.items()):
             _show(ax, store.preview(last[label]), f"{label}, iteration {last[label]}")
@@ -145,7 +165,11 @@ def _sample_figures(run_directory: Path, experiment, results: list[ChainResult],
 
         iterations = sorted({int(i) for i in np.linspace(1, max(last.values()), min(6, max(last.values())))})
         figure, axes = plt.subplots(
-            len(stores), len(iterations), figsize=(2.4 * len(iterations), 2.6 * len(stores)), squeeze=False, layout="constrained"
+            len(stores),
+            len(iterations),
+            figsize=(2.4 * len(iterations), 2.6 * len(stores)),
+            squeeze=False,
+            layout="constrained",
         )
         for row, (label, store) in enumerate(stores.items()):
             for column, iteration in enumerate(iterations):
@@ -171,11 +195,17 @@ def _learning_curves(run_directory: Path, experiment, results: list[ChainResult]
             continue
         last = max(i for c in curves.values() for i in c)
         colour = plt.cm.viridis
-        figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False, sharey=True, layout="constrained")
+        figure, axes = plt.subplots(
+            1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False, sharey=True, layout="constrained"
+        )
         for ax, (label, by_iteration) in zip(axes[0], curves.items()):
             for iteration, curve in by_iteration.items():
-                ax.plot([p["epoch"] for p in curve], [p["validation_loss"] for p in curve],
-                        color=colour((iteration - 1) / max(1, last - 1)), label=f"iteration {iteration}")
+                ax.plot(
+                    [p["epoch"] for p in curve],
+                    [p["validation_loss"] for p in curve],
+                    color=colour((iteration - 1) / max(1, last - 1)),
+                    label=f"iteration {iteration}",
+                )
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -203,7 +233,11 @@ def plot_run(run_directory: Path) -> list[Path]:
 
     for metric, info in setting.metrics.items():
         figure, axes = plt.subplots(
-            len(regimes), len(points), figsize=(max(5.2, 3.6 * len(points)), max(3.6, 2.8 * len(regimes))), squeeze=False, sharex=True,
+            len(regimes),
+            len(points),
+            figsize=(max(5.2, 3.6 * len(points)), max(3.6, 2.8 * len(regimes))),
+            squeeze=False,
+            sharex=True,
             layout="constrained",
         )
         for row, regime in enumerate(regimes):
@@ -229,7 +263,9 @@ def plot_run(run_directory: Path) -> list[Path]:
         ("real_fraction", "real fraction of the training set", False),
     ]:
         # wide and tall enough for the title and a metric's long axis label when there is one sweep point
-        figure, axes = plt.subplots(1, len(points), figsize=(max(5.6, 4.2 * len(points)), 3.8), squeeze=False, layout="constrained")
+        figure, axes = plt.subplots(
+            1, len(points), figsize=(max(5.6, 4.2 * len(points)), 3.8), squeeze=False, layout="constrained"
+        )
         for column, point in enumerate(points):
             ax = axes[0][column]
             drawn = []

@@ -163,8 +163,9 @@ class Regime(ABC):
         return any(pool[s] for s in selection.sources)
 
     @abstractmethod
-    def _plan(self, pool: Mapping[Source, int], iteration: int, batch: int, rng: np.random.Generator) -> list[Selection]:
-        ...
+    def _plan(
+        self, pool: Mapping[Source, int], iteration: int, batch: int, rng: np.random.Generator
+    ) -> list[Selection]: ...
 
 
 class Replace(Regime):

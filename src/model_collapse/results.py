@@ -12,8 +12,8 @@ import numpy as np
 
 from .config import ChainSpec, Experiment, build_experiment
 from .errors import ConfigError, RunDirectoryError
-from .settings import SETTINGS
 from .rundir import ChainStore, open_run
+from .settings import SETTINGS
 
 
 @dataclass
@@ -66,7 +66,9 @@ def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
             continue
         n = min(len(r.iterations) for r in group)
         first = group[0]
-        spec = ChainSpec(first.spec.point, first.spec.varying, first.spec.regime, tuple(s for r in group for s in r.spec.seeds))
+        spec = ChainSpec(
+            first.spec.point, first.spec.varying, first.spec.regime, tuple(s for r in group for s in r.spec.seeds)
+        )
         merged.append(
             ChainResult(
                 spec,

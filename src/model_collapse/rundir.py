@@ -17,7 +17,7 @@
                                       interruption, removed at commit
     RUN/figures/                      written by `model-collapse plot`
 
-Every file is written to a temporary name, flushed to disk and renamed into place; an iteration is
+Every file is written to a temporary name, flushed to disk and renamed into place (``atomic.py``); an iteration is
 assembled in ``iter_NNNN.partial`` and renamed as a whole, and only then does progress.json move on.
 A crash at any point therefore leaves either the old state or the new one, never a half-written one.
 An ``iter_NNNN`` directory is committed the moment it appears, so nothing ever deletes one: progress.json
@@ -43,12 +43,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import yaml
 
 from . import __version__, distributed
+from .atomic import fsync_directory, honour_umask, write_atomic, write_directory_atomic, write_file_atomic, write_json
 from .errors import RunDirectoryError, yaml_problem
 
 FORMAT = "model-collapse-run"
@@ -59,92 +60,6 @@ LOCK = "run.lock"
 _ITERATION = re.compile(r"iter_(\d+)(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)
-
-
-# -- atomic files --------------------------------------------------------------------------------
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(directory: Path) -> None:
-    for root, _, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_directory(Path(root))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _honour_umask(fd_or_path: int | Path, directory: bool = False) -> None:
-    """mkstemp and mkdtemp create private files (0600, 0700); give them the mode any other file of
-    the user gets, so that a run directory on a shared filesystem is as readable as the user expects."""
-    mode = (0o777 if directory else 0o666) & ~_umask()
-    if isinstance(fd_or_path, int):
-        os.fchmod(fd_or_path, mode)
-    else:
-        os.chmod(fd_or_path, mode)
-
-
-def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Create or replace ``path`` with what ``write`` writes to a binary file: all of it or, after a
-    crash at any point, the old file untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _honour_umask(fd)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise _naming(error, path) from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _naming(error: OSError, path: Path) -> OSError:
-    """``error`` naming the path being written, which errors from ``write`` or ``fsync`` do not carry."""
-    return error if error.filename is not None else OSError(error.errno, error.strerror, str(path))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    write_file_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def write_directory_atomic(path: Path, fill: Callable[[Path], None]) -> None:
-    """Create or replace the directory ``path`` with what ``fill`` puts into an empty directory,
-    assembled beside it as ``<name>.partial`` and renamed as a whole once it is on disk."""
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir(parents=True)
-        fill(partial)
-        fsync_tree(partial)
-    except OSError as error:
-        # the partial directory stays until the next attempt, which removes it (so does resume)
-        raise _naming(error, path) from None
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
-    _fsync_directory(path.parent)
-
-
-def write_json(path: Path, value: Any, compact: bool = False) -> None:
-    # Compact output goes through json's C encoder; indented output is pure Python and, for a
-    # per-iteration record of thousands of seeds, costs as much as the fsyncs that make it durable.
-    write_atomic(path, json.dumps(value, indent=None if compact else 1, allow_nan=True) + "\n")
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -250,7 +165,7 @@ def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
         raise RunDirectoryError(f"cannot create the run directory {directory}: {error.strerror}") from None
     lock = RunLock(staging / LOCK)
     try:
-        _honour_umask(staging, directory=True)
+        honour_umask(staging, directory=True)
         lock.acquire()  # the lock follows the file through the rename below
         write_atomic(staging / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
         write_json(
@@ -269,7 +184,7 @@ def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
                 raise RunDirectoryError(f"{directory} was started by another process at the same moment") from None
             raise RunDirectoryError(f"cannot create the run directory {directory}: {error.strerror}") from None
         lock.path = directory / LOCK
-        _fsync_directory(directory.parent)
+        fsync_directory(directory.parent)
     except BaseException:
         lock.release()
         shutil.rmtree(staging, ignore_errors=True)
@@ -393,7 +308,9 @@ class ChainStore:
             return
         found = read_json(path)
         if found != self.description:
-            raise RunDirectoryError(f"{path} describes another chain than the run's config.yaml: {found} != {self.description}")
+            raise RunDirectoryError(
+                f"{path} describes another chain than the run's config.yaml: {found} != {self.description}"
+            )
 
     def _committed(self) -> list[int]:
         """The iterations whose directory is on disk: each was renamed into place whole, so committed."""
@@ -428,16 +345,23 @@ class ChainStore:
         recorded = 0
         if path.exists():
             progress = read_json(path)
-            if not isinstance(progress, dict) or type(progress.get("completed")) is not int or progress["completed"] < 0:
+            if (
+                not isinstance(progress, dict)
+                or type(progress.get("completed")) is not int
+                or progress["completed"] < 0
+            ):
                 raise RunDirectoryError(f"corrupted file {path}")
             recorded = progress["completed"]
         if recorded > completed:
             raise RunDirectoryError(
-                f"{path} records {recorded} completed iterations but {self._iteration_directory(completed + 1)} is missing"
+                f"{path} records {recorded} completed iterations "
+                f"but {self._iteration_directory(completed + 1)} is missing"
             )
         if recorded < completed and repair and self.writer:
             if completed > recorded + 1:
-                log.warning("%s recorded %d completed iterations, %d are on disk: record rebuilt", path, recorded, completed)
+                log.warning(
+                    "%s recorded %d completed iterations, %d are on disk: record rebuilt", path, recorded, completed
+                )
             write_json(path, {"completed": completed})
         return completed
 
@@ -515,7 +439,9 @@ class ChainStore:
         if not path.exists():
             return None
         preview = load_array(path)
-        images = preview.ndim == 4 and preview.dtype == np.uint8 and preview.shape[-1] in (1, 3) and preview.shape[0] > 0
+        images = (
+            preview.ndim == 4 and preview.dtype == np.uint8 and preview.shape[-1] in (1, 3) and preview.shape[0] > 0
+        )
         texts = preview.ndim == 1 and preview.dtype.kind == "U"
         if not (images or texts):
             raise RunDirectoryError(
@@ -528,7 +454,9 @@ class ChainStore:
         path = self._iteration_directory(iteration) / "diagnostics.json"
         return read_json(path) if path.exists() else None
 
-    def records(self, batch: int, metrics: Collection[str] | None = None, completed: int | None = None) -> list[IterationRecord]:
+    def records(
+        self, batch: int, metrics: Collection[str] | None = None, completed: int | None = None
+    ) -> list[IterationRecord]:
         """The records of iterations 1..``completed`` (default: all completed), each checked: the
         right iteration, ``batch`` values per metric, and exactly the metric names ``metrics``."""
         records = []

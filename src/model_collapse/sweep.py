@@ -90,6 +90,7 @@ def _die_with(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us when the parent dies
     else:
+
         def watch() -> None:
             while os.getppid() == parent:
                 time.sleep(1.0)
@@ -100,7 +101,9 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(connection, parent: int, run_directory: Path, spec: ChainSpec, iterations: int, keep_models: bool, quiet: bool) -> None:
+def _worker(
+    connection, parent: int, run_directory: Path, spec: ChainSpec, iterations: int, keep_models: bool, quiet: bool
+) -> None:
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     show_messages(quiet)
@@ -109,7 +112,13 @@ def _worker(connection, parent: int, run_directory: Path, spec: ChainSpec, itera
         # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
         type_of(spec.point)
         with threadpool_limits(limits=1):
-            run_spec(run_directory, spec, iterations, keep_models, lambda record: connection.send(("iteration", record.iteration)))
+            run_spec(
+                run_directory,
+                spec,
+                iterations,
+                keep_models,
+                lambda record: connection.send(("iteration", record.iteration)),
+            )
     except BaseException as error:
         fault = describe_fault(error, run_directory)
         if fault is not None:
@@ -129,8 +138,16 @@ class ChainFailed(Exception):
     """A chain raised an unexpected error in its worker; its traceback has been printed."""
 
 
-def _run_in_processes(run_directory: Path, specs: Sequence[ChainSpec], todo: list[int], workers: int, iterations: int,
-                      keep_models: bool, quiet: bool, advance: Callable[[int, int], None]) -> None:
+def _run_in_processes(
+    run_directory: Path,
+    specs: Sequence[ChainSpec],
+    todo: list[int],
+    workers: int,
+    iterations: int,
+    keep_models: bool,
+    quiet: bool,
+    advance: Callable[[int, int], None],
+) -> None:
     """Run the chains ``todo`` in at most ``workers`` spawned processes at once. The first chain that
     fails stops the others (their committed iterations stay; ``resume`` finishes them) and its error
     is raised here; so is anything that interrupts this process, after the workers are stopped."""
@@ -242,9 +259,14 @@ def estimate_memory(experiment: Experiment, workers: int) -> None:
         return
     where = f"seeds={config.seeds}, iterations={config.iterations}"
     if worst_case is None or bookkeeping > worst * parallel:
-        raise ConfigError(f"{where}: {chains} chains would need about {_bytes(bookkeeping)} of memory to track, this machine has {_bytes(total)}")
+        raise ConfigError(
+            f"{where}: {chains} chains would need about {_bytes(bookkeeping)} of memory to track, "
+            f"this machine has {_bytes(total)}"
+        )
     point, regime = worst_case
-    sizes = ", ".join(f"setting.{k}={v}" for k, v in point.model_dump().items() if isinstance(v, int) and not isinstance(v, bool))
+    sizes = ", ".join(
+        f"setting.{k}={v}" for k, v in point.model_dump().items() if isinstance(v, int) and not isinstance(v, bool)
+    )
     at_once = f" x {parallel} chains at once (--workers)" if parallel > 1 else ""
     raise ConfigError(
         f"{where}, {sizes}, regime {regime.label}: a chain would hold about {_bytes(worst)} in memory{at_once}, "
@@ -262,7 +284,11 @@ def peak_synthetic_rows(regime, iterations: int, real_size: int) -> int:
         return regime.synthetic_size(i, real_size) + regime.fresh_real_size(i, real_size)
 
     if regime.keeps_history:
-        return (iterations - 1) * rows(iterations) if rows(2) == rows(iterations) else sum(rows(i) for i in range(2, iterations + 1))
+        return (
+            (iterations - 1) * rows(iterations)
+            if rows(2) == rows(iterations)
+            else sum(rows(i) for i in range(2, iterations + 1))
+        )
     return rows(iterations)
 
 
@@ -279,7 +305,9 @@ def resolve_workers(experiment: Experiment, workers: int | None) -> int:
     return workers or experiment.config.workers or os.cpu_count() or 1
 
 
-def run_experiment(run_directory: Path, experiment: Experiment, workers: int | None = None, quiet: bool = False) -> None:
+def run_experiment(
+    run_directory: Path, experiment: Experiment, workers: int | None = None, quiet: bool = False
+) -> None:
     specs = experiment.chains()
     iterations = experiment.config.iterations
     keep_models = experiment.config.checkpoints == "all"
@@ -292,10 +320,7 @@ def run_experiment(run_directory: Path, experiment: Experiment, workers: int | N
     show_messages(quiet)
     with _progress(console) as progress:
         overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done))
-        tasks = {
-            i: progress.add_task(specs[i].label, total=iterations, completed=done[i])
-            for i in todo
-        }
+        tasks = {i: progress.add_task(specs[i].label, total=iterations, completed=done[i]) for i in todo}
 
         def advance(index: int, iteration: int) -> None:
             progress.update(tasks[index], completed=iteration)

@@ -24,7 +24,12 @@ _LOCATIONS = {
     "gaussian": ("gaussian", "Gaussian", None, ("gaussian", "Gaussian")),
     "kde": ("kde", "KDE", None, ("kde", "KDE")),
     "vae": ("vae", "VAE", "images", ("vae_config", "VAEDeclaration")),
-    "language-model": ("language_model.setting", "LanguageModel", "lm", ("language_model.config", "LanguageModelDeclaration")),
+    "language-model": (
+        "language_model.setting",
+        "LanguageModel",
+        "lm",
+        ("language_model.config", "LanguageModelDeclaration"),
+    ),
 }
 
 

@@ -130,7 +130,9 @@ def samples_from(path: Path, arrays: dict[str, np.ndarray]) -> Samples:
 
 def check_shape(path: Path, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
     if array.shape != expected:
-        raise RunDirectoryError(f"corrupted file {path}: an array of shape {array.shape}, this chain expects {expected}")
+        raise RunDirectoryError(
+            f"corrupted file {path}: an array of shape {array.shape}, this chain expects {expected}"
+        )
     return array
 
 
@@ -156,7 +158,8 @@ class ArraySetting(Setting):
             real = self.real_train[name]
             if data[name].shape[2:] != real.shape[2:] or data[name].dtype.kind != real.dtype.kind:
                 raise RunDirectoryError(
-                    f"corrupted file {path}: {name} holds samples of shape {data[name].shape[2:]} ({data[name].dtype}), "
+                    f"corrupted file {path}: {name} holds samples of shape "
+                    f"{data[name].shape[2:]} ({data[name].dtype}), "
                     f"this setting's are {real.shape[2:]} ({real.dtype})"
                 )
         return data

@@ -42,7 +42,8 @@ class StrictConfig(BaseModel):
                 field = cls.model_fields.get(key)
                 if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
                     raise PydanticCustomError(
-                        "boolean_for_number", "expected {kind}, got the boolean {value}",
+                        "boolean_for_number",
+                        "expected {kind}, got the boolean {value}",
                         {"key": key, "kind": _kind(field.annotation), "value": str(value).lower()},
                     )
         return data

@@ -107,7 +107,12 @@ class Gaussian(ArraySetting):
         if (~singular).any():
             # Exact expected negative log-likelihood of a fresh real sample: no test set to sample.
             cov = model.covariance[~singular]
-            solved = np.linalg.solve(cov, np.concatenate([np.broadcast_to(self.true_covariance, cov.shape), error[~singular][:, :, None]], axis=2))
+            solved = np.linalg.solve(
+                cov,
+                np.concatenate(
+                    [np.broadcast_to(self.true_covariance, cov.shape), error[~singular][:, :, None]], axis=2
+                ),
+            )
             trace_term = np.trace(solved[:, :, :d], axis1=1, axis2=2)
             mahalanobis = np.sum(error[~singular] * solved[:, :, d], axis=1)
             nll[~singular] = 0.5 * (d * np.log(2 * np.pi) + logdet[~singular] + trace_term + mahalanobis)
@@ -126,5 +131,6 @@ class Gaussian(ArraySetting):
         arrays = load_arrays(path, ["mean", "covariance"])
         d = self.config.dim
         return GaussianModel(
-            check_shape(path, arrays["mean"], (self.batch, d)), check_shape(path, arrays["covariance"], (self.batch, d, d))
+            check_shape(path, arrays["mean"], (self.batch, d)),
+            check_shape(path, arrays["covariance"], (self.batch, d, d)),
         )

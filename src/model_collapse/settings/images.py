@@ -57,7 +57,9 @@ def _torchvision(dataset: str, data_dir: Path, download: bool, image_size: int) 
         import torchvision
         from torchvision import transforms
     except ImportError:
-        raise ConfigError(f"setting.dataset: {dataset} needs torchvision; install the build that matches your torch") from None
+        raise ConfigError(
+            f"setting.dataset: {dataset} needs torchvision; install the build that matches your torch"
+        ) from None
     if dataset == "mnist":
         transform = transforms.Compose([transforms.Resize(image_size), transforms.PILToTensor()])
         make = lambda train: torchvision.datasets.MNIST(data_dir, train=train, download=download, transform=transform)  # noqa: E731
@@ -66,8 +68,12 @@ def _torchvision(dataset: str, data_dir: Path, download: bool, image_size: int) 
         transform = transforms.Compose(
             [transforms.CenterCrop(148), transforms.Resize(image_size), transforms.PILToTensor()]
         )
-        make = lambda split: torchvision.datasets.CelebA(data_dir, split=split, target_type="attr", download=download, transform=transform)  # noqa: E731
-        splits = (make("train"), make("test"))
+        splits = tuple(
+            torchvision.datasets.CelebA(
+                data_dir, split=split, target_type="attr", download=download, transform=transform
+            )
+            for split in ("train", "test")
+        )
     result = []
     for split in splits:
         images = np.stack([np.asarray(split[i][0]) for i in range(len(split))])
@@ -81,7 +87,9 @@ def _folder(data_dir: Path, channels: int, image_size: int, test_size: int) -> t
 
     files = sorted(p for p in data_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) <= test_size:
-        raise ConfigError(f"setting.data_dir: {data_dir} holds {len(files)} images, need more than test_samples={test_size}")
+        raise ConfigError(
+            f"setting.data_dir: {data_dir} holds {len(files)} images, need more than test_samples={test_size}"
+        )
     mode = "L" if channels == 1 else "RGB"
     images = []
     for path in files:

@@ -18,8 +18,8 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from sklearn import datasets
 from sklearn.neighbors import KernelDensity
 
-from ..randomness import seed_rng
 from ..errors import RunDirectoryError
+from ..randomness import seed_rng
 from .arrays import ArraySetting, Samples, check_shape, concatenate, load_arrays, save_arrays
 from .base import Footprint, Metric, SettingConfig
 
@@ -116,5 +116,7 @@ class KDE(ArraySetting):
         check_shape(path, points, (self.batch, rows, DIMENSIONS[self.config.dataset]))
         bandwidth = check_shape(path, arrays["bandwidth"], (self.batch,))
         if not (np.isfinite(bandwidth) & (bandwidth > 0)).all():
-            raise RunDirectoryError(f"corrupted file {path}: bandwidths must be positive numbers, got {bandwidth.tolist()}")
+            raise RunDirectoryError(
+                f"corrupted file {path}: bandwidths must be positive numbers, got {bandwidth.tolist()}"
+            )
         return KDEModel(points, bandwidth, self.config.kernel)

@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
-from ..randomness import seed_rng
 from ..errors import RunDirectoryError
+from ..randomness import seed_rng
 from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
 from .base import Footprint, Metric, SettingConfig
 
@@ -109,7 +109,9 @@ class LinearRegression(ArraySetting):
         T = self.config.samples
         if part.cache.get("repeated"):
             copies, tail = divmod(y.shape[1], T)
-            summed = y[:, : copies * T].reshape(self.batch, copies, T).sum(axis=1) if copies else np.zeros((self.batch, T))
+            summed = (
+                y[:, : copies * T].reshape(self.batch, copies, T).sum(axis=1) if copies else np.zeros((self.batch, T))
+            )
             summed[:, :tail] += y[:, copies * T :]
             xty = (self.design_t @ summed[:, :, None])[:, :, 0]
             extra = self.design_t[:, :, :tail] @ self.design[:, :tail] if tail else None
@@ -158,7 +160,8 @@ class LinearRegression(ArraySetting):
         if "row" not in arrays:
             return self._labels(y)
         rows = check_shape(path, arrays["row"], y.shape)
-        if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= self.config.samples):
+        if rows.size and (
+            not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= self.config.samples
+        ):
             raise RunDirectoryError(f"corrupted file {path}: design rows outside 0..{self.config.samples - 1}")
         return Samples(y=y, row=rows)
-

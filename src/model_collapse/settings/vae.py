@@ -75,7 +75,9 @@ def negative_elbo(
     if likelihood == "bernoulli":
         reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     else:
-        reconstruction = 0.5 * ((x - torch.sigmoid(logits)) / decoder_std) ** 2 + 0.5 * np.log(2 * np.pi * decoder_std**2)
+        reconstruction = 0.5 * ((x - torch.sigmoid(logits)) / decoder_std) ** 2 + 0.5 * np.log(
+            2 * np.pi * decoder_std**2
+        )
     kl = 0.5 * (mean**2 + log_variance.exp() - 1 - log_variance).sum(dim=1)
     return reconstruction.flatten(1).sum(dim=1), kl
 
@@ -100,7 +102,9 @@ class RealImages:
 
 
 @functools.lru_cache(maxsize=4)
-def _real_images(dataset: str, image_size: int, test_size: int, data_dir: str | None, download: bool, channels: int) -> RealImages:
+def _real_images(
+    dataset: str, image_size: int, test_size: int, data_dir: str | None, download: bool, channels: int
+) -> RealImages:
     """The real data and the judges trained once on them; cached, as every chain of a sweep shares them."""
     train, test = load_images(dataset, image_size, test_size, data_dir, download, channels)
     flat = train.images.reshape(len(train.images), -1) / 255
@@ -120,12 +124,19 @@ class VAE(VAEDeclaration, ArraySetting):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
         real = _real_images(
-            config.dataset, config.image_size, config.test_samples, config.data_dir, config.download, config.image_channels
+            config.dataset,
+            config.image_size,
+            config.test_samples,
+            config.data_dir,
+            config.download,
+            config.image_channels,
         )
         train = real.train
         size = config.samples or len(train.images)
         if size > len(train.images):
-            raise ModelCollapseError(f"setting.samples: {config.dataset} has {len(train.images)} training images, asked for {size}")
+            raise ModelCollapseError(
+                f"setting.samples: {config.dataset} has {len(train.images)} training images, asked for {size}"
+            )
         self._real = Samples(x=train.images[None, :size])
         self._reserve = train.images[size:]  # real images the chain never trains on: source of fresh real data
         self.test = real.test.images

@@ -17,9 +17,13 @@ from .images import CHANNELS
 class VAEConfig(SettingConfig):
     name: Literal["vae"] = "vae"
     dataset: Literal["digits", "mnist", "celeba", "folder"] = "digits"
-    data_dir: str | None = Field(None, description="where mnist/celeba live (or are downloaded to), or the image folder")
+    data_dir: str | None = Field(
+        None, description="where mnist/celeba live (or are downloaded to), or the image folder"
+    )
     download: bool = False
-    channels: Literal[1, 3] | None = Field(None, description="1 (grey) or 3 (RGB); set by the data set except for folder")
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 (grey) or 3 (RGB); set by the data set except for folder"
+    )
     image_size: PositiveInt = 16
     samples: PositiveInt | None = Field(None, description="T: real training images (default: the whole training split)")
     test_samples: PositiveInt = 300

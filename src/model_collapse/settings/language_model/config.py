@@ -24,8 +24,11 @@ class LanguageModelConfig(SettingConfig):
     tokenizer_cache: str = "~/.cache/model-collapse/tokenizers"
     model: str = "gpt2-tiny"
     dropout: float | None = Field(
-        None, ge=0, lt=1, description="dropout probability everywhere the architecture has it (null: its default, "
-        "0.1 for GPT-2, 0 for Llama; the paper does not say)"
+        None,
+        ge=0,
+        lt=1,
+        description="dropout probability everywhere the architecture has it (null: its default, "
+        "0.1 for GPT-2, 0 for Llama; the paper does not say)",
     )
     block_size: PositiveInt = 256
     batch_size: PositiveInt = 32

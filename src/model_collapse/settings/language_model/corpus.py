@@ -75,7 +75,9 @@ def _tinystories(split: str) -> list[str]:
     return [text for text in table["text"] if text and text.strip()]
 
 
-def load_documents(source: str, split: str, files: Mapping[str, str] | None = None, separator: str | None = None) -> list[str]:
+def load_documents(
+    source: str, split: str, files: Mapping[str, str] | None = None, separator: str | None = None
+) -> list[str]:
     """The documents of one split of a corpus."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -56,10 +56,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype), (grad_weight * grad_loss).to(ctx.weight_dtype), None, None)
+        return (
+            grad_hidden * grad_loss.to(grad_hidden.dtype),
+            (grad_weight * grad_loss).to(ctx.weight_dtype),
+            None,
+            None,
+        )
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int = 1024) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int = 1024
+) -> torch.Tensor:
     """Summed cross-entropy of the logits ``hidden @ weight.T`` (tokens x vocabulary) against
     ``targets`` (``IGNORE`` = not predicted), ``rows`` tokens at a time."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):

@@ -28,11 +28,29 @@ if TYPE_CHECKING:
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-9m": ("gpt2", {"n_embd": 256, "n_layer": 8, "n_head": 8, "n_positions": 2048}),
-    "llama-12m": ("llama", {"hidden_size": 256, "num_hidden_layers": 8, "intermediate_size": 1024, "num_attention_heads": 4}),
-    "llama-42m": ("llama", {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 2048, "num_attention_heads": 8}),
-    "llama-126m": ("llama", {"hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072, "num_attention_heads": 12}),
+    "llama-12m": (
+        "llama",
+        {"hidden_size": 256, "num_hidden_layers": 8, "intermediate_size": 1024, "num_attention_heads": 4},
+    ),
+    "llama-42m": (
+        "llama",
+        {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 2048, "num_attention_heads": 8},
+    ),
+    "llama-126m": (
+        "llama",
+        {"hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072, "num_attention_heads": 12},
+    ),
     "gpt2-tiny": ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}),
-    "llama-tiny": ("llama", {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 256, "num_attention_heads": 4, "max_position_embeddings": 256}),
+    "llama-tiny": (
+        "llama",
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "intermediate_size": 256,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 256,
+        },
+    ),
 }
 
 

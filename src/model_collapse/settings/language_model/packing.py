@@ -30,7 +30,11 @@ class TokenCorpus:
         lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
         offsets = np.zeros(len(documents) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        tokens = np.concatenate([np.asarray(d, dtype=TOKEN_DTYPE) for d in documents]) if len(documents) else np.empty(0, TOKEN_DTYPE)
+        tokens = (
+            np.concatenate([np.asarray(d, dtype=TOKEN_DTYPE) for d in documents])
+            if len(documents)
+            else np.empty(0, TOKEN_DTYPE)
+        )
         return cls(tokens, offsets)
 
     @classmethod
@@ -39,7 +43,9 @@ class TokenCorpus:
         if not parts:
             return cls.from_documents([])
         starts = np.cumsum([0] + [int(p.offsets[-1] - p.offsets[0]) for p in parts])
-        offsets = np.concatenate([np.zeros(1, np.int64)] + [p.offsets[1:] - p.offsets[0] + start for p, start in zip(parts, starts)])
+        offsets = np.concatenate(
+            [np.zeros(1, np.int64)] + [p.offsets[1:] - p.offsets[0] + start for p, start in zip(parts, starts)]
+        )
         return cls(np.concatenate([p.tokens[p.offsets[0] : p.offsets[-1]] for p in parts]).astype(TOKEN_DTYPE), offsets)
 
     def __len__(self) -> int:
@@ -59,7 +65,9 @@ class TokenCorpus:
         arrays = {}
         for name in ("tokens.npy", "offsets.npy"):
             try:
-                arrays[name] = np.load(directory / name, mmap_mode="r" if name == "tokens.npy" else None, allow_pickle=False)
+                arrays[name] = np.load(
+                    directory / name, mmap_mode="r" if name == "tokens.npy" else None, allow_pickle=False
+                )
             except FileNotFoundError:
                 raise
             except Exception:
@@ -81,7 +89,9 @@ class PackedBlocks:
     The tail of the last block is padded with EOS and never predicted.
     """
 
-    def __init__(self, parts: Sequence[TokenCorpus], block_size: int, bos: int, eos: int, order: np.ndarray | None = None):
+    def __init__(
+        self, parts: Sequence[TokenCorpus], block_size: int, bos: int, eos: int, order: np.ndarray | None = None
+    ):
         self.parts = list(parts)
         self.part_starts = np.cumsum([0] + [len(p) for p in self.parts])
         self.block_size, self.bos, self.eos = block_size, bos, eos
@@ -140,6 +150,8 @@ class PackedBlocks:
         return self.batch(range(len(self)))[1]
 
 
-def pack(corpus: TokenCorpus | Sequence[TokenCorpus], block_size: int, bos: int, eos: int, order: np.ndarray | None = None) -> PackedBlocks:
+def pack(
+    corpus: TokenCorpus | Sequence[TokenCorpus], block_size: int, bos: int, eos: int, order: np.ndarray | None = None
+) -> PackedBlocks:
     """Blocks of one corpus or of several taken as one (documents numbered across them in order)."""
     return PackedBlocks([corpus] if isinstance(corpus, TokenCorpus) else corpus, block_size, bos, eos, order)

@@ -31,7 +31,9 @@ import torch
 from transformers import DynamicCache
 
 
-def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+def next_token_distribution(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
     """Probabilities (batch, vocab) of the next token after temperature, top-k and top-p truncation."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -113,8 +115,13 @@ def stream_stories(
         inputs = history[rows, fed][:, None]
         mask = torch.cat([mask, torch.ones_like(inputs)], dim=1)
         if use_cache:
-            logits = model(input_ids=inputs, attention_mask=mask, position_ids=fed[:, None], use_cache=True,
-                           **{cache_keyword: cache}).logits[:, -1]
+            logits = model(
+                input_ids=inputs,
+                attention_mask=mask,
+                position_ids=fed[:, None],
+                use_cache=True,
+                **{cache_keyword: cache},
+            ).logits[:, -1]
         else:
             logits = _recompute_last_logits(model, history, fed)
         token = draw(next_token_distribution(logits, temperature, top_k, top_p), generator)
@@ -128,7 +135,9 @@ def stream_stories(
 
         if bool(ended.any()):
             ended_slots = torch.nonzero(ended)[:, 0]
-            ended_stories, ended_histories, ended_lengths = (t.tolist() for t in (story[ended_slots], history[ended_slots], known[ended_slots]))
+            ended_stories, ended_histories, ended_lengths = (
+                t.tolist() for t in (story[ended_slots], history[ended_slots], known[ended_slots])
+            )
             for slot, index, tokens, length in zip(ended_slots.tolist(), ended_stories, ended_histories, ended_lengths):
                 yield index, tokens[:length]
                 if next_prompt < count:  # the slot takes the next prompt, seeing none of its old columns
@@ -166,14 +175,18 @@ def _cache_keyword(model) -> str:
 COMPACT_SLACK = 8
 
 
-def _compact(mask: torch.Tensor, cache: DynamicCache | None, fed: torch.Tensor) -> tuple[torch.Tensor, DynamicCache | None]:
+def _compact(
+    mask: torch.Tensor, cache: DynamicCache | None, fed: torch.Tensor
+) -> tuple[torch.Tensor, DynamicCache | None]:
     """Drop the cache columns no live story attends to. A slot's story occupies the columns appended
     since it was fed its first token - its last ``fed`` ones - so the last ``max(fed)`` columns hold
     every live story, right-aligned, and the ones before them can go."""
     width = max(1, int(fed.max()))
     mask = mask[:, -width:]
     if cache is not None:
-        cache = DynamicCache(ddp_cache_data=[(layer.keys[:, :, -width:], layer.values[:, :, -width:]) for layer in cache.layers])
+        cache = DynamicCache(
+            ddp_cache_data=[(layer.keys[:, :, -width:], layer.values[:, :, -width:]) for layer in cache.layers]
+        )
     return mask, cache
 
 
@@ -183,7 +196,9 @@ def _recompute_last_logits(model, history: torch.Tensor, fed: torch.Tensor) -> t
     positions = torch.arange(width, device=history.device)[None, :] - (width - 1 - fed[:, None])  # left padding
     live = positions >= 0
     inputs = torch.gather(history, 1, positions.clamp(min=0)) * live
-    return model(input_ids=inputs, attention_mask=live.long(), position_ids=positions.clamp(min=0), use_cache=False).logits[:, -1]
+    return model(
+        input_ids=inputs, attention_mask=live.long(), position_ids=positions.clamp(min=0), use_cache=False
+    ).logits[:, -1]
 
 
 def story_prompts(first_tokens: Sequence[int] | None, count: int, bos: int) -> torch.Tensor:

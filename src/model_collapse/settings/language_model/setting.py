@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as transformers_logging
 
+from ...atomic import write_directory_atomic
+from ...distributed import all_gather, rank_and_world
 from ...errors import ModelCollapseError, RunDirectoryError
-from ...rundir import write_directory_atomic
 from ..base import Setting
 from ..devices import resolve_device
 from .config import LanguageModelConfig, LanguageModelDeclaration
@@ -28,7 +28,7 @@ from .models import build_model, dropout_overrides
 from .packing import TOKEN_DTYPE, TokenCorpus, pack
 from .sampling import story_prompts, stream_stories
 from .tokenizer import cache_key, cached_tokenizer
-from .training import TrainingOptions, cross_entropy, rank_and_world, train
+from .training import TrainingOptions, cross_entropy, train
 
 # Our own progress bars report training; transformers' would interleave with them. Its warning that
 # EOS (= pad) tokens appear in inputs does not apply: packed blocks are meant to contain them.
@@ -69,7 +69,9 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         validation_documents = load_documents(config.corpus, "validation", files, config.separator)
         size = config.samples or len(train_documents)
         if size > len(train_documents):
-            raise ModelCollapseError(f"setting.samples: the corpus has {len(train_documents)} training documents, asked for {size}")
+            raise ModelCollapseError(
+                f"setting.samples: the corpus has {len(train_documents)} training documents, asked for {size}"
+            )
         corpus_description = {"corpus": config.corpus, "files": files, "separator": config.separator}
         self.tokenizer = cached_tokenizer(
             Path(config.tokenizer_cache).expanduser(),
@@ -85,9 +87,14 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         validation = self._encode(validation_documents[: config.validation_documents])
         self.validation = pack(validation, config.block_size, self.eos, self.eos)
         self.options = TrainingOptions(
-            batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_fraction=config.warmup_fraction,
-            weight_decay=config.weight_decay, epochs=config.epochs, evaluations_per_epoch=config.evaluations_per_epoch,
-            precision=config.precision, compile=config.compile,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_fraction=config.warmup_fraction,
+            weight_decay=config.weight_decay,
+            epochs=config.epochs,
+            evaluations_per_epoch=config.evaluations_per_epoch,
+            precision=config.precision,
+            compile=config.compile,
             checkpoint_interval_s=None if config.checkpoint_minutes is None else 60 * config.checkpoint_minutes,
         )
 
@@ -128,10 +135,16 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**63)))
-            model = build_model(self.config.model, len(self.tokenizer), self.eos, **dropout_overrides(self.config.model, self.config.dropout))
+            model = build_model(
+                self.config.model,
+                len(self.tokenizer),
+                self.eos,
+                **dropout_overrides(self.config.model, self.config.dropout),
+            )
             # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
-            model.learning_curve = train(model, blocks, self.validation, self.options, rng, self.device,
-                                         checkpoint_directory=scratch)
+            model.learning_curve = train(
+                model, blocks, self.validation, self.options, rng, self.device, checkpoint_directory=scratch
+            )
         return model
 
     def diagnostics(self, model) -> dict:
@@ -160,10 +173,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
                 index = group[rank]
                 generator = torch.Generator(device=self.device).manual_seed(int(seeds[index]))
                 mine = self._sample_shard(model, shard_prompts[index], new_tokens, generator)
-            gathered = [mine]
-            if world > 1:
-                gathered = [None] * world
-                dist.all_gather_object(gathered, mine)
+            gathered = all_gather(mine)
             for index, shard in zip(group, gathered):
                 shards[index] = shard
                 if scratch is not None and rank == 0:
@@ -173,8 +183,17 @@ class LanguageModel(LanguageModelDeclaration, Setting):
     def _sample_shard(self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator) -> TokenCorpus:
         c = self.config
         documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
-        stories = stream_stories(model, prompts.to(self.device), new_tokens, self.eos, generator, c.temperature, c.top_k,
-                                 c.top_p, batch_size=c.generation_batch_size)
+        stories = stream_stories(
+            model,
+            prompts.to(self.device),
+            new_tokens,
+            self.eos,
+            generator,
+            c.temperature,
+            c.top_k,
+            c.top_p,
+            batch_size=c.generation_batch_size,
+        )
         for index, story in stories:
             documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
         return TokenCorpus.from_documents(documents)

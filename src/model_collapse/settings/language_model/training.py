@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ...rundir import write_file_atomic
+from ...atomic import write_file_atomic
+from ...distributed import global_sum, rank_and_world
 from .loss import CausalLanguageModelLoss
 from .packing import PackedBlocks
 
@@ -54,19 +54,6 @@ class TrainingOptions:
     checkpoint_interval_s: float | None = 600.0  # seconds between resumable checkpoints (0: every step)
 
 
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _global_sum(value: float, device: torch.device) -> float:
-    """``value`` summed over the ranks of a running process group (itself without one)."""
-    if not distributed():
-        return value
-    total = torch.tensor([float(value)], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors only
-    dist.all_reduce(total)
-    return total.item()
-
-
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based)."""
     if step < warmup_steps:
@@ -83,7 +70,9 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _loss(loss_module, inputs: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None) -> tuple[torch.Tensor, int]:
+def _loss(
+    loss_module, inputs: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the unmasked targets, and how many there are."""
     with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
         loss, count = loss_module(inputs, targets)
@@ -95,10 +84,6 @@ def _loss_module(model, device: torch.device) -> CausalLanguageModelLoss:
     # keep the kernels busy.
     elements = 2**19 if device.type == "cpu" else 2**25
     return CausalLanguageModelLoss(model, rows=max(16, elements // model.get_output_embeddings().weight.shape[0]))
-
-
-def rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
 
 
 @torch.no_grad()
@@ -118,7 +103,7 @@ def cross_entropy(model, blocks: PackedBlocks, batch_size: int, device: torch.de
         total += loss.item()
         count += n
     model.train(was_training)
-    return _global_sum(total, device) / _global_sum(count, device)
+    return global_sum(total, device) / global_sum(count, device)
 
 
 class TrainingCheckpoint:
@@ -152,7 +137,11 @@ class TrainingCheckpoint:
         return state
 
     def due(self) -> bool:
-        return self.path is not None and self.interval_s is not None and time.monotonic() - self.last_saved >= self.interval_s
+        return (
+            self.path is not None
+            and self.interval_s is not None
+            and time.monotonic() - self.last_saved >= self.interval_s
+        )
 
     def save(self, state: dict) -> None:
         write_file_atomic(self.path, lambda handle: torch.save({**state, "fingerprint": self.fingerprint}, handle))
@@ -178,9 +167,13 @@ def train(
     checkpoint = TrainingCheckpoint(
         checkpoint_directory,
         options.checkpoint_interval_s,
-        {"options": {k: v for k, v in asdict(options).items() if k != "checkpoint_interval_s"},
-         "blocks": len(blocks), "block_size": blocks.block_size, "rng": rng.bit_generator.state,
-         "parameters": sum(p.numel() for p in model.parameters())},
+        {
+            "options": {k: v for k, v in asdict(options).items() if k != "checkpoint_interval_s"},
+            "blocks": len(blocks),
+            "block_size": blocks.block_size,
+            "rng": rng.bit_generator.state,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
     )
     model.to(device).train()
     steps_per_epoch = -(-len(blocks) // options.batch_size)
@@ -208,8 +201,12 @@ def train(
     curve: list[dict] = []
 
     def evaluate(step: int, train_loss: float) -> None:
-        point = {"step": step, "epoch": step / steps_per_epoch, "train_loss": train_loss,
-                 "validation_loss": cross_entropy(model, validation, options.batch_size, device, options.precision)}
+        point = {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "train_loss": train_loss,
+            "validation_loss": cross_entropy(model, validation, options.batch_size, device, options.precision),
+        }
         curve.append(point)
         if on_evaluation is not None:
             on_evaluation(point)
@@ -225,7 +222,12 @@ def train(
         torch.set_rng_state(saved["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in saved:
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        resume_at, running, running_count, curve[:] = saved["step"], saved["running"], saved["running_count"], saved["curve"]
+        resume_at, running, running_count, curve[:] = (
+            saved["step"],
+            saved["running"],
+            saved["running_count"],
+            saved["curve"],
+        )
         log.info("training resumes at step %d of %d from %s", resume_at, total_steps, checkpoint.path)
 
     for _ in range(options.epochs):
@@ -238,9 +240,12 @@ def train(
             mine = batch[rank::world]
             # A rank left without a block in a short last batch still joins the gradient all-reduce.
             weight = 1.0 if len(mine) else 0.0
-            inputs, targets = (torch.from_numpy(a).to(device, non_blocking=True) for a in blocks.batch(mine if len(mine) else batch[:1]))
+            inputs, targets = (
+                torch.from_numpy(a).to(device, non_blocking=True)
+                for a in blocks.batch(mine if len(mine) else batch[:1])
+            )
             loss, count = _loss(forward, inputs, targets, dtype)
-            count = _global_sum(count * weight, device)
+            count = global_sum(count * weight, device)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss * weight * world / max(count, 1)).backward()
             loss = loss * weight
@@ -250,17 +255,25 @@ def train(
             scaler.update()
             schedule.step()
             step += 1
-            running += _global_sum(loss.item(), device)
+            running += global_sum(loss.item(), device)
             running_count += count
             if step % evaluate_every == 0 or step == total_steps:
                 evaluate(step, running / max(running_count, 1))
                 running, running_count = 0.0, 0
             if step < total_steps and rank == 0 and checkpoint.due():
-                checkpoint.save({
-                    "step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                    "running": running, "running_count": running_count, "curve": curve,
-                })
+                checkpoint.save(
+                    {
+                        "step": step,
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                        "running": running,
+                        "running_count": running_count,
+                        "curve": curve,
+                    }
+                )
     model.eval()
     return curve
