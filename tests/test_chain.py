@@ -48,7 +48,7 @@ REGIME_SPECS = [
 
 def small_setting(name, seeds=(0, 1, 2)):
     cls = SETTINGS[name]
-    return cls(cls.Config(**SMALL[name]), seeds if cls.batches_seeds else seeds[:1])
+    return cls(cls.Config(**SMALL[name]), seeds[:1] if cls.one_seed_per_chain else seeds)
 
 
 def expected_sizes(regime, iteration, T=8):
@@ -83,7 +83,7 @@ def test_every_regime_runs_on_every_setting(setting_name, regime):
             np.testing.assert_allclose(record.real_fraction, fraction)
         assert set(record.metrics) == set(setting.metrics)
         for values in record.metrics.values():
-            assert values.shape == (setting.batch,)
+            assert values.shape == (setting.seed_count,)
             assert not np.isnan(values).any()
 
 

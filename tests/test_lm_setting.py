@@ -33,15 +33,15 @@ def config(tmp_path):
 
 def test_synthetic_stories_keep_the_prompt_token_and_are_as_many_as_asked(config):
     setting = LanguageModel(config, [0])
-    model = setting.fit([setting.real_train], np.random.default_rng(0))
-    stories = setting.sample(model, 7, np.random.default_rng(1))
+    fitted = setting.fit([setting.real_train], np.random.default_rng(0))
+    stories = setting.sample(fitted.model, 7, np.random.default_rng(1))
     assert len(stories) == 7
     first_tokens = {int(setting.real_train.document(i)[0]) for i in range(10)}
     assert all(int(stories.document(i)[0]) in first_tokens for i in range(7))
     assert all(len(stories.document(i)) <= 1 + 12 for i in range(7))
     texts = setting.preview(stories)
     assert texts.dtype.kind == "U" and len(texts) == 7
-    assert setting.diagnostics(model)["learning_curve"][-1]["epoch"] == 1.0
+    assert fitted.diagnostics["learning_curve"][-1]["epoch"] == 1.0
 
 
 def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(config, tmp_path):
@@ -73,11 +73,10 @@ def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(con
     assert documents(resumed) == [[7]] * 32 + documents(straight)[32:]
 
 
-def test_selection_reads_documents_across_parts(config):
-    setting = LanguageModel(config, [0])
+def test_selection_reads_documents_across_parts():
     a = TokenCorpus.from_documents([[1], [2, 2]])
     b = TokenCorpus.from_documents([[3, 3, 3]])
-    chosen = setting.select([a, b], np.array([[2, 0]]))
+    chosen = TokenCorpus.select([a, b], np.array([[2, 0]]))
     assert [chosen.document(i).tolist() for i in range(2)] == [[3, 3, 3], [1]]
 
 
@@ -106,9 +105,12 @@ def test_foreign_checkpoints_and_corpora_are_refused(config, tmp_path):
     setting = LanguageModel(config, [0])
     with pytest.raises(RunDirectoryError, match="no usable checkpoint"):
         setting.load_model(tmp_path)
+    (tmp_path / "offsets.npy").write_bytes(b"nonsense")
+    with pytest.raises(RunDirectoryError, match="missing file .*tokens.npy"):
+        TokenCorpus.load(tmp_path)
     (tmp_path / "tokens.npy").write_bytes(b"nonsense")
-    with pytest.raises(RunDirectoryError, match="corrupted corpus"):
-        setting.load_data(tmp_path)
+    with pytest.raises(RunDirectoryError, match="corrupted file .*tokens.npy"):
+        TokenCorpus.load(tmp_path)
 
 
 def test_bad_language_model_configs(tmp_path):

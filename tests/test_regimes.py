@@ -3,25 +3,25 @@
 import numpy as np
 import pytest
 
-from model_collapse.regimes import REAL, REGIMES, fresh_real, parse_regime, synthetic
+from model_collapse.regimes import REAL, REGIMES, fresh_real_source, parse_regime, synthetic_source
 
 T = 10
-BATCH = 3
+SEEDS = 3
 
 
-def pool_for(regime, iteration, real_size=T):
-    """The pool a chain holds at ``iteration`` for ``regime`` (sizes only)."""
+def sizes_for(regime, iteration, real_size=T):
+    """The sizes of the pool a chain holds at ``iteration`` for ``regime``."""
     pool = {REAL: real_size}
     first = 2 if regime.keeps_history else iteration
     for n in range(max(first, 2), iteration + 1):
-        pool[synthetic(n)] = regime.synthetic_size(n, real_size)
+        pool[synthetic_source(n)] = regime.synthetic_size(n, real_size)
     if iteration >= 2 and regime.fresh_real_size(iteration, real_size):
-        pool[fresh_real(iteration)] = regime.fresh_real_size(iteration, real_size)
+        pool[fresh_real_source(iteration)] = regime.fresh_real_size(iteration, real_size)
     return pool
 
 
 def plan(regime, iteration, seed=0):
-    return regime.plan(pool_for(regime, iteration), iteration, BATCH, np.random.default_rng(seed))
+    return regime.plan(sizes_for(regime, iteration), iteration, SEEDS, np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("name", list(REGIMES))
@@ -31,14 +31,14 @@ def test_iteration_one_is_the_real_data_in_every_regime(name):
     assert result.selections[0].sources == (REAL,)
     assert result.selections[0].rows is None
     assert result.train_size == T
-    np.testing.assert_array_equal(result.real_fraction, np.ones(BATCH))
+    np.testing.assert_array_equal(result.real_fraction, np.ones(SEEDS))
 
 
 @pytest.mark.parametrize("iteration", [2, 3, 7])
 def test_replace_uses_only_the_newest_synthetic_batch(iteration):
     regime = parse_regime("replace")
     result = plan(regime, iteration)
-    assert [s.sources for s in result.selections] == [(synthetic(iteration),)]
+    assert [s.sources for s in result.selections] == [(synthetic_source(iteration),)]
     assert result.train_size == T
     np.testing.assert_array_equal(result.real_fraction, 0.0)
     assert not regime.keeps_history
@@ -48,7 +48,7 @@ def test_replace_uses_only_the_newest_synthetic_batch(iteration):
 def test_accumulate_uses_real_plus_every_synthetic_batch(iteration):
     regime = parse_regime("accumulate")
     result = plan(regime, iteration)
-    expected = (REAL, *(synthetic(n) for n in range(2, iteration + 1)))
+    expected = (REAL, *(synthetic_source(n) for n in range(2, iteration + 1)))
     assert [s.sources for s in result.selections] == [expected]
     assert result.selections[0].rows is None
     assert result.train_size == iteration * T
@@ -61,9 +61,9 @@ def test_accumulate_subsample_draws_T_distinct_rows_of_the_pool_per_seed(iterati
     regime = parse_regime("accumulate-subsample")
     result = plan(regime, iteration)
     (selection,) = result.selections
-    assert selection.sources == (REAL, *(synthetic(n) for n in range(2, iteration + 1)))
+    assert selection.sources == (REAL, *(synthetic_source(n) for n in range(2, iteration + 1)))
     rows = selection.rows
-    assert rows.shape == (BATCH, T)
+    assert rows.shape == (SEEDS, T)
     assert rows.min() >= 0 and rows.max() < iteration * T
     for seed_rows in rows:
         assert len(set(seed_rows)) == T
@@ -74,13 +74,13 @@ def test_accumulate_subsample_draws_T_distinct_rows_of_the_pool_per_seed(iterati
 
 def test_accumulate_subsample_is_uniform_over_the_pool():
     regime = parse_regime("accumulate-subsample")
-    pool = pool_for(regime, 4)
+    pool = sizes_for(regime, 4)
     counts = np.zeros(4 * T)
     rng = np.random.default_rng(0)
     for _ in range(400):
-        rows = regime.plan(pool, 4, BATCH, rng).selections[0].rows
+        rows = regime.plan(pool, 4, SEEDS, rng).selections[0].rows
         np.add.at(counts, rows.ravel(), 1)
-    expected = 400 * BATCH * T / (4 * T)  # 300 draws per row on average
+    expected = 400 * SEEDS * T / (4 * T)  # 300 draws per row on average
     assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
     real_fraction = regime.plan(pool, 4, 2000, rng).real_fraction
     assert abs(real_fraction.mean() - 0.25) < 0.01
@@ -91,7 +91,7 @@ def test_replace_grown_draws_n_times_T_synthetic_samples(iteration):
     regime = parse_regime("replace-grown")
     assert regime.synthetic_size(iteration, T) == iteration * T
     result = plan(regime, iteration)
-    assert [s.sources for s in result.selections] == [(synthetic(iteration),)]
+    assert [s.sources for s in result.selections] == [(synthetic_source(iteration),)]
     assert result.train_size == iteration * T
     np.testing.assert_array_equal(result.real_fraction, 0.0)
 
@@ -104,12 +104,12 @@ def test_keep_real_fraction_keeps_a_fresh_subset_of_the_original_real_data(fract
     assert result.train_size == T
     np.testing.assert_allclose(result.real_fraction, kept / T)
     real = [s for s in result.selections if s.sources == (REAL,)]
-    synthetic_parts = [s for s in result.selections if s.sources == (synthetic(3),)]
+    synthetic_parts = [s for s in result.selections if s.sources == (synthetic_source(3),)]
     assert len(real) == (1 if kept else 0)
     assert len(synthetic_parts) == (1 if kept < T else 0)
     if kept:
         rows = real[0].rows
-        assert rows.shape == (BATCH, kept)
+        assert rows.shape == (SEEDS, kept)
         assert all(len(set(r)) == kept for r in rows)
         assert rows.max() < T
         # a new subset every iteration
@@ -128,7 +128,7 @@ def test_fresh_real_trains_on_new_real_samples_plus_synthetic(fraction, fresh):
     assert regime.synthetic_size(2, T) == T - fresh
     result = plan(regime, 2)
     sources = [s.sources for s in result.selections]
-    assert (fresh_real(2),) in sources
+    assert (fresh_real_source(2),) in sources
     assert REAL not in {src for s in sources for src in s}, "fresh-real never reuses the original real data"
     assert result.train_size == T
     np.testing.assert_allclose(result.real_fraction, fresh / T)

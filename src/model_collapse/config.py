@@ -102,7 +102,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
 
 @dataclass(frozen=True)
 class ChainSpec:
-    """One chain of a run: a sweep point, a regime and a batch of seeds."""
+    """One chain of a run: a sweep point, a regime and its seeds (all of them, or one)."""
 
     point: SettingConfig
     varying: tuple[str, ...]  # the setting fields the sweep varies (they name the chain's directory)
@@ -116,13 +116,13 @@ class ChainSpec:
 
     @property
     def label(self) -> str:
-        seeds = "" if SETTINGS.declared(self.point.name).batches_seeds else f" / seed {self.seeds[0]}"
+        seeds = f" / seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
         return f"{self.point_name} / {self.regime.label}{seeds}"
 
     @property
     def relative_directory(self) -> Path:
         path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
-        if not SETTINGS.declared(self.point.name).batches_seeds:
+        if SETTINGS.declared(self.point.name).one_seed_per_chain:
             path = path / f"seed-{self.seeds[0]}"
         return path
 
@@ -153,7 +153,7 @@ def safe_name(name: str, limit: int = 120) -> str:
     return name if len(name) <= limit else f"{name[: limit - 9]}-{_short_hash(name)}"
 
 
-def type_of(point: SettingConfig):
+def setting_class(point: SettingConfig):
     """The setting class of a sweep point (imports its model code: PyTorch for neural settings)."""
     return SETTINGS[point.name]
 
@@ -172,7 +172,7 @@ class Experiment:
     def chains(self) -> list[ChainSpec]:
         seeds = tuple(range(self.config.seeds))
         batches: Sequence[tuple[int, ...]] = (
-            [seeds] if SETTINGS.declared(self.setting_name).batches_seeds else [(s,) for s in seeds]
+            [(s,) for s in seeds] if SETTINGS.declared(self.setting_name).one_seed_per_chain else [seeds]
         )
         specs = [
             ChainSpec(point, self.varying, regime, batch)

@@ -1,7 +1,7 @@
 """Data regimes: which data the model of iteration n is fitted on.
 
-A regime never touches data. It sees the *pool* (which sources exist and how many rows each has) and
-answers with a ``TrainingPlan``: which rows of which sources make up the training set. The chain turns
+A regime never touches data. It sees the *sizes* of the pool (which sources exist and how many rows
+each has) and answers with a ``TrainingPlan``: which rows of which sources make up the training set. The chain turns
 the plan into data through the setting. This keeps regimes pure, tiny and independent of any setting,
 and lets a setting with sufficient statistics reuse whole sources without copying them.
 
@@ -36,11 +36,11 @@ class Source(NamedTuple):
 REAL = Source("real", 1)
 
 
-def synthetic(iteration: int) -> Source:
+def synthetic_source(iteration: int) -> Source:
     return Source("synthetic", iteration)
 
 
-def fresh_real(iteration: int) -> Source:
+def fresh_real_source(iteration: int) -> Source:
     return Source("fresh-real", iteration)
 
 
@@ -48,8 +48,8 @@ def fresh_real(iteration: int) -> Source:
 class Selection:
     """Rows taken from the concatenation of ``sources`` (in that order).
 
-    ``rows`` is None for "every row of every source", or an integer array of shape (batch, k): row
-    indices into the concatenation, one row of indices per seed of the batch.
+    ``rows`` is None for "every row of every source", or an integer array of shape (seed_count, k): row
+    indices into the concatenation, one row of indices per seed.
     """
 
     sources: tuple[Source, ...]
@@ -60,34 +60,36 @@ class Selection:
 class TrainingPlan:
     selections: tuple[Selection, ...]
     train_size: int
-    real_fraction: np.ndarray  # shape (batch,): realised real fraction per seed
+    real_fraction: np.ndarray  # shape (seed_count,): realised real fraction per seed
 
 
-def _real_fraction(selections: tuple[Selection, ...], pool: Mapping[Source, int], batch: int) -> tuple[int, np.ndarray]:
+def _real_fraction(
+    selections: tuple[Selection, ...], sizes: Mapping[Source, int], seed_count: int
+) -> tuple[int, np.ndarray]:
     total = 0
-    real = np.zeros(batch)
+    real = np.zeros(seed_count)
     for selection in selections:
-        sizes = [pool[s] for s in selection.sources]
+        counts = [sizes[s] for s in selection.sources]
         if selection.rows is None:
-            total += sum(sizes)
-            real += sum(n for s, n in zip(selection.sources, sizes) if s.is_real)
+            total += sum(counts)
+            real += sum(n for s, n in zip(selection.sources, counts) if s.is_real)
             continue
         total += selection.rows.shape[1]
         start = 0
-        for source, n in zip(selection.sources, sizes):
+        for source, n in zip(selection.sources, counts):
             if source.is_real:
                 real += ((selection.rows >= start) & (selection.rows < start + n)).sum(axis=1)
             start += n
     return total, real / total
 
 
-def uniform_rows(rng: np.random.Generator, population: int, k: int, batch: int) -> np.ndarray:
+def uniform_rows(rng: np.random.Generator, population: int, k: int, seed_count: int) -> np.ndarray:
     """k distinct row indices out of ``population``, drawn independently for every seed, sorted."""
     if k > population:
         raise ValueError(f"cannot draw {k} distinct rows out of {population}")
-    rows = np.empty((batch, k), dtype=np.int64)
-    for b in range(batch):
-        rows[b] = rng.choice(population, size=k, replace=False)
+    rows = np.empty((seed_count, k), dtype=np.int64)
+    for seed in range(seed_count):
+        rows[seed] = rng.choice(population, size=k, replace=False)
     rows.sort(axis=1)
     return rows
 
@@ -145,26 +147,28 @@ class Regime(ABC):
         """How many never-seen real samples iteration n >= 2 needs."""
         return 0
 
-    def plan(self, pool: Mapping[Source, int], iteration: int, batch: int, rng: np.random.Generator) -> TrainingPlan:
+    def plan(
+        self, sizes: Mapping[Source, int], iteration: int, seed_count: int, rng: np.random.Generator
+    ) -> TrainingPlan:
         """The training set of ``iteration``, given the sources that exist and their sizes."""
         if iteration < 1:
             raise ValueError(f"iterations start at 1, got {iteration}")
         if iteration == 1:
             selections: tuple[Selection, ...] = (Selection((REAL,)),)
         else:
-            selections = tuple(s for s in self._plan(pool, iteration, batch, rng) if self._nonempty(s, pool))
-        train_size, real_fraction = _real_fraction(selections, pool, batch)
+            selections = tuple(s for s in self._plan(sizes, iteration, seed_count, rng) if self._nonempty(s, sizes))
+        train_size, real_fraction = _real_fraction(selections, sizes, seed_count)
         return TrainingPlan(selections, train_size, real_fraction)
 
     @staticmethod
-    def _nonempty(selection: Selection, pool: Mapping[Source, int]) -> bool:
+    def _nonempty(selection: Selection, sizes: Mapping[Source, int]) -> bool:
         if selection.rows is not None:
             return selection.rows.shape[1] > 0
-        return any(pool[s] for s in selection.sources)
+        return any(sizes[s] for s in selection.sources)
 
     @abstractmethod
     def _plan(
-        self, pool: Mapping[Source, int], iteration: int, batch: int, rng: np.random.Generator
+        self, sizes: Mapping[Source, int], iteration: int, seed_count: int, rng: np.random.Generator
     ) -> list[Selection]: ...
 
 
@@ -173,8 +177,8 @@ class Replace(Regime):
 
     name = "replace"
 
-    def _plan(self, pool, iteration, batch, rng):
-        return [Selection((synthetic(iteration),))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        return [Selection((synthetic_source(iteration),))]
 
 
 class Accumulate(Regime):
@@ -183,8 +187,8 @@ class Accumulate(Regime):
     name = "accumulate"
     keeps_history = True
 
-    def _plan(self, pool, iteration, batch, rng):
-        return [Selection((REAL, *(synthetic(i) for i in range(2, iteration + 1))))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        return [Selection((REAL, *(synthetic_source(i) for i in range(2, iteration + 1))))]
 
 
 class AccumulateSubsample(Regime):
@@ -193,10 +197,10 @@ class AccumulateSubsample(Regime):
     name = "accumulate-subsample"
     keeps_history = True
 
-    def _plan(self, pool, iteration, batch, rng):
-        sources = (REAL, *(synthetic(i) for i in range(2, iteration + 1)))
-        population = sum(pool[s] for s in sources)
-        return [Selection(sources, uniform_rows(rng, population, pool[REAL], batch))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        sources = (REAL, *(synthetic_source(i) for i in range(2, iteration + 1)))
+        population = sum(sizes[s] for s in sources)
+        return [Selection(sources, uniform_rows(rng, population, sizes[REAL], seed_count))]
 
 
 class ReplaceGrown(Regime):
@@ -207,8 +211,8 @@ class ReplaceGrown(Regime):
     def synthetic_size(self, iteration, real_size):
         return iteration * real_size
 
-    def _plan(self, pool, iteration, batch, rng):
-        return [Selection((synthetic(iteration),))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        return [Selection((synthetic_source(iteration),))]
 
 
 def _share(fraction: float, real_size: int) -> int:
@@ -225,9 +229,9 @@ class KeepRealFraction(Regime):
     def synthetic_size(self, iteration, real_size):
         return real_size - _share(self.value, real_size)
 
-    def _plan(self, pool, iteration, batch, rng):
-        kept = uniform_rows(rng, pool[REAL], _share(self.value, pool[REAL]), batch)
-        return [Selection((REAL,), kept), Selection((synthetic(iteration),))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        kept = uniform_rows(rng, sizes[REAL], _share(self.value, sizes[REAL]), seed_count)
+        return [Selection((REAL,), kept), Selection((synthetic_source(iteration),))]
 
 
 class FreshReal(Regime):
@@ -243,8 +247,8 @@ class FreshReal(Regime):
     def synthetic_size(self, iteration, real_size):
         return real_size - _share(self.value, real_size)
 
-    def _plan(self, pool, iteration, batch, rng):
-        return [Selection((fresh_real(iteration),)), Selection((synthetic(iteration),))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        return [Selection((fresh_real_source(iteration),)), Selection((synthetic_source(iteration),))]
 
 
 class Mix(Regime):
@@ -261,8 +265,8 @@ class Mix(Regime):
     def synthetic_size(self, iteration, real_size):
         return _share(self.value, real_size)
 
-    def _plan(self, pool, iteration, batch, rng):
-        return [Selection((REAL,)), Selection((synthetic(iteration),))]
+    def _plan(self, sizes, iteration, seed_count, rng):
+        return [Selection((REAL,)), Selection((synthetic_source(iteration),))]
 
 
 REGIMES: dict[str, type[Regime]] = {

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from . import distributed
 from .chain import run_chain
-from .config import ChainSpec, Experiment, type_of
+from .config import ChainSpec, Experiment, setting_class
 from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
 from .rundir import ChainStore, IterationRecord
 from .settings import SETTINGS
@@ -40,7 +40,7 @@ def run_spec(
     keep_models: bool,
     on_iteration: Callable[[IterationRecord], None] | None = None,
 ) -> None:
-    setting = type_of(spec.point)(spec.point, spec.seeds)
+    setting = setting_class(spec.point)(spec.point, spec.seeds)
     store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=distributed.is_main())
     if store.writer:
         store.open()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
@@ -110,7 +110,7 @@ def _worker(
     try:
         # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
         # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
-        type_of(spec.point)
+        setting_class(spec.point)
         with threadpool_limits(limits=1):
             run_spec(
                 run_directory,
@@ -241,7 +241,7 @@ def estimate_memory(experiment: Experiment, workers: int) -> None:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     config = experiment.config
     declared = SETTINGS.declared(experiment.setting_name)
-    seeds_per_chain = config.seeds if declared.batches_seeds else 1
+    seeds_per_chain = 1 if declared.one_seed_per_chain else config.seeds
     chains = len(experiment.points) * len(experiment.regimes) * (config.seeds // seeds_per_chain)
     bookkeeping = chains * _BYTES_PER_CHAIN + config.seeds * _BYTES_PER_SEED
     worst, worst_case = 0, None

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import Metric, Setting, SettingConfig
+from .base import Fit, Metric, Setting, SettingConfig
 
 # name -> (module, class, extra it needs or None, (module, class) of its declaration)
 _LOCATIONS = {
@@ -61,7 +61,7 @@ class _Registry(Mapping[str, type[Setting]]):
         return _import(module, cls, name, extra)
 
     def declared(self, name: str) -> type:
-        """What a setting is (``Config``, ``metrics``, ``batches_seeds``, ``preview_size``), without
+        """What a setting is (``Config``, ``metrics``, ``one_seed_per_chain``, ``preview_size``), without
         importing its model code."""
         _, _, extra, (module, cls) = _LOCATIONS[name]
         return _import(module, cls, name, extra)
@@ -78,4 +78,4 @@ class _Registry(Mapping[str, type[Setting]]):
 
 SETTINGS = _Registry()
 
-__all__ = ["SETTINGS", "Metric", "Setting", "SettingConfig", "install_hint"]
+__all__ = ["SETTINGS", "Fit", "Metric", "Setting", "SettingConfig", "install_hint"]

@@ -1,30 +1,41 @@
-"""Data and model storage for settings whose data are numeric arrays with a leading seed axis."""
+"""Numeric samples with a leading seed axis (the data type of the cheap settings and the VAE), and
+the storage of array models.
+
+A data type is what the chain moves between the regime and the setting; it knows its size (``len``:
+samples per seed), how to take rows out of several parts (``select``), and how to save itself and load
+itself back, checked against data of the same chain (``load(directory, like)``). The chain calls these
+on the type of the setting's real data, so it never needs to know which type that is.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import RunDirectoryError
-from .base import Setting
+
+SAMPLES_FILE = "samples.npz"
 
 
 class Samples:
-    """Named arrays of shape (batch, rows, ...) that share the batch and row axes.
+    """Named arrays of shape (seeds, rows, ...) that share the seed and row axes.
 
     ``cache`` holds what a setting derives from the rows (sufficient statistics), so that a part reused
     at every later iteration (accumulate) is summarised once, not once per iteration.
     """
+
+    # Whether ``load`` memory-maps: a kept batch is then read back from the run directory once committed.
+    memory_mapped: ClassVar[bool] = False
 
     def __init__(self, **fields: np.ndarray):
         if not fields:
             raise ValueError("Samples needs at least one field")
         shapes = {name: a.shape[:2] for name, a in fields.items()}
         if len(set(shapes.values())) != 1:
-            raise ValueError(f"fields disagree on (batch, rows): {shapes}")
+            raise ValueError(f"fields disagree on (seeds, rows): {shapes}")
         self.fields = fields
         self.cache: dict[str, Any] = {}
 
@@ -32,11 +43,35 @@ class Samples:
         return self.fields[name]
 
     @property
-    def batch(self) -> int:
+    def seed_count(self) -> int:
         return next(iter(self.fields.values())).shape[0]
 
     def __len__(self) -> int:
         return next(iter(self.fields.values())).shape[1]
+
+    @classmethod
+    def select(cls, parts: Sequence[Samples], rows: np.ndarray) -> Samples:
+        """The rows ``rows`` (shape (seeds, k)) of the concatenation of ``parts``."""
+        return gather(parts, rows)
+
+    def save(self, directory: Path) -> None:
+        save_arrays(directory / SAMPLES_FILE, dict(self.fields))
+
+    @classmethod
+    def load(cls, directory: Path, like: Samples) -> Samples:
+        """Samples saved in ``directory``, refused unless each is shaped like those of ``like`` (the real
+        data of the same chain): the same fields, seeds, sample shape and kind of number."""
+        path = directory / SAMPLES_FILE
+        data = samples_from(path, load_arrays(path, like.fields))
+        if data.seed_count != like.seed_count:
+            raise RunDirectoryError(f"corrupted file {path}: {data.seed_count} seeds, this chain has {like.seed_count}")
+        for name, real in like.fields.items():
+            if data[name].shape[2:] != real.shape[2:] or data[name].dtype.kind != real.dtype.kind:
+                raise RunDirectoryError(
+                    f"corrupted file {path}: {name} holds samples of shape "
+                    f"{data[name].shape[2:]} ({data[name].dtype}), this setting's are {real.shape[2:]} ({real.dtype})"
+                )
+        return data
 
 
 def concatenate(parts: Sequence[Samples]) -> Samples:
@@ -51,9 +86,9 @@ def gather(parts: Sequence[Samples], rows: np.ndarray) -> Samples:
     Each part is visited once with a mask of the requested rows that fall into it, so the cost is
     proportional to (number of parts) x (rows requested), not to the size of the pool.
     """
-    batch, k = rows.shape
-    seed_index = np.broadcast_to(np.arange(batch)[:, None], rows.shape)
-    out = {name: np.empty((batch, k) + a.shape[2:], dtype=a.dtype) for name, a in parts[0].fields.items()}
+    seeds, k = rows.shape
+    seed_index = np.broadcast_to(np.arange(seeds)[:, None], rows.shape)
+    out = {name: np.empty((seeds, k) + a.shape[2:], dtype=a.dtype) for name, a in parts[0].fields.items()}
     start = 0
     for part in parts:
         local = rows - start
@@ -119,7 +154,7 @@ def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
 
 
 def samples_from(path: Path, arrays: dict[str, np.ndarray]) -> Samples:
-    """``Samples`` of arrays read from ``path``, which must share their (batch, rows) axes."""
+    """``Samples`` of arrays read from ``path``, which must share their (seeds, rows) axes."""
     if any(array.ndim < 2 for array in arrays.values()):
         raise RunDirectoryError(f"corrupted file {path}: samples need a seed axis and a row axis")
     try:
@@ -134,36 +169,3 @@ def check_shape(path: Path, array: np.ndarray, expected: tuple[int, ...]) -> np.
             f"corrupted file {path}: an array of shape {array.shape}, this chain expects {expected}"
         )
     return array
-
-
-class ArraySetting(Setting):
-    """Storage and row selection for settings whose data are ``Samples``."""
-
-    data_fields: tuple[str, ...]
-
-    def size(self, data: Samples) -> int:
-        return len(data)
-
-    def select(self, parts: Sequence[Samples], rows: np.ndarray) -> Samples:
-        return gather(parts, rows)
-
-    def save_data(self, data: Samples, directory: Path) -> None:
-        save_arrays(directory / "samples.npz", dict(data.fields))
-
-    def load_data(self, directory: Path) -> Samples:
-        path = directory / "samples.npz"
-        data = samples_from(path, load_arrays(path, self.data_fields))
-        self._check_batch(data.batch, directory)
-        for name in self.data_fields:  # each sample must be shaped like a real one
-            real = self.real_train[name]
-            if data[name].shape[2:] != real.shape[2:] or data[name].dtype.kind != real.dtype.kind:
-                raise RunDirectoryError(
-                    f"corrupted file {path}: {name} holds samples of shape "
-                    f"{data[name].shape[2:]} ({data[name].dtype}), "
-                    f"this setting's are {real.shape[2:]} ({real.dtype})"
-                )
-        return data
-
-    def _check_batch(self, batch: int, where: Path) -> None:
-        if batch != self.batch:
-            raise RunDirectoryError(f"{where} holds {batch} seeds, this chain has {self.batch}")

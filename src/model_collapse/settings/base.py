@@ -1,12 +1,14 @@
-"""The one protocol every setting implements.
+"""The one protocol every setting implements: seven members.
 
-A setting is bound to one batch of seeds when it is constructed: it draws the real training and test
-data of those seeds and then fits, samples and evaluates models for that batch. Cheap settings hold all
-seeds of a chain in one batch and vectorise over it; costly ones set ``batches_seeds = False`` and get a
-batch of one seed per chain.
+A setting is bound to the seeds of one chain when it is constructed: it draws the real training and
+test data of those seeds (``real_train``) and then fits, samples and evaluates models for them. Cheap
+settings run all seeds of a chain at once and vectorise over them; costly ones set
+``one_seed_per_chain`` and get one seed per chain.
 
 A setting knows nothing about regimes: it is handed a list of data *parts* to fit on (whole sources it
-produced earlier, or rows gathered from several of them by ``select``) and fits one model per seed.
+produced earlier, or rows taken from several of them) and fits one model per seed. The data themselves
+are of a type that knows its size, how to select rows and how to save and load itself (``Samples`` in
+``arrays.py``, ``TokenCorpus`` for language models); the setting only produces and consumes them.
 """
 
 from __future__ import annotations
@@ -73,6 +75,15 @@ class Footprint:
 
 
 @dataclass(frozen=True)
+class Fit:
+    """What a fit produced, for a setting that keeps details of it beside the metrics (a language
+    model's learning curve): its ``fit`` returns this instead of the bare model."""
+
+    model: Any
+    diagnostics: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Metric:
     label: str  # axis label for figures
     log_scale: bool = False  # figures use a log axis for it, as the paper does
@@ -86,7 +97,7 @@ class Declaration:
     name: ClassVar[str]
     Config: ClassVar[type[SettingConfig]]
     metrics: ClassVar[dict[str, Metric]]
-    batches_seeds: ClassVar[bool] = True
+    one_seed_per_chain: ClassVar[bool] = False  # a neural network per seed: chains of one seed each
     # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
     # every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0
@@ -98,24 +109,21 @@ class Declaration:
 
 
 class Setting(Declaration, ABC):
-    # True when load_data memory-maps: a synthetic batch kept for later iterations is then read back
-    # from the run directory once it is committed, so the accumulated pool does not grow RAM.
-    data_on_disk: ClassVar[bool] = False
-
     def __init__(self, config: SettingConfig, seeds: Sequence[int]):
         self.config = config
         self.seeds = tuple(int(s) for s in seeds)
-        if not self.batches_seeds and len(self.seeds) != 1:
+        if self.one_seed_per_chain and len(self.seeds) != 1:
             raise ValueError(f"the {self.name} setting runs one seed per chain, got {len(self.seeds)}")
 
     @property
-    def batch(self) -> int:
+    def seed_count(self) -> int:
         return len(self.seeds)
 
     @property
     @abstractmethod
     def real_train(self) -> Any:
-        """The real training data of every seed of the batch (iteration 1 fits on it)."""
+        """The real training data of every seed (iteration 1 fits on it); its type is the data type of
+        every part this setting produces and fits on."""
 
     @abstractmethod
     def fresh_real(self, size: int, rng: np.random.Generator) -> Any:
@@ -123,7 +131,8 @@ class Setting(Declaration, ABC):
 
     @abstractmethod
     def fit(self, parts: Sequence[Any], rng: np.random.Generator, scratch: Path | None = None) -> Any:
-        """A freshly initialised model per seed, fitted on the union of ``parts``.
+        """A freshly initialised model per seed, fitted on the union of ``parts`` (or a ``Fit`` of it
+        with JSON-ready details worth keeping, such as a learning curve).
 
         ``scratch`` (with a run directory) is a directory, not yet created, where a long fit may save
         its progress. If the run is interrupted, the same fit - same parts, same ``rng`` - is run again
@@ -137,33 +146,15 @@ class Setting(Declaration, ABC):
 
     @abstractmethod
     def evaluate(self, model: Any) -> dict[str, np.ndarray]:
-        """Metrics on held-out real data: one array of shape (batch,) per name in ``metrics``."""
-
-    @abstractmethod
-    def size(self, data: Any) -> int:
-        """The number of samples per seed in ``data``."""
-
-    @abstractmethod
-    def select(self, parts: Sequence[Any], rows: np.ndarray) -> Any:
-        """The rows ``rows`` (shape (batch, k)) of the concatenation of ``parts``."""
+        """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``."""
 
     def preview(self, data: Any) -> np.ndarray:
         """A few samples of the first seed of ``data``, for settings with ``preview_size``: images as
         uint8 (N, H, W, C), or texts as an array of strings (N,)."""
         raise NotImplementedError(f"setting {self.name!r} has no preview")
 
-    def diagnostics(self, model: Any) -> dict[str, Any] | None:
-        """JSON-ready details of a fit worth keeping beside the metrics (e.g. a learning curve)."""
-        return None
-
     @abstractmethod
     def save_model(self, model: Any, directory: Path) -> None: ...
 
     @abstractmethod
     def load_model(self, directory: Path) -> Any: ...
-
-    @abstractmethod
-    def save_data(self, data: Any, directory: Path) -> None: ...
-
-    @abstractmethod
-    def load_data(self, directory: Path) -> Any: ...

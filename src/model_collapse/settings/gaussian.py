@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..randomness import seed_rng
-from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Footprint, Metric, SettingConfig
+from .arrays import RunningTotal, Samples, check_shape, load_arrays, save_arrays
+from .base import Footprint, Metric, Setting, SettingConfig
 
 
 class GaussianConfig(SettingConfig):
@@ -51,7 +51,7 @@ def _merge(a, b):
     return n, mean, scatter
 
 
-class Gaussian(ArraySetting):
+class Gaussian(Setting):
     name = "gaussian"
     Config = GaussianConfig
     metrics = {
@@ -60,7 +60,6 @@ class Gaussian(ArraySetting):
         "det_ratio": Metric("det(Sigma_hat) / det(Sigma_0)", log_scale=True),
         "test_nll": Metric("test NLL on real data (nats)"),
     }
-    data_fields = ("x",)
 
     @classmethod
     def footprint(cls, config: GaussianConfig) -> Footprint:
@@ -84,7 +83,7 @@ class Gaussian(ArraySetting):
         return self._real
 
     def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
-        return Samples(x=self.true_mean + self.scale * rng.standard_normal((self.batch, size, self.config.dim)))
+        return Samples(x=self.true_mean + self.scale * rng.standard_normal((self.seed_count, size, self.config.dim)))
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> GaussianModel:
         n, mean, scatter = self._total(parts)
@@ -94,7 +93,7 @@ class Gaussian(ArraySetting):
         # A symmetric square root through eigh works for singular (collapsed) covariances, unlike Cholesky.
         values, vectors = np.linalg.eigh(model.covariance)
         root = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]
-        z = rng.standard_normal((self.batch, size, self.config.dim))
+        z = rng.standard_normal((self.seed_count, size, self.config.dim))
         return Samples(x=model.mean[:, None, :] + z @ root.transpose(0, 2, 1))
 
     def evaluate(self, model: GaussianModel) -> dict[str, np.ndarray]:
@@ -103,7 +102,7 @@ class Gaussian(ArraySetting):
         sign, logdet = np.linalg.slogdet(model.covariance)
         _, logdet_true = np.linalg.slogdet(self.true_covariance)
         singular = sign <= 0
-        nll = np.full(self.batch, np.inf)
+        nll = np.full(self.seed_count, np.inf)
         if (~singular).any():
             # Exact expected negative log-likelihood of a fresh real sample: no test set to sample.
             cov = model.covariance[~singular]
@@ -131,6 +130,6 @@ class Gaussian(ArraySetting):
         arrays = load_arrays(path, ["mean", "covariance"])
         d = self.config.dim
         return GaussianModel(
-            check_shape(path, arrays["mean"], (self.batch, d)),
-            check_shape(path, arrays["covariance"], (self.batch, d, d)),
+            check_shape(path, arrays["mean"], (self.seed_count, d)),
+            check_shape(path, arrays["covariance"], (self.seed_count, d, d)),
         )

@@ -20,8 +20,8 @@ from sklearn.neighbors import KernelDensity
 
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import ArraySetting, Samples, check_shape, concatenate, load_arrays, save_arrays
-from .base import Footprint, Metric, SettingConfig
+from .arrays import Samples, check_shape, concatenate, load_arrays, save_arrays
+from .base import Footprint, Metric, Setting, SettingConfig
 
 BLOB_CENTRES = np.array([[-5.0, -5.0], [0.0, 5.0], [5.0, -2.0]])
 # Relative tolerance of scikit-learn's tree-based density evaluation: it changes a log-density by at
@@ -65,11 +65,10 @@ class KDEModel:
         self.bandwidth = np.array([e.bandwidth_ for e in self.estimators], dtype=float)
 
 
-class KDE(ArraySetting):
+class KDE(Setting):
     name = "kde"
     Config = KDEConfig
     metrics = {"test_nll": Metric("test NLL on real data (nats)", log_scale=True)}
-    data_fields = ("x",)
 
     @classmethod
     def footprint(cls, config: KDEConfig) -> Footprint:
@@ -92,14 +91,14 @@ class KDE(ArraySetting):
         return self._real
 
     def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
-        states = rng.integers(2**31, size=self.batch)
+        states = rng.integers(2**31, size=self.seed_count)
         return Samples(x=np.stack([draw_real(self.config.dataset, size, self.config.noise, int(s)) for s in states]))
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> KDEModel:
-        return KDEModel(concatenate(parts)["x"], [self.config.bandwidth] * self.batch, self.config.kernel)
+        return KDEModel(concatenate(parts)["x"], [self.config.bandwidth] * self.seed_count, self.config.kernel)
 
     def sample(self, model: KDEModel, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
-        states = rng.integers(2**31, size=self.batch)
+        states = rng.integers(2**31, size=self.seed_count)
         return Samples(x=np.stack([e.sample(size, random_state=int(s)) for e, s in zip(model.estimators, states)]))
 
     def evaluate(self, model: KDEModel) -> dict[str, np.ndarray]:
@@ -113,8 +112,8 @@ class KDE(ArraySetting):
         arrays = load_arrays(path, ["points", "bandwidth"])
         points = arrays["points"]
         rows = points.shape[1] if points.ndim == 3 else -1
-        check_shape(path, points, (self.batch, rows, DIMENSIONS[self.config.dataset]))
-        bandwidth = check_shape(path, arrays["bandwidth"], (self.batch,))
+        check_shape(path, points, (self.seed_count, rows, DIMENSIONS[self.config.dataset]))
+        bandwidth = check_shape(path, arrays["bandwidth"], (self.seed_count,))
         if not (np.isfinite(bandwidth) & (bandwidth > 0)).all():
             raise RunDirectoryError(
                 f"corrupted file {path}: bandwidths must be positive numbers, got {bandwidth.tolist()}"

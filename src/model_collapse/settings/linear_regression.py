@@ -21,8 +21,8 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_va
 
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import ArraySetting, RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Footprint, Metric, SettingConfig
+from .arrays import SAMPLES_FILE, RunningTotal, Samples, check_shape, load_arrays, save_arrays
+from .base import Footprint, Metric, Setting, SettingConfig
 
 
 class LinearRegressionConfig(SettingConfig):
@@ -43,11 +43,36 @@ class LinearRegressionConfig(SettingConfig):
         return samples
 
 
-class LinearRegression(ArraySetting):
+class DesignLabels(Samples):
+    """Labels on the fixed design repeated: sample j of a seed belongs to design row j mod ``period``
+    (= T). Saved as the labels alone, since the rows follow from the period; a selection of rows (an
+    ``accumulate-subsample`` draw, say) is plain ``Samples`` with its design rows."""
+
+    def __init__(self, y: np.ndarray, period: int):
+        super().__init__(y=y, row=np.broadcast_to(np.arange(y.shape[1]) % period, y.shape))
+        self.period = period
+
+    def save(self, directory: Path) -> None:
+        save_arrays(directory / SAMPLES_FILE, {"y": self["y"]})
+
+    @classmethod
+    def load(cls, directory: Path, like: DesignLabels) -> Samples:
+        path = directory / SAMPLES_FILE
+        arrays = load_arrays(path, ["y"])
+        rows = arrays["y"].shape[-1] if arrays["y"].ndim == 2 else -1
+        y = check_shape(path, arrays["y"], (like.seed_count, rows))
+        if "row" not in arrays:
+            return cls(y, like.period)
+        row = check_shape(path, arrays["row"], y.shape)
+        if row.size and (not np.issubdtype(row.dtype, np.integer) or row.min() < 0 or row.max() >= like.period):
+            raise RunDirectoryError(f"corrupted file {path}: design rows outside 0..{like.period - 1}")
+        return Samples(y=y, row=row)
+
+
+class LinearRegression(Setting):
     name = "linear-regression"
     Config = LinearRegressionConfig
     metrics = {"test_error": Metric("test error  ||w_hat - w*||^2", log_scale=True)}
-    data_fields = ("y",)
 
     @classmethod
     def footprint(cls, config: LinearRegressionConfig) -> Footprint:
@@ -65,32 +90,27 @@ class LinearRegression(ArraySetting):
             design.append(rng.standard_normal((T, d)))
             truth.append(rng.standard_normal(d))
             noise.append(rng.standard_normal(T))
-        self.design = np.stack(design)  # (B, T, d)
-        self.design_t = np.ascontiguousarray(self.design.transpose(0, 2, 1))  # (B, d, T)
-        self.true_weight = np.stack(truth)  # (B, d)
-        self.gram = self.design_t @ self.design  # (B, d, d)
+        self.design = np.stack(design)  # (S, T, d)
+        self.design_t = np.ascontiguousarray(self.design.transpose(0, 2, 1))  # (S, d, T)
+        self.true_weight = np.stack(truth)  # (S, d)
+        self.gram = self.design_t @ self.design  # (S, d, d)
         self.gram_inverse = np.linalg.inv(self.gram)
         self._real = self._labels(self._predict(self.true_weight) + self.sigma * np.stack(noise))
         self._total = RunningTotal("least-squares statistics", self._statistics, self._combine)
 
     # -- data -------------------------------------------------------------------------------------
     def _predict(self, weight: np.ndarray) -> np.ndarray:
-        return (self.design @ weight[:, :, None])[:, :, 0]  # (B, T)
+        return (self.design @ weight[:, :, None])[:, :, 0]  # (S, T)
 
-    def _labels(self, y: np.ndarray) -> Samples:
-        """Labels on the repeated design: row j of the batch belongs to design row j mod T."""
-        T = self.config.samples
-        rows = np.broadcast_to(np.arange(y.shape[1]) % T, y.shape)
-        data = Samples(y=y, row=rows)
-        data.cache["repeated"] = True
-        return data
+    def _labels(self, y: np.ndarray) -> DesignLabels:
+        return DesignLabels(y, self.config.samples)
 
     def _relabel(self, weight: np.ndarray, size: int, rng: np.random.Generator) -> Samples:
         mean = self._predict(weight)
         T = self.config.samples
         if size != T:
             mean = np.take(mean, np.arange(size) % T, axis=1)
-        return self._labels(mean + self.sigma * rng.standard_normal((self.batch, size)))
+        return self._labels(mean + self.sigma * rng.standard_normal((self.seed_count, size)))
 
     @property
     def real_train(self) -> Samples:
@@ -107,16 +127,18 @@ class LinearRegression(ArraySetting):
         """(copies of X^T X, extra gram or None, X^T y) of one part."""
         y = part["y"]
         T = self.config.samples
-        if part.cache.get("repeated"):
+        if isinstance(part, DesignLabels):
             copies, tail = divmod(y.shape[1], T)
             summed = (
-                y[:, : copies * T].reshape(self.batch, copies, T).sum(axis=1) if copies else np.zeros((self.batch, T))
+                y[:, : copies * T].reshape(self.seed_count, copies, T).sum(axis=1)
+                if copies
+                else np.zeros((self.seed_count, T))
             )
             summed[:, :tail] += y[:, copies * T :]
             xty = (self.design_t @ summed[:, :, None])[:, :, 0]
             extra = self.design_t[:, :, :tail] @ self.design[:, :tail] if tail else None
             return float(copies), extra, xty
-        rows = self.design[np.arange(self.batch)[:, None], part["row"]]  # (B, k, d)
+        rows = self.design[np.arange(self.seed_count)[:, None], part["row"]]  # (S, k, d)
         rows_t = rows.transpose(0, 2, 1)
         return 0.0, rows_t @ rows, (rows_t @ y[:, :, None])[:, :, 0]
 
@@ -145,23 +167,4 @@ class LinearRegression(ArraySetting):
 
     def load_model(self, directory: Path) -> np.ndarray:
         weight = load_arrays(directory / "model.npz", ["weight"])["weight"]
-        return check_shape(directory / "model.npz", weight, (self.batch, self.config.dim))
-
-    def save_data(self, data: Samples, directory: Path) -> None:
-        arrays = {"y": data["y"]}
-        if not data.cache.get("repeated"):
-            arrays["row"] = data["row"]
-        save_arrays(directory / "samples.npz", arrays)
-
-    def load_data(self, directory: Path) -> Samples:
-        path = directory / "samples.npz"
-        arrays = load_arrays(path, ["y"])
-        y = check_shape(path, arrays["y"], (self.batch, arrays["y"].shape[-1] if arrays["y"].ndim == 2 else -1))
-        if "row" not in arrays:
-            return self._labels(y)
-        rows = check_shape(path, arrays["row"], y.shape)
-        if rows.size and (
-            not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= self.config.samples
-        ):
-            raise RunDirectoryError(f"corrupted file {path}: design rows outside 0..{self.config.samples - 1}")
-        return Samples(y=y, row=rows)
+        return check_shape(directory / "model.npz", weight, (self.seed_count, self.config.dim))

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..errors import ModelCollapseError, RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import ArraySetting, Samples, concatenate
+from .arrays import Samples, concatenate
+from .base import Setting
 from .devices import resolve_device
 from .images import ImageSplit, load_images
 from .vae_config import VAEConfig, VAEDeclaration
@@ -117,9 +118,7 @@ def _real_images(
     return RealImages(train, test, features, real_spread, classifier)
 
 
-class VAE(VAEDeclaration, ArraySetting):
-    data_fields = ("x",)
-
+class VAE(VAEDeclaration, Setting):
     def __init__(self, config: VAEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)

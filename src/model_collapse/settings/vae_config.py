@@ -65,5 +65,5 @@ class VAEDeclaration(Declaration):
         "class_entropy": Metric("entropy of sample classes (nats)"),
         "sample_spread": Metric("sample spread / real spread"),
     }
-    batches_seeds = False  # a neural network per seed: one seed per chain
+    one_seed_per_chain = True
     preview_size = 64

@@ -65,5 +65,5 @@ class LanguageModelDeclaration(Declaration):
     name = "language-model"
     Config = LanguageModelConfig
     metrics = {"test_cross_entropy": Metric("cross-entropy on real validation text (nats / token)")}
-    batches_seeds = False
+    one_seed_per_chain = True
     preview_size = 8

@@ -14,14 +14,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+
+from ...errors import RunDirectoryError
 
 TOKEN_DTYPE = np.uint16  # vocabularies up to 65,536 tokens; the paper's is 8,000
 
 
 @dataclass
 class TokenCorpus:
+    # Loaded memory-mapped: a corpus kept for later iterations (accumulate) costs no RAM until read.
+    memory_mapped: ClassVar[bool] = True
+
     tokens: np.ndarray  # (total,) token ids of all documents, without BOS/EOS
     offsets: np.ndarray  # (documents + 1,) start of each document in ``tokens``
 
@@ -59,9 +65,10 @@ class TokenCorpus:
         np.save(directory / "offsets.npy", self.offsets)
 
     @classmethod
-    def load(cls, directory: Path) -> TokenCorpus:
-        """Memory-mapped: a corpus on disk costs no RAM until it is read. A damaged or foreign corpus is
-        a ValueError naming the file (never numpy's advice to load it with pickles enabled)."""
+    def load(cls, directory: Path, like: TokenCorpus | None = None) -> TokenCorpus:
+        """Memory-mapped: a corpus on disk costs no RAM until it is read. A missing, damaged or foreign
+        corpus is a RunDirectoryError naming the file (never numpy's advice to load it with pickles
+        enabled). ``like`` is part of the data-type protocol; a corpus needs nothing from it."""
         arrays = {}
         for name in ("tokens.npy", "offsets.npy"):
             try:
@@ -69,15 +76,27 @@ class TokenCorpus:
                     directory / name, mmap_mode="r" if name == "tokens.npy" else None, allow_pickle=False
                 )
             except FileNotFoundError:
-                raise
+                raise RunDirectoryError(f"missing file {directory / name}") from None
             except Exception:
-                raise ValueError(f"{directory / name} is not an array file this tool wrote") from None
+                raise RunDirectoryError(
+                    f"corrupted file {directory / name}: not an array file this tool wrote"
+                ) from None
         tokens, offsets = arrays["tokens.npy"], arrays["offsets.npy"]
         if tokens.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or not np.issubdtype(offsets.dtype, np.integer):
-            raise ValueError(f"{directory} does not hold a token corpus (tokens and offsets of the wrong shape)")
+            raise RunDirectoryError(f"corrupted corpus in {directory}: tokens and offsets of the wrong shape")
         if offsets[0] < 0 or offsets[-1] > len(tokens) or (np.diff(offsets) < 0).any():
-            raise ValueError(f"{directory / 'offsets.npy'} points outside the tokens")
+            raise RunDirectoryError(f"corrupted file {directory / 'offsets.npy'}: it points outside the tokens")
         return cls(tokens, offsets)
+
+    @classmethod
+    def select(cls, parts: Sequence[TokenCorpus], rows: np.ndarray) -> TokenCorpus:
+        """The documents ``rows[0]`` (one seed per chain) of the concatenation of ``parts``."""
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        documents = []
+        for row in rows[0]:
+            part = int(np.searchsorted(starts, row, side="right")) - 1
+            documents.append(parts[part].document(int(row - starts[part])))
+        return cls.from_documents(documents)
 
 
 class PackedBlocks:

@@ -20,7 +20,7 @@ from transformers.utils import logging as transformers_logging
 from ...atomic import write_directory_atomic
 from ...distributed import all_gather, rank_and_world
 from ...errors import ModelCollapseError, RunDirectoryError
-from ..base import Setting
+from ..base import Fit, Setting
 from ..devices import resolve_device
 from .config import LanguageModelConfig, LanguageModelDeclaration
 from .corpus import load_documents
@@ -53,14 +53,12 @@ def _load_shard(scratch: Path | None, index: int, stories: int) -> TokenCorpus |
         return None
     try:
         shard = TokenCorpus.load(_shard_directory(scratch, index))
-    except (OSError, ValueError):
+    except RunDirectoryError:
         return None
     return shard if len(shard) == stories and int(shard.offsets[-1]) == len(shard.tokens) else None
 
 
 class LanguageModel(LanguageModelDeclaration, Setting):
-    data_on_disk = True  # synthetic corpora kept for accumulate are memory-mapped from the run directory
-
     def __init__(self, config: LanguageModelConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
@@ -106,17 +104,6 @@ class LanguageModel(LanguageModelDeclaration, Setting):
     def real_train(self) -> TokenCorpus:
         return self._real
 
-    def size(self, data: TokenCorpus) -> int:
-        return len(data)
-
-    def select(self, parts: Sequence[TokenCorpus], rows: np.ndarray) -> TokenCorpus:
-        starts = np.cumsum([0] + [len(p) for p in parts])
-        documents = []
-        for row in rows[0]:
-            part = int(np.searchsorted(starts, row, side="right")) - 1
-            documents.append(parts[part].document(int(row - starts[part])))
-        return TokenCorpus.from_documents(documents)
-
     def fresh_real(self, size: int, rng: np.random.Generator) -> TokenCorpus:
         if size > len(self._reserve):
             raise ModelCollapseError(
@@ -129,7 +116,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         return np.array([self.tokenizer.decode(data.document(i)) for i in range(min(len(data), self.preview_size))])
 
     # -- model ------------------------------------------------------------------------------------
-    def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator, scratch: Path | None = None):
+    def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
         documents = sum(len(part) for part in parts)
         blocks = pack(parts, self.config.block_size, self.eos, self.eos, order=rng.permutation(documents))
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
@@ -142,13 +129,8 @@ class LanguageModel(LanguageModelDeclaration, Setting):
                 **dropout_overrides(self.config.model, self.config.dropout),
             )
             # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
-            model.learning_curve = train(
-                model, blocks, self.validation, self.options, rng, self.device, checkpoint_directory=scratch
-            )
-        return model
-
-    def diagnostics(self, model) -> dict:
-        return {"learning_curve": getattr(model, "learning_curve", [])}
+            curve = train(model, blocks, self.validation, self.options, rng, self.device, checkpoint_directory=scratch)
+        return Fit(model, {"learning_curve": curve})
 
     def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> TokenCorpus:
         """``size`` stories, generated in shards of ``generation_batch_size`` x 16 stories, each with a
@@ -213,12 +195,3 @@ class LanguageModel(LanguageModelDeclaration, Setting):
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise RunDirectoryError(f"{directory} holds no usable checkpoint: {first}") from None
         return model.to(self.device).eval()
-
-    def save_data(self, data: TokenCorpus, directory: Path) -> None:
-        data.save(directory)
-
-    def load_data(self, directory: Path) -> TokenCorpus:
-        try:
-            return TokenCorpus.load(directory)
-        except (OSError, ValueError) as error:
-            raise RunDirectoryError(f"corrupted corpus in {directory}: {error}") from None
