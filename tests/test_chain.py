@@ -16,6 +16,7 @@ SMALL = {
     "linear-regression": {"dim": 2, "samples": 8},
     "gaussian": {"dim": 2, "samples": 8},
     "kde": {"samples": 8, "test_samples": 20},
+    "discrete": {"samples": 8, "outcomes": 5},
     "vae": {
         "samples": 8,
         "test_samples": 20,

@@ -178,3 +178,36 @@ def test_gather_reads_rows_of_the_concatenation():
     np.testing.assert_array_equal(gather([a, b], rows)["x"], [[0, 10, 13], [5, 15, 16]])
     with pytest.raises(IndexError):
         gather([a, b], np.array([[7], [0]]))
+
+
+def test_discrete_simpson_diversity_follows_its_closed_form_under_replace():
+    from model_collapse.chain import run_chain
+    from model_collapse.regimes import parse_regime
+    from model_collapse.settings.discrete import Discrete, DiscreteConfig
+    from model_collapse.theory import curves
+
+    config = DiscreteConfig(outcomes=10, samples=20)
+    records = run_chain(Discrete(config, range(4000)), parse_regime("replace"), 12)
+    simulated = np.array([r.metrics["simpson_diversity"] for r in records])  # (iterations, seeds)
+    [expected] = curves(config, "replace", 12)
+    error = simulated.std(axis=1, ddof=1) / np.sqrt(simulated.shape[1])
+    assert (np.abs(simulated.mean(axis=1) - expected.values) < 4 * error + 1e-12).all()
+    # collapse: outcomes that reach probability 0 never return, and entropy falls
+    zero = np.array([r.metrics["zero_outcomes"] for r in records])
+    assert (np.diff(zero, axis=0) >= 0).all()
+    assert np.mean([r.metrics["entropy"] for r in records][-1]) < np.mean(records[0].metrics["entropy"])
+
+
+def test_discrete_accumulate_keeps_every_real_outcome_and_draws_no_impossible_one():
+    from model_collapse.chain import run_chain
+    from model_collapse.regimes import parse_regime
+    from model_collapse.settings.discrete import Discrete, DiscreteConfig
+
+    setting = Discrete(DiscreteConfig(outcomes=50, samples=30), range(50))
+    records = run_chain(setting, parse_regime("accumulate"), 20)
+    real_zero = 50 - np.array([len(np.unique(row)) for row in setting.real_train["x"]])
+    np.testing.assert_array_equal(records[-1].metrics["zero_outcomes"], real_zero)
+    model = np.zeros((50, 50))
+    model[:, [3, 7]] = [0.25, 0.75]
+    drawn = setting.sample(model, 1000, rng(0))["x"]
+    assert set(np.unique(drawn)) == {3, 7} and abs((drawn == 7).mean() - 0.75) < 0.01

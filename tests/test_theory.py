@@ -6,8 +6,12 @@ import pytest
 from model_collapse.chain import run_chain
 from model_collapse.regimes import parse_regime
 from model_collapse.settings.gaussian import Gaussian, GaussianConfig
-from model_collapse.settings.linear_regression import LinearRegression, LinearRegressionConfig
-from model_collapse.theory import curves, linear_regression_constant
+from model_collapse.settings.linear_regression import (
+    LinearRegression,
+    LinearRegressionConfig,
+    expected_error_of_real_fit,
+)
+from model_collapse.theory import curves
 
 
 def simulate(setting, regime, iterations):
@@ -39,7 +43,7 @@ def test_linear_regression_matches_the_papers_closed_forms(linear_regression, re
 
 
 def test_linear_regression_theory_values():
-    c = linear_regression_constant(10, 100, 1.0)
+    c = expected_error_of_real_fit(10, 100, 1.0)
     assert c == pytest.approx(0.11236, abs=1e-5)  # paper-notes §2.5
     config = LinearRegressionConfig(dim=10, samples=100)
     accumulate = curves(config, "accumulate", 10000)
@@ -53,7 +57,7 @@ def test_linear_regression_theory_values():
 def test_accumulate_stays_below_the_pi_squared_over_six_bound(linear_regression):
     config, setting = linear_regression
     values = simulate(setting, "accumulate", 40)["test_error"].mean(axis=1)
-    bound = linear_regression_constant(10, 100, 1.0) * np.pi**2 / 6
+    bound = expected_error_of_real_fit(10, 100, 1.0) * np.pi**2 / 6
     assert values.max() < 1.03 * bound
     assert values[-1] > 0.9 * bound  # and it does approach it
 

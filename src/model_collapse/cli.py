@@ -161,7 +161,7 @@ def plot(run_directory: Path = typer.Argument(..., help="A run directory.")) -> 
 
 @app.command()
 def theory(
-    setting: str = typer.Argument(..., help="A setting with closed forms: linear-regression or gaussian."),
+    setting: str = typer.Argument(..., help="A setting with closed forms: linear-regression, gaussian or discrete."),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Print the closed-form expectations as CSV (setting, regime, metric, kind, iteration, value)."""

@@ -23,6 +23,7 @@ _LOCATIONS = {
     "linear-regression": ("linear_regression", "LinearRegression", None, ("linear_regression", "LinearRegression")),
     "gaussian": ("gaussian", "Gaussian", None, ("gaussian", "Gaussian")),
     "kde": ("kde", "KDE", None, ("kde", "KDE")),
+    "discrete": ("discrete", "Discrete", None, ("discrete", "Discrete")),
     "vae": ("vae", "VAE", "images", ("vae_config", "VAEDeclaration")),
     "language-model": (
         "language_model.setting",

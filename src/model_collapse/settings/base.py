@@ -107,6 +107,12 @@ class Declaration:
         """Memory per seed, for settings whose chains hold their data in RAM (None: not estimated)."""
         return None
 
+    @classmethod
+    def theory(cls, config: SettingConfig, regime_name: str, iterations: int) -> list:
+        """Closed forms of the metrics under a regime, as ``theory.Curve`` s over iterations 1..N
+        (none by default)."""
+        return []
+
 
 class Setting(Declaration, ABC):
     def __init__(self, config: SettingConfig, seeds: Sequence[int]):

@@ -67,6 +67,29 @@ class Gaussian(Setting):
         # samples, the normal draws and centred copies behind them; covariance, scatter, eigenvectors, solves
         return Footprint(rows=config.samples, bytes_per_row=24 * d, fixed_bytes=8 * 6 * d * d)
 
+    @classmethod
+    def theory(cls, config: GaussianConfig, regime_name: str, iterations: int) -> list:
+        """Under replace, with T samples of N(mu_0, Sigma_0) per fit (MLE mean, biased covariance):
+        E tr(Sigma_t)/tr(Sigma_0) = ((T-1)/T)^t, E det(Sigma_t)/det(Sigma_0) = (prod_{i<=d} (T-i)/T)^t and
+        E ||mu_t - mu_0||^2 = tr(Sigma_0) (1 - ((T-1)/T)^t); under accumulate
+        E ||mu_t - mu_0||^2 <= (pi^2/6) tr(Sigma_0) / T (Kazdan et al. 2024, Collapse or Thrive?)."""
+        from ..theory import Curve
+
+        n = np.arange(1, iterations + 1, dtype=float)
+        T, d, trace0 = config.samples, config.dim, config.dim * config.variance
+        shrink = (T - 1) / T
+        if regime_name == "replace":
+            result = [
+                Curve("trace_ratio", shrink**n, "expected"),
+                Curve("mean_sq_error", trace0 * (1 - shrink**n), "expected"),
+            ]
+            if T > d:
+                result.append(Curve("det_ratio", np.prod((T - np.arange(1, d + 1)) / T) ** n, "expected"))
+            return result
+        if regime_name == "accumulate":
+            return [Curve("mean_sq_error", np.full(iterations, np.pi**2 / 6 * trace0 / T), "bound")]
+        return []
+
     def __init__(self, config: GaussianConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         d = config.dim

@@ -43,6 +43,11 @@ class LinearRegressionConfig(SettingConfig):
         return samples
 
 
+def expected_error_of_real_fit(dim: int, samples: int, noise_variance: float) -> float:
+    """c = sigma^2 d / (T - d - 1): the expected test error of OLS on the real data alone."""
+    return noise_variance * dim / (samples - dim - 1)
+
+
 class DesignLabels(Samples):
     """Labels on the fixed design repeated: sample j of a seed belongs to design row j mod ``period``
     (= T). Saved as the labels alone, since the rows follow from the period; a selection of rows (an
@@ -79,6 +84,26 @@ class LinearRegression(Setting):
         T, d = config.samples, config.dim
         # the design and its transpose, Gram matrix and inverse; labels, design rows and a sampling temporary
         return Footprint(rows=T, bytes_per_row=32, fixed_bytes=8 * (2 * T * d + 3 * d * d + T))
+
+    @classmethod
+    def theory(cls, config: LinearRegressionConfig, regime_name: str, iterations: int) -> list:
+        """The paper's closed forms (Gerstgrasser et al. 2024, Theorems 1-2): with c = sigma^2 d / (T - d - 1),
+        the expected test error of iteration n is c n under replace, c sum_{i<=n} 1/i^2 (<= c pi^2/6) under
+        accumulate, and c H_n under replace-grown."""
+        from ..theory import Curve
+
+        n = np.arange(1, iterations + 1, dtype=float)
+        c = expected_error_of_real_fit(config.dim, config.samples, config.noise_variance)
+        if regime_name == "replace":
+            return [Curve("test_error", c * n, "expected")]
+        if regime_name == "accumulate":
+            return [
+                Curve("test_error", c * np.cumsum(1.0 / n**2), "expected"),
+                Curve("test_error", np.full(iterations, c * np.pi**2 / 6), "bound"),
+            ]
+        if regime_name == "replace-grown":
+            return [Curve("test_error", c * np.cumsum(1.0 / n), "expected")]
+        return []
 
     def __init__(self, config: LinearRegressionConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)

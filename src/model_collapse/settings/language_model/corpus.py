@@ -70,7 +70,7 @@ def _tinystories(split: str) -> list[str]:
     except Exception as error:  # offline, or the Hub refused: say what to do instead
         raise ModelCollapseError(
             f"cannot load roneneldan/TinyStories ({type(error).__name__}: {error}); without network access, "
-            "point the setting at local files (source: files) or use the bundled corpus (source: moby-dick)"
+            "point the setting at local files (corpus: files) or use the bundled corpus (corpus: moby-dick)"
         ) from None
     return [text for text in table["text"] if text and text.strip()]
 
