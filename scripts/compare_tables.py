@@ -63,13 +63,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="compare-tables-") as scratch:
         before = export(args.before, Path(scratch) / "before")
         for name in names:
-            results = {}
-            for side, tree in (("before", before), ("after", ROOT)):
-                config = tree / "configs" / name
-                if not config.exists():
-                    results[side] = (2, f"no configs/{name}")
-                    continue
-                results[side] = run_table(tree, config, overrides, Path(scratch) / side / name)
+            configs = {side: tree / "configs" / name for side, tree in (("before", before), ("after", ROOT))}
+            if not all(config.exists() for config in configs.values()):
+                print(f"{'new' if configs['after'].exists() else 'removed':10} {name}")
+                continue
+            results = {
+                side: run_table(tree, configs[side], overrides, Path(scratch) / side / name)
+                for side, tree in (("before", before), ("after", ROOT))
+            }
             (code_before, before_text), (code_after, after_text) = results["before"], results["after"]
             if code_before or code_after:
                 state = {side: text if code else "ran" for side, (code, text) in results.items()}

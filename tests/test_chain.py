@@ -53,7 +53,7 @@ def small_setting(name, seeds=(0, 1, 2)):
 
 
 def expected_sizes(regime, iteration, T=8):
-    """(train size, real fraction) that DESIGN.md prescribes."""
+    """(train size, real fraction) each regime prescribes (docs/fidelity.md, "Regimes")."""
     if iteration == 1:
         return T, 1.0
     return {

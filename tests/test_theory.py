@@ -44,7 +44,7 @@ def test_linear_regression_matches_the_papers_closed_forms(linear_regression, re
 
 def test_linear_regression_theory_values():
     c = expected_error_of_real_fit(10, 100, 1.0)
-    assert c == pytest.approx(0.11236, abs=1e-5)  # paper-notes §2.5
+    assert c == pytest.approx(0.11236, abs=1e-5)  # c = sigma^2 d / (T - d - 1) at d = 10, T = 100 (docs/fidelity.md)
     config = LinearRegressionConfig(dim=10, samples=100)
     accumulate = curves(config, "accumulate", 10000)
     assert accumulate[0].values[-1] == pytest.approx(c * np.pi**2 / 6, rel=1e-4)
@@ -74,5 +74,6 @@ def test_gaussian_accumulate_keeps_the_mean_error_bounded():
     values = simulate(Gaussian(config, range(4000)), "accumulate", 30)
     (bound,) = curves(config, "accumulate", 30)
     assert values["mean_sq_error"].mean(axis=1).max() < bound.values[0] * 1.03
-    # paper-notes §7.1(a): accumulate trace ratio for d=1, n=10 settles near 0.85-0.87, replace falls to 0.9^t
+    # the follow-up's d = 1, T = 10 runs (docs/fidelity.md): accumulate's trace ratio settles near 0.85-0.87,
+    # replace's falls as 0.9^t
     assert 0.8 < values["trace_ratio"][-1].mean() < 0.92
