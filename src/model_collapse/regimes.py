@@ -5,7 +5,7 @@ each has) and answers with a ``TrainingPlan``: which rows of which sources make 
 the plan into data through the setting. This keeps regimes pure, tiny and independent of any setting,
 and lets a setting with sufficient statistics reuse whole sources without copying them.
 
-Vocabulary (DESIGN.md): T = size of the real training set; S_n = synthetic batch sampled from the model
+Vocabulary (docs/architecture.md): T = size of the real training set; S_n = synthetic batch sampled from the model
 of iteration n-1 for iteration n; iteration 1 always fits on the real data alone.
 """
 

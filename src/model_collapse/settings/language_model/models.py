@@ -1,7 +1,7 @@
 """The paper's language models, built from scratch from Hugging Face ``transformers`` configs.
 
-Presets (paper-notes §3.2; the paper gives parameter counts, the dimensions are those that reproduce
-them exactly with an 8,000-token vocabulary):
+Presets (Gerstgrasser et al. 2024, §2.1 and App. C; docs/fidelity.md). The paper gives parameter counts;
+the dimensions are those that reproduce them exactly with an 8,000-token vocabulary:
 
 =============  ==========================================================  =============
 preset         architecture                                                parameters
