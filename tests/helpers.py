@@ -18,3 +18,18 @@ def completed(progress: Path) -> int:
         return json.loads(progress.read_text())["completed"]
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
+
+
+def torchrun_command(*program: str, processes: int = 2) -> list[str]:
+    """``torchrun`` launching ``program`` (a script and its arguments, or ``-m module ...``) on this
+    machine's loopback, with a rendezvous port that was free a moment ago."""
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), *program,
+    ]  # fmt: skip

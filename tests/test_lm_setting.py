@@ -7,6 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import torchrun_command
 from model_collapse.chain import run_chain
 from model_collapse.cli import app
 from model_collapse.errors import ModelCollapseError, RunDirectoryError
@@ -252,9 +253,7 @@ def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbe
 def test_a_run_under_torchrun_with_two_processes(tmp_path):
     """Two gloo ranks run the chains together; rank 0 writes the run directory, once."""
     import io
-    import socket
     import subprocess
-    import sys
 
     import pandas as pd
 
@@ -276,27 +275,9 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
         "seeds": 1,
     }
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        "-m",
-        "model_collapse",
-        "run",
-        str(tmp_path / "lm.yaml"),
-        "--out",
-        str(tmp_path / "parallel"),
-        "-q",
-    ]
+    command = torchrun_command(
+        "-m", "model_collapse", "run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "parallel"), "-q"
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runner = CliRunner()

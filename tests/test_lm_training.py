@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import torchrun_command
 from model_collapse.settings.language_model.corpus import load_documents
 from model_collapse.settings.language_model.loss import CausalLanguageModelLoss
 from model_collapse.settings.language_model.models import build_model
@@ -296,34 +297,19 @@ curve = train(model, blocks, validation, TrainingOptions(batch_size=7, learning_
               np.random.default_rng(0), torch.device("cpu"))
 if dist.get_rank() == 0:
     torch.save({"state": model.state_dict(), "curve": curve}, sys.argv[1])
+dist.barrier()  # both ranks leave together: gloo aborts a rank whose peer tears down while it still talks
 dist.destroy_process_group()
 """
 
 
 def test_data_parallel_training_over_two_processes_equals_one_process(tmp_path):
     """torchrun with 2 CPU processes (gloo) follows the single-process optimisation."""
-    import socket
     import subprocess
     import sys
 
     script = tmp_path / "train.py"
     script.write_text(DATA_PARALLEL_SCRIPT)
-    with socket.socket() as probe:  # a free loopback port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        str(script),
-        str(tmp_path / "parallel.pt"),
-    ]
+    command = torchrun_command(str(script), str(tmp_path / "parallel.pt"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     single = subprocess.run(
@@ -336,7 +322,7 @@ def test_data_parallel_training_over_two_processes_equals_one_process(tmp_path):
             "WORLD_SIZE": "1",
             "RANK": "0",
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
+            "MASTER_PORT": command[command.index("--master_port") + 1],
         },
     )
     assert single.returncode == 0, single.stderr[-3000:]

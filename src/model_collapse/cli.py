@@ -106,6 +106,7 @@ def run(
         finally:
             if lock is not None:
                 lock.release()
+        distributed.finish()
     err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
 
 
@@ -136,6 +137,7 @@ def resume(
         finally:
             if lock is not None:
                 lock.release()
+        distributed.finish()
     err.print(f"done: {run_directory}")
 
 

@@ -30,6 +30,14 @@ def start() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def finish() -> None:
+    """Leave the process group together (gloo aborts a rank whose peer tears down while it still talks)."""
+    if _group_running():
+        dist = sys.modules["torch.distributed"]
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
