@@ -80,19 +80,8 @@ def test_run_table_plot(tmp_path):
 
 def test_overrides_and_parallel_sweep(tmp_path):
     config = write_config(tmp_path / "g.yaml", setting={"name": "gaussian", "dim": 1, "samples": 10})
-    result = invoke(
-        "run",
-        config,
-        "setting.samples=[10,30]",
-        "setting.dim=[1,2]",
-        "regimes=[replace,mix:0.5]",
-        "iterations=3",
-        "--out",
-        tmp_path / "run",
-        "--workers",
-        "2",
-        "-q",
-    )
+    sweep = ["setting.samples=[10,30]", "setting.dim=[1,2]", "regimes=[replace,mix:0.5]", "iterations=3"]
+    result = invoke("run", config, *sweep, "--out", tmp_path / "run", "--workers", "2", "-q")
     assert result.exit_code == 0, result.output
     frame = read_table(tmp_path / "run")
     assert set(frame.regime) == {"replace", "mix:0.5"}
@@ -101,19 +90,7 @@ def test_overrides_and_parallel_sweep(tmp_path):
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["setting"]["samples"] == [10, 30] and resolved["regimes"] == ["replace", "mix:0.5"]
     # the parallel run gives the numbers of a sequential one
-    result = invoke(
-        "run",
-        config,
-        "setting.samples=[10,30]",
-        "setting.dim=[1,2]",
-        "regimes=[replace,mix:0.5]",
-        "iterations=3",
-        "--out",
-        tmp_path / "sequential",
-        "--workers",
-        "1",
-        "-q",
-    )
+    result = invoke("run", config, *sweep, "--out", tmp_path / "sequential", "--workers", "1", "-q")
     assert result.exit_code == 0
     pd.testing.assert_frame_equal(frame, read_table(tmp_path / "sequential"))
 
@@ -236,9 +213,7 @@ def test_list_names_every_setting_and_regime(monkeypatch):
     from model_collapse import settings
 
     # a setting whose optional dependency is missing is listed with the install hint, not a crash
-    monkeypatch.setitem(
-        settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm", ("no_such_module", "Nothing"))
-    )
+    monkeypatch.setitem(settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm", None))
     result = runner.invoke(app, ["list"], env={"COLUMNS": "400"})  # rich wraps cells in a narrow terminal
     assert result.exit_code == 0
     # this checkout is installed editable (the README's command): the hint installs the extra from it

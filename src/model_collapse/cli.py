@@ -44,9 +44,7 @@ def _guarded(action, resume_hint: Path | None = None):
     hint = f"; finish it with `model-collapse resume {resume_hint}`" if resume_hint else ""
     try:
         return action()
-    except ResourceError as error:
-        _fail(f"{error}{hint}", code=1)
-    except ChainFailed as error:
+    except (ResourceError, ChainFailed) as error:
         _fail(f"{error}{hint}", code=1)
     except ModelCollapseError as error:
         _fail(str(error))
@@ -77,6 +75,23 @@ def _terminate_like_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _run_holding_the_lock(directory: Path, take_lock, experiment, workers: int | None, quiet: bool) -> None:
+    """Run (or finish) the chains of ``experiment`` in ``directory`` while holding its lock (taken by
+    ``take_lock``: creating the run, or locking an existing one); rank 0 alone takes it under torchrun."""
+    from .sweep import run_experiment
+
+    with _terminate_like_ctrl_c():
+        distributed.start()
+        lock = _guarded(take_lock) if distributed.is_main() else None
+        distributed.barrier()
+        try:
+            _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
+        finally:
+            if lock is not None:
+                lock.release()
+        distributed.finish()
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="A YAML config (see configs/)."),
@@ -87,7 +102,7 @@ def run(
 ) -> None:
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
-    from .sweep import estimate_memory, resolve_workers, run_experiment
+    from .sweep import estimate_memory, resolve_workers
 
     def prepare():
         experiment = load_experiment(config, overrides or [])
@@ -97,16 +112,7 @@ def run(
 
     experiment = _guarded(prepare)
     directory = out or Path("runs") / config.stem
-    with _terminate_like_ctrl_c():
-        distributed.start()
-        lock = _guarded(lambda: create_run(directory, experiment.resolved())) if distributed.is_main() else None
-        distributed.barrier()
-        try:
-            _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
-        finally:
-            if lock is not None:
-                lock.release()
-        distributed.finish()
+    _run_holding_the_lock(directory, lambda: create_run(directory, experiment.resolved()), experiment, workers, quiet)
     err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
 
 
@@ -118,7 +124,6 @@ def resume(
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
     from .rundir import lock_run, open_run
-    from .sweep import run_experiment
 
     def prepare():
         try:
@@ -129,15 +134,7 @@ def resume(
         return experiment
 
     experiment = _guarded(prepare)
-    with _terminate_like_ctrl_c():
-        distributed.start()
-        lock = _guarded(lambda: lock_run(run_directory)) if distributed.is_main() else None
-        try:
-            _guarded(lambda: run_experiment(run_directory, experiment, workers, quiet), resume_hint=run_directory)
-        finally:
-            if lock is not None:
-                lock.release()
-        distributed.finish()
+    _run_holding_the_lock(run_directory, lambda: lock_run(run_directory), experiment, workers, quiet)
     err.print(f"done: {run_directory}")
 
 

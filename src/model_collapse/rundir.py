@@ -122,12 +122,6 @@ class RunLock:
             os.close(self._fd)  # closing drops the flock; the file stays, holding no meaning by itself
             self._fd = None
 
-    def __enter__(self) -> RunLock:
-        return self if self._fd is not None else self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def lock_run(directory: Path) -> RunLock:
     """Lock an existing run directory (see ``RunLock``)."""
@@ -295,7 +289,10 @@ class ChainStore:
         for path in self.directory.glob("iter_*"):
             match = _ITERATION.fullmatch(path.name)
             if match and match.group(2) and path != keep:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         return completed
 
     def _check_description(self) -> None:
@@ -455,14 +452,14 @@ class ChainStore:
         return read_json(path) if path.exists() else None
 
     def records(
-        self, batch: int, metrics: Collection[str] | None = None, completed: int | None = None
+        self, seed_count: int, metrics: Collection[str] | None = None, completed: int | None = None
     ) -> list[IterationRecord]:
         """The records of iterations 1..``completed`` (default: all completed), each checked: the
-        right iteration, ``batch`` values per metric, and exactly the metric names ``metrics``."""
+        right iteration, ``seed_count`` values per metric, and exactly the metric names ``metrics``."""
         records = []
         for iteration in range(1, (self.completed() if completed is None else completed) + 1):
             path = self._iteration_directory(iteration) / "metrics.json"
-            record = IterationRecord.from_json(read_json(path), path, batch)
+            record = IterationRecord.from_json(read_json(path), path, seed_count)
             if record.iteration != iteration:
                 raise RunDirectoryError(f"corrupted file {path}: it records iteration {record.iteration}")
             if metrics is not None and set(record.metrics) != set(metrics):

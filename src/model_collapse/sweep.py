@@ -293,11 +293,11 @@ def peak_synthetic_rows(regime, iterations: int, real_size: int) -> int:
 
 
 def _bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if count < 1024 or unit == "PiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024:
             return f"{count:.1f} {unit}"
         count /= 1024
-    return f"{count:.1f} EiB"
+    return f"{count:.1f} PiB"
 
 
 def resolve_workers(experiment: Experiment, workers: int | None) -> int:

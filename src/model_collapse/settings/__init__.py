@@ -18,12 +18,13 @@ from pathlib import Path
 from ..errors import ConfigError
 from .base import Fit, Metric, Setting, SettingConfig
 
-# name -> (module, class, extra it needs or None, (module, class) of its declaration)
+# name -> (module, class, extra it needs or None, (module, class) of a light declaration, or None when
+# the setting class itself imports nothing heavy)
 _LOCATIONS = {
-    "linear-regression": ("linear_regression", "LinearRegression", None, ("linear_regression", "LinearRegression")),
-    "gaussian": ("gaussian", "Gaussian", None, ("gaussian", "Gaussian")),
-    "kde": ("kde", "KDE", None, ("kde", "KDE")),
-    "discrete": ("discrete", "Discrete", None, ("discrete", "Discrete")),
+    "linear-regression": ("linear_regression", "LinearRegression", None, None),
+    "gaussian": ("gaussian", "Gaussian", None, None),
+    "kde": ("kde", "KDE", None, None),
+    "discrete": ("discrete", "Discrete", None, None),
     "vae": ("vae", "VAE", "images", ("vae_config", "VAEDeclaration")),
     "language-model": (
         "language_model.setting",
@@ -64,8 +65,8 @@ class _Registry(Mapping[str, type[Setting]]):
     def declared(self, name: str) -> type:
         """What a setting is (``Config``, ``metrics``, ``one_seed_per_chain``, ``preview_size``), without
         importing its model code."""
-        _, _, extra, (module, cls) = _LOCATIONS[name]
-        return _import(module, cls, name, extra)
+        module, cls, extra, declaration = _LOCATIONS[name]
+        return _import(*(declaration or (module, cls)), name, extra)
 
     def __contains__(self, name: object) -> bool:  # Mapping's default would import the setting
         return name in _LOCATIONS

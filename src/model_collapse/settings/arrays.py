@@ -163,8 +163,9 @@ def samples_from(path: Path, arrays: dict[str, np.ndarray]) -> Samples:
         raise RunDirectoryError(f"corrupted file {path}: {error}") from None
 
 
-def check_shape(path: Path, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
-    if array.shape != expected:
+def check_shape(path: Path, array: np.ndarray, expected: tuple[int | None, ...]) -> np.ndarray:
+    """``array`` if its shape is ``expected`` (None: a dimension of any size), else a RunDirectoryError."""
+    if len(array.shape) != len(expected) or any(e is not None and n != e for n, e in zip(array.shape, expected)):
         raise RunDirectoryError(
             f"corrupted file {path}: an array of shape {array.shape}, this chain expects {expected}"
         )

@@ -111,8 +111,7 @@ class KDE(Setting):
         path = directory / "model.npz"
         arrays = load_arrays(path, ["points", "bandwidth"])
         points = arrays["points"]
-        rows = points.shape[1] if points.ndim == 3 else -1
-        check_shape(path, points, (self.seed_count, rows, DIMENSIONS[self.config.dataset]))
+        check_shape(path, points, (self.seed_count, None, DIMENSIONS[self.config.dataset]))
         bandwidth = check_shape(path, arrays["bandwidth"], (self.seed_count,))
         if not (np.isfinite(bandwidth) & (bandwidth > 0)).all():
             raise RunDirectoryError(

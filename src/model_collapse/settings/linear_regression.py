@@ -64,8 +64,7 @@ class DesignLabels(Samples):
     def load(cls, directory: Path, like: DesignLabels) -> Samples:
         path = directory / SAMPLES_FILE
         arrays = load_arrays(path, ["y"])
-        rows = arrays["y"].shape[-1] if arrays["y"].ndim == 2 else -1
-        y = check_shape(path, arrays["y"], (like.seed_count, rows))
+        y = check_shape(path, arrays["y"], (like.seed_count, None))
         if "row" not in arrays:
             return cls(y, like.period)
         row = check_shape(path, arrays["row"], y.shape)
