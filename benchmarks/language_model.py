@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
+from model_collapse.settings.language_model.config import TrainingSection
 from model_collapse.settings.language_model.corpus import load_documents
 from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
 from model_collapse.settings.language_model.sampling import generate, story_prompts
 from model_collapse.settings.language_model.tokenizer import train_tokenizer
-from model_collapse.settings.language_model.training import TrainingOptions, train
+from model_collapse.settings.language_model.training import train
 
 
 class Blocks(torch.utils.data.Dataset):
@@ -51,7 +52,7 @@ def fresh_model(name, vocab, eos):
 
 def time_ours(name, vocab, eos, blocks, validation, batch):
     model = fresh_model(name, vocab, eos)
-    options = TrainingOptions(batch_size=batch, learning_rate=1e-3, evaluations_per_epoch=1)
+    options = TrainingSection(batch_size=batch, learning_rate=1e-3, evaluations_per_epoch=1)
     start = time.perf_counter()
     train(model, blocks, validation, options, np.random.default_rng(0), torch.device("cpu"))
     return time.perf_counter() - start, model

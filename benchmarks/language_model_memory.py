@@ -72,12 +72,9 @@ def main() -> None:
             samples=args.samples,
             validation_documents=50,
             vocab_size=8000,
-            model="gpt2-tiny",
-            block_size=128,
-            batch_size=16,
-            max_new_tokens=96,
-            generation_batch_size=250,
-            evaluations_per_epoch=2,
+            model={"preset": "gpt2-tiny", "block_size": 128},
+            training={"batch_size": 16, "evaluations_per_epoch": 2},
+            sampling={"max_new_tokens": 96, "batch_size": 250},
             tokenizer_cache=str(Path(directory) / "tokenizers"),
         )
         setting = LanguageModel(config, [0])

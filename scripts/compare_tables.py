@@ -5,7 +5,10 @@
 
 Each side runs its own ``configs/*.yaml`` (so a change of config format is compared as well) with the
 same top-level overrides, which keep every sweep point and regime but shorten the run, on this machine,
-side by side; then the two ``model-collapse table`` outputs must be equal byte for byte. Configs whose data
+side by side; then the two ``model-collapse table`` outputs must be equal byte for byte. Where a config's
+fields moved (a setting's flat keys grouped into sections), the table's columns are renamed with them:
+such tables are reported as equal in every value when each column of the earlier table, under its new
+name, holds the same text in every row (columns only the later table has are listed). Configs whose data
 are not here (TinyStories, MNIST, CelebA) are reported as skipped. Refactors that must not change any
 number are checked with this before they land.
 """
@@ -13,6 +16,8 @@ number are checked with this before they land.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -50,6 +55,26 @@ def run_table(tree: Path, config: Path, overrides: list[str], out: Path) -> tupl
     return 0, table.stdout
 
 
+def same_values(before: str, after: str) -> str | None:
+    """How the columns changed, when the two tables hold the same values under moved column names;
+    None when a value differs."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from model_collapse.settings import SETTINGS
+
+    old_rows, new_rows = list(csv.reader(io.StringIO(before))), list(csv.reader(io.StringIO(after)))
+    if len(old_rows) != len(new_rows) or len(old_rows) < 2:
+        return None
+    old_columns = dict(zip(old_rows[0], zip(*old_rows[1:])))
+    new_columns = dict(zip(new_rows[0], zip(*new_rows[1:])))
+    moved = SETTINGS.declared(new_rows[1][0]).Config.moved
+    renamed = {old: moved.get(old, old) for old in old_columns}
+    if any(old_columns[old] != new_columns.get(new) for old, new in renamed.items()):
+        return None
+    changes = [f"{old} -> {new}" for old, new in renamed.items() if old != new]
+    added = [name for name in new_columns if name not in renamed.values()]
+    return f"renamed {', '.join(changes) or 'none'}; added {', '.join(added) or 'none'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before", help="a git revision")
@@ -78,6 +103,8 @@ def main() -> int:
                 different += bool(code_before) != bool(code_after)  # one side running alone is a difference
             elif before_text == after_text:
                 print(f"identical  {name}: {len(after_text.splitlines()) - 1} rows")
+            elif (columns := same_values(before_text, after_text)) is not None:
+                print(f"same values {name}: {len(after_text.splitlines()) - 1} rows; columns {columns}")
             else:
                 different += 1
                 pairs = zip(before_text.splitlines(), after_text.splitlines())

@@ -1,4 +1,4 @@
-"""Helpers the command-line and fault tests share."""
+"""Helpers the tests share: config files, tiny neural settings, progress, torchrun."""
 
 import json
 from pathlib import Path
@@ -10,6 +10,36 @@ def write_config(path: Path, base: dict, **changes) -> Path:
     """Write ``base`` with top-level ``changes`` as a YAML config at ``path``."""
     path.write_text(yaml.safe_dump({**base, **changes}))
     return path
+
+
+def tiny_vae(**fields) -> dict:
+    """A VAE setting that trains in a fraction of a second (8 x 8 digits), with ``fields`` on top."""
+    return {
+        "name": "vae",
+        "samples": 16,
+        "test_samples": 20,
+        "image_size": 8,
+        "evaluation_samples": 20,
+        "model": {"widths": [4], "latent_dim": 2},
+        "training": {"epochs": 1},
+        **fields,
+    }
+
+
+def tiny_language_model(tokenizer_cache: Path | str, **fields) -> dict:
+    """A language-model setting (bundled corpus, 300-token vocabulary, 32-token blocks) that trains
+    and samples in seconds, with ``fields`` on top."""
+    return {
+        "name": "language-model",
+        "samples": 8,
+        "validation_documents": 4,
+        "vocab_size": 300,
+        "tokenizer_cache": str(tokenizer_cache),
+        "model": {"block_size": 32},
+        "training": {"batch_size": 4},
+        "sampling": {"max_new_tokens": 12},
+        **fields,
+    }
 
 
 def completed(progress: Path) -> int:

@@ -6,6 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 
+from helpers import tiny_language_model, tiny_vae
 from model_collapse.chain import run_chain
 from model_collapse.errors import RunDirectoryError
 from model_collapse.regimes import REGIMES, parse_regime
@@ -17,24 +18,8 @@ SMALL = {
     "gaussian": {"dim": 2, "samples": 8},
     "kde": {"samples": 8, "test_samples": 20},
     "discrete": {"samples": 8, "outcomes": 5},
-    "vae": {
-        "samples": 8,
-        "test_samples": 20,
-        "image_size": 8,
-        "widths": [4],
-        "latent_dim": 2,
-        "epochs": 1,
-        "evaluation_samples": 20,
-    },
-    "language-model": {
-        "samples": 8,
-        "validation_documents": 4,
-        "vocab_size": 300,
-        "block_size": 32,
-        "max_new_tokens": 16,
-        "batch_size": 4,
-        "tokenizer_cache": tempfile.mkdtemp(prefix="tokenizers-"),
-    },
+    "vae": tiny_vae(samples=8),
+    "language-model": tiny_language_model(tempfile.mkdtemp(prefix="tokenizers-"), sampling={"max_new_tokens": 16}),
 }
 REGIME_SPECS = [
     "replace",

@@ -1,6 +1,7 @@
 """The `model-collapse` command: run, table, plot, resume, theory, and what it does with bad input."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,8 @@ def invoke(*args):
 
 
 BASE = {
-    "setting": {"name": "linear-regression", "dim": 3, "samples": [10, 20], "noise_variance": 1.0},
+    "setting": {"name": "linear-regression", "dim": 3, "noise_variance": 1.0},
+    "sweep": {"samples": [10, 20]},
     "regimes": ["replace", "accumulate"],
     "iterations": 6,
     "seeds": 50,
@@ -36,7 +38,9 @@ BASE = {
 
 
 def write_config(path, **changes):
-    return helpers.write_config(path, BASE, **changes)
+    # a test that gives its own setting sweeps only what it says
+    base = {key: value for key, value in BASE.items() if key != "sweep" or "setting" not in changes}
+    return helpers.write_config(path, base, **changes)
 
 
 def read_table(directory):
@@ -88,7 +92,8 @@ def test_overrides_and_parallel_sweep(tmp_path):
     assert set(zip(frame.samples, frame.dim)) == {(10, 1), (10, 2), (30, 1), (30, 2)}
     assert frame.iteration.max() == 3
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert resolved["setting"]["samples"] == [10, 30] and resolved["regimes"] == ["replace", "mix:0.5"]
+    assert resolved["sweep"] == {"samples": [10, 30], "dim": [1, 2]} and resolved["regimes"] == ["replace", "mix:0.5"]
+    assert resolved["setting"]["samples"] == 10  # the first sweep point's value
     # the parallel run gives the numbers of a sequential one
     result = invoke("run", config, *sweep, "--out", tmp_path / "sequential", "--workers", "1", "-q")
     assert result.exit_code == 0
@@ -114,6 +119,9 @@ def test_overrides_and_parallel_sweep(tmp_path):
         (["iterations"], "dotted.key=value"),
         (["setting.dim.x=3"], "setting.dim is not a mapping"),
         (["checkpoints=some"], "checkpoints"),
+        (["sweep.colour=[1,2]"], "sweep.colour: not a field of the linear-regression setting"),
+        (["sweep.dim=3"], "sweep.dim: expected a list of values"),
+        (["sweep.name=[gaussian]"], "sweep.name: a run has one setting"),
     ],
 )
 def test_bad_configs_fail_with_one_line_exit_2_and_write_nothing(tmp_path, overrides, message):
@@ -123,6 +131,48 @@ def test_bad_configs_fail_with_one_line_exit_2_and_write_nothing(tmp_path, overr
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_is_explicit_and_a_command_line_list_sweeps_a_one_value_field(tmp_path):
+    listed = write_config(tmp_path / "listed.yaml", setting={"name": "linear-regression", "samples": [10, 20]})
+    result = invoke("run", listed, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    assert "setting.samples: a list of values is a sweep; write it as sweep: {samples: [10, 20]}" in result.output
+    # a single value on the command line ends the file's sweep of that field; a list starts one
+    result = invoke(
+        "run",
+        write_config(tmp_path / "lr.yaml"),
+        "setting.samples=12",
+        "setting.dim=[2,3]",
+        "--out",
+        tmp_path / "run",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["setting"]["samples"] == 12 and resolved["sweep"] == {"dim": [2, 3]}
+    assert sorted(p.name for p in (tmp_path / "run" / "chains").iterdir()) == ["dim-2", "dim-3"]
+
+
+def test_a_run_of_the_earlier_format_is_read_and_resumed_with_its_numbers(tmp_path):
+    """Format 1 wrote sweeps as lists in ``setting``; such a run is read as it was, and resumed."""
+    config = write_config(tmp_path / "lr.yaml", iterations=4)
+    assert invoke("run", config, "--out", tmp_path / "whole", "-q").exit_code == 0
+    assert invoke("run", config, "iterations=2", "--out", tmp_path / "old", "-q").exit_code == 0
+    old = tmp_path / "old"
+    resolved = yaml.safe_load((old / "config.yaml").read_text())
+    resolved["setting"]["samples"] = resolved.pop("sweep")["samples"]
+    resolved["iterations"] = 4
+    (old / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    marker = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({**marker, "format_version": 1}))
+    assert invoke("resume", old, "-q").exit_code == 0
+    assert invoke("table", old).stdout == invoke("table", tmp_path / "whole").stdout
+    # a sectioned setting's format-1 run stored its flat layout in every chain: refused, with what to do
+    resolved["setting"] = {"name": "vae", "latent_dim": 2}
+    (old / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    result = invoke("table", old)
+    assert result.exit_code == 2 and "pip install model-collapse==0.1.0" in result.output
 
 
 def test_bad_config_files(tmp_path):

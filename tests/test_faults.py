@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import completed, write_config
+from helpers import completed, tiny_vae, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # Trials of kill -9 at a random moment; the closing figures of issue 8 came from a larger number.
@@ -139,20 +139,9 @@ def test_a_swept_path_cannot_lead_the_run_outside_its_directory(tmp_path):
     before = tree(victim)
     work = tmp_path / "a" / "b" / "c" / "d"
     work.mkdir(parents=True)
-    vae = {
-        "name": "vae",
-        "dataset": "folder",
-        "channels": 1,
-        "image_size": 8,
-        "samples": 16,
-        "test_samples": 8,
-        "widths": [4],
-        "latent_dim": 2,
-        "epochs": 1,
-        "evaluation_samples": 8,
-        "data_dir": ["../../../../victim", str(victim)],
-    }
-    path = config(work / "vae.yaml", setting=vae, regimes=["replace"], iterations=2, seeds=1)
+    vae = tiny_vae(dataset="folder", channels=1, test_samples=8, evaluation_samples=8)
+    sweep = {"data_dir": ["../../../../victim", str(victim)]}
+    path = config(work / "vae.yaml", setting=vae, sweep=sweep, regimes=["replace"], iterations=2, seeds=1)
     result = cli("run", path, "--out", "run", "-q", cwd=work)
     assert result.returncode == 0, result.stderr
     assert tree(victim) == before
@@ -653,17 +642,7 @@ def test_random_bytes_in_an_array_file_are_called_corrupted_never_a_pickle(finis
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("vae")
-    setting = {
-        "name": "vae",
-        "samples": 16,
-        "test_samples": 20,
-        "image_size": 8,
-        "widths": [4],
-        "latent_dim": 2,
-        "epochs": 1,
-        "evaluation_samples": 20,
-    }
-    path = config(base / "vae.yaml", setting=setting, iterations=2, seeds=1, regimes=["replace"])
+    path = config(base / "vae.yaml", setting=tiny_vae(), iterations=2, seeds=1, regimes=["replace"])
     assert cli("run", path, "--out", base / "run", "-q").returncode == 0
     return base / "run"
 

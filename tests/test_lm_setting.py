@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from helpers import torchrun_command
+from helpers import tiny_language_model, torchrun_command
 from model_collapse.chain import run_chain
 from model_collapse.cli import app
 from model_collapse.errors import ModelCollapseError, RunDirectoryError
@@ -21,15 +21,7 @@ LanguageModel = SETTINGS["language-model"]
 
 @pytest.fixture()
 def config(tmp_path):
-    return LanguageModel.Config(
-        samples=10,
-        validation_documents=4,
-        vocab_size=300,
-        block_size=32,
-        max_new_tokens=12,
-        batch_size=4,
-        tokenizer_cache=str(tmp_path / "tokenizers"),
-    )
+    return LanguageModel.Config.model_validate(tiny_language_model(tmp_path / "tokenizers", samples=10))
 
 
 def test_synthetic_stories_keep_the_prompt_token_and_are_as_many_as_asked(config):
@@ -50,9 +42,10 @@ def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(con
 
     from model_collapse.settings.language_model.models import build_model
 
-    setting = LanguageModel(config.model_copy(update={"generation_batch_size": 2}), [0])  # shards of 32 stories
+    sampling = config.sampling.model_copy(update={"batch_size": 2})  # shards of 32 stories
+    setting = LanguageModel(config.model_copy(update={"sampling": sampling}), [0])
     torch.manual_seed(0)
-    model = build_model(config.model, len(setting.tokenizer), setting.eos)
+    model = build_model(config.model.preset, len(setting.tokenizer), setting.eos)
     straight = setting.sample(model, 70, np.random.default_rng(3))
     scratch = tmp_path / "scratch"
     saved = setting.sample(model, 70, np.random.default_rng(3), scratch)
@@ -119,9 +112,12 @@ def test_bad_language_model_configs(tmp_path):
     from model_collapse.errors import ConfigError
 
     for changes, message in [
-        ({"model": "gpt5"}, "unknown preset"),
+        ({"model": {"preset": "gpt5"}}, "setting.model.preset: unknown preset 'gpt5'"),
+        ({"model": {"block_size": 512}}, "block_size 512 exceeds the 256 positions of gpt2-tiny"),
         ({"corpus": "files"}, "needs train_file"),
-        ({"top_p": 1.5}, "top_p"),
+        ({"sampling": {"top_p": 1.5}}, "setting.sampling.top_p"),
+        ({"model": "gpt2-9m"}, "setting.model: moved to setting.model.preset"),
+        ({"generation_batch_size": 8}, "setting.generation_batch_size: moved to setting.sampling.batch_size"),
     ]:
         raw = {"setting": {"name": "language-model", **changes}, "regimes": ["replace"], "iterations": 2, "seeds": 1}
         with pytest.raises(ConfigError, match=message):
@@ -130,16 +126,7 @@ def test_bad_language_model_configs(tmp_path):
 
 def test_run_table_and_text_samples_from_the_command_line(tmp_path, monkeypatch):
     config = {
-        "setting": {
-            "name": "language-model",
-            "samples": 8,
-            "validation_documents": 4,
-            "vocab_size": 300,
-            "block_size": 32,
-            "max_new_tokens": 12,
-            "batch_size": 4,
-            "tokenizer_cache": str(tmp_path / "tokenizers"),
-        },
+        "setting": tiny_language_model(tmp_path / "tokenizers"),
         "regimes": ["replace", "accumulate"],
         "iterations": 2,
         "seeds": 1,
@@ -189,17 +176,13 @@ def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbe
     import pandas as pd
 
     config = {
-        "setting": {
-            "name": "language-model",
-            "samples": 500,
-            "validation_documents": 4,
-            "vocab_size": 300,
-            "block_size": 64,
-            "max_new_tokens": 24,
-            "batch_size": 8,
-            "tokenizer_cache": str(tmp_path / "tokenizers"),
-            "checkpoint_minutes": 0.003,
-        },
+        "setting": tiny_language_model(
+            tmp_path / "tokenizers",
+            samples=500,
+            model={"block_size": 64},
+            training={"batch_size": 8, "checkpoint_minutes": 0.003},
+            sampling={"max_new_tokens": 24},
+        ),
         "regimes": ["accumulate"],
         "iterations": 2,
         "seeds": 1,
@@ -258,18 +241,12 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
     import pandas as pd
 
     config = {
-        "setting": {
-            "name": "language-model",
-            "samples": 24,
-            "validation_documents": 4,
-            "vocab_size": 300,
-            "block_size": 32,
-            "max_new_tokens": 12,
-            "batch_size": 4,
-            "tokenizer_cache": str(tmp_path / "tokenizers"),
-            "model": "llama-tiny",
-            "generation_batch_size": 1,  # shards of 16 stories: 24 stories are a shard per rank
-        },
+        "setting": tiny_language_model(
+            tmp_path / "tokenizers",
+            samples=24,
+            model={"preset": "llama-tiny", "block_size": 32},
+            sampling={"max_new_tokens": 12, "batch_size": 1},  # shards of 16 stories: 24 stories are a shard per rank
+        ),
         "regimes": ["replace", "accumulate"],
         "iterations": 2,
         "seeds": 1,

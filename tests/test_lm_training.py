@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from helpers import torchrun_command
+from model_collapse.settings.language_model.config import TrainingSection
 from model_collapse.settings.language_model.corpus import load_documents
 from model_collapse.settings.language_model.loss import CausalLanguageModelLoss
 from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
 from model_collapse.settings.language_model.sampling import draw, generate, next_token_distribution, story_prompts
 from model_collapse.settings.language_model.tokenizer import train_tokenizer
-from model_collapse.settings.language_model.training import TrainingOptions, cross_entropy, learning_rate_factor, train
+from model_collapse.settings.language_model.training import cross_entropy, learning_rate_factor, train
 
 BOS = EOS = 0
 
@@ -99,7 +100,7 @@ def test_training_lowers_the_validation_loss_and_is_deterministic(small_corpus):
     tokenizer, train_corpus, validation_corpus = small_corpus
     eos = tokenizer.eos_token_id
     blocks, validation = pack(train_corpus, 64, eos, eos), pack(validation_corpus, 64, eos, eos)
-    options = TrainingOptions(batch_size=16, learning_rate=3e-3, evaluations_per_epoch=3)
+    options = TrainingSection(batch_size=16, learning_rate=3e-3, evaluations_per_epoch=3)
     curves = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -121,9 +122,7 @@ def test_interrupted_training_resumes_at_the_saved_step_and_ends_as_if_never_sto
     eos = tokenizer.eos_token_id
     blocks, validation = pack(train_corpus, 64, eos, eos).limited(64), pack(validation_corpus, 64, eos, eos).limited(4)
     # gpt2 has dropout (torch's random state must be restored); two epochs (the data order must be too)
-    options = TrainingOptions(
-        batch_size=8, learning_rate=3e-3, epochs=2, evaluations_per_epoch=3, checkpoint_interval_s=0
-    )
+    options = TrainingSection(batch_size=8, learning_rate=3e-3, epochs=2, evaluations_per_epoch=3, checkpoint_minutes=0)
     steps_run = []
     original_batch = blocks.batch
     blocks.batch = lambda indices: (steps_run.append(1), original_batch(indices))[1]
@@ -155,7 +154,7 @@ def test_interrupted_training_resumes_at_the_saved_step_and_ends_as_if_never_sto
         assert torch.equal(a, b), name
 
     # a checkpoint of another run (here another learning rate) is not resumed from
-    other = TrainingOptions(**{**options.__dict__, "learning_rate": 1e-3})
+    other = options.model_copy(update={"learning_rate": 1e-3})
     run(directory=tmp_path, options=other)
     assert len(steps_run) == total_steps
 
@@ -285,7 +284,8 @@ import sys, numpy as np, torch, torch.distributed as dist
 from model_collapse.settings.language_model.loss import CausalLanguageModelLoss
 from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
-from model_collapse.settings.language_model.training import TrainingOptions, train
+from model_collapse.settings.language_model.config import TrainingSection
+from model_collapse.settings.language_model.training import train
 
 dist.init_process_group("gloo")
 rng = np.random.default_rng(5)
@@ -293,7 +293,7 @@ corpus = TokenCorpus.from_documents([list(rng.integers(2, 60, size=rng.integers(
 blocks, validation = pack(corpus, 16, 0, 1), pack(corpus, 16, 0, 1).limited(4)
 torch.manual_seed(0)
 model = build_model("llama-tiny", vocab_size=60, special_token_id=1)
-curve = train(model, blocks, validation, TrainingOptions(batch_size=7, learning_rate=3e-3, evaluations_per_epoch=2),
+curve = train(model, blocks, validation, TrainingSection(batch_size=7, learning_rate=3e-3, evaluations_per_epoch=2),
               np.random.default_rng(0), torch.device("cpu"))
 if dist.get_rank() == 0:
     torch.save({"state": model.state_dict(), "curve": curve}, sys.argv[1])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import tiny_vae
 from model_collapse.chain import run_chain
 from model_collapse.config import build_experiment
 from model_collapse.errors import ConfigError, ModelCollapseError, RunDirectoryError
@@ -15,7 +16,11 @@ from model_collapse.rundir import ChainStore
 from model_collapse.settings.images import load_images
 from model_collapse.settings.vae import VAE, ConvVAE, VAEConfig, negative_elbo
 
-TINY = dict(samples=64, test_samples=100, image_size=8, widths=(8,), latent_dim=2, epochs=1, evaluation_samples=200)
+TINY = tiny_vae(samples=64, test_samples=100, evaluation_samples=200, model={"widths": [8], "latent_dim": 2})
+
+
+def tiny(**fields) -> VAEConfig:
+    return VAEConfig.model_validate({**TINY, **fields})
 
 
 @pytest.mark.parametrize("channels,size,widths", [(1, 28, (32, 64)), (3, 64, (32, 64, 128, 256)), (1, 16, (8,))])
@@ -53,7 +58,7 @@ def test_negative_elbo_on_known_inputs():
 
 
 def test_sampling_shapes_and_types():
-    setting = VAE(VAEConfig(**TINY), [0])
+    setting = VAE(tiny(), [0])
     model = setting.fit([setting.real_train], np.random.default_rng(0))
     data = setting.sample(model, 10, np.random.default_rng(1))
     assert data["x"].shape == (1, 10, 1, 8, 8) and data["x"].dtype == np.uint8
@@ -62,7 +67,7 @@ def test_sampling_shapes_and_types():
 
 
 def test_diversity_metrics_on_known_models():
-    setting = VAE(VAEConfig(**TINY), [0])
+    setting = VAE(tiny(), [0])
     # the judges see ten balanced classes in real data
     test = setting.test.reshape(len(setting.test), -1) / 255
     counts = np.bincount(setting.classifier.predict(test), minlength=10)
@@ -78,16 +83,11 @@ def test_diversity_metrics_on_known_models():
 
 
 def test_training_lowers_the_test_loss_and_evaluation_is_repeatable():
-    config = VAEConfig(
-        **{
-            **TINY,
-            "samples": None,
-            "image_size": 16,
-            "widths": (16, 32),
-            "latent_dim": 8,
-            "epochs": 5,
-            "learning_rate": 2e-3,
-        }
+    config = tiny(
+        samples=None,
+        image_size=16,
+        model={"widths": [16, 32], "latent_dim": 8},
+        training={"epochs": 5, "learning_rate": 2e-3},
     )
     setting = VAE(config, [0])
     untrained = setting.evaluate(setting._new_model())["test_loss"][0]
@@ -101,11 +101,11 @@ def test_training_lowers_the_test_loss_and_evaluation_is_repeatable():
 
 
 def test_checkpoints_round_trip_and_foreign_files_are_refused(tmp_path):
-    setting = VAE(VAEConfig(**TINY), [0])
+    setting = VAE(tiny(), [0])
     model = setting.fit([setting.real_train], np.random.default_rng(0))
     setting.save_model(model, tmp_path)
     assert setting.evaluate(setting.load_model(tmp_path)) == setting.evaluate(model)
-    other = VAE(VAEConfig(**{**TINY, "latent_dim": 3}), [0])
+    other = VAE(tiny(model={"widths": [8], "latent_dim": 3}), [0])
     with pytest.raises(RunDirectoryError, match="not a checkpoint of this model"):
         other.load_model(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"garbage")
@@ -115,16 +115,16 @@ def test_checkpoints_round_trip_and_foreign_files_are_refused(tmp_path):
 
 @pytest.mark.parametrize("regime", ["accumulate", "replace"])
 def test_resumed_vae_chain_equals_uninterrupted_chain(tmp_path, regime):
-    straight = run_chain(VAE(VAEConfig(**TINY), [0]), parse_regime(regime), 3)
-    run_chain(VAE(VAEConfig(**TINY), [0]), parse_regime(regime), 2, ChainStore(tmp_path, {}))
-    resumed = run_chain(VAE(VAEConfig(**TINY), [0]), parse_regime(regime), 3, ChainStore(tmp_path, {}))
+    straight = run_chain(VAE(tiny(), [0]), parse_regime(regime), 3)
+    run_chain(VAE(tiny(), [0]), parse_regime(regime), 2, ChainStore(tmp_path, {}))
+    resumed = run_chain(VAE(tiny(), [0]), parse_regime(regime), 3, ChainStore(tmp_path, {}))
     for a, b in zip(straight, resumed):
         assert {k: v.tolist() for k, v in a.metrics.items()} == {k: v.tolist() for k, v in b.metrics.items()}
     assert (tmp_path / "iter_0003" / "preview.npy").exists()
 
 
 def test_fresh_real_images_come_from_outside_the_training_set():
-    setting = VAE(VAEConfig(**TINY), [0])
+    setting = VAE(tiny(), [0])
     fresh = setting.fresh_real(10, np.random.default_rng(0))["x"][0]
     train = setting.real_train["x"][0].reshape(64, -1)
     assert not any((train == image.reshape(1, -1)).all(axis=1).any() for image in fresh)
@@ -148,10 +148,14 @@ def test_images_from_a_folder(tmp_path):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"image_size": 12, "widths": [8, 16, 32]}, "divisible by 2^len(widths)"),
+        ({"image_size": 12, "model": {"widths": [8, 16, 32]}}, "divisible by 2^len(model.widths)"),
         ({"dataset": "folder"}, "channels must be given"),
         ({"dataset": "celeba", "channels": 1}, "3 channel"),
-        ({"widths": []}, "widths"),
+        ({"model": {"widths": []}}, "setting.model.widths"),
+        (
+            {"latent_dim": 4, "epochs": 2},
+            "setting.latent_dim: moved to setting.model.latent_dim; setting.epochs: moved",
+        ),
     ],
 )
 def test_bad_vae_configs(changes, message):
@@ -167,15 +171,22 @@ def test_data_sets_that_need_a_directory_say_so():
         VAE(VAEConfig(samples=100000), [0])
 
 
-def test_a_vae_sweep_runs_one_chain_per_seed_and_lists_are_values_for_widths():
+def test_a_vae_sweep_runs_one_chain_per_seed_and_sweeps_widths_like_any_field():
     raw = {
-        "setting": {"name": "vae", "widths": [8, 16], "latent_dim": [2, 4]},
+        "setting": {"name": "vae", "model": {"widths": [8, 16]}},
+        "sweep": {"model.latent_dim": [2, 4]},
         "regimes": ["replace"],
         "iterations": 2,
         "seeds": 3,
     }
     experiment = build_experiment(raw)
-    assert experiment.varying == ("latent_dim",)
+    assert experiment.varying == ("model.latent_dim",)
     chains = experiment.chains()
     assert len(chains) == 2 * 3 and {c.seeds for c in chains} == {(0,), (1,), (2,)}
-    assert all(c.point.widths == (8, 16) for c in chains)
+    assert all(c.point.model.widths == (8, 16) for c in chains)
+    assert chains[0].point_name == "model.latent_dim-2"
+    # a list-valued field is swept over lists, written in the sweep (nested or dotted alike)
+    widths = build_experiment({**raw, "sweep": {"model": {"widths": [[8], [8, 16]]}}})
+    assert [p.model.widths for p in widths.points] == [(8,), (8, 16)]
+    assert widths.resolved()["sweep"] == {"model.widths": [[8], [8, 16]]}
+    assert build_experiment(widths.resolved()).points == widths.points

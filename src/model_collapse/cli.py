@@ -19,6 +19,7 @@ from .config import apply_overrides, build_experiment, load_experiment
 from .errors import ConfigError, ModelCollapseError, ResourceError, Terminated
 from .regimes import REGIMES
 from .settings import SETTINGS
+from .settings.base import section_of
 from .sweep import ChainFailed, describe_fault
 
 app = typer.Typer(
@@ -123,13 +124,11 @@ def resume(
     quiet: bool = QUIET,
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
-    from .rundir import lock_run, open_run
+    from .results import open_experiment
+    from .rundir import lock_run
 
     def prepare():
-        try:
-            experiment = build_experiment(open_run(run_directory))
-        except ConfigError as error:
-            raise ModelCollapseError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
+        experiment = open_experiment(run_directory)
         SETTINGS[experiment.setting_name]  # its optional dependencies are installed
         return experiment
 
@@ -203,7 +202,7 @@ def list_() -> None:
         except ConfigError as error:  # an optional dependency is missing: say how to get it
             settings.add_row(name, f"[dim]{escape(str(error))}[/]", "")
             continue
-        fields = ", ".join(f"{k}={v.default}" for k, v in cls.Config.model_fields.items() if k != "name")
+        fields = ", ".join(f"{k}={v}" for k, v in _defaults(cls.Config).items() if k != "name")
         settings.add_row(name, fields, ", ".join(cls.metrics))
     console.print(settings)
     regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
@@ -211,6 +210,18 @@ def list_() -> None:
         parameter = f"{cls.parameter}={cls.default}" if cls.parameter else ""
         regimes.add_row(name, parameter, (cls.__doc__ or "").strip())
     console.print(regimes)
+
+
+def _defaults(config_type, prefix: str = "") -> dict[str, object]:
+    """A config's fields, dotted inside sections, with their defaults."""
+    defaults: dict[str, object] = {}
+    for key, field in config_type.model_fields.items():
+        section = section_of(field.annotation)
+        if section is not None:
+            defaults.update(_defaults(section, f"{prefix}{key}."))
+        else:
+            defaults[f"{prefix}{key}"] = field.get_default(call_default_factory=True)
+    return defaults
 
 
 def main() -> None:

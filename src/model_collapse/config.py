@@ -1,18 +1,26 @@
 """Run configs: YAML in, typed and validated objects out, one clear line per problem.
 
-A config names a setting, the regimes, the number of iterations and of seeds::
+A config names a setting, optionally a sweep over its fields, the regimes, the number of iterations
+and of seeds::
 
-    setting: {name: linear-regression, dim: 10, samples: [32, 100, 316], noise_variance: 1.0}
+    setting: {name: linear-regression, dim: 10, noise_variance: 1.0}
+    sweep: {samples: [32, 100, 316]}
     regimes: [replace, accumulate]
     iterations: 100
     seeds: 1000
 
-Any field can be overridden as ``dotted.key=value`` (values are read as YAML, so ``[a,b]`` is a list).
-A list given for a setting field makes a sweep: the run covers every combination of the listed values.
+``sweep`` maps setting keys (dotted for a section's field: ``training.learning_rate``) to lists of
+values; the run covers every combination. A sweep is always explicit, so a field whose value is itself a
+list (a VAE's ``model.widths``) can be swept like any other.
+
+Any key can be overridden as ``dotted.key=value`` (values are read as YAML, so ``[a,b]`` is a list). On
+the command line a list for a setting field that takes one value sweeps it: ``setting.samples=[10,100]``
+is ``sweep.samples=[10,100]``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import re
@@ -27,13 +35,16 @@ from pydantic import ConfigDict, Field, PositiveInt, ValidationError
 from .errors import ConfigError, yaml_problem
 from .regimes import Regime, parse_regime
 from .settings import SETTINGS, SettingConfig
-from .settings.base import StrictConfig
+from .settings.base import StrictConfig, section_of
 
 
 class RunConfig(StrictConfig):
     model_config = ConfigDict(frozen=False)
 
     setting: dict[str, Any]
+    sweep: dict[str, Any] = Field(
+        default_factory=dict, description="setting keys (dotted for sections) to lists of values to sweep over"
+    )
     regimes: list[Any] = Field(min_length=1)
     iterations: PositiveInt
     seeds: PositiveInt = Field(description="how many seeds; the seeds are 0..seeds-1")
@@ -43,6 +54,9 @@ class RunConfig(StrictConfig):
 
 def _describe(error: dict[str, Any], prefix: tuple = ()) -> str:
     where = (*prefix, *error["loc"])
+    if error["type"] == "moved":  # keys of the earlier flat layout: say where each lives now
+        prefix = "".join(f"{part}." for part in where)
+        return "; ".join(f"{prefix}{key}: moved to {prefix}{place}" for key, place in error["ctx"]["moves"])
     if error["type"] == "boolean_for_number":
         where = (*where, error["ctx"]["key"])
     location = ".".join(str(part) for part in where) or "config"
@@ -78,9 +92,53 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys (``{training: {epochs: 2}}`` -> ``training.epochs``)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _get(data: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for i, part in enumerate(parents):
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"setting.{'.'.join(parents[: i + 1])}: a section, expected a mapping")
+    data[leaf] = value
+
+
+def _field(config_type: type[StrictConfig], dotted: str):
+    """The pydantic field a dotted key names inside a config with sections, or None."""
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        field = config_type.model_fields.get(part)
+        config_type = section_of(field.annotation) if field is not None else None
+        if config_type is None:
+            return None
+    return config_type.model_fields.get(leaf)
+
+
+def _takes_a_list(field) -> bool:
+    return get_origin(field.annotation) in (list, tuple)
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """A copy of ``raw`` with each ``dotted.key=value`` applied."""
-    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(dict(raw)))  # deep copy of plain data
+    """A copy of ``raw`` with each ``dotted.key=value`` applied.
+
+    A list for a setting field that takes one value sweeps it; a single value ends its sweep."""
+    result: dict[str, Any] = copy.deepcopy(dict(raw))
+    applied: dict[str, Any] = {}
     for override in overrides:
         key, sep, text = override.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -97,7 +155,32 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
                 raise ConfigError(f"override {override!r}: {'.'.join(parents[: i + 1])} is not a mapping")
             node = child
         node[leaf] = value
+        applied[key] = value
+    setting, sweep = result.get("setting"), result.get("sweep", {})
+    name = setting.get("name") if isinstance(setting, dict) else None
+    if not isinstance(sweep, dict) or not isinstance(name, str) or name not in SETTINGS:
+        return result  # build_experiment names the problem
+    sweep = flatten(sweep)
+    config_type = SETTINGS.declared(name).Config
+    for key, value in applied.items():
+        if not key.startswith("setting."):
+            continue
+        key = key.removeprefix("setting.")
+        field = _field(config_type, key)
+        sweep.pop(key, None)
+        if isinstance(value, list) and field is not None and not _takes_a_list(field):
+            sweep[key] = value
+            _delete(setting, key)
+    if sweep or "sweep" in result:
+        result["sweep"] = sweep
     return result
+
+
+def _delete(data: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data[part]
+    del data[leaf]
 
 
 @dataclass(frozen=True)
@@ -105,14 +188,14 @@ class ChainSpec:
     """One chain of a run: a sweep point, a regime and its seeds (all of them, or one)."""
 
     point: SettingConfig
-    varying: tuple[str, ...]  # the setting fields the sweep varies (they name the chain's directory)
+    varying: tuple[str, ...]  # the (dotted) setting keys the sweep varies (they name the chain's directory)
     regime: Regime
     seeds: tuple[int, ...]
 
     @property
     def point_name(self) -> str:
         values = self.point.model_dump(mode="json")
-        return safe_name("_".join(f"{key}-{_token(values[key])}" for key in self.varying)) or "base"
+        return safe_name("_".join(f"{key}-{_token(_get(values, key))}" for key in self.varying)) or "base"
 
     @property
     def label(self) -> str:
@@ -138,9 +221,11 @@ def _short_hash(text: str) -> str:
 
 
 def _token(value: Any) -> str:
-    """A sweep value as part of a directory name: as written when it is a plain token (``100``, ``0.5``,
-    ``scott``), else a readable slug plus a hash of the value, so that no value (``../../victim``, a
-    path, text with slashes) can name a directory outside the run, and distinct values stay distinct."""
+    """A sweep value as part of a directory name: as written when a plain token, else a slug and a hash.
+
+    ``100``, ``0.5`` and ``scott`` stay; ``../../victim``, a path or text with slashes become a readable
+    slug plus a hash of the value, so that none names a directory outside the run and distinct values
+    stay distinct."""
     text = str(value)
     if _PLAIN.fullmatch(text) and len(text) <= 40:
         return text
@@ -184,31 +269,58 @@ class Experiment:
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain data, every default filled in (written to the run directory)."""
-        data = self.config.model_dump()
+        data = self.config.model_dump(exclude={"sweep"})
+        data["setting"] = self.points[0].model_dump(mode="json")  # a swept key holds its first value
         data["regimes"] = [regime.label for regime in self.regimes]
-        setting = self.points[0].model_dump(mode="json")
+        sweep: dict[str, list] = {}
         for key in self.varying:
-            setting[key] = list(dict.fromkeys(p.model_dump(mode="json")[key] for p in self.points))
-        data["setting"] = setting
-        return data
+            values = [_get(point.model_dump(mode="json"), key) for point in self.points]
+            sweep[key] = [value for i, value in enumerate(values) if value not in values[:i]]
+        return {"setting": data.pop("setting"), **({"sweep": sweep} if sweep else {}), **data}
 
 
-def _expand(
-    setting: Mapping[str, Any], config_type: type[SettingConfig]
-) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    # A list is a sweep axis, except for fields whose value is itself a sequence (e.g. vae widths).
-    sequence_fields = {
-        key for key, field in config_type.model_fields.items() if get_origin(field.annotation) in (list, tuple)
-    }
-    varying = tuple(key for key, value in setting.items() if isinstance(value, list) and key not in sequence_fields)
-    for key in varying:
-        if not setting[key]:
-            raise ConfigError(f"setting.{key}: an empty list sweeps over nothing")
-        repeated = [value for i, value in enumerate(setting[key]) if value in setting[key][:i]]
-        if repeated:
-            raise ConfigError(f"setting.{key}: the value {repeated[0]!r} is listed twice")
-    combinations = itertools.product(*(setting[key] for key in varying))
-    return [{**setting, **dict(zip(varying, values))} for values in combinations], varying
+def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str, list]:
+    """The sweep as dotted setting keys to their values, checked.
+
+    Every key must name a field and every list be non-empty without repeats; a list left inside the
+    setting for a field that takes one value is named with its place in ``sweep:``."""
+    problems = []
+    for key, value in flatten(config.setting).items():
+        field = _field(config_type, key)
+        if isinstance(value, list) and field is not None and not _takes_a_list(field):
+            problems.append(f"setting.{key}: a list of values is a sweep; write it as sweep: {{{key}: {value}}}")
+    axes = flatten(config.sweep)
+    for key, values in axes.items():
+        if key == "name":
+            problems.append("sweep.name: a run has one setting")
+        elif _field(config_type, key) is None:
+            if key in config_type.moved:
+                problems.append(f"sweep.{key}: moved to sweep.{config_type.moved[key]}")
+            else:
+                problems.append(f"sweep.{key}: not a field of the {config.setting.get('name')} setting")
+        elif not isinstance(values, list):
+            problems.append(f"sweep.{key}: expected a list of values, got {values!r}")
+        elif not values:
+            problems.append(f"sweep.{key}: an empty list sweeps over nothing")
+        else:
+            repeated = [value for i, value in enumerate(values) if value in values[:i]]
+            if repeated:
+                problems.append(f"sweep.{key}: the value {repeated[0]!r} is listed twice")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return axes
+
+
+def _expand(config: RunConfig, config_type: type[SettingConfig]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """Every combination of the sweep's values, each as the setting mapping of one sweep point."""
+    axes = _sweep_axes(config, config_type)
+    rows = []
+    for values in itertools.product(*axes.values()):
+        row = copy.deepcopy(config.setting)
+        for key, value in zip(axes, values):
+            _set(row, key, value)
+        rows.append(row)
+    return rows, tuple(axes)
 
 
 def build_experiment(raw: Mapping[str, Any]) -> Experiment:
@@ -230,7 +342,7 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
     if len(set(regimes)) != len(regimes):
         raise ConfigError("regimes: a regime is listed twice")
     declared = SETTINGS.declared(name)
-    rows, varying = _expand(config.setting, declared.Config)
+    rows, varying = _expand(config, declared.Config)
     points = []
     for row in rows:
         try:
@@ -245,6 +357,31 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
                 f"setting: the sweep points {names[name]} and {point} would share the directory chains/{name}"
             )
     return Experiment(config, tuple(points), varying, tuple(regimes))
+
+
+def upgrade_run_config(raw: dict[str, Any], version: int) -> dict[str, Any]:
+    """A run directory's config in today's layout.
+
+    Format 1 (model-collapse 0.1) wrote a sweep as lists inside ``setting``: they become ``sweep``, and
+    the run's chains and numbers stay as they are. Settings whose fields have since moved into sections
+    recorded their flat layout in every chain as well: those runs are refused."""
+    setting = raw.get("setting")
+    name = setting.get("name") if isinstance(setting, dict) else None
+    if version != 1 or not isinstance(name, str) or name not in SETTINGS:
+        return raw
+    config_type = SETTINGS.declared(name).Config
+    if config_type.moved:
+        raise ConfigError(
+            f"written by model-collapse 0.1 (run format 1), whose {name} config had no sections; "
+            "read it with that version (pip install model-collapse==0.1.0)"
+        )
+    sweep = {}
+    for key, value in sorted(setting.items()):  # format 1 named chain directories in this order
+        field = config_type.model_fields.get(key)
+        if isinstance(value, list) and field is not None and not _takes_a_list(field):
+            sweep[key] = value
+    rest = {key: value for key, value in setting.items() if key not in sweep}
+    return {**raw, "setting": rest, **({"sweep": sweep} if sweep else {})}
 
 
 def load_experiment(path: Path, overrides: Iterable[str] = ()) -> Experiment:

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 from . import theory  # noqa: E402
 from .atomic import write_atomic, write_file_atomic
 from .results import ChainResult, load_run, merge_seeds  # noqa: E402
-from .rundir import ChainStore, inside  # noqa: E402
+from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
@@ -108,72 +108,66 @@ def _show(ax, images: np.ndarray, title: str) -> None:
     ax.set_yticks([])
 
 
-def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, stores: dict, last: dict) -> Path:
+def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, chains: dict, last: dict) -> Path:
     """Sample texts of iteration 1 and the last iteration of every regime, after real ones."""
 
     def numbered(texts) -> list[str]:
         return [f"{i + 1}. {' '.join(str(text).split())}" for i, text in enumerate(texts)]
 
     lines = [f"# {setting_name}: samples ({point})", "", "## real data", "", *numbered(real)]
-    for label, store in stores.items():
+    for label, chain in chains.items():
         for iteration in sorted({1, last[label]}):
-            lines += ["", f"## {label}, iteration {iteration}", "", *numbered(store.preview(iteration))]
+            lines += ["", f"## {label}, iteration {iteration}", "", *numbered(chain.preview(iteration))]
     write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
-def _first_seed_chains(
-    run_directory: Path, results: list[ChainResult]
-) -> dict[str, dict[str, tuple[ChainResult, ChainStore]]]:
-    """Per sweep point, per regime: the chain of the first seed and its store (what sample and
-    learning-curve figures show)."""
-    chains: dict[str, dict[str, tuple[ChainResult, ChainStore]]] = {}
+def _first_seed_chains(results: list[ChainResult]) -> dict[str, dict[str, ChainResult]]:
+    """Per sweep point, per regime: the chain of the first seed (what sample and learning-curve
+    figures show)."""
+    chains: dict[str, dict[str, ChainResult]] = {}
     for result in results:
         if result.spec.seeds[0] == 0:
-            store = ChainStore.at(
-                run_directory, result.spec.relative_directory, result.spec.description(), writer=False
-            )
-            chains.setdefault(result.spec.point_name, {})[result.spec.regime.label] = (result, store)
+            chains.setdefault(result.spec.point_name, {})[result.spec.regime.label] = result
     return chains
 
 
-def _sample_figures(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
+def _sample_figures(experiment, results: list[ChainResult], out: Path) -> list[Path]:
     """The paper's Fig. 6 layout (real images, then the last iteration of every regime) and the
     samples of every regime over the iterations; for texts, a page of samples."""
     written = []
-    for point, chains in _first_seed_chains(run_directory, results).items():
-        stores = {label: store for label, (_, store) in chains.items()}
-        last = {label: int(result.iterations.max()) for label, (result, _) in chains.items()}
+    for point, chains in _first_seed_chains(results).items():
+        last = {label: int(result.iterations.max()) for label, result in chains.items()}
         # every chain of a point records the same real samples; a run stopped early may lack some
-        real = next((p for p in (store.real_preview() for store in stores.values()) if p is not None), None)
+        real = next((p for p in (chain.real_preview() for chain in chains.values()) if p is not None), None)
         if real is None:
             continue
         if real.ndim == 1:  # texts: a page of samples instead of image grids
             written.append(
-                _text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, stores, last)
+                _text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, chains, last)
             )
             continue
 
         figure, axes = plt.subplots(
-            1, 1 + len(stores), figsize=(3.2 * (1 + len(stores)), 3.6), squeeze=False, layout="constrained"
+            1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained"
         )
         _show(axes[0][0], real, "real data")
-        for ax, (label, store) in zip(axes[0][1:], stores.items()):
-            _show(ax, store.preview(last[label]), f"{label}, iteration {last[label]}")
+        for ax, (label, chain) in zip(axes[0][1:], chains.items()):
+            _show(ax, chain.preview(last[label]), f"{label}, iteration {last[label]}")
         figure.suptitle(f"{experiment.setting_name}: samples ({point})")
         written += _save(figure, out, f"samples_{point}")
 
         iterations = sorted({int(i) for i in np.linspace(1, max(last.values()), min(6, max(last.values())))})
         figure, axes = plt.subplots(
-            len(stores),
+            len(chains),
             len(iterations),
-            figsize=(2.4 * len(iterations), 2.6 * len(stores)),
+            figsize=(2.4 * len(iterations), 2.6 * len(chains)),
             squeeze=False,
             layout="constrained",
         )
-        for row, (label, store) in enumerate(stores.items()):
+        for row, (label, chain) in enumerate(chains.items()):
             for column, iteration in enumerate(iterations):
-                images = store.preview(iteration) if iteration <= last[label] else None
+                images = chain.preview(iteration) if iteration <= last[label] else None
                 if images is None:
                     axes[row][column].set_visible(False)
                     continue
@@ -183,13 +177,13 @@ def _sample_figures(run_directory: Path, experiment, results: list[ChainResult],
     return written
 
 
-def _learning_curves(run_directory: Path, experiment, results: list[ChainResult], out: Path) -> list[Path]:
+def _learning_curves(experiment, results: list[ChainResult], out: Path) -> list[Path]:
     """Validation loss during training, one line per iteration, one panel per regime (first seed)."""
     written = []
-    for point, chains in _first_seed_chains(run_directory, results).items():
+    for point, chains in _first_seed_chains(results).items():
         curves = {}
-        for label, (result, store) in chains.items():
-            found = {int(i): (store.diagnostics(int(i)) or {}).get("learning_curve") for i in result.iterations}
+        for label, result in chains.items():
+            found = {int(i): (result.diagnostics(int(i)) or {}).get("learning_curve") for i in result.iterations}
             curves[label] = {i: c for i, c in found.items() if c}
         if not any(curves.values()):
             continue
@@ -289,6 +283,6 @@ def plot_run(run_directory: Path) -> list[Path]:
         figure.suptitle(f"{experiment.setting_name}: {metric} by regime" + (" (dashed: theory)" if has_theory else ""))
         written += _save(figure, out, metric)
     if setting.preview_size:
-        written += _sample_figures(run_directory, experiment, chain_results, out)
-    written += _learning_curves(run_directory, experiment, chain_results, out)
+        written += _sample_figures(experiment, chain_results, out)
+    written += _learning_curves(experiment, chain_results, out)
     return written

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ChainSpec, Experiment, build_experiment
+from .config import ChainSpec, Experiment, build_experiment, flatten, upgrade_run_config
 from .errors import ConfigError, RunDirectoryError
 from .rundir import ChainStore, open_run
 from .settings import SETTINGS
@@ -18,19 +18,39 @@ from .settings import SETTINGS
 
 @dataclass
 class ChainResult:
+    """A chain's records, and what else it keeps (previews, diagnostics) read on demand."""
+
     spec: ChainSpec
     iterations: np.ndarray  # (I,)
     train_size: np.ndarray  # (I,)
-    real_fraction: np.ndarray  # (I, batch)
-    metrics: dict[str, np.ndarray]  # name -> (I, batch)
+    real_fraction: np.ndarray  # (I, seeds)
+    metrics: dict[str, np.ndarray]  # name -> (I, seeds)
+    store: ChainStore  # of the first seed's chain, for a result merged over seeds
+
+    def real_preview(self) -> np.ndarray | None:
+        """A few real samples (images or texts), for settings with previews."""
+        return self.store.real_preview()
+
+    def preview(self, iteration: int) -> np.ndarray | None:
+        """A few synthetic samples of the model of ``iteration``."""
+        return self.store.preview(iteration)
+
+    def diagnostics(self, iteration: int) -> dict[str, Any] | None:
+        """What the fit of ``iteration`` kept beside its metrics (a language model's learning curve)."""
+        return self.store.diagnostics(iteration)
+
+
+def open_experiment(run_directory: Path) -> Experiment:
+    """The experiment a run directory records (checked to be a run, its config upgraded if older)."""
+    raw, version = open_run(run_directory)
+    try:
+        return build_experiment(upgrade_run_config(raw, version))
+    except ConfigError as error:
+        raise RunDirectoryError(f"{run_directory / 'config.yaml'}: {error}") from None
 
 
 def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
-    raw = open_run(run_directory)
-    try:
-        experiment = build_experiment(raw)
-    except ConfigError as error:
-        raise RunDirectoryError(f"{run_directory / 'config.yaml'} is not a valid config: {error}") from None
+    experiment = open_experiment(run_directory)
     metrics = list(SETTINGS.declared(experiment.setting_name).metrics)
     results = []
     for spec in experiment.chains():
@@ -48,6 +68,7 @@ def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
                 np.array([r.train_size for r in records]),
                 np.stack([r.real_fraction for r in records]),
                 {name: np.stack([r.metrics[name] for r in records]) for name in names},
+                store,
             )
         )
     return experiment, results
@@ -76,6 +97,7 @@ def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
                 first.train_size[:n],
                 np.concatenate([r.real_fraction[:n] for r in group], axis=1),
                 {m: np.concatenate([r.metrics[m][:n] for r in group], axis=1) for m in first.metrics},
+                first.store,
             )
         )
     return merged
@@ -88,16 +110,17 @@ def _format(value: Any) -> Any:
 
 
 def table(run_directory: Path) -> str:
-    """Tidy CSV: one row per (sweep point, regime, seed, iteration), one column per metric."""
+    """Tidy CSV: one row per (sweep point, regime, seed, iteration), one column per setting field
+    (dotted for a section's: ``training.learning_rate``) and per metric."""
     experiment, results = load_run(run_directory)
-    fields = list(experiment.points[0].model_dump())
+    fields = list(flatten(experiment.points[0].model_dump()))
     fields.remove("name")
     metric_names = list(dict.fromkeys(name for r in results for name in r.metrics))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["setting", "regime", *fields, "seed", "iteration", "train_size", "real_fraction", *metric_names])
     for result in results:
-        point = result.spec.point.model_dump()
+        point = flatten(result.spec.point.model_dump())
         for i, iteration in enumerate(result.iterations):
             for b, seed in enumerate(result.spec.seeds):
                 writer.writerow(

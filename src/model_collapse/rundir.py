@@ -53,7 +53,8 @@ from .atomic import fsync_directory, honour_umask, write_atomic, write_directory
 from .errors import RunDirectoryError, yaml_problem
 
 FORMAT = "model-collapse-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.yaml holds the sweep under ``sweep:`` and sectioned settings
+READABLE_VERSIONS = (1, 2)  # 1: sweeps as lists inside ``setting`` (upgraded when read, see config.py)
 MARKER = "run.json"
 CONFIG = "config.yaml"
 LOCK = "run.lock"
@@ -202,8 +203,9 @@ def inside(root: Path, relative: Path | str) -> Path:
     return path
 
 
-def open_run(directory: Path) -> dict[str, Any]:
-    """The resolved config of an existing run directory, after checking that it is one of ours."""
+def open_run(directory: Path) -> tuple[dict[str, Any], int]:
+    """The resolved config of an existing run directory and its format version, after checking that
+    it is one of ours."""
     if not directory.is_dir():
         raise RunDirectoryError(f"{directory} is not a directory")
     marker_path = directory / MARKER
@@ -212,10 +214,10 @@ def open_run(directory: Path) -> dict[str, Any]:
     marker = read_json(marker_path)
     if not isinstance(marker, dict) or marker.get("format") != FORMAT:
         raise RunDirectoryError(f"{marker_path} is not a model-collapse run marker")
-    if marker.get("format_version") != FORMAT_VERSION:
-        raise RunDirectoryError(
-            f"{directory} was written in run format {marker.get('format_version')}, this version reads {FORMAT_VERSION}"
-        )
+    version = marker.get("format_version")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise RunDirectoryError(f"{directory} was written in run format {version}, this version reads {readable}")
     try:
         config = yaml.safe_load((directory / CONFIG).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -224,7 +226,7 @@ def open_run(directory: Path) -> dict[str, Any]:
         raise RunDirectoryError(f"corrupted file {directory / CONFIG}: {yaml_problem(error)}") from None
     if not isinstance(config, dict):
         raise RunDirectoryError(f"corrupted file {directory / CONFIG}: not a mapping")
-    return config
+    return config, version
 
 
 # -- one chain -------------------------------------------------------------------------------------

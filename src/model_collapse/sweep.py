@@ -215,9 +215,10 @@ def _progress(console: Console) -> Progress:
 
 
 def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
-    """Iterations each chain has already completed (0 for a chain not started), after checking what
-    is on disk: the iterations form an unbroken sequence, and a finished chain's records are whole
-    (every metric, every seed), so that a damaged chain is named now rather than later by ``table``."""
+    """Iterations each chain has completed (0 for a chain not started), checked on disk.
+
+    The iterations must form an unbroken sequence and a finished chain's records be whole (every metric,
+    every seed), so that a damaged chain is named now rather than later by ``table``."""
     done = []
     for spec in specs:
         store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=False)
@@ -234,10 +235,11 @@ _BYTES_PER_SEED = 64
 
 
 def estimate_memory(experiment: Experiment, workers: int) -> None:
-    """Refuse, before anything is written, a config whose chains cannot fit in this machine's memory
-    (``seeds=1000000000``, ``mix:1e9``, ``setting.dim=100000``): the estimate is what a chain holds at
-    its largest iteration, from the setting's footprint and the regime's synthetic sizes, plus the
-    bookkeeping of every chain. Computed from counts alone: nothing of that size is built to check it."""
+    """Refuse, before anything is written, a config whose chains cannot fit in this machine's memory.
+
+    ``seeds=1000000000``, ``mix:1e9`` or ``setting.dim=100000`` would otherwise fail hours in. The
+    estimate is what a chain holds at its largest iteration (the setting's footprint, the regime's
+    synthetic sizes) plus every chain's bookkeeping, computed from counts: nothing that large is built."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     config = experiment.config
     declared = SETTINGS.declared(experiment.setting_name)

@@ -32,14 +32,26 @@ def _admits_bool(annotation: Any) -> bool:
 
 class StrictConfig(BaseModel):
     """A config model that refuses what pydantic would quietly coerce: unknown keys, infinite or NaN
-    numbers, and booleans where a number is expected (``iterations: true`` is not 1)."""
+    numbers, and booleans where a number is expected (``iterations: true`` is not 1).
+
+    ``moved`` maps keys of an earlier config layout to their place now (``learning_rate`` ->
+    ``training.learning_rate``): such a key is refused with a message naming where it went."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    moved: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            # keys of the earlier layout (a key that is now a section, ``model``, holding its old plain value)
+            moves = [
+                (key, cls.moved[key])
+                for key, value in data.items()
+                if key in cls.moved and (key not in cls.model_fields or not isinstance(value, dict))
+            ]
+            if moves:
+                raise PydanticCustomError("moved", "keys moved: {moves}", {"moves": moves})
             for key, value in data.items():
                 field = cls.model_fields.get(key)
                 if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
@@ -60,9 +72,17 @@ def _kind(annotation: Any) -> str:
 
 
 class SettingConfig(StrictConfig):
-    """Base of every setting's typed config. Unknown keys are errors, never ignored."""
+    """Base of every setting's typed config. Unknown keys are errors, never ignored.
+
+    Data fields sit at the top; a setting with many options groups the rest into sections (``model``,
+    ``training``, ``sampling``), each a ``StrictConfig`` of its own that the code receives as is."""
 
     name: str
+
+
+def section_of(annotation: Any) -> type[StrictConfig] | None:
+    """The section type a field holds, or None for a plain field."""
+    return annotation if isinstance(annotation, type) and issubclass(annotation, StrictConfig) else None
 
 
 @dataclass(frozen=True)
@@ -137,26 +157,24 @@ class Setting(Declaration, ABC):
 
     @abstractmethod
     def fit(self, parts: Sequence[Any], rng: np.random.Generator, scratch: Path | None = None) -> Any:
-        """A freshly initialised model per seed, fitted on the union of ``parts`` (or a ``Fit`` of it
-        with JSON-ready details worth keeping, such as a learning curve).
+        """A fresh model per seed fitted on the union of ``parts``, or a ``Fit`` with details to keep.
 
         ``scratch`` (with a run directory) is a directory, not yet created, where a long fit may save
-        its progress. If the run is interrupted, the same fit - same parts, same ``rng`` - is run again
-        with the same ``scratch`` and may continue from there; the directory goes once the iteration
-        is committed. Quick fits ignore it."""
+        progress: an interrupted fit is run again with the same parts, ``rng`` and ``scratch`` and may
+        continue from there. It goes once the iteration is committed; quick fits ignore it."""
 
     @abstractmethod
     def sample(self, model: Any, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Any:
-        """``size`` synthetic samples per seed from ``model``. ``scratch`` is as for ``fit`` (the same
-        directory: the iteration's), for a long sampling run that saves what it has done so far."""
+        """``size`` synthetic samples per seed from ``model``.
+
+        ``scratch`` is ``fit``'s (the iteration's), for a long sampling run to save what it has done."""
 
     @abstractmethod
     def evaluate(self, model: Any) -> dict[str, np.ndarray]:
         """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``."""
 
     def preview(self, data: Any) -> np.ndarray:
-        """A few samples of the first seed of ``data``, for settings with ``preview_size``: images as
-        uint8 (N, H, W, C), or texts as an array of strings (N,)."""
+        """A few samples of the first seed of ``data``: uint8 images (N, H, W, C) or strings (N,)."""
         raise NotImplementedError(f"setting {self.name!r} has no preview")
 
     @abstractmethod

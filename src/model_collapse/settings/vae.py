@@ -161,7 +161,7 @@ class VAE(VAEDeclaration, Setting):
     # -- model ------------------------------------------------------------------------------------
     def _new_model(self) -> ConvVAE:
         c = self.config
-        return ConvVAE(c.image_channels, c.image_size, c.widths, c.latent_dim).to(self.device)
+        return ConvVAE(c.image_channels, c.image_size, c.model.widths, c.model.latent_dim).to(self.device)
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> ConvVAE:
         c = self.config
@@ -170,14 +170,14 @@ class VAE(VAEDeclaration, Setting):
             torch.manual_seed(int(rng.integers(2**63)))
             model = self._new_model()
         generator = _generator(rng, self.device)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=c.learning_rate)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=c.training.learning_rate)
         model.train()
-        for _ in range(c.epochs):
+        for _ in range(c.training.epochs):
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
-            for start in range(0, len(images), c.batch_size):
-                x = _pixels(images[order[start : start + c.batch_size].numpy()], self.device)
-                noise = torch.randn(len(x), c.latent_dim, generator=generator, device=self.device)
-                reconstruction, kl = negative_elbo(model, x, noise, c.likelihood, c.decoder_std)
+            for start in range(0, len(images), c.training.batch_size):
+                x = _pixels(images[order[start : start + c.training.batch_size].numpy()], self.device)
+                noise = torch.randn(len(x), c.model.latent_dim, generator=generator, device=self.device)
+                reconstruction, kl = negative_elbo(model, x, noise, c.model.likelihood, c.model.decoder_std)
                 loss = (reconstruction + kl).mean()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -188,9 +188,9 @@ class VAE(VAEDeclaration, Setting):
     @torch.no_grad()
     def _generate(self, model: ConvVAE, size: int, rng: np.random.Generator) -> np.ndarray:
         generator = _generator(rng, self.device)
-        images = []
+        images, latent_dim = [], self.config.model.latent_dim
         for start in range(0, size, 1024):
-            z = torch.randn(min(1024, size - start), self.config.latent_dim, generator=generator, device=self.device)
+            z = torch.randn(min(1024, size - start), latent_dim, generator=generator, device=self.device)
             images.append((torch.sigmoid(model.decode(z)) * 255).round().to(torch.uint8).cpu().numpy())
         return np.concatenate(images)
 
@@ -206,8 +206,8 @@ class VAE(VAEDeclaration, Setting):
         totals = np.zeros(2)
         for start in range(0, len(self.test), 512):
             x = _pixels(self.test[start : start + 512], self.device)
-            noise = torch.randn(len(x), c.latent_dim, generator=generator, device=self.device)
-            reconstruction, kl = negative_elbo(model, x, noise, c.likelihood, c.decoder_std)
+            noise = torch.randn(len(x), c.model.latent_dim, generator=generator, device=self.device)
+            reconstruction, kl = negative_elbo(model, x, noise, c.model.likelihood, c.model.decoder_std)
             totals += [reconstruction.sum().item(), kl.sum().item()]
         reconstruction, kl = totals / len(self.test)
         samples = self._generate(model, c.evaluation_samples, rng).reshape(c.evaluation_samples, -1) / 255

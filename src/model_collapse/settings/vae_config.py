@@ -6,12 +6,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import Declaration, Metric, SettingConfig
+from .base import Declaration, Metric, SettingConfig, StrictConfig
 from .images import CHANNELS
+
+
+class VAEModel(StrictConfig):
+    """The convolutional VAE: encoder stages, latent size and the pixel likelihood."""
+
+    latent_dim: PositiveInt = 16
+    widths: tuple[PositiveInt, ...] = Field((32, 64), min_length=1, description="channels of each stride-2 conv stage")
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    decoder_std: PositiveFloat = Field(0.1, description="pixel noise of the gaussian likelihood")
+
+
+class VAETraining(StrictConfig):
+    """AdamW at a constant learning rate for a number of epochs, as the paper's VAE code does."""
+
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
 
 
 class VAEConfig(SettingConfig):
@@ -27,21 +44,22 @@ class VAEConfig(SettingConfig):
     image_size: PositiveInt = 16
     samples: PositiveInt | None = Field(None, description="T: real training images (default: the whole training split)")
     test_samples: PositiveInt = 300
-    latent_dim: PositiveInt = 16
-    widths: tuple[PositiveInt, ...] = Field((32, 64), min_length=1, description="channels of each stride-2 conv stage")
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    decoder_std: PositiveFloat = Field(0.1, description="pixel noise of the gaussian likelihood")
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 64
-    learning_rate: PositiveFloat = 1e-3
-    evaluation_samples: PositiveInt = 1000
+    evaluation_samples: PositiveInt = Field(1000, description="images sampled to measure class entropy and spread")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: VAEModel = Field(default_factory=VAEModel)
+    training: VAETraining = Field(default_factory=VAETraining)
+
+    # the flat layout of model-collapse 0.1
+    moved: ClassVar[dict[str, str]] = {
+        **{key: f"model.{key}" for key in ("latent_dim", "widths", "likelihood", "decoder_std")},
+        **{key: f"training.{key}" for key in ("epochs", "batch_size", "learning_rate")},
+    }
 
     @model_validator(mode="after")
     def _consistent(self):
-        stride = 2 ** len(self.widths)
+        stride = 2 ** len(self.model.widths)
         if self.image_size % stride:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by 2^len(widths) = {stride}")
+            raise ValueError(f"image_size ({self.image_size}) must be divisible by 2^len(model.widths) = {stride}")
         if self.dataset == "folder" and self.channels is None:
             raise ValueError("channels must be given (1 or 3) for dataset 'folder'")
         if self.dataset != "folder" and self.channels not in (None, CHANNELS[self.dataset]):

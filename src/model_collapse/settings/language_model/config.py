@@ -3,13 +3,78 @@ PyTorch or transformers: ``table``, ``plot`` and config validation need only thi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from ..base import Declaration, Metric, SettingConfig
+from ..base import Declaration, Metric, SettingConfig, StrictConfig
 from .corpus import BUNDLED
-from .models import PRESETS
+from .models import PRESETS, positions
+
+
+class ModelSection(StrictConfig):
+    """The architecture: a preset of ``models.py`` and what may be changed in it."""
+
+    preset: str = "gpt2-tiny"
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="dropout probability everywhere the architecture has it (null: its default, "
+        "0.1 for GPT-2, 0 for Llama; the paper does not say)",
+    )
+    block_size: PositiveInt = Field(256, description="tokens per training and validation block (the context)")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        return preset
+
+    @model_validator(mode="after")
+    def _fits_the_context(self):
+        if self.block_size > positions(self.preset):
+            limit = positions(self.preset)
+            raise ValueError(f"block_size {self.block_size} exceeds the {limit} positions of {self.preset}")
+        return self
+
+
+class TrainingSection(StrictConfig):
+    """How each iteration's model is trained (AdamW, warmup then cosine decay) and evaluated."""
+
+    batch_size: PositiveInt = Field(32, description="blocks per optimiser step (and per evaluation batch)")
+    learning_rate: PositiveFloat = 5e-4
+    final_learning_rate_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to this fraction of the peak")
+    warmup_fraction: float = Field(0.02, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    gradient_clip: PositiveFloat = 1.0
+    epochs: PositiveInt = 1
+    evaluations_per_epoch: PositiveInt = 10
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (else fp16) autocast on GPU, fp32 on CPU"
+    )
+    compile: bool = False
+    checkpoint_minutes: float | None = Field(
+        10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
+    )
+
+    @property
+    def checkpoint_interval_s(self) -> float | None:
+        return None if self.checkpoint_minutes is None else 60 * self.checkpoint_minutes
+
+
+class SamplingSection(StrictConfig):
+    """How synthetic stories are generated."""
+
+    temperature: PositiveFloat = 1.0
+    top_k: PositiveInt | None = None
+    top_p: float | None = Field(None, gt=0, le=1)
+    prompt: Literal["first-token", "bos"] = Field(
+        "first-token", description="BOS and a real story's first token (the paper's), or BOS alone"
+    )
+    max_new_tokens: PositiveInt = 256
+    batch_size: PositiveInt = Field(256, description="stories sampled at once (continuous batching)")
 
 
 class LanguageModelConfig(SettingConfig):
@@ -22,38 +87,36 @@ class LanguageModelConfig(SettingConfig):
     validation_documents: PositiveInt | None = None
     vocab_size: PositiveInt = 8000
     tokenizer_cache: str = "~/.cache/model-collapse/tokenizers"
-    model: str = "gpt2-tiny"
-    dropout: float | None = Field(
-        None,
-        ge=0,
-        lt=1,
-        description="dropout probability everywhere the architecture has it (null: its default, "
-        "0.1 for GPT-2, 0 for Llama; the paper does not say)",
-    )
-    block_size: PositiveInt = 256
-    batch_size: PositiveInt = 32
-    learning_rate: PositiveFloat = 5e-4
-    warmup_fraction: float = Field(0.02, ge=0, le=1)
-    weight_decay: float = Field(0.1, ge=0)
-    epochs: PositiveInt = 1
-    evaluations_per_epoch: PositiveInt = 10
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False
-    checkpoint_minutes: float | None = Field(
-        10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
-    )
-    temperature: PositiveFloat = 1.0
-    top_k: PositiveInt | None = None
-    top_p: float | None = Field(None, gt=0, le=1)
-    prompt: Literal["first-token", "bos"] = "first-token"
-    max_new_tokens: PositiveInt = 256
-    generation_batch_size: PositiveInt = Field(256, description="stories sampled at once (continuous batching)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+
+    # the flat layout of model-collapse 0.1
+    moved: ClassVar[dict[str, str]] = {
+        "model": "model.preset",
+        "dropout": "model.dropout",
+        "block_size": "model.block_size",
+        **{
+            key: f"training.{key}"
+            for key in (
+                "batch_size",
+                "learning_rate",
+                "warmup_fraction",
+                "weight_decay",
+                "epochs",
+                "evaluations_per_epoch",
+                "precision",
+                "compile",
+                "checkpoint_minutes",
+            )
+        },
+        **{key: f"sampling.{key}" for key in ("temperature", "top_k", "top_p", "prompt", "max_new_tokens")},
+        "generation_batch_size": "sampling.batch_size",
+    }
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.model not in PRESETS:
-            raise ValueError(f"model: unknown preset {self.model!r} (known: {', '.join(PRESETS)})")
         if self.corpus == "files" and not (self.train_file and self.validation_file):
             raise ValueError("corpus 'files' needs train_file and validation_file")
         return self

@@ -54,6 +54,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def positions(preset: str) -> int:
+    """The longest context a preset's position embeddings take."""
+    family, fields = PRESETS[preset]
+    if family == "gpt2":
+        return fields.get("n_positions", 1024)  # GPT2Config's default
+    return fields.get("max_position_embeddings", 2048)  # model_config's default for Llama
+
+
 def model_config(preset: str, vocab_size: int, special_token_id: int, **overrides: Any):
     """The ``transformers`` config of a preset, with any field overridden."""
     from transformers import GPT2Config, LlamaConfig  # here, so that the preset names need no transformers

@@ -28,7 +28,7 @@ from .models import build_model, dropout_overrides
 from .packing import TOKEN_DTYPE, TokenCorpus, pack
 from .sampling import story_prompts, stream_stories
 from .tokenizer import cache_key, cached_tokenizer
-from .training import TrainingOptions, cross_entropy, train
+from .training import cross_entropy, train
 
 # Our own progress bars report training; transformers' would interleave with them. Its warning that
 # EOS (= pad) tokens appear in inputs does not apply: packed blocks are meant to contain them.
@@ -83,18 +83,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         self._first_tokens = self._real.tokens[self._real.offsets[nonempty]]  # the prompts of first-token sampling
         self._reserve = train_documents[size:]  # never trained on: the source of fresh real documents
         validation = self._encode(validation_documents[: config.validation_documents])
-        self.validation = pack(validation, config.block_size, self.eos, self.eos)
-        self.options = TrainingOptions(
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_fraction=config.warmup_fraction,
-            weight_decay=config.weight_decay,
-            epochs=config.epochs,
-            evaluations_per_epoch=config.evaluations_per_epoch,
-            precision=config.precision,
-            compile=config.compile,
-            checkpoint_interval_s=None if config.checkpoint_minutes is None else 60 * config.checkpoint_minutes,
-        )
+        self.validation = pack(validation, config.model.block_size, self.eos, self.eos)
 
     def _encode(self, documents: Sequence[str]) -> TokenCorpus:
         return TokenCorpus.from_documents(self.tokenizer(list(documents), add_special_tokens=False)["input_ids"])
@@ -118,31 +107,33 @@ class LanguageModel(LanguageModelDeclaration, Setting):
     # -- model ------------------------------------------------------------------------------------
     def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
         documents = sum(len(part) for part in parts)
-        blocks = pack(parts, self.config.block_size, self.eos, self.eos, order=rng.permutation(documents))
+        blocks = pack(parts, self.config.model.block_size, self.eos, self.eos, order=rng.permutation(documents))
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**63)))
+            architecture = self.config.model
             model = build_model(
-                self.config.model,
+                architecture.preset,
                 len(self.tokenizer),
                 self.eos,
-                **dropout_overrides(self.config.model, self.config.dropout),
+                **dropout_overrides(architecture.preset, architecture.dropout),
             )
             # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
-            curve = train(model, blocks, self.validation, self.options, rng, self.device, checkpoint_directory=scratch)
+            training = self.config.training
+            curve = train(model, blocks, self.validation, training, rng, self.device, checkpoint_directory=scratch)
         return Fit(model, {"learning_curve": curve})
 
     def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> TokenCorpus:
-        """``size`` stories, generated in shards of ``generation_batch_size`` x 16 stories, each with a
+        """``size`` stories, generated in shards of ``sampling.batch_size`` x 16 stories, each with a
         random stream of its own. Under ``torchrun`` the ranks take the shards in turn and gather them
         (call it on all ranks), so the corpus does not depend on the number of ranks. With ``scratch``,
         finished shards are saved there, and a run interrupted while sampling redoes only the rest."""
-        c = self.config
+        c = self.config.sampling
         model.to(self.device)
         rank, world = rank_and_world()
         first_tokens = rng.choice(self._first_tokens, size) if c.prompt == "first-token" else None
         prompts = story_prompts(first_tokens, size, self.eos)
-        shard_size = c.generation_batch_size * SHARD_BATCHES
+        shard_size = c.batch_size * SHARD_BATCHES
         seeds = rng.integers(2**63, size=-(-size // shard_size))
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
         shard_prompts = [prompts[start : start + shard_size] for start in range(0, size, shard_size)]
@@ -163,7 +154,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         return TokenCorpus.concatenate([shards[index] for index in range(len(seeds))])
 
     def _sample_shard(self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator) -> TokenCorpus:
-        c = self.config
+        c = self.config.sampling
         documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
         stories = stream_stories(
             model,
@@ -174,14 +165,15 @@ class LanguageModel(LanguageModelDeclaration, Setting):
             c.temperature,
             c.top_k,
             c.top_p,
-            batch_size=c.generation_batch_size,
+            batch_size=c.batch_size,
         )
         for index, story in stories:
             documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
         return TokenCorpus.from_documents(documents)
 
     def evaluate(self, model) -> dict[str, np.ndarray]:
-        loss = cross_entropy(model, self.validation, self.config.batch_size, self.device, self.config.precision)
+        training = self.config.training
+        loss = cross_entropy(model, self.validation, training.batch_size, self.device, training.precision)
         return {"test_cross_entropy": np.array([loss])}
 
     # -- storage ----------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,25 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ...atomic import write_file_atomic
 from ...distributed import global_sum, rank_and_world
+from .config import TrainingSection
 from .loss import CausalLanguageModelLoss
 from .packing import PackedBlocks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingOptions:
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    final_learning_rate_ratio: float = 0.1  # cosine decays to this fraction of the peak
-    warmup_fraction: float = 0.02
-    weight_decay: float = 0.1
-    gradient_clip: float = 1.0
-    epochs: int = 1
-    evaluations_per_epoch: int = 10
-    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16
-    compile: bool = False
-    checkpoint_interval_s: float | None = 600.0  # seconds between resumable checkpoints (0: every step)
 
 
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -107,13 +92,12 @@ def cross_entropy(model, blocks: PackedBlocks, batch_size: int, device: torch.de
 
 
 class TrainingCheckpoint:
-    """The whole state of a training run at a step, in one file that is replaced atomically: the model,
-    the optimiser, schedule and loss scaler, torch's random state (dropout), the loss accumulated since
-    the last evaluation and the learning curve so far. Together with the data order, which is drawn
-    from the run's own generator, that is all it takes to continue as if never interrupted.
+    """The whole state of a training run at a step, in one file replaced atomically.
 
-    The file carries a fingerprint of the run (options, data size, the generator's starting state); a
-    file from any other run is ignored, as is an unreadable one."""
+    Model, optimiser, schedule, loss scaler, torch's random state (dropout), the loss since the last
+    evaluation and the curve so far: with the data order, drawn from the run's own generator, that is all
+    it takes to continue as if never interrupted. A fingerprint of the run (options, data size, the
+    generator's starting state) makes a file of any other run, or an unreadable one, ignored."""
 
     FILE = "training_state.pt"
 
@@ -152,7 +136,7 @@ def train(
     model,
     blocks: PackedBlocks,
     validation: PackedBlocks,
-    options: TrainingOptions,
+    options: TrainingSection,
     rng: np.random.Generator,
     device: torch.device,
     on_evaluation: Callable[[dict], None] | None = None,
@@ -168,7 +152,7 @@ def train(
         checkpoint_directory,
         options.checkpoint_interval_s,
         {
-            "options": {k: v for k, v in asdict(options).items() if k != "checkpoint_interval_s"},
+            "options": options.model_dump(exclude={"checkpoint_minutes"}),
             "blocks": len(blocks),
             "block_size": blocks.block_size,
             "rng": rng.bit_generator.state,
