@@ -615,8 +615,8 @@ def test_chains_being_a_file_is_named(finished, tmp_path):
     "change,message",
     [
         (lambda a: {**a, "points": a["points"].reshape(-1)}, "shape"),
-        (lambda a: {**a, "bandwidth": -a["bandwidth"]}, "bandwidths must be positive"),
-        (lambda a: {**a, "bandwidth": np.full_like(a["bandwidth"], np.nan)}, "bandwidths must be positive"),
+        (lambda a: {**a, "bandwidth": -a["bandwidth"]}, "bandwidths must be one positive number"),
+        (lambda a: {**a, "bandwidth": np.full_like(a["bandwidth"], np.nan)}, "bandwidths must be one positive number"),
     ],
     ids=["points-1d", "negative-bandwidth", "nan-bandwidth"],
 )

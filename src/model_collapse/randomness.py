@@ -33,6 +33,7 @@ _PURPOSES = {
     "fit": 5,
     "evaluate": 6,
     "preview": 7,
+    "real-parameters": 8,  # parameters of a seed's real distribution (KDE blob centres)
 }
 
 

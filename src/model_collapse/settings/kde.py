@@ -1,10 +1,16 @@
 """Kernel density estimation (Kazdan et al., "Collapse or Thrive?", §(b)).
 
-Real data come from scikit-learn's generators with *fixed* generating parameters, so that the training
-data, fresh real data and the held-out test data of a seed share one distribution. (The follow-up's code
-drew separate random blob centres for train and test; here the centres are constants.) A model is a
-scikit-learn ``KernelDensity`` per seed; the metric is the mean negative log-likelihood of fresh real
-test samples. scikit-learn has no batched KDE, so seeds are looped over inside this setting.
+Real data come from scikit-learn's generators (two moons, circles, blobs, swiss roll), with the same
+generating parameters for a seed's training, fresh real and held-out test data. A model is the kernel
+density of its training set, exactly as scikit-learn's ``KernelDensity`` defines it; the metric is the
+mean negative log-likelihood of the seed's test points.
+
+Evaluation is exact (no tree, no tolerance) and costs one pass over the *new* training data per
+iteration: the kernel sums of every part of a training set at the fixed test points are kept as
+log-sum-exp values per part, and a training set's sums combine those of its parts. Under accumulate,
+iteration n then evaluates only its new batch; subsample regimes evaluate the T points they drew. This
+holds for a numeric bandwidth; the ``scott`` and ``silverman`` rules change the bandwidth with the size
+of the training set, so every iteration evaluates its whole training set.
 """
 
 from __future__ import annotations
@@ -14,33 +20,30 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from scipy.special import gammaln, logsumexp
 from sklearn import datasets
-from sklearn.neighbors import KernelDensity
 
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import Samples, check_shape, concatenate, load_arrays, save_arrays
+from .arrays import RunningTotal, Samples, check_shape, concatenate, gather, load_arrays, save_arrays
 from .base import Footprint, Metric, Setting, SettingConfig
 
-BLOB_CENTRES = np.array([[-5.0, -5.0], [0.0, 5.0], [5.0, -2.0]])
-# Relative tolerance of scikit-learn's tree-based density evaluation: it changes a log-density by at
-# most ~1e-8 nats, and lets the tree skip far nodes (2-3x faster than the exact default on large pools).
-DENSITY_RTOL = 1e-8
 DIMENSIONS = {"moons": 2, "circles": 2, "blobs": 2, "swiss-roll": 3}
+BLOB_BOX = (-10.0, 10.0)  # make_blobs' default box for random centres, as the follow-up drew them
+# Kernel evaluations per chunk of the (seeds, test points, training points) grid: about 32 MB of float64.
+CHUNK_ELEMENTS = 2**22
 
 
-def draw_real(dataset: str, size: int, noise: float, random_state: int) -> np.ndarray:
-    """``size`` points of a scikit-learn toy distribution with fixed generating parameters."""
-    if dataset == "moons":
-        return datasets.make_moons(size, noise=noise, random_state=random_state)[0]
-    if dataset == "circles":
-        return datasets.make_circles(size, noise=noise, factor=0.5, random_state=random_state)[0]
-    if dataset == "blobs":
-        return datasets.make_blobs(size, centers=BLOB_CENTRES, cluster_std=1.0, random_state=random_state)[0]
-    if dataset == "swiss-roll":
-        return datasets.make_swiss_roll(size, noise=noise, random_state=random_state)[0]
-    raise ValueError(f"unknown data set {dataset!r}")
+def draw_real(config: KDEConfig, size: int, random_state: int, centres: np.ndarray | None = None) -> np.ndarray:
+    """``size`` points of the configured scikit-learn toy distribution (``centres``: the blobs')."""
+    if config.dataset == "moons":
+        return datasets.make_moons(size, noise=config.noise, random_state=random_state)[0]
+    if config.dataset == "circles":
+        return datasets.make_circles(size, noise=config.noise, factor=config.factor, random_state=random_state)[0]
+    if config.dataset == "blobs":
+        return datasets.make_blobs(size, centers=centres, cluster_std=1.0, random_state=random_state)[0]
+    return datasets.make_swiss_roll(size, noise=config.noise, random_state=random_state)[0]
 
 
 class KDEConfig(SettingConfig):
@@ -48,21 +51,87 @@ class KDEConfig(SettingConfig):
     dataset: Literal["moons", "circles", "blobs", "swiss-roll"] = "moons"
     samples: PositiveInt = Field(100, description="T, real training samples per seed")
     bandwidth: PositiveFloat | Literal["scott", "silverman"] = 0.1
-    kernel: Literal["gaussian", "tophat"] = Field("gaussian", description="kernels scikit-learn can sample from")
+    kernel: Literal["gaussian", "tophat"] = "gaussian"
     noise: float = Field(0.05, ge=0, description="noise of moons, circles and swiss-roll")
+    factor: float = Field(0.8, gt=0, lt=1, description="inner over outer radius of circles (scikit-learn's default)")
+    centres: list[tuple[float, float]] | None = Field(
+        None, min_length=1, description="blob centres (null: three per seed, uniform in [-10, 10]^2)"
+    )
     test_samples: PositiveInt = 500
+
+    @field_validator("centres")
+    @classmethod
+    def _finite(cls, centres):
+        if centres is not None and not np.isfinite(centres).all():
+            raise ValueError("centres must be finite")
+        return centres
+
+
+def bandwidth_for(rule: float | str, points: int, dim: int) -> float:
+    """The bandwidth of a training set of ``points`` points: a number as given, or scikit-learn's rule."""
+    if rule == "scott":
+        return points ** (-1 / (dim + 4))
+    if rule == "silverman":
+        return (points * (dim + 2) / 4) ** (-1 / (dim + 4))
+    return float(rule)
+
+
+def log_kernel_sums(points: np.ndarray, test: np.ndarray, bandwidth: float, kernel: str) -> np.ndarray:
+    """log sum_j k((t - x_j) / h) for every seed and test point: (seeds, test points).
+
+    ``points`` is (seeds, m, dim), ``test`` (seeds, t, dim); k is the unnormalised kernel (exp(-u^2/2),
+    or 1 strictly inside the unit ball). Exact up to rounding (about 1e-10 relative): no tree and no
+    tolerance. Squared distances come from one batched matrix product per chunk of training points,
+    in coordinates centred on the test points (which keeps |a|^2 + |b|^2 - 2ab accurate); a sum that
+    would underflow (a test point far from every training point) is taken in log space instead."""
+    seeds, m, _ = points.shape
+    centre = test.mean(axis=1, keepdims=True)
+    test, points = test - centre, points - centre
+    test_norms, point_norms = np.square(test).sum(-1)[:, :, None], np.square(points).sum(-1)[:, None, :]
+    total = np.full(test.shape[:2], -np.inf)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, seeds * test.shape[1]))
+    for start in range(0, m, chunk):
+        stop = min(m, start + chunk)
+        squared = np.matmul(test, points[:, start:stop].transpose(0, 2, 1))
+        squared *= -2
+        squared += test_norms
+        squared += point_norms[:, :, start:stop]
+        np.maximum(squared, 0, out=squared)  # rounding may leave -1e-16 for coinciding points
+        with np.errstate(divide="ignore"):  # log 0: no training point inside any test point's ball
+            if kernel == "tophat":
+                total = np.logaddexp(total, np.log((squared < bandwidth**2).sum(-1)))
+                continue
+            squared *= -0.5 / bandwidth**2  # now the log-kernel
+            sums = np.exp(squared).sum(-1)
+            logs = np.log(sums)
+        far = sums < 1e-200  # these would lose digits or underflow: sum them shifted by their maximum
+        if far.any():
+            logs[far] = logsumexp(squared[far], axis=-1)
+        total = np.logaddexp(total, logs)
+    return total
+
+
+def log_normaliser(kernel: str, bandwidth: float, dim: int) -> float:
+    """log of the integral of the unnormalised kernel at ``bandwidth`` (scikit-learn's normalisation)."""
+    if kernel == "gaussian":
+        return 0.5 * dim * np.log(2 * np.pi) + dim * np.log(bandwidth)
+    return 0.5 * dim * np.log(np.pi) - gammaln(0.5 * dim + 1) + dim * np.log(bandwidth)  # a d-ball's volume
 
 
 class KDEModel:
-    """One fitted ``KernelDensity`` per seed. ``bandwidth`` may hold a rule name (scott, silverman) per
-    seed; the resolved number, which depends on the data, is kept so that a reload is exact."""
+    """The kernel density of a training set, per seed: the training set (kept as its parts, so that
+    their kernel sums are reused), the bandwidth and the kernel."""
 
-    def __init__(self, points: np.ndarray, bandwidth: Sequence[float | str], kernel: str):
-        self.points = points  # (B, m, dim): the training set is the model
-        self.estimators = [
-            KernelDensity(bandwidth=h, kernel=kernel, rtol=DENSITY_RTOL).fit(p) for p, h in zip(points, bandwidth)
-        ]
-        self.bandwidth = np.array([e.bandwidth_ for e in self.estimators], dtype=float)
+    def __init__(self, parts: Sequence[Samples], bandwidth: float, kernel: str):
+        self.parts, self.bandwidth, self.kernel = list(parts), float(bandwidth), kernel
+
+    @property
+    def points(self) -> np.ndarray:
+        return concatenate(self.parts)["x"]
+
+    @property
+    def size(self) -> int:
+        return sum(len(part) for part in self.parts)
 
 
 class KDE(Setting):
@@ -73,18 +142,33 @@ class KDE(Setting):
     @classmethod
     def footprint(cls, config: KDEConfig) -> Footprint:
         d = DIMENSIONS[config.dataset]
-        # points, their concatenated copy and scikit-learn's tree over it (a copy plus indices); test points
-        return Footprint(rows=config.samples, bytes_per_row=8 * (3 * d + 2), fixed_bytes=8 * d * config.test_samples)
+        # the pool and its copy when a model is saved; test points and one evaluation chunk
+        return Footprint(rows=config.samples, bytes_per_row=16 * d, fixed_bytes=8 * d * config.test_samples)
 
     def __init__(self, config: KDEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
+        self.centres = [self._centres(seed) for seed in self.seeds]
         train, test = [], []
-        for seed in self.seeds:
+        for seed, centres in zip(self.seeds, self.centres):
             states = seed_rng(seed, "real").integers(2**31, size=2)
-            train.append(draw_real(config.dataset, config.samples, config.noise, int(states[0])))
-            test.append(draw_real(config.dataset, config.test_samples, config.noise, int(states[1])))
+            train.append(draw_real(config, config.samples, int(states[0]), centres))
+            test.append(draw_real(config, config.test_samples, int(states[1]), centres))
         self._real = Samples(x=np.stack(train))
         self.test = np.stack(test)
+        # kernel sums at the test points, per part and in total, for the (numeric) bandwidth
+        self._sums = RunningTotal(
+            "kde-log-kernel-sums",
+            lambda part: log_kernel_sums(part["x"], self.test, float(config.bandwidth), config.kernel),
+            np.logaddexp,
+        )
+
+    def _centres(self, seed: int) -> np.ndarray | None:
+        """The blob centres of a seed: the configured ones, else three drawn once for the seed."""
+        if self.config.dataset != "blobs":
+            return None
+        if self.config.centres is not None:
+            return np.array(self.config.centres, dtype=float)
+        return seed_rng(seed, "real-parameters").uniform(*BLOB_BOX, size=(3, 2))
 
     @property
     def real_train(self) -> Samples:
@@ -92,29 +176,41 @@ class KDE(Setting):
 
     def fresh_real(self, size: int, rng: np.random.Generator) -> Samples:
         states = rng.integers(2**31, size=self.seed_count)
-        return Samples(x=np.stack([draw_real(self.config.dataset, size, self.config.noise, int(s)) for s in states]))
+        return Samples(x=np.stack([draw_real(self.config, size, int(s), c) for s, c in zip(states, self.centres)]))
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> KDEModel:
-        return KDEModel(concatenate(parts)["x"], [self.config.bandwidth] * self.seed_count, self.config.kernel)
+        size = sum(len(part) for part in parts)
+        bandwidth = bandwidth_for(self.config.bandwidth, size, DIMENSIONS[self.config.dataset])
+        return KDEModel(parts, bandwidth, self.config.kernel)
 
     def sample(self, model: KDEModel, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
-        states = rng.integers(2**31, size=self.seed_count)
-        return Samples(x=np.stack([e.sample(size, random_state=int(s)) for e, s in zip(model.estimators, states)]))
+        """A training point per sample, picked uniformly, plus the kernel's noise (as scikit-learn samples)."""
+        picked = gather(model.parts, rng.integers(model.size, size=(self.seed_count, size)))["x"]
+        noise = rng.standard_normal(picked.shape)
+        if model.kernel == "tophat":  # uniform in the ball: a uniform direction, radius h u^(1/d)
+            radius = rng.uniform(size=picked.shape[:2] + (1,)) ** (1 / picked.shape[-1])
+            noise *= radius / np.linalg.norm(noise, axis=-1, keepdims=True)
+        return Samples(x=picked + model.bandwidth * noise)
 
     def evaluate(self, model: KDEModel) -> dict[str, np.ndarray]:
-        return {"test_nll": np.array([-e.score_samples(t).mean() for e, t in zip(model.estimators, self.test)])}
+        if isinstance(self.config.bandwidth, str):  # the bandwidth follows the pool's size: no reuse
+            sums = log_kernel_sums(model.points, self.test, model.bandwidth, model.kernel)
+        else:
+            sums = self._sums(model.parts)
+        dim = self.test.shape[-1]
+        log_density = sums - np.log(model.size) - log_normaliser(model.kernel, model.bandwidth, dim)
+        return {"test_nll": -log_density.mean(axis=1)}
 
     def save_model(self, model: KDEModel, directory: Path) -> None:
-        save_arrays(directory / "model.npz", {"points": model.points, "bandwidth": model.bandwidth})
+        bandwidth = np.full(self.seed_count, model.bandwidth)
+        save_arrays(directory / "model.npz", {"points": model.points, "bandwidth": bandwidth})
 
     def load_model(self, directory: Path) -> KDEModel:
         path = directory / "model.npz"
         arrays = load_arrays(path, ["points", "bandwidth"])
-        points = arrays["points"]
-        check_shape(path, points, (self.seed_count, None, DIMENSIONS[self.config.dataset]))
+        points = check_shape(path, arrays["points"], (self.seed_count, None, DIMENSIONS[self.config.dataset]))
         bandwidth = check_shape(path, arrays["bandwidth"], (self.seed_count,))
-        if not (np.isfinite(bandwidth) & (bandwidth > 0)).all():
-            raise RunDirectoryError(
-                f"corrupted file {path}: bandwidths must be positive numbers, got {bandwidth.tolist()}"
-            )
-        return KDEModel(points, bandwidth, self.config.kernel)
+        if not (np.isfinite(bandwidth) & (bandwidth > 0)).all() or len(set(bandwidth.tolist())) != 1:
+            found = bandwidth.tolist()
+            raise RunDirectoryError(f"corrupted file {path}: bandwidths must be one positive number, got {found}")
+        return KDEModel([Samples(x=points)], bandwidth[0], self.config.kernel)
