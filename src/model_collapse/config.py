@@ -55,8 +55,8 @@ class RunConfig(StrictConfig):
 def _describe(error: dict[str, Any], prefix: tuple = ()) -> str:
     where = (*prefix, *error["loc"])
     if error["type"] == "moved":  # keys of the earlier flat layout: say where each lives now
-        prefix = "".join(f"{part}." for part in where)
-        return "; ".join(f"{prefix}{key}: moved to {prefix}{place}" for key, place in error["ctx"]["moves"])
+        at = "".join(f"{part}." for part in where)
+        return "; ".join(f"{at}{key}: moved to {at}{place}" for key, place in error["ctx"]["moves"])
     if error["type"] == "boolean_for_number":
         where = (*where, error["ctx"]["key"])
     location = ".".join(str(part) for part in where) or "config"

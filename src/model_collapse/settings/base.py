@@ -42,9 +42,9 @@ class StrictConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+    def _no_moved_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            # keys of the earlier layout (a key that is now a section, ``model``, holding its old plain value)
+            # keys of the earlier layout (also a key that is now a section, ``model``, holding a plain value)
             moves = [
                 (key, cls.moved[key])
                 for key, value in data.items()
@@ -52,6 +52,12 @@ class StrictConfig(BaseModel):
             ]
             if moves:
                 raise PydanticCustomError("moved", "keys moved: {moves}", {"moves": moves})
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
                 if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):

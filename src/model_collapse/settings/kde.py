@@ -142,8 +142,12 @@ class KDE(Setting):
     @classmethod
     def footprint(cls, config: KDEConfig) -> Footprint:
         d = DIMENSIONS[config.dataset]
-        # the pool and its copy when a model is saved; test points and one evaluation chunk
-        return Footprint(rows=config.samples, bytes_per_row=16 * d, fixed_bytes=8 * d * config.test_samples)
+        # per pool row: the point, its copy when the model is saved, and its batch's kernel sums at the
+        # test points (one float per test point per batch of ``samples`` rows); fixed: the test points
+        sums_per_row = -(-8 * config.test_samples // config.samples)
+        return Footprint(
+            rows=config.samples, bytes_per_row=16 * d + sums_per_row, fixed_bytes=8 * d * config.test_samples
+        )
 
     def __init__(self, config: KDEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
