@@ -8,7 +8,7 @@ import pytest
 
 from helpers import tiny_language_model, tiny_vae
 from model_collapse.chain import run_chain
-from model_collapse.errors import RunDirectoryError
+from model_collapse.errors import RunDirectoryError, Terminated
 from model_collapse.regimes import REGIMES, parse_regime
 from model_collapse.rundir import ChainStore
 from model_collapse.settings import SETTINGS
@@ -107,35 +107,90 @@ def metrics_of(records):
     return [{k: v.tolist() for k, v in r.metrics.items()} | {"real": r.real_fraction.tolist()} for r in records]
 
 
+def costly(setting):
+    """``setting`` resumed the way a costly one is: every iteration committed with its model and the
+    synthetic batch the regime keeps, and read back on resume (instead of recomputed)."""
+    setting.cheap = False
+    return setting
+
+
 @pytest.mark.parametrize("regime", REGIME_SPECS)
-def test_resumed_chain_equals_uninterrupted_chain(tmp_path, regime):
+@pytest.mark.parametrize("how", ["recomputed", "recomputed, a commit per iteration", "restored"])
+def test_resumed_chain_equals_uninterrupted_chain(tmp_path, regime, how):
     description = {"test": regime}
     straight = run_chain(small_setting("linear-regression"), parse_regime(regime), 6)
 
+    def setting():
+        return costly(small_setting("linear-regression")) if how == "restored" else small_setting("linear-regression")
+
+    interval = 0.0 if how == "recomputed, a commit per iteration" else 1e9
     store = ChainStore(tmp_path / "chain", description)
-    run_chain(small_setting("linear-regression"), parse_regime(regime), 3, store)
+    run_chain(setting(), parse_regime(regime), 3, store, commit_interval_s=interval)
     assert store.completed() == 3
+    assert len(store.commits()) == (1 if interval and how != "restored" else 3)
     # a crash in the middle of iteration 4 leaves a partial directory behind; resume must ignore it
     (tmp_path / "chain" / "iter_0004.partial").mkdir()
     (tmp_path / "chain" / "iter_0004.partial" / "metrics.json").write_text("{garbage")
     resumed = run_chain(
-        small_setting("linear-regression"), parse_regime(regime), 6, ChainStore(tmp_path / "chain", description)
+        setting(), parse_regime(regime), 6, ChainStore(tmp_path / "chain", description), commit_interval_s=interval
     )
     assert metrics_of(resumed) == metrics_of(straight)
+    assert metrics_of(ChainStore(tmp_path / "chain", description).records(3)) == metrics_of(straight)
     assert not (tmp_path / "chain" / "iter_0004.partial").exists()
+
+
+def test_a_cheap_chain_commits_in_groups_and_keeps_no_data(tmp_path):
+    store = ChainStore(tmp_path / "chain", {})
+    run_chain(small_setting("gaussian"), parse_regime("accumulate"), 10, store, commit_interval_s=0.0)
+    assert [(c.first, c.last) for c in store.commits()] == [(i, i) for i in range(1, 11)]
+    store = ChainStore(tmp_path / "grouped", {})
+    records = run_chain(small_setting("gaussian"), parse_regime("accumulate"), 200, store)
+    commits = store.commits()
+    assert commits[0].first == 1 and commits[-1].last == 200 and len(commits) < 10
+    assert list((tmp_path / "grouped").glob("*/model")) == [commits[-1].path / "model"]  # checkpoints: last
+    assert not list((tmp_path / "grouped").rglob("synthetic"))
+    assert metrics_of(store.records(3)) == metrics_of(records)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated])
+def test_a_stopped_cheap_chain_commits_what_it_computed(tmp_path, stop):
+    straight = run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 12)
+
+    def interrupt(record):
+        if record.iteration == 7:
+            raise stop()
+
+    store = ChainStore(tmp_path / "chain", {})
+    with pytest.raises(stop):
+        run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 12, store, on_iteration=interrupt)
+    assert store.completed() == 7 and len(store.commits()) == 1  # no commit was due: the stop made one
+    resumed = run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 12, store)
+    assert metrics_of(resumed) == metrics_of(straight)
+
+
+def test_a_cheap_chain_refuses_to_resume_from_numbers_it_does_not_reproduce(tmp_path):
+    store = ChainStore(tmp_path / "chain", {})
+    run_chain(small_setting("gaussian"), parse_regime("accumulate"), 4, store)
+    path = store.commits()[-1].path / "metrics.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["metric.trace_ratio"][-1, 1] += 1e-12  # what another machine's libraries might compute
+    np.savez(path, **arrays)
+    with pytest.raises(RunDirectoryError, match="recomputing its 4 committed iterations gives trace_ratio = .* seed 1"):
+        run_chain(small_setting("gaussian"), parse_regime("accumulate"), 6, store)
 
 
 def test_resume_keeps_the_interrupted_fits_scratch_and_nothing_older(tmp_path):
     description = {"test": "scratch"}
     store = ChainStore(tmp_path / "chain", description)
-    run_chain(small_setting("gaussian"), parse_regime("replace"), 2, store)
+    run_chain(costly(small_setting("gaussian")), parse_regime("replace"), 2, store)
     for iteration in (2, 3, 4):  # 2: stale, left by a crash after its commit; 3: the fit interrupted; 4: stale
         (store.scratch_directory(iteration)).mkdir()
         (store.scratch_directory(iteration) / "state").write_text(str(iteration))
     assert ChainStore(tmp_path / "chain", description).open() == 2
     assert sorted(p.name for p in (tmp_path / "chain").glob("*.scratch")) == ["iter_0003.scratch"]
     seen = []
-    setting = small_setting("gaussian")
+    setting = costly(small_setting("gaussian"))
     fit = setting.fit
     sample = setting.sample
     setting.fit = lambda parts, rng, scratch=None: (seen.append(("fit", scratch)), fit(parts, rng, scratch))[1]
@@ -148,14 +203,29 @@ def test_resume_keeps_the_interrupted_fits_scratch_and_nothing_older(tmp_path):
     assert not store.scratch_directory(3).exists()  # removed once iteration 3 is committed
 
 
-def test_only_the_last_checkpoint_is_kept_unless_asked(tmp_path):
-    for keep, expected in [(False, {5}), (True, {1, 2, 3, 4, 5})]:
-        store = ChainStore(tmp_path / str(keep), {})
-        run_chain(small_setting("gaussian"), parse_regime("accumulate"), 5, store, keep_models=keep)
-        kept = {int(p.parent.name[5:]) for p in (tmp_path / str(keep)).glob("iter_*/model")}
-        assert kept == expected
-        # accumulate needs its synthetic history to resume
-        assert {int(p.parent.name[5:]) for p in (tmp_path / str(keep)).glob("iter_*/synthetic")} == {2, 3, 4, 5}
+@pytest.mark.parametrize("kind", ["cheap", "costly"])
+@pytest.mark.parametrize("checkpoints", ["none", "last", "all"])
+def test_checkpoints_say_which_models_stay(tmp_path, kind, checkpoints):
+    setting = small_setting("gaussian") if kind == "cheap" else costly(small_setting("gaussian"))
+    run_chain(setting, parse_regime("accumulate"), 5, ChainStore(tmp_path, {}), checkpoints=checkpoints)
+    kept = {c.last for c in ChainStore(tmp_path, {}).commits() if (c.path / "model").is_dir()}
+    assert kept == {"none": set(), "last": {5}, "all": {1, 2, 3, 4, 5}}[checkpoints]
+    synthetic = {int(p.parent.name[5:]) for p in tmp_path.glob("iter_*/synthetic")}
+    # a costly chain resumes under accumulate from its synthetic history; a cheap one recomputes it
+    assert synthetic == (set() if kind == "cheap" else {2, 3, 4, 5})
+
+
+def test_an_unfinished_costly_chain_keeps_its_last_model_whatever_checkpoints_say(tmp_path):
+    def interrupt(record):
+        if record.iteration == 3:
+            raise KeyboardInterrupt
+
+    store = ChainStore(tmp_path, {})
+    with pytest.raises(KeyboardInterrupt):
+        run_chain(costly(small_setting("gaussian")), parse_regime("replace"), 5, store, "none", interrupt)
+    assert {c.last for c in store.commits() if (c.path / "model").is_dir()} == {3}
+    run_chain(costly(small_setting("gaussian")), parse_regime("replace"), 5, store, checkpoints="none")
+    assert not list(tmp_path.glob("iter_*/model"))
 
 
 def test_a_store_refuses_another_chains_directory_and_damaged_records(tmp_path):
@@ -163,9 +233,16 @@ def test_a_store_refuses_another_chains_directory_and_damaged_records(tmp_path):
     run_chain(small_setting("gaussian"), parse_regime("replace"), 2, store)
     with pytest.raises(RunDirectoryError, match="describes another chain"):
         run_chain(small_setting("gaussian"), parse_regime("replace"), 3, ChainStore(tmp_path, {"regime": "accumulate"}))
-    (tmp_path / "iter_0002" / "metrics.json").write_text("{not json")
-    with pytest.raises(RunDirectoryError, match="corrupted file .*iter_0002.*metrics.json"):
+    (tmp_path / "iter_0001-0002" / "metrics.npz").write_text("{not npz")
+    with pytest.raises(RunDirectoryError, match="corrupted file .*iter_0001-0002.*metrics.npz"):
         run_chain(small_setting("gaussian"), parse_regime("replace"), 3, ChainStore(tmp_path, {"regime": "replace"}))
+    np.savez(tmp_path / "iter_0001-0002" / "metrics.npz", iteration=[1], train_size=[8], real_fraction=np.ones((1, 3)))
+    with pytest.raises(RunDirectoryError, match="it records iterations \\[1\\], not 1-2"):
+        ChainStore(tmp_path, {"regime": "replace"}).records(3)
+    (tmp_path / "iter_0002-0003").mkdir()
+    with pytest.raises(RunDirectoryError, match="iter_0002-0003 holds iterations that .*iter_0001-0002 holds too"):
+        ChainStore(tmp_path, {"regime": "replace"}).completed()
+    (tmp_path / "iter_0002-0003").rmdir()
     (tmp_path / "progress.json").write_text(json.dumps({"completed": "two"}))
     with pytest.raises(RunDirectoryError, match="progress.json"):
         ChainStore(tmp_path, {"regime": "replace"}).completed()

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from helpers import completed, tiny_vae, write_config
+from model_collapse.errors import RunDirectoryError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Trials of kill -9 at a random moment; the closing figures of issue 8 came from a larger number.
@@ -79,8 +80,9 @@ def config(path: Path, **changes) -> Path:
     return write_config(path, BASE, **changes)
 
 
-# A run of many small commits, long enough (about 5 s) to be interrupted at a chosen moment.
-SLOW = {"setting": {"name": "linear-regression", "dim": 5, "samples": 20}, "iterations": 600, "seeds": 20}
+# A run of several commits (a cheap chain commits about once a second), long enough (about 5 s per
+# chain) to be interrupted at a chosen moment.
+SLOW = {"setting": {"name": "gaussian", "dim": 20, "samples": 100}, "iterations": 150, "seeds": 200}
 
 
 def wait_for(condition, timeout=120.0, interval=0.02):
@@ -169,9 +171,9 @@ def test_resume_rebuilds_a_rolled_back_record_and_never_deletes_a_committed_iter
         shutil.rmtree(chain / f"iter_{iteration:04d}")
     shutil.rmtree(run / "chains" / "base" / "replace")
     (chain / "progress.json").write_text('{"completed": 10}')  # ... with a record rolled back to 10
-    kept = {i: (chain / f"iter_{i:04d}" / "metrics.json").stat().st_ino for i in range(1, 21)}
+    kept = {i: (chain / f"iter_{i:04d}" / "metrics.npz").stat().st_ino for i in range(1, 21)}
     assert cli("resume", run, "-q").returncode == 0
-    assert {i: (chain / f"iter_{i:04d}" / "metrics.json").stat().st_ino for i in range(1, 21)} == kept
+    assert {i: (chain / f"iter_{i:04d}" / "metrics.npz").stat().st_ino for i in range(1, 21)} == kept
     assert completed(chain / "progress.json") == 30
     assert table(run) == expected
 
@@ -179,9 +181,9 @@ def test_resume_rebuilds_a_rolled_back_record_and_never_deletes_a_committed_iter
     (chain / "progress.json").write_text('{"completed": 30}')
     shutil.rmtree(chain / "iter_0011")
     line = one_line_error(cli("resume", run))
-    assert "iter_0011 is missing" in line
+    assert "the commit of iteration 11" in line and "iter_0011) is missing" in line
     assert all((chain / f"iter_{i:04d}").is_dir() for i in range(12, 31))
-    assert "iter_0011 is missing" in one_line_error(cli("table", run))
+    assert "iter_0011) is missing" in one_line_error(cli("table", run))
 
 
 def test_two_runs_released_together_never_mix_in_one_directory(tmp_path):
@@ -276,31 +278,24 @@ def test_regime_parameters_are_recorded_exactly_and_resume_uses_them(tmp_path):
 
 
 def test_resume_and_table_check_what_a_chain_holds(tmp_path):
-    path = config(tmp_path / "lr.yaml", iterations=4, regimes=["accumulate"], checkpoints="all")
+    path = config(tmp_path / "lr.yaml", iterations=4, regimes=["accumulate"])
     run = tmp_path / "run"
     assert cli("run", path, "--out", run, "-q").returncode == 0
     chain = run / "chains" / "base" / "accumulate"
 
-    # a finished chain whose record lost seeds: named by resume, not only later by table
-    metrics = chain / "iter_0003" / "metrics.json"
-    record = json.loads(metrics.read_text())
-    good = metrics.read_text()
-    record["metrics"]["test_error"] = record["metrics"]["test_error"][:7]
-    metrics.write_text(json.dumps(record))
+    # a finished chain whose records lost seeds: named by resume, not only later by table
+    metrics = chain / "iter_0001-0004" / "metrics.npz"
+    good = metrics.read_bytes()
+    with np.load(metrics) as archive:
+        arrays = dict(archive)
+    np.savez(metrics, **{**arrays, "metric.test_error": arrays["metric.test_error"][:, :7]})
     for command in ["resume", "table"]:
         line = one_line_error(cli(command, run))
-        assert "iter_0003/metrics.json" in line and "expected 20 values" in line
-    metrics.write_text(good)
-
-    # an unfinished chain whose kept synthetic batch lost rows: y[:, :7]
-    shutil.rmtree(chain / "iter_0004")
-    (chain / "progress.json").write_text('{"completed": 3}')
-    samples = chain / "iter_0002" / "synthetic" / "samples.npz"
-    with np.load(samples) as archive:
-        y = archive["y"]
-    np.savez(samples, y=y[:, :7])
-    line = one_line_error(cli("resume", run, "-q"))
-    assert "iter_0002/synthetic" in line and "7 samples per seed" in line
+        assert "iter_0001-0004/metrics.npz" in line and "20 values per metric" in line
+    metrics.write_bytes(good)
+    np.savez(metrics, **{**arrays, "iteration": arrays["iteration"] + 1})
+    line = one_line_error(cli("table", run))
+    assert "iter_0001-0004/metrics.npz: it records iterations [2, 3, 4, 5], not 1-4" in line
 
 
 # -- processes and faults -----------------------------------------------------------------------
@@ -380,8 +375,8 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_gives_one_line_and_the_run_resumes_once_there_is_room(tmp_path, small_disk):
     path = config(
-        tmp_path / "lr.yaml", setting={"name": "linear-regression", "dim": 5, "samples": 50}, iterations=30, seeds=400
-    )
+        tmp_path / "lr.yaml", setting={"name": "linear-regression", "dim": 5, "samples": 50}, iterations=60, seeds=4000
+    )  # records of about 7 MiB, more than the disk holds
     assert cli("run", path, "--out", tmp_path / "straight", "-q").returncode == 0
     run = small_disk / "run"
     line = one_line_error(cli("run", path, "--out", run, "-q"), code=1)
@@ -555,23 +550,26 @@ def damaged(finished, tmp_path, name, unfinish=False) -> tuple[Path, Path]:
 
 def test_a_renamed_metric_is_named(finished, tmp_path):
     run, chain = damaged(finished, tmp_path, "lr")
-    metrics = chain / "iter_0002" / "metrics.json"
-    metrics.write_text(metrics.read_text().replace('"test_error"', '"test_errr"'))
+    metrics = chain / "iter_0002" / "metrics.npz"
+    with np.load(metrics) as archive:
+        arrays = dict(archive)
+    arrays["metric.test_errr"] = arrays.pop("metric.test_error")
+    np.savez(metrics, **arrays)
     for command in ["table", "plot", "resume"]:
         line = one_line_error(cli(command, run))
-        assert "iter_0002/metrics.json" in line and "test_errr" in line
+        assert "iter_0002/metrics.npz" in line and "test_errr" in line
 
 
-@pytest.mark.parametrize("stray", ["iter_0040", "iter_0002/metrics.json/"])
+@pytest.mark.parametrize("stray", ["iter_0040", "iter_0002/metrics.npz/"])
 def test_a_stray_file_where_an_iteration_should_be_is_named(finished, tmp_path, stray):
     run, chain = damaged(finished, tmp_path, "lr")
     if stray == "iter_0040":
         (chain / stray).write_text("")
         expected = "iter_0040 should be an iteration's directory"
     else:
-        (chain / "iter_0002" / "metrics.json").unlink()
-        (chain / "iter_0002" / "metrics.json").mkdir()
-        expected = "metrics.json"
+        (chain / "iter_0002" / "metrics.npz").unlink()
+        (chain / "iter_0002" / "metrics.npz").mkdir()
+        expected = "metrics.npz"
     for command in ["table", "resume"]:
         assert expected in one_line_error(cli(command, run))
 
@@ -593,16 +591,6 @@ def test_a_config_edited_after_the_run_never_relabels_its_numbers(finished, tmp_
         assert "chain.json describes another chain than the run's config.yaml" in one_line_error(cli(command, run))
 
 
-def test_synthetic_samples_of_another_shape_are_named(finished, tmp_path):
-    run, chain = damaged(finished, tmp_path, "kde", unfinish=True)
-    path = chain / "iter_0002" / "synthetic" / "samples.npz"
-    with np.load(path) as archive:
-        x = archive["x"]
-    np.savez(path, x=x[:, :, 0])
-    line = one_line_error(cli("resume", run, "-q"))
-    assert "iter_0002/synthetic/samples.npz" in line and "shape" in line
-
-
 def test_chains_being_a_file_is_named(finished, tmp_path):
     run, _ = damaged(finished, tmp_path, "lr")
     shutil.rmtree(run / "chains")
@@ -617,34 +605,76 @@ def test_chains_being_a_file_is_named(finished, tmp_path):
         (lambda a: {**a, "points": a["points"].reshape(-1)}, "shape"),
         (lambda a: {**a, "bandwidth": -a["bandwidth"]}, "bandwidths must be one positive number"),
         (lambda a: {**a, "bandwidth": np.full_like(a["bandwidth"], np.nan)}, "bandwidths must be one positive number"),
+        (lambda a: np.random.default_rng(0).bytes(300), "not an array archive"),
     ],
-    ids=["points-1d", "negative-bandwidth", "nan-bandwidth"],
+    ids=["points-1d", "negative-bandwidth", "nan-bandwidth", "random-bytes"],
 )
-def test_a_damaged_kde_model_is_named(finished, tmp_path, change, message):
-    run, chain = damaged(finished, tmp_path, "kde", unfinish=True)
+def test_a_damaged_model_file_is_named(finished, tmp_path, change, message):
+    """Models a cheap chain leaves (``checkpoints``) are read back by the setting's ``load_model``."""
+    from model_collapse.settings.kde import KDE, KDEConfig
+
+    run, chain = damaged(finished, tmp_path, "kde")
     path = chain / "iter_0003" / "model" / "model.npz"
     with np.load(path) as archive:
-        arrays = change(dict(archive))
-    np.savez(path, **arrays)
+        changed = change(dict(archive))
+    if isinstance(changed, bytes):
+        path.write_bytes(changed)
+    else:
+        np.savez(path, **changed)
+    setting = KDE(KDEConfig(samples=10, test_samples=20), seeds=range(3))
+    with pytest.raises(RunDirectoryError, match="corrupted file .*iter_0003/model/model.npz.*" + message) as error:
+        setting.load_model(path.parent)
+    assert "pickle" not in str(error.value)
+
+
+# -- costly chains: what resume reads back -------------------------------------------------------
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("vae")
+    regimes = ["replace", "accumulate"]
+    path = config(base / "vae.yaml", setting=tiny_vae(), iterations=3, seeds=1, regimes=regimes, checkpoints="all")
+    assert cli("run", path, "--out", base / "run", "-q").returncode == 0
+    return base / "run"
+
+
+def unfinished_vae(vae_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of the VAE run whose accumulate chain stopped after iteration 2: resume reads iteration
+    2's model and the synthetic batch S_2."""
+    run = tmp_path / "run"
+    shutil.copytree(vae_run, run)
+    chain = run / "chains" / "base" / "accumulate" / "seed-0"
+    shutil.rmtree(chain / "iter_0003")
+    (chain / "progress.json").write_text('{"completed": 2}')
+    return run, chain
+
+
+def test_a_costly_chain_resumes_from_what_it_kept_and_names_what_is_damaged(vae_run, tmp_path):
+    run, chain = unfinished_vae(vae_run, tmp_path)
+    assert cli("resume", run, "-q").returncode == 0
+    assert table(run) == table(vae_run)
+
+    run, chain = unfinished_vae(vae_run, tmp_path / "rows")
+    samples = chain / "iter_0002" / "synthetic" / "samples.npz"
+    with np.load(samples) as archive:
+        x = archive["x"]
+    np.savez(samples, x=x[:, :7])
     line = one_line_error(cli("resume", run, "-q"))
-    assert "iter_0003/model/model.npz" in line and message in line
+    assert "iter_0002/synthetic" in line and "7 samples per seed" in line
+
+    np.savez(samples, x=x[..., 0])
+    line = one_line_error(cli("resume", run, "-q"))
+    assert "iter_0002/synthetic/samples.npz" in line and "shape" in line
 
 
-@pytest.mark.parametrize("name", ["iter_0003/model/model.npz", "iter_0002/synthetic/samples.npz"])
-def test_random_bytes_in_an_array_file_are_called_corrupted_never_a_pickle(finished, tmp_path, name):
-    run, chain = damaged(finished, tmp_path, "lr", unfinish=True)
+@pytest.mark.parametrize("name", ["iter_0002/model/model.pt", "iter_0002/synthetic/samples.npz"])
+def test_random_bytes_in_a_kept_file_are_called_corrupted_never_a_pickle(vae_run, tmp_path, name):
+    run, chain = unfinished_vae(vae_run, tmp_path)
     (chain / name).write_bytes(np.random.default_rng(0).bytes(300))
     line = one_line_error(cli("resume", run, "-q"))
     assert f"corrupted file {chain / name}" in line and "pickle" not in line
 
 
 # -- neural settings: previews, and reading runs without PyTorch ---------------------------------
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("vae")
-    path = config(base / "vae.yaml", setting=tiny_vae(), iterations=2, seeds=1, regimes=["replace"])
-    assert cli("run", path, "--out", base / "run", "-q").returncode == 0
-    return base / "run"
 
 
 def test_table_and_plot_of_a_vae_run_work_without_pytorch(vae_run, tmp_path):
@@ -694,7 +724,7 @@ def test_files_of_a_run_follow_the_umask(tmp_path):
         run / "run.json",
         run / "config.yaml",
         *run.rglob("progress.json"),
-        *run.rglob("metrics.json"),
+        *run.rglob("metrics.npz"),
         *run.rglob("*.npz"),
     ]
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o640"}

@@ -1,22 +1,35 @@
 """The chain: for n = 1..N, sample from model n-1, let the regime build the training set, fit, evaluate.
 
 The chain knows nothing about any setting (it calls the setting protocol) and nothing about any regime
-(it asks the regime what to sample and which rows to train on). With a ``ChainStore`` it records each
-iteration durably and resumes after the last completed one; because every random stream is keyed by
-(seeds, iteration, purpose) rather than carried along, a resumed chain reproduces an uninterrupted one
-exactly.
+(it asks the regime what to sample and which rows to train on). With a ``ChainStore`` it records its
+iterations durably and resumes after the last committed one. Every random stream is keyed by (seeds,
+iteration, purpose) rather than carried along, so a resumed chain reproduces an uninterrupted one
+exactly, and there are two ways to resume:
+
+* a costly setting (a neural network per iteration) commits every iteration with its model and the
+  synthetic batch the regime keeps, and resumes from them;
+* a cheap setting (``Setting.cheap``: milliseconds per iteration) commits its records in groups, at most
+  every ``COMMIT_INTERVAL_S`` seconds, and keeps neither models nor synthetic data: on resume it
+  recomputes its iterations from the first, without evaluating them, and checks that the last one gives
+  the metrics it recorded before it goes on.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import RunDirectoryError
+import numpy as np
+
+from .errors import RunDirectoryError, Terminated
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real_source, synthetic_source
 from .rundir import ChainStore, IterationRecord
 from .settings import Fit, Setting
+
+COMMIT_INTERVAL_S = 1.0  # how often a cheap chain commits at most (and at its end, and when stopped)
+CHECKPOINTS = ("none", "last", "all")  # which models a chain leaves behind (the run config's ``checkpoints``)
 
 
 def _training_parts(kind: type, plan: TrainingPlan, pool: dict[Source, Any]) -> list[Any]:
@@ -30,44 +43,96 @@ def _training_parts(kind: type, plan: TrainingPlan, pool: dict[Source, Any]) -> 
     return parts
 
 
-def _restore(setting: Setting, regime: Regime, store: ChainStore, completed: int, pool: dict[Source, Any]) -> Any:
-    """Model of the last completed iteration, and the synthetic batches the regime still needs, each
-    checked to hold as many samples per seed as this chain drew for it."""
-    real = setting.real_train
-    if regime.keeps_history:
-        for iteration in range(2, completed + 1):
-            directory = store.synthetic_directory(iteration)
-            data = type(real).load(directory, like=real)
-            expected = regime.synthetic_size(iteration, len(real))
-            if len(data) != expected:
+class _Chain:
+    """What a chain carries from one iteration to the next: the last model and the pool of sources."""
+
+    def __init__(self, setting: Setting, regime: Regime):
+        self.setting, self.regime = setting, regime
+        self.pool: dict[Source, Any] = {REAL: setting.real_train}
+        self.model: Any = None
+
+    def advance(self, iteration: int, scratch: Any = None) -> tuple[Fit, TrainingPlan, Any | None]:
+        """Sample from the last model what ``iteration`` needs, fit its model; returns the fit, the plan
+        and the new synthetic batch (None at iteration 1)."""
+        setting, regime, seeds = self.setting, self.regime, self.setting.seeds
+        real = setting.real_train
+        new_synthetic = None
+        if iteration > 1:
+            if not regime.keeps_history:
+                self.pool = {REAL: real}
+            size = regime.synthetic_size(iteration, len(real))
+            if size:
+                new_synthetic = setting.sample(self.model, size, chain_rng(seeds, iteration, "sample"), scratch)
+                self.pool[synthetic_source(iteration)] = new_synthetic
+            size = regime.fresh_real_size(iteration, len(real))
+            if size:
+                fresh = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
+                self.pool[fresh_real_source(iteration)] = fresh
+        sizes = {source: len(data) for source, data in self.pool.items()}
+        plan = regime.plan(sizes, iteration, setting.seed_count, chain_rng(seeds, iteration, "regime"))
+        parts = _training_parts(type(real), plan, self.pool)
+        result = setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch)
+        fitted = result if isinstance(result, Fit) else Fit(result, None)
+        self.model = fitted.model
+        return fitted, plan, new_synthetic
+
+    def restore(self, store: ChainStore, completed: int) -> None:
+        """A costly chain: the model of the last completed iteration, and the synthetic batches the
+        regime still needs, each checked to hold as many samples per seed as this chain drew for it."""
+        setting, regime = self.setting, self.regime
+        real = setting.real_train
+        if regime.keeps_history:
+            for iteration in range(2, completed + 1):
+                directory = store.synthetic_directory(iteration)
+                data = type(real).load(directory, like=real)
+                expected = regime.synthetic_size(iteration, len(real))
+                if len(data) != expected:
+                    raise RunDirectoryError(
+                        f"corrupted data in {directory}: {len(data)} samples per seed, this chain drew {expected}"
+                    )
+                self.pool[synthetic_source(iteration)] = data
+        self.model = setting.load_model(store.model_directory(completed))
+
+    def recompute(self, store: ChainStore, last: IterationRecord) -> None:
+        """A cheap chain: its iterations 1..``last.iteration`` again, checked against the last record."""
+        for iteration in range(1, last.iteration + 1):
+            self.advance(iteration)
+        again = self.setting.evaluate(self.model)
+        for name, recorded in last.metrics.items():
+            now = np.asarray(again[name], dtype=float)
+            if not np.array_equal(now, recorded, equal_nan=True):
+                seed = int(np.flatnonzero(~((now == recorded) | (np.isnan(now) & np.isnan(recorded))))[0])
                 raise RunDirectoryError(
-                    f"corrupted data in {directory}: {len(data)} samples per seed, this chain drew {expected}"
+                    f"{store.directory}: recomputing its {last.iteration} committed iterations gives "
+                    f"{name} = {now[seed]!r} for seed {self.setting.seeds[seed]} at iteration {last.iteration}, "
+                    f"where the run recorded {recorded[seed]!r}: this version of model-collapse or this "
+                    "machine's numerical libraries compute other numbers than the ones that started the run, "
+                    "so resuming here would mix the two; resume where the run started, or run it afresh"
                 )
-            pool[synthetic_source(iteration)] = data
-    return setting.load_model(store.model_directory(completed))
 
 
-def _commit(
-    setting: Setting,
+def _commit_costly(
+    chain: _Chain,
     store: ChainStore,
     record: IterationRecord,
     fitted: Fit,
     kept_synthetic: Any | None,
-    keep_models: bool,
+    save_model: bool,
+    drop_earlier_models: bool,
 ) -> Any | None:
     """Record ``record`` durably with the model, the synthetic batch the regime keeps, the model's
     preview and the fit's details; returns the kept batch as read back from the run directory when its
     type memory-maps (so that an accumulated pool does not grow RAM), else None."""
-    seeds, iteration = setting.seeds, record.iteration
+    setting, iteration = chain.setting, record.iteration
     preview = None
     if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
-        samples = setting.sample(fitted.model, setting.preview_size, chain_rng(seeds, iteration, "preview"))
+        samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
         preview = setting.preview(samples)
     store.commit(
-        record,
-        save_model=lambda directory: setting.save_model(fitted.model, directory),
+        [record],
+        save_model=(lambda directory: setting.save_model(fitted.model, directory)) if save_model else None,
         save_synthetic=kept_synthetic.save if kept_synthetic is not None else None,
-        keep_models=keep_models,
+        drop_earlier_models=drop_earlier_models,
         preview=preview,
         diagnostics=fitted.diagnostics,
     )
@@ -82,51 +147,69 @@ def run_chain(
     regime: Regime,
     iterations: int,
     store: ChainStore | None = None,
-    keep_models: bool = False,
+    checkpoints: str = "last",
     on_iteration: Callable[[IterationRecord], None] | None = None,
+    commit_interval_s: float = COMMIT_INTERVAL_S,
 ) -> list[IterationRecord]:
-    """Run (or finish) one chain; returns the records of all its iterations, 1..``iterations``."""
-    seeds, real = setting.seeds, setting.real_train
-    kind = type(real)  # the data type of every part: it selects rows, saves and loads itself
-    pool: dict[Source, Any] = {REAL: real}
+    """Run (or finish) one chain; returns the records of all its iterations, 1..``iterations``.
+
+    ``checkpoints``: which models stay in the run directory once the chain is complete: ``none``,
+    ``last`` or ``all`` (an unfinished costly chain always keeps its last, to resume from). Ctrl-C or
+    SIGTERM (``Terminated``) stops a cheap chain after committing what it has computed."""
+    if checkpoints not in CHECKPOINTS:
+        raise ValueError(f"checkpoints must be one of {', '.join(CHECKPOINTS)}, got {checkpoints!r}")
+    chain = _Chain(setting, regime)
     records: list[IterationRecord] = []
-    model = None
     completed = 0
     if store is not None:
         completed = min(store.open(), iterations)
         records = store.records(setting.seed_count, setting.metrics, completed)
-        if completed:
-            model = _restore(setting, regime, store, completed, pool)
+        if 0 < completed < iterations:
+            if setting.cheap:
+                chain.recompute(store, records[-1])
+            else:
+                chain.restore(store, completed)
         if setting.preview_size:
-            store.save_real_preview(setting.preview(real)[: setting.preview_size])
+            store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
 
     def scratch(iteration: int):  # where a long sample or fit of this iteration may keep its progress
         return store.scratch_directory(iteration) if store is not None else None
 
-    for iteration in range(completed + 1, iterations + 1):
-        new_synthetic = None
-        if iteration > 1:
-            if not regime.keeps_history:
-                pool = {REAL: real}
-            size = regime.synthetic_size(iteration, len(real))
-            if size:
-                new_synthetic = setting.sample(model, size, chain_rng(seeds, iteration, "sample"), scratch(iteration))
-                pool[synthetic_source(iteration)] = new_synthetic
-            size = regime.fresh_real_size(iteration, len(real))
-            if size:
-                pool[fresh_real_source(iteration)] = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
-        sizes = {source: len(data) for source, data in pool.items()}
-        plan = regime.plan(sizes, iteration, setting.seed_count, chain_rng(seeds, iteration, "regime"))
-        result = setting.fit(_training_parts(kind, plan, pool), chain_rng(seeds, iteration, "fit"), scratch(iteration))
-        fitted = result if isinstance(result, Fit) else Fit(result, None)
-        model = fitted.model
-        record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(model))
-        if store is not None:
-            kept = new_synthetic if new_synthetic is not None and regime.keeps_history else None
-            mapped = _commit(setting, store, record, fitted, kept, keep_models)
-            if mapped is not None:
-                pool[synthetic_source(iteration)] = mapped
-        records.append(record)
-        if on_iteration is not None:
-            on_iteration(record)
+    pending: list[IterationRecord] = []  # a cheap chain's records not yet committed
+    last_commit = time.monotonic()
+
+    def commit_pending(model: Any = None) -> None:
+        nonlocal pending, last_commit
+        save = (lambda directory: setting.save_model(model, directory)) if model is not None else None
+        store.commit(pending, save_model=save, drop_earlier_models=checkpoints != "all")
+        pending, last_commit = [], time.monotonic()
+
+    try:
+        for iteration in range(completed + 1, iterations + 1):
+            fitted, plan, new_synthetic = chain.advance(iteration, scratch(iteration))
+            record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(fitted.model))
+            records.append(record)
+            final = iteration == iterations
+            if store is not None and setting.cheap:
+                pending.append(record)
+                keep = checkpoints == "all" or (checkpoints == "last" and final)
+                if keep or final or time.monotonic() - last_commit >= commit_interval_s:
+                    commit_pending(fitted.model if keep else None)
+            elif store is not None:
+                kept = new_synthetic if new_synthetic is not None and regime.keeps_history else None
+                save_model = checkpoints != "none" or not final
+                mapped = _commit_costly(chain, store, record, fitted, kept, save_model, checkpoints != "all")
+                if mapped is not None:
+                    chain.pool[synthetic_source(iteration)] = mapped
+            if on_iteration is not None:
+                on_iteration(record)
+    except (KeyboardInterrupt, Terminated):
+        if pending:
+            # iterations computed whole since the last commit; one already on disk (a commit
+            # interrupted after its rename) is not committed twice
+            done = store.completed()
+            pending = [r for r in pending if r.iteration > done]
+            if pending:
+                commit_pending()
+        raise
     return records

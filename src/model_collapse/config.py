@@ -49,7 +49,9 @@ class RunConfig(StrictConfig):
     iterations: PositiveInt
     seeds: PositiveInt = Field(description="how many seeds; the seeds are 0..seeds-1")
     workers: PositiveInt | None = Field(None, description="parallel processes for a sweep (default: CPU count)")
-    checkpoints: Literal["last", "all"] = Field("last", description="keep every iteration's model, or the last")
+    checkpoints: Literal["none", "last", "all"] = Field(
+        "last", description="models left once a chain is complete: none, the last one, or every iteration's"
+    )
 
 
 def _describe(error: dict[str, Any], prefix: tuple = ()) -> str:

@@ -7,20 +7,23 @@
         chain.json                    what the chain is: setting fields, regime, seeds
         real_preview.npy              a few real samples beside which figures show the synthetic ones
         progress.json                 {"completed": n}: the last iteration that is fully on disk
-        iter_0001/metrics.json        per-iteration record (train size, real fraction, metrics per seed)
-        iter_0001/model/              checkpoint (kept for every iteration or the last one only)
-        iter_0002/synthetic/          synthetic batch, kept when the regime needs its history to resume
-        iter_0001/preview.npy         samples of this iteration's model: images (uint8 N,H,W,C) or texts
-        iter_0001/diagnostics.json    details of the fit a setting keeps (a language model's learning curve)
-        iter_0003.scratch/            the running iteration's own progress (a language model's finished
+        iter_0001-0042/               a commit of several iterations (cheap settings commit in groups)
+            metrics.npz               their records: train size, real fraction and metrics per seed
+                                      (metrics.json, one record, in run formats 1 and 2)
+            model/                    the model of the commit's last iteration, when kept (``checkpoints``)
+        iter_0043/                    a commit of one iteration, holding the same and, for that iteration:
+            synthetic/                its synthetic batch, kept when the regime needs its history
+            preview.npy               samples of its model: images (uint8 N,H,W,C) or texts
+            diagnostics.json          details of the fit a setting keeps (a language model's learning curve)
+        iter_0044.scratch/            the running iteration's own progress (a language model's finished
                                       sampling shards, its last saved training step): kept across an
                                       interruption, removed at commit
     RUN/figures/                      written by `model-collapse plot`
 
-Every file is written to a temporary name, flushed to disk and renamed into place (``atomic.py``); an iteration is
-assembled in ``iter_NNNN.partial`` and renamed as a whole, and only then does progress.json move on.
+Every file is written to a temporary name, flushed to disk and renamed into place (``atomic.py``); a commit is
+assembled in ``iter_....partial`` and renamed as a whole, and only then does progress.json move on.
 A crash at any point therefore leaves either the old state or the new one, never a half-written one.
-An ``iter_NNNN`` directory is committed the moment it appears, so nothing ever deletes one: progress.json
+A commit's directory is committed the moment it appears, so nothing ever deletes one: progress.json
 is a record kept in step with them, rebuilt from them when it lags behind (a crash between the rename
 and its update, or a file rolled back), and a gap in the iterations is refused rather than repaired.
 The run directory itself is assembled beside its final name and renamed into place, so a crash while
@@ -51,14 +54,18 @@ import yaml
 from . import __version__, distributed
 from .atomic import fsync_directory, honour_umask, write_atomic, write_directory_atomic, write_file_atomic, write_json
 from .errors import RunDirectoryError, yaml_problem
+from .settings.arrays import load_arrays
 
 FORMAT = "model-collapse-run"
-FORMAT_VERSION = 2  # 2: config.yaml holds the sweep under ``sweep:`` and sectioned settings
-READABLE_VERSIONS = (1, 2)  # 1: sweeps as lists inside ``setting`` (upgraded when read, see config.py)
+# 3: commits of several iterations (``iter_0001-0042``, metrics.json a list); 2: config.yaml holds the
+# sweep under ``sweep:`` and sectioned settings; 1: sweeps as lists inside ``setting`` (see config.py).
+# Versions 1 and 2 are read as they are (a commit of one iteration each); resuming one marks it 3.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MARKER = "run.json"
 CONFIG = "config.yaml"
 LOCK = "run.lock"
-_ITERATION = re.compile(r"iter_(\d+)(\.partial|\.scratch)?")
+_COMMIT = re.compile(r"iter_(\d+)(?:-(\d+))?(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +268,19 @@ class IterationRecord:
         return record
 
 
+@dataclass(frozen=True)
+class Commit:
+    """One committed directory of a chain: the iterations ``first``..``last``."""
+
+    first: int
+    last: int
+    path: Path
+
+
+def commit_name(first: int, last: int) -> str:
+    return f"iter_{last:04d}" if first == last else f"iter_{first:04d}-{last:04d}"
+
+
 class ChainStore:
     """Reads and writes one chain's directory."""
 
@@ -274,9 +294,6 @@ class ChainStore:
         """The chain at ``relative`` inside ``run_directory``, refused if that path leads outside it."""
         return cls(inside(run_directory, relative), description, writer)
 
-    def _iteration_directory(self, iteration: int) -> Path:
-        return self.directory / f"iter_{iteration:04d}"
-
     def open(self) -> int:
         """Create or check the chain directory for writing; returns the last completed iteration (0 if none)."""
         if not self.writer:
@@ -289,8 +306,8 @@ class ChainStore:
         # dropped too, but for the one the interrupted iteration saved its progress in, to resume from.
         keep = self.scratch_directory(completed + 1)
         for path in self.directory.glob("iter_*"):
-            match = _ITERATION.fullmatch(path.name)
-            if match and match.group(2) and path != keep:
+            match = _COMMIT.fullmatch(path.name)
+            if match and match.group(3) and path != keep:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:
@@ -311,35 +328,53 @@ class ChainStore:
                 f"{path} describes another chain than the run's config.yaml: {found} != {self.description}"
             )
 
-    def _committed(self) -> list[int]:
-        """The iterations whose directory is on disk: each was renamed into place whole, so committed."""
+    def commits(self) -> list[Commit]:
+        """The commits on disk, in order: each was renamed into place whole, so committed."""
         found = []
         for path in self.directory.glob("iter_*"):
-            match = _ITERATION.fullmatch(path.name)
-            if match is None or match.group(2):
+            match = _COMMIT.fullmatch(path.name)
+            if match is None or match.group(3):
                 continue
             if not path.is_dir() or path.is_symlink():
                 raise RunDirectoryError(f"corrupted run directory: {path} should be an iteration's directory")
-            found.append(int(match.group(1)))
-        return sorted(found)
+            last = int(match.group(2) or match.group(1))
+            first = int(match.group(1)) if match.group(2) else last
+            if first > last:
+                raise RunDirectoryError(f"corrupted run directory: {path} names its iterations backwards")
+            found.append(Commit(first, last, path))
+        return sorted(found, key=lambda c: (c.last, c.first))
+
+    def _unbroken(self) -> list[Commit]:
+        """The commits holding iterations 1, 2, ... without a gap; a gap or an overlap before later
+        commits is refused, naming what is missing."""
+        commits = self.commits()
+        end = 0
+        for index, commit in enumerate(commits):
+            if commit.first != end + 1:
+                if commit.first <= end:
+                    raise RunDirectoryError(
+                        f"corrupted run directory: {commit.path} holds iterations that "
+                        f"{commits[index - 1].path} holds too"
+                    )
+                missing = end + 1 if commit.first == end + 2 else f"{end + 1}-{commit.first - 1}"
+                raise RunDirectoryError(
+                    f"the commit of iteration {missing} ({self.directory / commit_name(end + 1, end + 1)}) is "
+                    "missing but later iterations of the chain are on disk"
+                )
+            end = commit.last
+        return commits
 
     def completed(self, repair: bool = False) -> int:
         """The last iteration of the unbroken sequence 1, 2, ... of committed iterations.
 
         progress.json is checked against it: one that lags behind is rebuilt when ``repair`` (a crash
-        between an iteration's rename and the record's update leaves it one behind); one that counts
+        between a commit's rename and the record's update leaves it behind); one that counts
         iterations no longer on disk, or a gap before later iterations, is refused, naming what is missing."""
         if not self.directory.is_dir():
             return 0
         self._check_description()
-        committed = self._committed()
-        completed = 0
-        while completed < len(committed) and committed[completed] == completed + 1:
-            completed += 1
-        if completed < len(committed):
-            raise RunDirectoryError(
-                f"{self._iteration_directory(completed + 1)} is missing but later iterations of the chain are on disk"
-            )
+        commits = self._unbroken()
+        completed = commits[-1].last if commits else 0
         path = self.directory / "progress.json"
         recorded = 0
         if path.exists():
@@ -353,11 +388,11 @@ class ChainStore:
             recorded = progress["completed"]
         if recorded > completed:
             raise RunDirectoryError(
-                f"{path} records {recorded} completed iterations "
-                f"but {self._iteration_directory(completed + 1)} is missing"
+                f"{path} records {recorded} completed iterations but the commit of iteration {completed + 1} "
+                f"({self.directory / commit_name(completed + 1, completed + 1)}) is missing"
             )
         if recorded < completed and repair and self.writer:
-            if completed > recorded + 1:
+            if len(commits) > 1 and commits[-2].last > recorded:
                 log.warning(
                     "%s recorded %d completed iterations, %d are on disk: record rebuilt", path, recorded, completed
                 )
@@ -376,20 +411,30 @@ class ChainStore:
 
     def commit(
         self,
-        record: IterationRecord,
-        save_model: Callable[[Path], None],
-        save_synthetic: Callable[[Path], None] | None,
-        keep_models: bool,
+        records: list[IterationRecord],
+        save_model: Callable[[Path], None] | None,
+        save_synthetic: Callable[[Path], None] | None = None,
+        drop_earlier_models: bool = True,
         preview: np.ndarray | None = None,
         diagnostics: dict[str, Any] | None = None,
     ) -> None:
+        """Commit ``records`` (consecutive iterations) as one directory, with the model of the last
+        when ``save_model`` is given; the synthetic batch, preview and diagnostics belong to the last
+        iteration and are kept only in a commit of one iteration."""
         if not self.writer:
             return
+        first, last = records[0].iteration, records[-1].iteration
+        if [r.iteration for r in records] != list(range(first, last + 1)):
+            raise ValueError("a commit holds consecutive iterations")
+        if first != last and (save_synthetic is not None or preview is not None or diagnostics is not None):
+            raise ValueError("a synthetic batch, preview or diagnostics is committed with its iteration alone")
 
         def fill(partial: Path) -> None:
-            (partial / "model").mkdir()
-            write_json(partial / "metrics.json", record.to_json(), compact=True)
-            save_model(partial / "model")
+            with open(partial / RECORDS, "wb") as handle:
+                np.savez(handle, **records_to_arrays(records))
+            if save_model is not None:
+                (partial / "model").mkdir()
+                save_model(partial / "model")
             if save_synthetic is not None:
                 (partial / "synthetic").mkdir()
                 save_synthetic(partial / "synthetic")
@@ -398,23 +443,32 @@ class ChainStore:
             if diagnostics is not None:
                 write_json(partial / "diagnostics.json", diagnostics, compact=True)
 
-        target = self._iteration_directory(record.iteration)
-        if target.exists():  # committed iterations are never replaced (resume starts after them)
-            raise RunDirectoryError(f"{target} is already committed")
-        write_directory_atomic(target, fill)
-        write_json(self.directory / "progress.json", {"completed": record.iteration})
-        shutil.rmtree(self.scratch_directory(record.iteration), ignore_errors=True)
-        if not keep_models and record.iteration > 1:
-            shutil.rmtree(self._iteration_directory(record.iteration - 1) / "model", ignore_errors=True)
+        earlier = self.commits()
+        if earlier and earlier[-1].last >= first:  # committed iterations are never replaced (resume starts after them)
+            raise RunDirectoryError(f"iteration {first} of {self.directory} is already committed")
+        write_directory_atomic(self.directory / commit_name(first, last), fill)
+        write_json(self.directory / "progress.json", {"completed": last})
+        shutil.rmtree(self.scratch_directory(last), ignore_errors=True)
+        if drop_earlier_models:
+            for commit in earlier:
+                shutil.rmtree(commit.path / "model", ignore_errors=True)
+
+    def _commit_ending_at(self, iteration: int) -> Path | None:
+        """The directory of the commit whose last iteration is ``iteration``, if there is one."""
+        single = self.directory / commit_name(iteration, iteration)
+        if single.is_dir():
+            return single
+        return next((c.path for c in self.commits() if c.last == iteration), None)
 
     def model_directory(self, iteration: int) -> Path:
-        path = self._iteration_directory(iteration) / "model"
+        commit = self._commit_ending_at(iteration)
+        path = (commit or self.directory / commit_name(iteration, iteration)) / "model"
         if not path.is_dir():
             raise RunDirectoryError(f"missing checkpoint {path}")
         return path
 
     def synthetic_directory(self, iteration: int) -> Path:
-        path = self._iteration_directory(iteration) / "synthetic"
+        path = self.directory / commit_name(iteration, iteration) / "synthetic"
         if not path.is_dir():
             raise RunDirectoryError(f"missing synthetic data {path}")
         return path
@@ -430,7 +484,7 @@ class ChainStore:
         return self._load_preview(self.directory / "real_preview.npy")
 
     def preview(self, iteration: int) -> np.ndarray | None:
-        return self._load_preview(self._iteration_directory(iteration) / "preview.npy")
+        return self._load_preview(self.directory / commit_name(iteration, iteration) / "preview.npy")
 
     @staticmethod
     def _load_preview(path: Path) -> np.ndarray | None:
@@ -450,7 +504,7 @@ class ChainStore:
         return preview
 
     def diagnostics(self, iteration: int) -> dict[str, Any] | None:
-        path = self._iteration_directory(iteration) / "diagnostics.json"
+        path = self.directory / commit_name(iteration, iteration) / "diagnostics.json"
         return read_json(path) if path.exists() else None
 
     def records(
@@ -458,16 +512,79 @@ class ChainStore:
     ) -> list[IterationRecord]:
         """The records of iterations 1..``completed`` (default: all completed), each checked: the
         right iteration, ``seed_count`` values per metric, and exactly the metric names ``metrics``."""
+        end = self.completed() if completed is None else completed
+        if not self.directory.is_dir():
+            return []
         records = []
-        for iteration in range(1, (self.completed() if completed is None else completed) + 1):
-            path = self._iteration_directory(iteration) / "metrics.json"
-            record = IterationRecord.from_json(read_json(path), path, seed_count)
-            if record.iteration != iteration:
-                raise RunDirectoryError(f"corrupted file {path}: it records iteration {record.iteration}")
-            if metrics is not None and set(record.metrics) != set(metrics):
-                raise RunDirectoryError(
-                    f"corrupted file {path}: it records the metrics {', '.join(sorted(record.metrics))}, "
-                    f"this setting has {', '.join(sorted(metrics))}"
-                )
-            records.append(record)
+        for commit in self._unbroken():
+            if commit.first > end:
+                break
+            for record in self._read_commit(commit, seed_count):
+                if metrics is not None and set(record.metrics) != set(metrics):
+                    raise RunDirectoryError(
+                        f"corrupted file {self._records_path(commit)}: it records the metrics "
+                        f"{', '.join(sorted(record.metrics))}, this setting has {', '.join(sorted(metrics))}"
+                    )
+                if record.iteration <= end:
+                    records.append(record)
         return records
+
+    @staticmethod
+    def _records_path(commit: Commit) -> Path:
+        legacy = commit.path / "metrics.json"  # run formats 1 and 2
+        return legacy if legacy.exists() or legacy.is_symlink() else commit.path / RECORDS
+
+    def _read_commit(self, commit: Commit, seed_count: int) -> list[IterationRecord]:
+        """The records of a commit, checked to be those of its iterations with ``seed_count`` seeds."""
+        path = self._records_path(commit)
+        if path.name == RECORDS:
+            records = records_from_arrays(load_arrays(path, _RECORD_ARRAYS), path, seed_count)
+        else:
+            records = [IterationRecord.from_json(read_json(path), path, seed_count)]
+        found = [r.iteration for r in records]
+        if found != list(range(commit.first, commit.last + 1)):
+            span = commit.first if commit.first == commit.last else f"{commit.first}-{commit.last}"
+            raise RunDirectoryError(f"corrupted file {path}: it records iterations {found}, not {span}")
+        return records
+
+
+RECORDS = "metrics.npz"
+_RECORD_ARRAYS = ("iteration", "train_size", "real_fraction")
+_METRIC = "metric."
+
+
+def records_to_arrays(records: list[IterationRecord]) -> dict[str, np.ndarray]:
+    """Consecutive records as arrays over (iterations,) and (iterations, seeds), one per metric."""
+    arrays = {
+        "iteration": np.array([r.iteration for r in records], dtype=np.int64),
+        "train_size": np.array([r.train_size for r in records], dtype=np.int64),
+        "real_fraction": np.stack([r.real_fraction for r in records]).astype(float),
+    }
+    for name in records[0].metrics:
+        arrays[_METRIC + name] = np.stack([np.asarray(r.metrics[name], dtype=float) for r in records])
+    return arrays
+
+
+def records_from_arrays(arrays: dict[str, np.ndarray], path: Path, seed_count: int) -> list[IterationRecord]:
+    iteration, train_size, real_fraction = (arrays[name] for name in _RECORD_ARRAYS)
+    metrics = {name[len(_METRIC) :]: a for name, a in arrays.items() if name.startswith(_METRIC)}
+    count = iteration.shape[0] if iteration.ndim == 1 else -1
+    shapes_ok = (
+        count >= 1
+        and train_size.shape == (count,)
+        and all(a.shape == (count, seed_count) for a in (real_fraction, *metrics.values()))
+        and all(a.dtype.kind in "iuf" for a in (iteration, train_size, real_fraction, *metrics.values()))
+    )
+    if not shapes_ok:
+        raise RunDirectoryError(
+            f"corrupted file {path}: expected records of {seed_count} values per metric for each iteration"
+        )
+    return [
+        IterationRecord(
+            int(iteration[i]),
+            int(train_size[i]),
+            real_fraction[i].astype(float),
+            {name: a[i].astype(float) for name, a in metrics.items()},
+        )
+        for i in range(count)
+    ]

@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from . import distributed
 from .chain import run_chain
 from .config import ChainSpec, Experiment, setting_class
-from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
+from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, Terminated
 from .rundir import ChainStore, IterationRecord
 from .settings import SETTINGS
 
@@ -37,7 +37,7 @@ def run_spec(
     run_directory: Path,
     spec: ChainSpec,
     iterations: int,
-    keep_models: bool,
+    checkpoints: str,
     on_iteration: Callable[[IterationRecord], None] | None = None,
 ) -> None:
     setting = setting_class(spec.point)(spec.point, spec.seeds)
@@ -45,7 +45,7 @@ def run_spec(
     if store.writer:
         store.open()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
     distributed.barrier()
-    run_chain(setting, spec.regime, iterations, store, keep_models=keep_models, on_iteration=on_iteration)
+    run_chain(setting, spec.regime, iterations, store, checkpoints=checkpoints, on_iteration=on_iteration)
 
 
 class _StderrHandler(logging.Handler):
@@ -101,24 +101,39 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+# A worker reports its progress at most this often: a cheap chain's iterations take a fraction of a millisecond.
+_REPORT_INTERVAL_S = 0.1
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the chain commit what it has computed
+    raise Terminated()
+
+
 def _worker(
-    connection, parent: int, run_directory: Path, spec: ChainSpec, iterations: int, keep_models: bool, quiet: bool
+    connection, parent: int, run_directory: Path, spec: ChainSpec, iterations: int, checkpoints: str, quiet: bool
 ) -> None:
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
+    signal.signal(signal.SIGTERM, _terminated)  # the parent's way of stopping the chain (see _stop)
     show_messages(quiet)
+    reported = 0.0
+
+    def report(record: IterationRecord) -> None:
+        nonlocal reported
+        now = time.monotonic()
+        if now - reported >= _REPORT_INTERVAL_S or record.iteration == iterations:
+            connection.send(("iteration", record.iteration))
+            reported = now
+
     try:
         # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
         # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
         setting_class(spec.point)
         with threadpool_limits(limits=1):
-            run_spec(
-                run_directory,
-                spec,
-                iterations,
-                keep_models,
-                lambda record: connection.send(("iteration", record.iteration)),
-            )
+            run_spec(run_directory, spec, iterations, checkpoints, report)
+    except Terminated:
+        os._exit(143)  # stopped by the parent, which is already on its way out: nothing to report
     except BaseException as error:
         fault = describe_fault(error, run_directory)
         if fault is not None:
@@ -144,7 +159,7 @@ def _run_in_processes(
     todo: list[int],
     workers: int,
     iterations: int,
-    keep_models: bool,
+    checkpoints: str,
     quiet: bool,
     advance: Callable[[int, int], None],
 ) -> None:
@@ -161,7 +176,7 @@ def _run_in_processes(
                 reader, writer = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_worker,
-                    args=(writer, os.getpid(), run_directory, specs[index], iterations, keep_models, quiet),
+                    args=(writer, os.getpid(), run_directory, specs[index], iterations, checkpoints, quiet),
                     name=f"chain-{index}",
                 )
                 process.start()
@@ -188,10 +203,28 @@ def _run_in_processes(
                 if message[0] == "died":
                     raise ResourceError(f"chain {label}: its worker process {_death(process.exitcode)}")
     finally:
-        for process, reader in running.values():
-            process.kill()  # commits are atomic: a chain killed anywhere resumes from its last one
-            process.join()
+        _stop([process for process, _ in running.values()])
+        for _, reader in running.values():
             reader.close()
+
+
+# How long stopped workers get to commit what they have computed before they are killed.
+_STOP_GRACE_S = 10.0
+
+
+def _stop(processes: list) -> None:
+    """Stop workers: SIGTERM first, on which a cheap chain commits the iterations it has computed since
+    its last commit; SIGKILL for any still running after the grace period (commits are atomic: a chain
+    killed anywhere resumes from its last one)."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _death(exitcode: int | None) -> str:
@@ -312,7 +345,7 @@ def run_experiment(
 ) -> None:
     specs = experiment.chains()
     iterations = experiment.config.iterations
-    keep_models = experiment.config.checkpoints == "all"
+    checkpoints = experiment.config.checkpoints
     workers = resolve_workers(experiment, workers)
     if distributed.world_size() > 1:
         workers, quiet = 1, quiet or not distributed.is_main()  # ranks run the chains together, one at a time
@@ -331,11 +364,11 @@ def run_experiment(
         if workers == 1 or len(todo) <= 1:
             for i in todo:
                 try:
-                    run_spec(run_directory, specs[i], iterations, keep_models, lambda r, i=i: advance(i, r.iteration))
+                    run_spec(run_directory, specs[i], iterations, checkpoints, lambda r, i=i: advance(i, r.iteration))
                 except (OSError, MemoryError) as error:
                     fault = describe_fault(error, run_directory)
                     if fault is None:
                         raise
                     raise ResourceError(f"chain {specs[i].label}: {fault}") from None
             return
-        _run_in_processes(run_directory, specs, todo, min(workers, len(todo)), iterations, keep_models, quiet, advance)
+        _run_in_processes(run_directory, specs, todo, min(workers, len(todo)), iterations, checkpoints, quiet, advance)

@@ -124,6 +124,9 @@ class Declaration:
     Config: ClassVar[type[SettingConfig]]
     metrics: ClassVar[dict[str, Metric]]
     one_seed_per_chain: ClassVar[bool] = False  # a neural network per seed: chains of one seed each
+    # Iterations of milliseconds, computed the same way every time: the chain commits them in groups
+    # and, on resume, recomputes them rather than keeping models and synthetic data on disk.
+    cheap: ClassVar[bool] = False
     # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
     # every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0

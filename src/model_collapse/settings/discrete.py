@@ -40,6 +40,7 @@ class DiscreteConfig(SettingConfig):
 class Discrete(Setting):
     name = "discrete"
     Config = DiscreteConfig
+    cheap = True
     metrics = {
         "entropy": Metric("entropy of the fitted distribution (nats)"),
         "zero_outcomes": Metric("outcomes of probability 0"),

@@ -137,6 +137,7 @@ class KDEModel:
 class KDE(Setting):
     name = "kde"
     Config = KDEConfig
+    cheap = True
     metrics = {"test_nll": Metric("test NLL on real data (nats)", log_scale=True)}
 
     @classmethod
