@@ -7,7 +7,7 @@ from sklearn.neighbors import KernelDensity
 from model_collapse.errors import RunDirectoryError
 from model_collapse.settings import SETTINGS
 from model_collapse.settings.arrays import Samples, concatenate, gather
-from model_collapse.settings.gaussian import Gaussian, GaussianConfig
+from model_collapse.settings.gaussian import Gaussian, GaussianConfig, GaussianModel
 from model_collapse.settings.kde import KDE, KDEConfig
 from model_collapse.settings.linear_regression import LinearRegression, LinearRegressionConfig
 
@@ -33,23 +33,25 @@ def test_linear_regression_real_data_depend_only_on_the_seed():
     assert not np.array_equal(batch.design[0], batch.design[1])
 
 
-def test_linear_regression_sufficient_statistics_equal_stacked_least_squares():
-    setting = LinearRegression(LinearRegressionConfig(dim=4, samples=9, noise_variance=0.5), [0, 1, 2])
+@pytest.mark.parametrize("dim", [4, 9, 12], ids=["T > d + 1", "T = d", "T < d (minimum norm)"])
+def test_linear_regression_sufficient_statistics_equal_stacked_least_squares(dim):
+    setting = LinearRegression(LinearRegressionConfig(dim=dim, samples=9, noise_variance=0.5), [0, 1, 2])
+    rtol = 1e-10 if dim == 4 else 1e-7  # numpy's lstsq: the minimum-norm solution, through an SVD
     w1 = setting.fit([setting.real_train], rng(0))
-    np.testing.assert_allclose(w1, stacked_least_squares(setting, [setting.real_train]), rtol=1e-10)
+    np.testing.assert_allclose(w1, stacked_least_squares(setting, [setting.real_train]), rtol=rtol)
 
     s2 = setting.sample(w1, 9, rng(1))
     s3 = setting.sample(w1, 23, rng(2))  # not a multiple of T: two copies of the design and a tail
     accumulated = [setting.real_train, s2, s3]
     np.testing.assert_allclose(
-        setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=1e-10
+        setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=rtol
     )
 
     rows = np.sort(rng(3).permuted(np.tile(np.arange(41), (3, 1)), axis=1)[:, :9], axis=1)
     subset = Samples.select(accumulated, rows)
-    np.testing.assert_allclose(setting.fit([subset], rng(0)), stacked_least_squares(setting, [subset]), rtol=1e-10)
+    np.testing.assert_allclose(setting.fit([subset], rng(0)), stacked_least_squares(setting, [subset]), rtol=rtol)
     mixed = [subset, s2]
-    np.testing.assert_allclose(setting.fit(mixed, rng(0)), stacked_least_squares(setting, mixed), rtol=1e-10)
+    np.testing.assert_allclose(setting.fit(mixed, rng(0)), stacked_least_squares(setting, mixed), rtol=rtol)
 
 
 def test_linear_regression_sampling_relabels_the_fixed_design_with_fresh_noise():
@@ -85,15 +87,54 @@ def test_gaussian_fit_stays_accurate_when_the_covariance_collapses():
     np.testing.assert_allclose(fitted.covariance[0, 0, 0], x[0, :, 0].var(), rtol=1e-6)
 
 
+def test_gaussian_resolves_a_full_rank_covariance_of_condition_number_1e20():
+    """Eigenvalues 1 and 1e-20: a covariance formed as a matrix loses the small one to rounding (its
+    determinant then comes out 0 or negative); the square-root form keeps it."""
+    setting = Gaussian(GaussianConfig(dim=2, samples=4000), [0])
+    directions = np.linalg.qr(rng(3).standard_normal((2, 2)))[0]
+    z = rng(4).standard_normal((1, 4000, 2)) * np.array([1.0, 1e-10])
+    fitted = setting.fit([Samples(x=z @ directions.T)], rng(0))
+    metrics = setting.evaluate(fitted)
+    expected = np.log(np.prod(z[0].var(axis=0)))  # the sample variances along the two directions, to first order
+    np.testing.assert_allclose(metrics["log_det_ratio"], [expected], rtol=1e-3)
+    assert np.isfinite(metrics["test_nll"]).all() and metrics["det_ratio"][0] > 0
+    formed = np.linalg.eigvalsh(np.cov(z[0] @ directions.T, rowvar=False, bias=True))
+    assert abs(formed[0] - z[0, :, 1].var()) > 1e-3 * z[0, :, 1].var()  # what the matrix would have said
+
+
+@pytest.mark.parametrize("regime", ["replace", "accumulate"])
+def test_gaussian_fits_on_at_most_d_points_are_singular_for_every_seed(regime):
+    from model_collapse.chain import run_chain
+    from model_collapse.regimes import parse_regime
+
+    records = run_chain(Gaussian(GaussianConfig(dim=10, samples=10), range(200)), parse_regime(regime), 30)
+    for record in records:
+        assert (record.metrics["log_det_ratio"] == -np.inf).all()
+        assert (record.metrics["det_ratio"] == 0).all() and (record.metrics["test_nll"] == np.inf).all()
+
+
+def test_gaussian_full_rank_collapse_is_reported_finite_where_a_determinant_underflows():
+    """d = 31, T = 100 under replace: by iteration 100 det(Sigma_hat) / det(Sigma_0) is about 1e-253 and
+    the condition number about 1e13, yet every fit is of full rank."""
+    from model_collapse.chain import run_chain
+    from model_collapse.regimes import parse_regime
+
+    setting = Gaussian(GaussianConfig(dim=31, samples=100), range(200))
+    last = run_chain(setting, parse_regime("replace"), 100)[-1].metrics
+    assert np.isfinite(last["log_det_ratio"]).all() and np.isfinite(last["test_nll"]).all()
+    assert (last["det_ratio"] > 0).all()
+    assert -700 < last["log_det_ratio"].mean() < -450
+
+
 def test_gaussian_metrics_on_known_models():
     setting = Gaussian(GaussianConfig(dim=2, samples=10, variance=1.0), [0, 1])
-    model = setting.fit([setting.real_train], rng(0))
-    model.mean = np.array([[0.0, 0.0], [1.0, 2.0]])
-    model.covariance = np.stack([np.eye(2), np.diag([0.5, 2.0])])
+    means, covariances = np.array([[0.0, 0.0], [1.0, 2.0]]), np.stack([np.eye(2), np.diag([0.5, 2.0])])
+    model = GaussianModel.from_covariance(means, covariances)
     metrics = setting.evaluate(model)
     np.testing.assert_allclose(metrics["mean_sq_error"], [0.0, 5.0])
     np.testing.assert_allclose(metrics["trace_ratio"], [1.0, 1.25])
     np.testing.assert_allclose(metrics["det_ratio"], [1.0, 1.0])
+    np.testing.assert_allclose(metrics["log_det_ratio"], [0.0, 0.0], atol=1e-15)
     # E[-log N(x; m, C)] for x ~ N(0, I): 0.5 (d log 2pi + log det C + tr C^-1 + m^T C^-1 m)
     expected = 0.5 * (2 * np.log(2 * np.pi) + np.log(1.0) + (2 + 0.5) + (1 / 0.5 + 4 / 2.0))
     np.testing.assert_allclose(metrics["test_nll"], [np.log(2 * np.pi) + 1.0, expected])

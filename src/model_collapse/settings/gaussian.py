@@ -3,9 +3,17 @@
 Real data: T samples from N(0, sigma^2 I_d) per seed. A model is the maximum-likelihood fit: the sample
 mean and the *biased* sample covariance. Sampling draws from N(mu_hat, Sigma_hat).
 
-Each part of a training set is summarised once by (count, mean, centred scatter) and parts are merged
-with the pairwise update of Chan et al., which stays accurate when the covariance collapses towards
-zero (an uncentred second moment would lose it to cancellation).
+Under replace the covariance collapses: its eigenvalues shrink at different rates, so after a hundred
+iterations its condition number can reach 1e15 while it is still of full rank. A covariance formed as a
+matrix (X^T X) cannot resolve that (its smallest eigenvalues drown in rounding of the largest), so the
+fit never forms one: each part of a training set is summarised by (count, mean, R), the triangular
+factor of a QR decomposition of its centred rows (R^T R = the scatter), parts are merged by one QR of
+their stacked factors (a square-root form of Chan et al.'s pairwise update), and the model keeps the
+square root ``root`` = R / sqrt(n) of its covariance (Sigma_hat = root^T root). Sampling, the
+determinant, the NLL and the rank test all work on ``root``, which keeps twice the digits.
+
+A fit on n <= d points (or on samples of such a fit) is singular: the rank test on ``root``'s singular
+values (``singular``) reports it, with ``log_det_ratio`` = -inf and an infinite NLL.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
+from scipy.special import digamma
 
 from ..randomness import seed_rng
 from .arrays import RunningTotal, Samples, check_shape, load_arrays, save_arrays
@@ -30,34 +39,73 @@ class GaussianConfig(SettingConfig):
 
 
 class GaussianModel:
-    def __init__(self, mean: np.ndarray, covariance: np.ndarray):
-        self.mean = mean  # (B, d)
-        self.covariance = covariance  # (B, d, d)
+    """N(mean, root^T root) per seed: ``mean`` (B, d), ``root`` (B, d, d) upper triangular."""
+
+    def __init__(self, mean: np.ndarray, root: np.ndarray):
+        self.mean = mean
+        self.root = root
+
+    @classmethod
+    def from_covariance(cls, mean: np.ndarray, covariance: np.ndarray) -> GaussianModel:
+        """A model of given positive-definite covariances (through their Cholesky factors)."""
+        return cls(mean, np.linalg.cholesky(covariance).transpose(0, 2, 1))
+
+    @property
+    def covariance(self) -> np.ndarray:
+        return self.root.transpose(0, 2, 1) @ self.root
+
+
+def _triangle(stacked: np.ndarray) -> np.ndarray:
+    """The (B, d, d) factor R of a QR decomposition of (B, m, d) rows, zero-padded when m < d."""
+    r = np.linalg.qr(stacked, mode="r")
+    d = stacked.shape[2]
+    if r.shape[1] < d:
+        r = np.concatenate([r, np.zeros((r.shape[0], d - r.shape[1], d))], axis=1)
+    return r
 
 
 def _summary(part: Samples) -> tuple[int, np.ndarray, np.ndarray]:
     x = part["x"]
     mean = x.mean(axis=1)
-    centred = x - mean[:, None, :]
-    return x.shape[1], mean, centred.transpose(0, 2, 1) @ centred
+    return x.shape[1], mean, _triangle(x - mean[:, None, :])
 
 
 def _merge(a, b):
-    (n_a, mean_a, scatter_a), (n_b, mean_b, scatter_b) = a, b
+    (n_a, mean_a, r_a), (n_b, mean_b, r_b) = a, b
     n = n_a + n_b
     delta = mean_b - mean_a
     mean = mean_a + delta * (n_b / n)
-    scatter = scatter_a + scatter_b + (delta[:, :, None] * delta[:, None, :]) * (n_a * n_b / n)
-    return n, mean, scatter
+    between = np.sqrt(n_a * n_b / n) * delta[:, None, :]  # the scatter's rank-one term, as a row
+    return n, mean, _triangle(np.concatenate([r_a, r_b, between], axis=1))
+
+
+def singular(mean: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """Per seed, whether N(mean, root^T root) is singular as far as float64 can tell: a singular value
+    of ``root`` (a standard deviation along some direction) at or below d x machine epsilon x (the
+    largest one + |mean|), numpy's ``matrix_rank`` tolerance widened by the mean's norm: samples are
+    mean + offset, so their rounding is relative to the mean, which a collapsed fit leaves far from 0."""
+    values = np.linalg.svd(root, compute_uv=False)
+    scale = values[:, 0] + np.linalg.norm(mean, axis=1)
+    return values[:, -1] <= scale * root.shape[-1] * np.finfo(root.dtype).eps
+
+
+def expected_log_det_step(dim: int, samples: int) -> float:
+    """E log det(Sigma_hat / Sigma) for one MLE fit on T samples: the covariance of T samples is
+    Sigma^(1/2) (W / T) Sigma^(1/2) with W ~ Wishart_d(T - 1, I), and
+    E log det W = sum_{i=1..d} psi((T - i) / 2) + d log 2."""
+    i = np.arange(1, dim + 1)
+    return float(np.sum(digamma((samples - i) / 2)) + dim * np.log(2) - dim * np.log(samples))
 
 
 class Gaussian(Setting):
     name = "gaussian"
     Config = GaussianConfig
+    cheap = True
     metrics = {
         "mean_sq_error": Metric("||mu_hat - mu_0||^2", log_scale=True),
         "trace_ratio": Metric("tr(Sigma_hat) / tr(Sigma_0)"),
         "det_ratio": Metric("det(Sigma_hat) / det(Sigma_0)", log_scale=True),
+        "log_det_ratio": Metric("log det(Sigma_hat) - log det(Sigma_0)"),
         "test_nll": Metric("test NLL on real data (nats)"),
     }
 
@@ -70,7 +118,9 @@ class Gaussian(Setting):
     @classmethod
     def theory(cls, config: GaussianConfig, regime_name: str, iterations: int) -> list:
         """Under replace, with T samples of N(mu_0, Sigma_0) per fit (MLE mean, biased covariance):
-        E tr(Sigma_t)/tr(Sigma_0) = ((T-1)/T)^t, E det(Sigma_t)/det(Sigma_0) = (prod_{i<=d} (T-i)/T)^t and
+        E tr(Sigma_t)/tr(Sigma_0) = ((T-1)/T)^t, E det(Sigma_t)/det(Sigma_0) = (prod_{i<=d} (T-i)/T)^t,
+        E log(det(Sigma_t)/det(Sigma_0)) = t (sum_{i<=d} psi((T-i)/2) + d log 2 - d log T) (each fit
+        multiplies the determinant by an independent det(W/T), see ``expected_log_det_step``) and
         E ||mu_t - mu_0||^2 = tr(Sigma_0) (1 - ((T-1)/T)^t); under accumulate
         E ||mu_t - mu_0||^2 <= (pi^2/6) tr(Sigma_0) / T (Kazdan et al. 2024, Collapse or Thrive?)."""
         from ..theory import Curve
@@ -85,6 +135,7 @@ class Gaussian(Setting):
             ]
             if T > d:
                 result.append(Curve("det_ratio", np.prod((T - np.arange(1, d + 1)) / T) ** n, "expected"))
+                result.append(Curve("log_det_ratio", expected_log_det_step(d, T) * n, "expected"))
             return result
         if regime_name == "accumulate":
             return [Curve("mean_sq_error", np.full(iterations, np.pi**2 / 6 * trace0 / T), "bound")]
@@ -109,50 +160,49 @@ class Gaussian(Setting):
         return Samples(x=self.true_mean + self.scale * rng.standard_normal((self.seed_count, size, self.config.dim)))
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> GaussianModel:
-        n, mean, scatter = self._total(parts)
-        return GaussianModel(mean, scatter / n)
+        n, mean, r = self._total(parts)
+        return GaussianModel(mean, r / np.sqrt(n))
 
     def sample(self, model: GaussianModel, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
-        # A symmetric square root through eigh works for singular (collapsed) covariances, unlike Cholesky.
-        values, vectors = np.linalg.eigh(model.covariance)
-        root = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]
         z = rng.standard_normal((self.seed_count, size, self.config.dim))
-        return Samples(x=model.mean[:, None, :] + z @ root.transpose(0, 2, 1))
+        return Samples(x=model.mean[:, None, :] + z @ model.root)  # rows z^T root have covariance root^T root
 
     def evaluate(self, model: GaussianModel) -> dict[str, np.ndarray]:
-        d = self.config.dim
+        d, variance = self.config.dim, self.config.variance
         error = model.mean - self.true_mean
-        sign, logdet = np.linalg.slogdet(model.covariance)
-        _, logdet_true = np.linalg.slogdet(self.true_covariance)
-        singular = sign <= 0
+        root = model.root
+        collapsed = singular(model.mean, root)
+        with np.errstate(divide="ignore"):
+            log_det = 2 * np.log(np.abs(np.diagonal(root, axis1=1, axis2=2))).sum(axis=1)
+        log_det_ratio = np.where(collapsed, -np.inf, log_det - d * np.log(variance))
         nll = np.full(self.seed_count, np.inf)
-        if (~singular).any():
-            # Exact expected negative log-likelihood of a fresh real sample: no test set to sample.
-            cov = model.covariance[~singular]
-            solved = np.linalg.solve(
-                cov,
-                np.concatenate(
-                    [np.broadcast_to(self.true_covariance, cov.shape), error[~singular][:, :, None]], axis=2
-                ),
-            )
-            trace_term = np.trace(solved[:, :, :d], axis1=1, axis2=2)
-            mahalanobis = np.sum(error[~singular] * solved[:, :, d], axis=1)
-            nll[~singular] = 0.5 * (d * np.log(2 * np.pi) + logdet[~singular] + trace_term + mahalanobis)
+        full = ~collapsed
+        if full.any():
+            # Exact expected negative log-likelihood of a fresh real sample, through root^-T:
+            # tr(Sigma_hat^-1 Sigma_0) = variance ||root^-T||_F^2 and e^T Sigma_hat^-1 e = ||root^-T e||^2.
+            k = int(full.sum())
+            rhs = np.concatenate([np.broadcast_to(np.eye(d), (k, d, d)), error[full][:, :, None]], axis=2)
+            solved = np.linalg.solve(root[full].transpose(0, 2, 1), rhs)
+            trace_term = variance * np.sum(solved[:, :, :d] ** 2, axis=(1, 2))
+            mahalanobis = np.sum(solved[:, :, d] ** 2, axis=1)
+            nll[full] = 0.5 * (d * np.log(2 * np.pi) + log_det[full] + trace_term + mahalanobis)
         return {
             "mean_sq_error": np.sum(error**2, axis=1),
-            "trace_ratio": np.trace(model.covariance, axis1=1, axis2=2) / np.trace(self.true_covariance),
-            "det_ratio": np.where(singular, 0.0, np.exp(logdet - logdet_true)),
+            "trace_ratio": np.sum(root**2, axis=(1, 2)) / (d * variance),
+            "det_ratio": np.exp(log_det_ratio),
+            "log_det_ratio": log_det_ratio,
             "test_nll": nll,
         }
 
     def save_model(self, model: GaussianModel, directory: Path) -> None:
-        save_arrays(directory / "model.npz", {"mean": model.mean, "covariance": model.covariance})
+        # the covariance too, for a reader; the model is the mean and root (Sigma_hat = root^T root)
+        save_arrays(directory / "model.npz", {"mean": model.mean, "root": model.root, "covariance": model.covariance})
 
     def load_model(self, directory: Path) -> GaussianModel:
         path = directory / "model.npz"
-        arrays = load_arrays(path, ["mean", "covariance"])
+        arrays = load_arrays(path, ["mean", "root"])
         d = self.config.dim
         return GaussianModel(
             check_shape(path, arrays["mean"], (self.seed_count, d)),
-            check_shape(path, arrays["covariance"], (self.seed_count, d, d)),
+            check_shape(path, arrays["root"], (self.seed_count, d, d)),
         )

@@ -8,6 +8,11 @@ m labels on design rows 0, 1, ..., T-1, 0, 1, ... (the design repeated).
 Fitting uses sufficient statistics (X^T X and X^T y per part, cached on the part), so accumulating
 n batches costs a sum of n small (d,) vectors instead of a least-squares solve on an n*T-row stack.
 The metric is the exact population test error ||w_hat - w*||^2_Sigma with Sigma = I (noise floor removed).
+
+With T <= d + 1 (the follow-up's d = 10 / T = 10 and d = 32, 100 / T <= d runs) the fit is the
+minimum-norm least-squares solution X^+ y, as ``numpy.linalg.lstsq`` gives, through the same statistics:
+X^+ = (X^T X)^+ X^T. The paper's closed forms need T > d + 1; for T < d - 1 the setting has its own
+(``theory``), and for T in [d - 1, d + 1] the expected error is infinite.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
@@ -31,21 +36,16 @@ class LinearRegressionConfig(SettingConfig):
     samples: PositiveInt = Field(100, description="T, the number of rows of the fixed design")
     noise_variance: PositiveFloat = Field(1.0, description="sigma^2, the label noise variance")
 
-    @field_validator("samples")
-    @classmethod
-    def _well_posed(cls, samples: int, info: ValidationInfo) -> int:
-        dim = info.data.get("dim")
-        if dim is not None and samples <= dim + 1:
-            raise ValueError(
-                f"must exceed dim + 1 = {dim + 1} (got {samples}): with T <= d + 1 the least-squares "
-                "error has no finite expectation"
-            )
-        return samples
-
 
 def expected_error_of_real_fit(dim: int, samples: int, noise_variance: float) -> float:
-    """c = sigma^2 d / (T - d - 1): the expected test error of OLS on the real data alone."""
+    """c = sigma^2 d / (T - d - 1): the expected test error of OLS on the real data alone (T > d + 1)."""
     return noise_variance * dim / (samples - dim - 1)
+
+
+def expected_variance_of_min_norm_fit(dim: int, samples: int, noise_variance: float) -> float:
+    """c' = sigma^2 T / (d - T - 1) (T < d - 1): E||X^+ e||^2 = sigma^2 E tr((X X^T)^-1), with X X^T
+    ~ Wishart_T(d, I), whose inverse has mean I / (d - T - 1)."""
+    return noise_variance * samples / (dim - samples - 1)
 
 
 class DesignLabels(Samples):
@@ -76,6 +76,7 @@ class DesignLabels(Samples):
 class LinearRegression(Setting):
     name = "linear-regression"
     Config = LinearRegressionConfig
+    cheap = True
     metrics = {"test_error": Metric("test error  ||w_hat - w*||^2", log_scale=True)}
 
     @classmethod
@@ -88,20 +89,30 @@ class LinearRegression(Setting):
     def theory(cls, config: LinearRegressionConfig, regime_name: str, iterations: int) -> list:
         """The paper's closed forms (Gerstgrasser et al. 2024, Theorems 1-2): with c = sigma^2 d / (T - d - 1),
         the expected test error of iteration n is c n under replace, c sum_{i<=n} 1/i^2 (<= c pi^2/6) under
-        accumulate, and c H_n under replace-grown."""
+        accumulate, and c H_n under replace-grown.
+
+        With T < d - 1 the minimum-norm fit w_n = X^+ y keeps only the row space of X: the part of w*
+        outside it, of expected squared norm d - T, is never learned, and the part inside follows the
+        same recursions with c' = sigma^2 T / (d - T - 1) in place of c (same derivation, projected)."""
         from ..theory import Curve
 
         n = np.arange(1, iterations + 1, dtype=float)
-        c = expected_error_of_real_fit(config.dim, config.samples, config.noise_variance)
+        T, d = config.samples, config.dim
+        if T > d + 1:
+            c, floor = expected_error_of_real_fit(d, T, config.noise_variance), 0.0
+        elif T < d - 1:
+            c, floor = expected_variance_of_min_norm_fit(d, T, config.noise_variance), float(d - T)
+        else:
+            return []  # the expected error is infinite
         if regime_name == "replace":
-            return [Curve("test_error", c * n, "expected")]
+            return [Curve("test_error", floor + c * n, "expected")]
         if regime_name == "accumulate":
             return [
-                Curve("test_error", c * np.cumsum(1.0 / n**2), "expected"),
-                Curve("test_error", np.full(iterations, c * np.pi**2 / 6), "bound"),
+                Curve("test_error", floor + c * np.cumsum(1.0 / n**2), "expected"),
+                Curve("test_error", np.full(iterations, floor + c * np.pi**2 / 6), "bound"),
             ]
         if regime_name == "replace-grown":
-            return [Curve("test_error", c * np.cumsum(1.0 / n), "expected")]
+            return [Curve("test_error", floor + c * np.cumsum(1.0 / n), "expected")]
         return []
 
     def __init__(self, config: LinearRegressionConfig, seeds: Sequence[int]):
@@ -118,7 +129,12 @@ class LinearRegression(Setting):
         self.design_t = np.ascontiguousarray(self.design.transpose(0, 2, 1))  # (S, d, T)
         self.true_weight = np.stack(truth)  # (S, d)
         self.gram = self.design_t @ self.design  # (S, d, d)
-        self.gram_inverse = np.linalg.inv(self.gram)
+        self.full_rank = T > d + 1  # else min-norm fits (see the module's docstring)
+        if self.full_rank:
+            self.gram_inverse = np.linalg.inv(self.gram)
+        else:
+            pseudo = np.linalg.pinv(self.design)  # (S, d, T), through the SVD of X: not squaring its condition
+            self.gram_inverse = pseudo @ pseudo.transpose(0, 2, 1)  # (X^T X)^+ = X^+ X^+^T
         self._real = self._labels(self._predict(self.true_weight) + self.sigma * np.stack(noise))
         self._total = RunningTotal("least-squares statistics", self._statistics, self._combine)
 
@@ -176,11 +192,14 @@ class LinearRegression(Setting):
         if extra is None:
             return (self.gram_inverse @ xty[:, :, None])[:, :, 0] / copies
         gram = copies * self.gram + extra
-        try:
-            return np.linalg.solve(gram, xty[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            # A subset that repeats design rows can be rank deficient: minimum-norm least squares.
-            return (np.linalg.pinv(gram, hermitian=True) @ xty[:, :, None])[:, :, 0]
+        if self.full_rank:
+            try:
+                return np.linalg.solve(gram, xty[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                pass  # a subset that repeats design rows can be rank deficient: minimum-norm least squares
+        # Rank deficient (T <= d + 1, or a subset of fewer than d distinct rows): X^T X's zero eigenvalues come
+        # out at rounding level (~1e-16 of the largest), far below any it has of full rank at these sizes.
+        return (np.linalg.pinv(gram, rcond=1e-12, hermitian=True) @ xty[:, :, None])[:, :, 0]
 
     def evaluate(self, model: np.ndarray) -> dict[str, np.ndarray]:
         return {"test_error": np.sum((model - self.true_weight) ** 2, axis=1)}
