@@ -43,9 +43,7 @@ def test_linear_regression_sufficient_statistics_equal_stacked_least_squares(dim
     s2 = setting.sample(w1, 9, rng(1))
     s3 = setting.sample(w1, 23, rng(2))  # not a multiple of T: two copies of the design and a tail
     accumulated = [setting.real_train, s2, s3]
-    np.testing.assert_allclose(
-        setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=rtol
-    )
+    np.testing.assert_allclose(setting.fit(accumulated, rng(0)), stacked_least_squares(setting, accumulated), rtol=rtol)
 
     rows = np.sort(rng(3).permuted(np.tile(np.arange(41), (3, 1)), axis=1)[:, :9], axis=1)
     subset = Samples.select(accumulated, rows)

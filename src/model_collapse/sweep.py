@@ -357,9 +357,12 @@ def run_experiment(
         overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done))
         tasks = {i: progress.add_task(specs[i].label, total=iterations, completed=done[i]) for i in todo}
 
-        def advance(index: int, iteration: int) -> None:
+        reached = dict(enumerate(done))
+
+        def advance(index: int, iteration: int) -> None:  # workers report every iteration or every 0.1 s
             progress.update(tasks[index], completed=iteration)
-            progress.advance(overall)
+            progress.advance(overall, iteration - reached[index])
+            reached[index] = iteration
 
         if workers == 1 or len(todo) <= 1:
             for i in todo:

@@ -83,23 +83,27 @@ def concatenate(parts: Sequence[Samples]) -> Samples:
 def gather(parts: Sequence[Samples], rows: np.ndarray) -> Samples:
     """Rows of the concatenation of ``parts`` without building the concatenation.
 
-    Each part is visited once with a mask of the requested rows that fall into it, so the cost is
-    proportional to (number of parts) x (rows requested), not to the size of the pool.
+    The requested rows are grouped by the part they fall into (one stable sort), and each part that
+    holds any is indexed once, so the cost is proportional to the rows requested (and the number of
+    parts), not to the size of the pool.
     """
     seeds, k = rows.shape
-    seed_index = np.broadcast_to(np.arange(seeds)[:, None], rows.shape)
-    out = {name: np.empty((seeds, k) + a.shape[2:], dtype=a.dtype) for name, a in parts[0].fields.items()}
-    start = 0
-    for part in parts:
-        local = rows - start
-        inside = (local >= 0) & (local < len(part))
-        if inside.any():
+    sizes = np.array([len(part) for part in parts], dtype=np.int64)
+    ends = np.cumsum(sizes)
+    if rows.size and (rows.min() < 0 or rows.max() >= ends[-1]):
+        raise IndexError(f"rows out of range for a pool of {ends[-1]}")
+    flat = rows.ravel()
+    owner = np.searchsorted(ends, flat, side="right")  # the part each requested row falls into
+    order = np.argsort(owner, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(parts)))])
+    out = {name: np.empty((seeds * k,) + a.shape[2:], dtype=a.dtype) for name, a in parts[0].fields.items()}
+    for index, part in enumerate(parts):
+        taken = order[bounds[index] : bounds[index + 1]]  # positions in ``flat`` served by this part
+        if taken.size:
+            seed, local = taken // k, flat[taken] - (ends[index] - sizes[index])
             for name, target in out.items():
-                target[inside] = part[name][seed_index[inside], local[inside]]
-        start += len(part)
-    if rows.size and (rows.min() < 0 or rows.max() >= start):
-        raise IndexError(f"rows out of range for a pool of {start}")
-    return Samples(**out)
+                target[taken] = part[name][seed, local]
+    return Samples(**{name: a.reshape((seeds, k) + a.shape[1:]) for name, a in out.items()})
 
 
 class RunningTotal:
