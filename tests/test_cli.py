@@ -255,7 +255,9 @@ def test_theory_command(tmp_path):
 
     result = invoke("theory", "kde")
     assert result.exit_code == 2 and "no closed form" in result.output
-    result = invoke("theory", "linear-regression", "setting.samples=5")
+    result = invoke("theory", "linear-regression", "setting.samples=10")  # T = d: infinite expected error
+    assert result.exit_code == 2 and "no closed form" in result.output
+    result = invoke("theory", "linear-regression", "setting.samples=0")
     assert result.exit_code == 2 and "setting.samples" in result.output
 
 
