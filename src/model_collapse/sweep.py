@@ -6,8 +6,10 @@ running the same function again: chains already complete are skipped, others res
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -365,9 +367,15 @@ def run_experiment(
             reached[index] = iteration
 
         if workers == 1 or len(todo) <= 1:
+            # A cheap chain computes with one BLAS thread here too, as in a worker: its numbers then do not
+            # depend on --workers, which its resume (recomputing, then comparing) relies on; small batched
+            # products are no slower for it.
+            cheap = SETTINGS.declared(experiment.setting_name).cheap
             for i in todo:
+                report = functools.partial(lambda i, record: advance(i, record.iteration), i)
                 try:
-                    run_spec(run_directory, specs[i], iterations, checkpoints, lambda r, i=i: advance(i, r.iteration))
+                    with threadpool_limits(limits=1) if cheap else contextlib.nullcontext():
+                        run_spec(run_directory, specs[i], iterations, checkpoints, report)
                 except (OSError, MemoryError) as error:
                     fault = describe_fault(error, run_directory)
                     if fault is None:
