@@ -162,7 +162,7 @@ def test_a_stopped_cheap_chain_commits_what_it_computed(tmp_path, stop):
 
     store = ChainStore(tmp_path / "chain", {})
     with pytest.raises(stop):
-        run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 12, store, on_iteration=interrupt)
+        run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 12, store, "last", interrupt, 1e9)
     assert store.completed() == 7 and len(store.commits()) == 1  # no commit was due: the stop made one
     resumed = run_chain(small_setting("gaussian"), parse_regime("accumulate-subsample"), 12, store)
     assert metrics_of(resumed) == metrics_of(straight)

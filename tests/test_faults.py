@@ -44,13 +44,14 @@ def cli(*args, cwd=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def start(*args, cwd=None) -> subprocess.Popen:
+def start(*args, cwd=None, env=None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "model_collapse", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
+        env=env,
     )
 
 
@@ -320,6 +321,22 @@ def test_workers_die_with_the_main_process_and_the_run_resumes(tmp_path, slow_st
     if how == "SIGTERM":
         assert process.returncode == 143
         assert stderr.strip().splitlines() == [f"error: terminated; finish it with `model-collapse resume {run}`"]
+    assert cli("resume", run, "-q").returncode == 0
+    assert table(run) == expected
+
+
+def test_stopped_workers_commit_what_they_computed(tmp_path, slow_straight):
+    path, expected = slow_straight
+    run = tmp_path / "run"
+    no_timed_commits = {**os.environ, "MODEL_COLLAPSE_COMMIT_INTERVAL_S": "1e9"}
+    process = start("run", path, "--out", run, "-q", "--workers", "2", env=no_timed_commits)
+    chains = [run / "chains" / "base" / regime for regime in ("replace", "accumulate")]
+    wait_for(lambda: all(chain.is_dir() for chain in chains))
+    time.sleep(1.0)  # some iterations computed in each chain, none committed: no commit is due before the end
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert all(0 < completed(chain / "progress.json") < SLOW["iterations"] for chain in chains)
     assert cli("resume", run, "-q").returncode == 0
     assert table(run) == expected
 

@@ -16,20 +16,23 @@ exactly, and there are two ways to resume:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from .config import Checkpoints
 from .errors import RunDirectoryError, Terminated
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real_source, synthetic_source
 from .rundir import ChainStore, IterationRecord
 from .settings import Fit, Setting
 
-COMMIT_INTERVAL_S = 1.0  # how often a cheap chain commits at most (and at its end, and when stopped)
-CHECKPOINTS = ("none", "last", "all")  # which models a chain leaves behind (the run config's ``checkpoints``)
+# How often a cheap chain commits at most (and at its end, and when stopped); the environment may set it
+# (a slow shared filesystem; the tests, which stop chains between commits).
+COMMIT_INTERVAL_S = float(os.environ.get("MODEL_COLLAPSE_COMMIT_INTERVAL_S", "1.0"))
 
 
 def _training_parts(kind: type, plan: TrainingPlan, pool: dict[Source, Any]) -> list[Any]:
@@ -100,8 +103,9 @@ class _Chain:
         again = self.setting.evaluate(self.model)
         for name, recorded in last.metrics.items():
             now = np.asarray(again[name], dtype=float)
-            if not np.array_equal(now, recorded, equal_nan=True):
-                seed = int(np.flatnonzero(~((now == recorded) | (np.isnan(now) & np.isnan(recorded))))[0])
+            differs = ~((now == recorded) | (np.isnan(now) & np.isnan(recorded)))
+            if differs.any():
+                seed = int(np.flatnonzero(differs)[0])
                 raise RunDirectoryError(
                     f"{store.directory}: recomputing its {last.iteration} committed iterations gives "
                     f"{name} = {now[seed]!r} for seed {self.setting.seeds[seed]} at iteration {last.iteration}, "
@@ -112,7 +116,7 @@ class _Chain:
 
 
 def _commit_costly(
-    chain: _Chain,
+    setting: Setting,
     store: ChainStore,
     record: IterationRecord,
     fitted: Fit,
@@ -123,7 +127,7 @@ def _commit_costly(
     """Record ``record`` durably with the model, the synthetic batch the regime keeps, the model's
     preview and the fit's details; returns the kept batch as read back from the run directory when its
     type memory-maps (so that an accumulated pool does not grow RAM), else None."""
-    setting, iteration = chain.setting, record.iteration
+    iteration = record.iteration
     preview = None
     if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
         samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
@@ -156,8 +160,8 @@ def run_chain(
     ``checkpoints``: which models stay in the run directory once the chain is complete: ``none``,
     ``last`` or ``all`` (an unfinished costly chain always keeps its last, to resume from). Ctrl-C or
     SIGTERM (``Terminated``) stops a cheap chain after committing what it has computed."""
-    if checkpoints not in CHECKPOINTS:
-        raise ValueError(f"checkpoints must be one of {', '.join(CHECKPOINTS)}, got {checkpoints!r}")
+    if checkpoints not in get_args(Checkpoints):
+        raise ValueError(f"checkpoints must be one of {', '.join(get_args(Checkpoints))}, got {checkpoints!r}")
     chain = _Chain(setting, regime)
     records: list[IterationRecord] = []
     completed = 0
@@ -198,7 +202,7 @@ def run_chain(
             elif store is not None:
                 kept = new_synthetic if new_synthetic is not None and regime.keeps_history else None
                 save_model = checkpoints != "none" or not final
-                mapped = _commit_costly(chain, store, record, fitted, kept, save_model, checkpoints != "all")
+                mapped = _commit_costly(setting, store, record, fitted, kept, save_model, checkpoints != "all")
                 if mapped is not None:
                     chain.pool[synthetic_source(iteration)] = mapped
             if on_iteration is not None:

@@ -37,6 +37,9 @@ from .regimes import Regime, parse_regime
 from .settings import SETTINGS, SettingConfig
 from .settings.base import StrictConfig, section_of
 
+# Which models a chain leaves once it is complete (``chain.run_chain``).
+Checkpoints = Literal["none", "last", "all"]
+
 
 class RunConfig(StrictConfig):
     model_config = ConfigDict(frozen=False)
@@ -49,7 +52,7 @@ class RunConfig(StrictConfig):
     iterations: PositiveInt
     seeds: PositiveInt = Field(description="how many seeds; the seeds are 0..seeds-1")
     workers: PositiveInt | None = Field(None, description="parallel processes for a sweep (default: CPU count)")
-    checkpoints: Literal["none", "last", "all"] = Field(
+    checkpoints: Checkpoints = Field(
         "last", description="models left once a chain is complete: none, the last one, or every iteration's"
     )
 

@@ -449,19 +449,12 @@ class ChainStore:
         write_directory_atomic(self.directory / commit_name(first, last), fill)
         write_json(self.directory / "progress.json", {"completed": last})
         shutil.rmtree(self.scratch_directory(last), ignore_errors=True)
-        if drop_earlier_models:
-            for commit in earlier:
-                shutil.rmtree(commit.path / "model", ignore_errors=True)
-
-    def _commit_ending_at(self, iteration: int) -> Path | None:
-        """The directory of the commit whose last iteration is ``iteration``, if there is one."""
-        single = self.directory / commit_name(iteration, iteration)
-        if single.is_dir():
-            return single
-        return next((c.path for c in self.commits() if c.last == iteration), None)
+        if drop_earlier_models and earlier:  # only the previous commit can hold one: each commit drops the one before
+            shutil.rmtree(earlier[-1].path / "model", ignore_errors=True)
 
     def model_directory(self, iteration: int) -> Path:
-        commit = self._commit_ending_at(iteration)
+        """The model kept by the commit that ends at ``iteration``."""
+        commit = next((c.path for c in self.commits() if c.last == iteration), None)
         path = (commit or self.directory / commit_name(iteration, iteration)) / "model"
         if not path.is_dir():
             raise RunDirectoryError(f"missing checkpoint {path}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -368,11 +367,13 @@ def run_experiment(
 
         if workers == 1 or len(todo) <= 1:
             # A cheap chain computes with one BLAS thread here too, as in a worker: its numbers then do not
-            # depend on --workers, which its resume (recomputing, then comparing) relies on; small batched
-            # products are no slower for it.
+            # depend on --workers, which its resume (recomputing, then comparing) relies on.
             cheap = SETTINGS.declared(experiment.setting_name).cheap
             for i in todo:
-                report = functools.partial(lambda i, record: advance(i, record.iteration), i)
+
+                def report(record: IterationRecord, i: int = i) -> None:
+                    advance(i, record.iteration)
+
                 try:
                     with threadpool_limits(limits=1) if cheap else contextlib.nullcontext():
                         run_spec(run_directory, specs[i], iterations, checkpoints, report)

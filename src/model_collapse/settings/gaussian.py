@@ -145,7 +145,6 @@ class Gaussian(Setting):
         super().__init__(config, seeds)
         d = config.dim
         self.true_mean = np.zeros(d)
-        self.true_covariance = config.variance * np.eye(d)
         self.scale = np.sqrt(config.variance)
         self._real = Samples(
             x=np.stack([self.scale * seed_rng(s, "real").standard_normal((config.samples, d)) for s in self.seeds])
@@ -195,8 +194,7 @@ class Gaussian(Setting):
         }
 
     def save_model(self, model: GaussianModel, directory: Path) -> None:
-        # the covariance too, for a reader; the model is the mean and root (Sigma_hat = root^T root)
-        save_arrays(directory / "model.npz", {"mean": model.mean, "root": model.root, "covariance": model.covariance})
+        save_arrays(directory / "model.npz", {"mean": model.mean, "root": model.root})  # Sigma_hat = root^T root
 
     def load_model(self, directory: Path) -> GaussianModel:
         path = directory / "model.npz"

@@ -129,8 +129,10 @@ class LinearRegression(Setting):
         self.design_t = np.ascontiguousarray(self.design.transpose(0, 2, 1))  # (S, d, T)
         self.true_weight = np.stack(truth)  # (S, d)
         self.gram = self.design_t @ self.design  # (S, d, d)
-        self.full_rank = T > d + 1  # else min-norm fits (see the module's docstring)
-        if self.full_rank:
+        # T > d + 1: the paper's setting, X^T X invertible with a finite expected inverse; else minimum-norm
+        # fits (see the module's docstring)
+        self.well_posed = T > d + 1
+        if self.well_posed:
             self.gram_inverse = np.linalg.inv(self.gram)
         else:
             pseudo = np.linalg.pinv(self.design)  # (S, d, T), through the SVD of X: not squaring its condition
@@ -192,7 +194,7 @@ class LinearRegression(Setting):
         if extra is None:
             return (self.gram_inverse @ xty[:, :, None])[:, :, 0] / copies
         gram = copies * self.gram + extra
-        if self.full_rank:
+        if self.well_posed:
             try:
                 return np.linalg.solve(gram, xty[:, :, None])[:, :, 0]
             except np.linalg.LinAlgError:
