@@ -81,9 +81,9 @@ def config(path: Path, **changes) -> Path:
     return write_config(path, BASE, **changes)
 
 
-# A run of several commits (a cheap chain commits about once a second), long enough (about 5 s per
-# chain) to be interrupted at a chosen moment.
-SLOW = {"setting": {"name": "gaussian", "dim": 20, "samples": 100}, "iterations": 150, "seeds": 200}
+# A run of several commits (a cheap chain commits about once a second), long enough (5-7 s per chain)
+# to be interrupted at a chosen moment.
+SLOW = {"setting": {"name": "gaussian", "dim": 20, "samples": 100}, "iterations": 600, "seeds": 200}
 
 
 def wait_for(condition, timeout=120.0, interval=0.02):

@@ -7,7 +7,8 @@ from sklearn.neighbors import KernelDensity
 from model_collapse.errors import RunDirectoryError
 from model_collapse.settings import SETTINGS
 from model_collapse.settings.arrays import Samples, concatenate, gather
-from model_collapse.settings.gaussian import Gaussian, GaussianConfig, GaussianModel
+from model_collapse.settings.gaussian import Gaussian, GaussianConfig, GaussianDraws, GaussianModel
+from model_collapse.settings.gaussian import _summary as gaussian_summary
 from model_collapse.settings.kde import KDE, KDEConfig
 from model_collapse.settings.linear_regression import LinearRegression, LinearRegressionConfig
 
@@ -122,6 +123,39 @@ def test_gaussian_full_rank_collapse_is_reported_finite_where_a_determinant_unde
     assert np.isfinite(last["log_det_ratio"]).all() and np.isfinite(last["test_nll"]).all()
     assert (last["det_ratio"] > 0).all()
     assert -700 < last["log_det_ratio"].mean() < -450
+
+
+@pytest.mark.parametrize("samples", [8, 3])  # n - 1 >= d, and n - 1 < d (a rank-deficient scatter)
+def test_gaussian_draws_follow_one_law_whether_statistics_or_rows_come_first(samples):
+    """A batch's statistics drawn directly (Bartlett), computed from rows drawn as rows, and computed from
+    rows drawn after the statistics (Haar frame) follow one law; late rows have the early statistics."""
+    from scipy.stats import ks_2samp
+
+    seeds, d = 20000, 3
+    root = np.triu(rng(5).standard_normal((d, d))) + 2 * np.eye(d)
+    model = GaussianModel(np.tile([1.0, -2.0, 3.0], (seeds, 1)), np.tile(root, (seeds, 1, 1)))
+    statistics_first = GaussianDraws(model, samples, rng(7))
+    direct = statistics_first.summary()
+    late_rows = statistics_first["x"]
+    from_late_rows = gaussian_summary(Samples(x=late_rows))
+    np.testing.assert_allclose(from_late_rows[1], direct[1], atol=1e-12)
+    scatter = [r.transpose(0, 2, 1) @ r for r in (direct[2], from_late_rows[2])]
+    np.testing.assert_allclose(scatter[1], scatter[0], atol=1e-10)
+
+    rows_first = GaussianDraws(model, samples, rng(8))
+    early_rows = rows_first["x"]
+    from_early_rows = gaussian_summary(rows_first)
+    laws = {
+        "mean": lambda summary: summary[1][:, 1],
+        "scatter trace": lambda summary: np.sum(summary[2] ** 2, axis=(1, 2)),
+        "scatter (0, 2)": lambda summary: (summary[2].transpose(0, 2, 1) @ summary[2])[:, 0, 2],
+    }
+    for name, statistic in laws.items():
+        assert ks_2samp(statistic(direct), statistic(from_early_rows)).pvalue > 1e-3, name
+    for row, column in [(0, 0), (samples - 1, 2)]:
+        assert ks_2samp(late_rows[:, row, column], early_rows[:, row, column]).pvalue > 1e-3
+    covariance = root.T @ root
+    np.testing.assert_allclose(np.cov(late_rows[:, 0].T), covariance, atol=0.05 * covariance.max())
 
 
 def test_gaussian_metrics_on_known_models():
@@ -259,7 +293,8 @@ def test_models_and_data_survive_a_save_and_load(name, tmp_path):
         np.testing.assert_array_equal(value, setting.evaluate(model)[key])
     for saved, directory in [(data, tmp_path), (synthetic, tmp_path / "synthetic")]:
         back = kind.load(directory, like=setting.real_train)
-        assert type(back) is type(saved)
+        # a Gaussian batch drawn lazily is saved as its rows, and loads as rows
+        assert type(back) is (Samples if isinstance(saved, GaussianDraws) else type(saved))
         for key in saved.fields:
             np.testing.assert_array_equal(back[key], saved[key])
     other = SETTINGS[name](SETTINGS[name].Config(samples=20), [0, 1, 2])

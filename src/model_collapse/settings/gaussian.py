@@ -14,6 +14,11 @@ determinant, the NLL and the rank test all work on ``root``, which keeps twice t
 
 A fit on n <= d points (or on samples of such a fit) is singular: the rank test on ``root``'s singular
 values (``singular``) reports it, with ``log_det_ratio`` = -inf and an infinite NLL.
+
+Synthetic batches (``GaussianDraws``) are drawn as their sufficient statistics when a fit asks for those
+first (replace, accumulate: O(d^2) numbers per seed instead of n d, and no rows held in the pool), and as
+rows when a regime selects rows first; either way a batch's rows and statistics agree, and both follow
+the law of n independent draws.
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from .base import Footprint, Metric, Setting, SettingConfig
 
 class GaussianConfig(SettingConfig):
     name: Literal["gaussian"] = "gaussian"
-    dim: PositiveInt = Field(1, description="d, the dimension")
-    samples: PositiveInt = Field(100, description="T, real samples per seed")
-    variance: PositiveFloat = Field(1.0, description="sigma^2: the real data are N(0, sigma^2 I_d)")
+    dim: PositiveInt = Field(1, title="d", description="d, the dimension")
+    samples: PositiveInt = Field(100, title="T", description="T, real samples per seed")
+    variance: PositiveFloat = Field(1.0, title="σ²", description="sigma^2: the real data are N(0, sigma^2 I_d)")
 
 
 class GaussianModel:
@@ -65,6 +70,8 @@ def _triangle(stacked: np.ndarray) -> np.ndarray:
 
 
 def _summary(part: Samples) -> tuple[int, np.ndarray, np.ndarray]:
+    if isinstance(part, GaussianDraws):
+        return part.summary()
     x = part["x"]
     mean = x.mean(axis=1)
     return x.shape[1], mean, _triangle(x - mean[:, None, :])
@@ -77,6 +84,72 @@ def _merge(a, b):
     mean = mean_a + delta * (n_b / n)
     between = np.sqrt(n_a * n_b / n) * delta[:, None, :]  # the scatter's rank-one term, as a row
     return n, mean, _triangle(np.concatenate([r_a, r_b, between], axis=1))
+
+
+class GaussianDraws(Samples):
+    """``size`` draws per seed from ``model``, made only as far as they are looked at.
+
+    ``summary()`` asked first draws the statistics a fit needs directly, by the laws of n independent
+    rows Z root + mean (Z standard normal): the sample mean is mean + zbar root with zbar ~ N(0, I/n),
+    and the centred rows are Q R_z root, where R_z, the triangular factor of the centred Z, follows
+    Bartlett's decomposition (diagonal sqrt(chi^2_{n-1-i}), standard normals above it; n - 1 rows when
+    n - 1 < d) and Q, its orthonormal factor, is uniform (Haar) on the n x k frames orthogonal to the
+    ones vector and independent of R_z and zbar. The scatter's square root is then R_z root, upper
+    triangular as a product of upper triangular factors. Rows asked for afterwards are mean + Q R with a
+    fresh Haar Q, so they have exactly these statistics. Rows asked for first are drawn as rows.
+    All of it comes from ``rng``, which this batch owns, so the same requests give the same numbers.
+    """
+
+    def __init__(self, model: GaussianModel, size: int, rng: np.random.Generator):
+        self._model, self._size, self._rng = model, size, rng
+        self._fields: dict[str, np.ndarray] | None = None
+        self._summary: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.cache = {}
+
+    @property
+    def fields(self) -> dict[str, np.ndarray]:
+        if self._fields is None:
+            self._fields = {"x": self._rows_from_summary() if self._summary is not None else self._rows()}
+        return self._fields
+
+    @property
+    def seed_count(self) -> int:
+        return self._model.mean.shape[0]
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _rows(self) -> np.ndarray:
+        model = self._model
+        z = self._rng.standard_normal((self.seed_count, self._size, model.mean.shape[1]))
+        return model.mean[:, None, :] + z @ model.root  # rows z^T root have covariance root^T root
+
+    def _rows_from_summary(self) -> np.ndarray:
+        n, mean, r = self._summary
+        k = min(n - 1, mean.shape[1])
+        g = self._rng.standard_normal((self.seed_count, n, k))
+        q, t = np.linalg.qr(g - g.mean(axis=1, keepdims=True))  # an orthonormal frame orthogonal to ones
+        q *= np.sign(np.diagonal(t, axis1=1, axis2=2))[:, None, :]  # signs fixed: Haar, not QR's convention
+        return mean[:, None, :] + q @ r[:, :k, :]
+
+    def summary(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(count, mean, R) with R^T R the scatter of the centred rows, as ``_summary`` of the rows."""
+        if self._summary is None:
+            self._summary = _summary(Samples(x=self._fields["x"])) if self._fields is not None else self._drawn()
+        return self._summary
+
+    def _drawn(self) -> tuple[int, np.ndarray, np.ndarray]:
+        model, n, rng, seeds = self._model, self._size, self._rng, self.seed_count
+        d = model.mean.shape[1]
+        k = min(n - 1, d)
+        mean = model.mean + ((rng.standard_normal((seeds, 1, d)) / np.sqrt(n)) @ model.root)[:, 0]
+        bartlett = np.zeros((seeds, d, d))
+        upper = np.triu_indices(d, 1)
+        above = upper[0] < k
+        bartlett[:, upper[0][above], upper[1][above]] = rng.standard_normal((seeds, int(above.sum())))
+        diagonal = np.arange(k)
+        bartlett[:, diagonal, diagonal] = np.sqrt(rng.chisquare(n - 1 - diagonal, size=(seeds, k)))
+        return n, mean, bartlett @ model.root
 
 
 def singular(mean: np.ndarray, root: np.ndarray) -> np.ndarray:
@@ -163,8 +236,7 @@ class Gaussian(Setting):
         return GaussianModel(mean, r / np.sqrt(n))
 
     def sample(self, model: GaussianModel, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
-        z = rng.standard_normal((self.seed_count, size, self.config.dim))
-        return Samples(x=model.mean[:, None, :] + z @ model.root)  # rows z^T root have covariance root^T root
+        return GaussianDraws(model, size, rng)
 
     def evaluate(self, model: GaussianModel) -> dict[str, np.ndarray]:
         d, variance = self.config.dim, self.config.variance
