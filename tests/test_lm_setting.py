@@ -278,3 +278,24 @@ def test_a_run_under_torchrun_with_two_processes(tmp_path):
     np.testing.assert_array_equal(synthetic["parallel"].tokens, synthetic["single"].tokens)
     np.testing.assert_array_equal(synthetic["parallel"].offsets, synthetic["single"].offsets)
     assert np.isfinite(parallel.test_cross_entropy).all()
+
+
+def test_training_and_sampling_report_their_progress_inside_an_iteration(config, monkeypatch):
+    """What the progress display shows while an iteration runs: steps with tokens/s, stories/s."""
+    from model_collapse import activity
+
+    monkeypatch.setattr(activity, "REPORT_INTERVAL_S", 0.0)  # every step, not twice a second
+    lines: list[str] = []
+    setting = LanguageModel(config, [0])
+    with activity.listening(lines.append):
+        fitted = setting.fit([setting.real_train], np.random.default_rng(0))
+        setting.sample(fitted.model, 5, np.random.default_rng(1))
+    training = [line for line in lines if line.startswith("training")]
+    sampling = [line for line in lines if line.startswith("sampling")]
+    steps = int(training[-1].split()[1].split("/")[1])
+    assert [int(line.split()[1].split("/")[0]) for line in training] == list(range(1, steps + 1))
+    assert all(" tokens/s · ETA " in line for line in training)
+    assert [line.split(" · ")[0] for line in sampling] == [f"sampling {n}/5 stories" for n in range(1, 6)]
+    assert " stories/s · ETA " in sampling[0] and sampling[-1].endswith("ETA 0:00")
+    assert lines.count("") == 2  # each activity clears its line when it ends
+    activity.Meter("quiet", 3, "steps").advance()  # nobody listening: nothing to report, nothing fails

@@ -190,8 +190,11 @@ def run_chain(
 
     try:
         for iteration in range(completed + 1, iterations + 1):
+            started = time.perf_counter()
             fitted, plan, new_synthetic = chain.advance(iteration, scratch(iteration))
-            record = IterationRecord(iteration, plan.train_size, plan.real_fraction, setting.evaluate(fitted.model))
+            metrics = setting.evaluate(fitted.model)
+            seconds = time.perf_counter() - started
+            record = IterationRecord(iteration, plan.train_size, plan.real_fraction, metrics, seconds)
             records.append(record)
             final = iteration == iterations
             if store is not None and setting.cheap:

@@ -158,6 +158,30 @@ def plot(run_directory: Path = typer.Argument(..., help="A run directory.")) -> 
 
 
 @app.command()
+def report(
+    run_directory: Path = typer.Argument(..., help="A run directory."),
+    out: Path | None = typer.Option(None, "--out", help="The HTML file to write (default: RUN/report.html)."),
+) -> None:
+    """Write one self-contained HTML page of the run: what ran, every metric's figures and table, samples."""
+    from .report import write_report
+
+    print(_guarded(lambda: write_report(run_directory, out)))
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    out: Path = typer.Option(..., "--out", help="Directory for compare.html and figures/ (created if missing)."),
+    metric: list[str] | None = typer.Option(None, "--metric", help="A metric to compare (repeat; default: all)."),
+    label: list[str] | None = typer.Option(None, "--label", help="A run's name in figures (repeat, one per run)."),
+) -> None:
+    """Overlay runs: one panel per regime, one line per run (the paper's Fig. 2), and a table per metric."""
+    from .compare import write_comparison
+
+    print(_guarded(lambda: write_comparison(runs, out, metric or None, label or None)))
+
+
+@app.command()
 def theory(
     setting: str = typer.Argument(..., help="A setting with closed forms: linear-regression, gaussian or discrete."),
     overrides: Optional[list[str]] = OVERRIDES,

@@ -203,6 +203,13 @@ class ChainSpec:
         return safe_name("_".join(f"{key}-{_token(_get(values, key))}" for key in self.varying)) or "base"
 
     @property
+    def point_title(self) -> str:
+        """The sweep point in the paper's words, as figure panels name it: ``T = 32``, ``d = 10, T = 100``
+        (a field's ``title`` is its symbol; fields without one go by their key); empty without a sweep."""
+        values = self.point.model_dump(mode="json")
+        return ", ".join(f"{_symbol(type(self.point), key)} = {_get(values, key)}" for key in self.varying)
+
+    @property
     def label(self) -> str:
         seeds = f" / seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
         return f"{self.point_name} / {self.regime.label}{seeds}"
@@ -223,6 +230,14 @@ _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
 
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _symbol(config_type: type[StrictConfig], dotted: str) -> str:
+    """The symbol a (dotted) setting key goes by: its field's ``title`` if it has one, else the key."""
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        config_type = section_of(config_type.model_fields[section].annotation)
+    return config_type.model_fields[leaf].title or dotted
 
 
 def _token(value: Any) -> str:

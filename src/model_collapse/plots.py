@@ -1,4 +1,4 @@
-"""Figures of a run: simulation means with 95% bands over seeds, closed forms overlaid where known.
+"""Figures of a run: means over seeds with a 95% Student-t confidence band, closed forms overlaid where known.
 
 For every metric of the setting two figures are written (PNG and SVG) into RUN/figures/:
 * ``<metric>_by_regime``: one row per regime, one column per sweep point - the layout of the paper's
@@ -22,31 +22,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from . import theory  # noqa: E402
 from .atomic import write_atomic, write_file_atomic
-from .results import ChainResult, load_run, merge_seeds  # noqa: E402
+from .results import ChainResult, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
 
 
-def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds and a normal 95% confidence band of the mean."""
-    with np.errstate(invalid="ignore"):  # infinite values (a singular Gaussian's NLL) are simply not drawn
-        mean = values.mean(axis=1)
-        if values.shape[1] < 2:
-            return mean, mean, mean
-        half = 1.96 * values.std(axis=1, ddof=1) / np.sqrt(values.shape[1])
-    return mean, mean - half, mean + half
-
-
-def _draw(ax, result: ChainResult, values: np.ndarray, color, label: str) -> None:
-    mean, low, high = _band(values)
-    ax.plot(result.iterations, mean, color=color, label=label, lw=1.5)
-    ax.fill_between(result.iterations, low, high, color=color, alpha=0.25, lw=0)
+def _draw(ax, result: ChainResult, values: np.ndarray, color, label: str) -> tuple[np.ndarray, str | None]:
+    """The mean over finite seeds and its confidence band; returns the mean and what it leaves out, if
+    anything (a singular Gaussian's infinite NLL), for the panel to say."""
+    interval = confidence_interval(values)
+    ax.plot(result.iterations, interval.mean, color=color, label=label, lw=1.5)
+    ax.fill_between(result.iterations, interval.low, interval.high, color=color, alpha=0.25, lw=0)
+    return interval.mean, interval.nonfinite(values, result.iterations)
 
 
 def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) -> None:
@@ -63,15 +57,41 @@ def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) 
             )
 
 
-def _finish(ax, log_scale: bool, values: list[np.ndarray], bottom_row: bool = True) -> None:
+def _note(ax, notes: list[str]) -> None:
+    """Say on the panel which seeds its means leave out, instead of a line that stops unexplained."""
+    if notes:
+        ax.text(
+            0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=6.5, va="bottom", ha="left",
+            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5},
+        )  # fmt: skip
+
+
+def _figure_legend(figure) -> None:
+    """One legend below the panels with every kind of line any panel draws (a bound only one regime has
+    included), each once."""
+    entries: dict[str, object] = {}
+    for ax in figure.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=3, fontsize=7)
+
+
+def _finish(ax, log_scale: bool, means: list[np.ndarray], iterations: np.ndarray, bottom_row: bool = True) -> None:
+    """Axis scale and ticks. A log axis is used only when the plotted means span more than a decade
+    (below that it would show too few ticks to read), and its minor ticks are labelled whenever its
+    major ticks alone would leave fewer than two labels. A panel with nothing to draw shows no y ticks."""
     if bottom_row:
         ax.set_xlabel("model-fitting iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
-    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
-    # A log axis only pays off over more than a decade; below that it hides the tick labels.
+    ax.set_xlim(iterations.min() - 0.5, iterations.max() + 0.5)
+    finite = np.concatenate([m[np.isfinite(m)] for m in means]) if means else np.array([])
+    if not finite.size:
+        ax.set_yticks([])
     if log_scale and finite.size and (finite > 0).all() and finite.max() > 10 * finite.min():
         ax.set_yscale("log")
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        low, high = ax.get_ylim()
+        if np.floor(np.log10(high)) - np.ceil(np.log10(low)) < 1:  # fewer than two powers of ten in view
+            ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 1)))
     ax.grid(alpha=0.3)
 
 
@@ -108,18 +128,28 @@ def _show(ax, images: np.ndarray, title: str) -> None:
     ax.set_yticks([])
 
 
-def _text_samples(path: Path, setting_name: str, point: str, real: np.ndarray, chains: dict, last: dict) -> Path:
-    """Sample texts of iteration 1 and the last iteration of every regime, after real ones."""
+def text_samples(results: list[ChainResult]) -> dict[str, list[tuple[str, list[str]]]]:
+    """Per sweep point: (heading, texts) for real texts, then iteration 1 and the last iteration of every
+    regime (first seed); empty for settings whose previews are not texts."""
+    pages = {}
+    for point, chains in _first_seed_chains(results).items():
+        real = _real_preview(chains)
+        if real is None or real.ndim != 1:
+            continue
+        sections = [("real data", [str(t) for t in real])]
+        for label, chain in chains.items():
+            for iteration in sorted({1, int(chain.iterations.max())}):
+                texts = chain.preview(iteration)
+                sections.append((f"{label}, iteration {iteration}", [] if texts is None else [str(t) for t in texts]))
+        pages[point] = sections
+    return pages
 
-    def numbered(texts) -> list[str]:
-        return [f"{i + 1}. {' '.join(str(text).split())}" for i, text in enumerate(texts)]
 
-    lines = [f"# {setting_name}: samples ({point})", "", "## real data", "", *numbered(real)]
-    for label, chain in chains.items():
-        for iteration in sorted({1, last[label]}):
-            lines += ["", f"## {label}, iteration {iteration}", "", *numbered(chain.preview(iteration))]
-    write_atomic(path, "\n".join(lines) + "\n")
-    return path
+def _text_page(setting_name: str, point: str, sections: list[tuple[str, list[str]]]) -> str:
+    lines = [f"# {setting_name}: samples ({point})"]
+    for heading, texts in sections:
+        lines += ["", f"## {heading}", "", *(f"{i + 1}. {' '.join(t.split())}" for i, t in enumerate(texts))]
+    return "\n".join(lines) + "\n"
 
 
 def _first_seed_chains(results: list[ChainResult]) -> dict[str, dict[str, ChainResult]]:
@@ -132,22 +162,20 @@ def _first_seed_chains(results: list[ChainResult]) -> dict[str, dict[str, ChainR
     return chains
 
 
-def _sample_figures(experiment, results: list[ChainResult], out: Path) -> list[Path]:
-    """The paper's Fig. 6 layout (real images, then the last iteration of every regime) and the
-    samples of every regime over the iterations; for texts, a page of samples."""
-    written = []
+def _real_preview(chains: dict[str, ChainResult]) -> np.ndarray | None:
+    # every chain of a point records the same real samples; a run stopped early may lack some
+    return next((p for p in (chain.real_preview() for chain in chains.values()) if p is not None), None)
+
+
+def sample_figures(experiment, results: list[ChainResult]):
+    """(name, figure) for image previews: the paper's Fig. 6 layout (real images, then the last
+    iteration of every regime), ``samples_<point>``, and every regime's samples over the iterations,
+    ``samples_by_iteration_<point>``."""
     for point, chains in _first_seed_chains(results).items():
         last = {label: int(result.iterations.max()) for label, result in chains.items()}
-        # every chain of a point records the same real samples; a run stopped early may lack some
-        real = next((p for p in (chain.real_preview() for chain in chains.values()) if p is not None), None)
-        if real is None:
+        real = _real_preview(chains)
+        if real is None or real.ndim == 1:
             continue
-        if real.ndim == 1:  # texts: a page of samples instead of image grids
-            written.append(
-                _text_samples(out / f"samples_{point}.md", experiment.setting_name, point, real, chains, last)
-            )
-            continue
-
         figure, axes = plt.subplots(
             1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained"
         )
@@ -155,7 +183,7 @@ def _sample_figures(experiment, results: list[ChainResult], out: Path) -> list[P
         for ax, (label, chain) in zip(axes[0][1:], chains.items()):
             _show(ax, chain.preview(last[label]), f"{label}, iteration {last[label]}")
         figure.suptitle(f"{experiment.setting_name}: samples ({point})")
-        written += _save(figure, out, f"samples_{point}")
+        yield f"samples_{point}", figure
 
         iterations = sorted({int(i) for i in np.linspace(1, max(last.values()), min(6, max(last.values())))})
         figure, axes = plt.subplots(
@@ -173,13 +201,12 @@ def _sample_figures(experiment, results: list[ChainResult], out: Path) -> list[P
                     continue
                 _show(axes[row][column], images, f"{label}, iteration {iteration}")
         figure.suptitle(f"{experiment.setting_name}: samples by iteration ({point})")
-        written += _save(figure, out, f"samples_by_iteration_{point}")
-    return written
+        yield f"samples_by_iteration_{point}", figure
 
 
-def _learning_curves(experiment, results: list[ChainResult], out: Path) -> list[Path]:
-    """Validation loss during training, one line per iteration, one panel per regime (first seed)."""
-    written = []
+def learning_curve_figures(experiment, results: list[ChainResult]):
+    """(name, figure): validation loss during training, one line per iteration, one panel per regime
+    (first seed), ``learning_curves_<point>`` (the paper's Fig. 3)."""
     for point, chains in _first_seed_chains(results).items():
         curves = {}
         for label, result in chains.items():
@@ -206,24 +233,20 @@ def _learning_curves(experiment, results: list[ChainResult], out: Path) -> list[
         axes[0][0].set_ylabel("validation loss (nats / token)")
         axes[0][0].legend(fontsize=7)
         figure.suptitle(f"{experiment.setting_name}: learning curves ({point})")
-        written += _save(figure, out, f"learning_curves_{point}")
-    return written
+        yield f"learning_curves_{point}", figure
 
 
-def plot_run(run_directory: Path) -> list[Path]:
-    experiment, chain_results = load_run(run_directory)
-    if not chain_results:
-        return []
+def metric_figures(experiment, chain_results: list[ChainResult]):
+    """(name, figure) for every metric: ``<metric>_by_regime`` (one row per regime, one column per sweep
+    point) and ``<metric>`` (every regime in one panel per sweep point), and ``real_fraction``."""
     results = merge_seeds(chain_results)
     setting = SETTINGS.declared(experiment.setting_name)
-    out = inside(run_directory, "figures")
-    out.mkdir(exist_ok=True)
     points = list(dict.fromkeys(r.spec.point_name for r in results))
+    titles = {r.spec.point_name: r.spec.point_title for r in results}
     regimes = list(dict.fromkeys(r.spec.regime.label for r in results))
     colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(regimes)}
     by_key = {(r.spec.point_name, r.spec.regime.label): r for r in results}
-    seeds = experiment.config.seeds
-    written: list[Path] = []
+    band = confidence_interval(np.zeros((1, max(len(r.spec.seeds) for r in results)))).band_text
 
     for metric, info in setting.metrics.items():
         figure, axes = plt.subplots(
@@ -241,16 +264,16 @@ def plot_run(run_directory: Path) -> list[Path]:
                 if result is None:
                     ax.set_visible(False)
                     continue
-                _draw(ax, result, result.metrics[metric], colours[regime], f"simulation ({seeds} seeds)")
+                mean, note = _draw(ax, result, result.metrics[metric], colours[regime], f"simulation: {band}")
                 _draw_theory(ax, result, metric, "black", with_label=True)
-                _finish(ax, info.log_scale, [result.metrics[metric]], bottom_row=row == len(regimes) - 1)
-                ax.set_title(f"{regime}  |  {point}", fontsize=9)
+                _finish(ax, info.log_scale, [mean], result.iterations, bottom_row=row == len(regimes) - 1)
+                _note(ax, [note] if note else [])
+                ax.set_title(f"{regime}  |  {titles[point]}" if titles[point] else regime, fontsize=9)
                 if column == 0:
                     ax.set_ylabel(info.label, fontsize=9)
-                if row == 0 and column == 0:
-                    ax.legend(fontsize=7)
+        _figure_legend(figure)
         figure.suptitle(f"{experiment.setting_name}: {metric}")
-        written += _save(figure, out, f"{metric}_by_regime")
+        yield f"{metric}_by_regime", figure
 
     for metric, label, log_scale in [
         *((m, i.label, i.log_scale) for m, i in setting.metrics.items()),
@@ -262,27 +285,47 @@ def plot_run(run_directory: Path) -> list[Path]:
         )
         for column, point in enumerate(points):
             ax = axes[0][column]
-            drawn = []
+            means, notes, iterations = [], [], []
             for regime in regimes:
                 result = by_key.get((point, regime))
                 if result is None:
                     continue
                 values = result.real_fraction if metric == "real_fraction" else result.metrics[metric]
-                _draw(ax, result, values, colours[regime], regime)
+                mean, note = _draw(ax, result, values, colours[regime], regime)
                 if metric != "real_fraction":
                     _draw_theory(ax, result, metric, colours[regime], with_label=False)
-                drawn.append(values)
-            _finish(ax, log_scale, drawn)
-            ax.set_title(point, fontsize=9)
+                means.append(mean)
+                iterations.append(result.iterations)
+                notes += [f"{regime}: {note}"] if note else []
+            _finish(ax, log_scale, means, np.concatenate(iterations))
+            _note(ax, notes)
+            if titles[point]:
+                ax.set_title(titles[point], fontsize=9)
             if column == 0:
                 ax.set_ylabel(label, fontsize=9)
-                ax.legend(fontsize=7)
-        has_theory = any(
-            c.metric == metric for r in results for c in theory.curves(r.spec.point, r.spec.regime.name, 1)
-        )
-        figure.suptitle(f"{experiment.setting_name}: {metric} by regime" + (" (dashed: theory)" if has_theory else ""))
-        written += _save(figure, out, metric)
-    if setting.preview_size:
-        written += _sample_figures(experiment, chain_results, out)
-    written += _learning_curves(experiment, chain_results, out)
+        curves = (c for r in results for c in theory.curves(r.spec.point, r.spec.regime.name, 1))
+        kinds = {c.kind for c in curves if c.metric == metric}
+        theory_lines = [Line2D([], [], color="grey", ls=_STYLES[k], lw=1, label=f"theory ({k})") for k in sorted(kinds)]
+        regime_lines = [Line2D([], [], color=colours[r], lw=1.5, label=r) for r in regimes]
+        figure.legend(
+            handles=regime_lines + theory_lines, loc="outside lower center", ncols=4, fontsize=7, title=band,
+            title_fontsize=7,
+        )  # fmt: skip
+        figure.suptitle(f"{experiment.setting_name}: {metric} by regime")
+        yield metric, figure
+
+
+def plot_run(run_directory: Path) -> list[Path]:
+    experiment, chain_results = load_run(run_directory)
+    if not chain_results:
+        return []
+    out = inside(run_directory, "figures")
+    out.mkdir(exist_ok=True)
+    written: list[Path] = []
+    for figures in (metric_figures, sample_figures, learning_curve_figures):
+        for name, figure in figures(experiment, chain_results):
+            written += _save(figure, out, name)
+    for point, sections in text_samples(chain_results).items():
+        written.append(out / f"samples_{point}.md")
+        write_atomic(written[-1], _text_page(experiment.setting_name, point, sections))
     return written

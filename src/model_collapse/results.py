@@ -25,6 +25,7 @@ class ChainResult:
     train_size: np.ndarray  # (I,)
     real_fraction: np.ndarray  # (I, seeds)
     metrics: dict[str, np.ndarray]  # name -> (I, seeds)
+    seconds: np.ndarray  # (I,) wall-clock time per iteration (summed over merged chains; NaN: not recorded)
     store: ChainStore  # of the first seed's chain, for a result merged over seeds
 
     def real_preview(self) -> np.ndarray | None:
@@ -68,6 +69,7 @@ def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
                 np.array([r.train_size for r in records]),
                 np.stack([r.real_fraction for r in records]),
                 {name: np.stack([r.metrics[name] for r in records]) for name in names},
+                np.array([r.seconds for r in records]),
                 store,
             )
         )
@@ -97,10 +99,64 @@ def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
                 first.train_size[:n],
                 np.concatenate([r.real_fraction[:n] for r in group], axis=1),
                 {m: np.concatenate([r.metrics[m][:n] for r in group], axis=1) for m in first.metrics},
+                np.sum([r.seconds[:n] for r in group], axis=0),
                 first.store,
             )
         )
     return merged
+
+
+BAND_LEVEL = 0.95
+
+
+@dataclass
+class Interval:
+    """Per iteration: the mean over the seeds whose value is finite, and the Student-t confidence
+    interval of that mean (NaN where fewer than two seeds are finite: no interval from one value)."""
+
+    mean: np.ndarray  # (I,)
+    low: np.ndarray
+    high: np.ndarray
+    finite: np.ndarray  # (I,) how many seeds the mean is over
+    seeds: int
+
+    @property
+    def band_text(self) -> str:
+        """The band's definition, as figures' legends and the report state it."""
+        if self.seeds < 2:
+            return "1 seed: no interval"
+        return f"mean of {self.seeds} seeds, {BAND_LEVEL:.0%} CI (Student t)"
+
+    def nonfinite(self, values: np.ndarray, iterations: np.ndarray) -> str | None:
+        """How many seeds are left out of the mean where most are, e.g. ``-inf for 40 of 100 seeds at
+        iteration 12``; None when every value is finite."""
+        missing = self.seeds - self.finite
+        if not missing.any():
+            return None
+        i = int(np.argmax(missing))
+        left_out = values[i][~np.isfinite(values[i])]
+        kinds = {"+inf": np.isposinf(left_out), "-inf": np.isneginf(left_out), "undefined": np.isnan(left_out)}
+        what = " / ".join(name for name, found in kinds.items() if found.any())
+        where = "at every iteration" if (missing == missing[i]).all() else f"at iteration {iterations[i]}"
+        return f"{what} for {missing[i]} of {self.seeds} seeds {where}"
+
+
+def confidence_interval(values: np.ndarray, level: float = BAND_LEVEL) -> Interval:
+    """The mean of (I, seeds) ``values`` over finite seeds and its ``level`` Student-t interval:
+    mean +- t_{(1+level)/2, k-1} s / sqrt(k) for k finite seeds (with 2 seeds t is 12.7, not 1.96)."""
+    from scipy.special import stdtrit  # Student's t quantile, a plain ufunc
+
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    kept = np.where(finite, values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = kept.sum(axis=1) / count
+        spread = np.where(finite, kept - mean[:, None], 0.0)
+        error = np.sqrt((spread**2).sum(axis=1) / (count - 1) / count)
+        half = stdtrit(count - 1, (1 + level) / 2) * error
+    half = np.where(count >= 2, half, np.nan)
+    return Interval(mean, mean - half, mean + half, count, values.shape[1])
 
 
 def _format(value: Any) -> Any:

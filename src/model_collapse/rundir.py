@@ -1,6 +1,7 @@
 """The run directory: the single record of a run.
 
-    RUN/run.json                      marker: format, version, tool version, creation time
+    RUN/run.json                      marker: format, version, tool version, creation time, environment
+                                      (the tool's commit, libraries, machine: provenance.py)
     RUN/config.yaml                   the resolved config (overrides applied)
     RUN/run.lock                      locked (flock) by the one process running or resuming the run
     RUN/chains/<point>/<regime>/      one directory per chain
@@ -54,6 +55,7 @@ import yaml
 from . import __version__, distributed
 from .atomic import fsync_directory, honour_umask, write_atomic, write_directory_atomic, write_file_atomic, write_json
 from .errors import RunDirectoryError, yaml_problem
+from .provenance import environment
 from .settings.arrays import load_arrays
 
 FORMAT = "model-collapse-run"
@@ -177,6 +179,7 @@ def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
                 "format_version": FORMAT_VERSION,
                 "tool_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "environment": environment(),
             },
         )
         try:
@@ -208,6 +211,11 @@ def inside(root: Path, relative: Path | str) -> Path:
         if candidate.exists() and not candidate.is_dir():
             raise RunDirectoryError(f"corrupted run directory: {candidate} is not a directory")
     return path
+
+
+def run_marker(directory: Path) -> dict[str, Any]:
+    """The marker of a run directory (checked by ``open_run``): format, creation time, environment."""
+    return read_json(directory / MARKER)
 
 
 def open_run(directory: Path) -> tuple[dict[str, Any], int]:
@@ -243,6 +251,7 @@ class IterationRecord:
     train_size: int
     real_fraction: np.ndarray  # (batch,)
     metrics: dict[str, np.ndarray]  # name -> (batch,)
+    seconds: float = float("nan")  # wall-clock time of the iteration (sample, fit, evaluate); NaN: not recorded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -553,6 +562,7 @@ def records_to_arrays(records: list[IterationRecord]) -> dict[str, np.ndarray]:
         "train_size": np.array([r.train_size for r in records], dtype=np.int64),
         "real_fraction": np.stack([r.real_fraction for r in records]).astype(float),
     }
+    arrays["seconds"] = np.array([r.seconds for r in records], dtype=float)
     for name in records[0].metrics:
         arrays[_METRIC + name] = np.stack([np.asarray(r.metrics[name], dtype=float) for r in records])
     return arrays
@@ -562,11 +572,13 @@ def records_from_arrays(arrays: dict[str, np.ndarray], path: Path, seed_count: i
     iteration, train_size, real_fraction = (arrays[name] for name in _RECORD_ARRAYS)
     metrics = {name[len(_METRIC) :]: a for name, a in arrays.items() if name.startswith(_METRIC)}
     count = iteration.shape[0] if iteration.ndim == 1 else -1
+    seconds = arrays.get("seconds", np.full(max(count, 0), np.nan))  # not kept before the report came
     shapes_ok = (
         count >= 1
         and train_size.shape == (count,)
         and all(a.shape == (count, seed_count) for a in (real_fraction, *metrics.values()))
-        and all(a.dtype.kind in "iuf" for a in (iteration, train_size, real_fraction, *metrics.values()))
+        and seconds.shape == (count,)
+        and all(a.dtype.kind in "iuf" for a in (iteration, train_size, real_fraction, seconds, *metrics.values()))
     )
     if not shapes_ok:
         raise RunDirectoryError(
@@ -578,6 +590,7 @@ def records_from_arrays(arrays: dict[str, np.ndarray], path: Path, seed_count: i
             int(train_size[i]),
             real_fraction[i].astype(float),
             {name: a[i].astype(float) for name, a in metrics.items()},
+            float(seconds[i]),
         )
         for i in range(count)
     ]

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from threadpoolctl import threadpool_limits
 
-from . import distributed
+from . import activity, distributed
 from .chain import run_chain
 from .config import ChainSpec, Experiment, setting_class
 from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, Terminated
@@ -131,7 +131,7 @@ def _worker(
         # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
         # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
         setting_class(spec.point)
-        with threadpool_limits(limits=1):
+        with threadpool_limits(limits=1), activity.listening(lambda line: connection.send(("activity", line))):
             run_spec(run_directory, spec, iterations, checkpoints, report)
     except Terminated:
         os._exit(143)  # stopped by the parent, which is already on its way out: nothing to report
@@ -163,6 +163,7 @@ def _run_in_processes(
     checkpoints: str,
     quiet: bool,
     advance: Callable[[int, int], None],
+    describe: Callable[[int, str], None],
 ) -> None:
     """Run the chains ``todo`` in at most ``workers`` spawned processes at once. The first chain that
     fails stops the others (their committed iterations stay; ``resume`` finishes them) and its error
@@ -191,6 +192,9 @@ def _run_in_processes(
                     message = ("died",)
                 if message[0] == "iteration":
                     advance(index, message[1])
+                    continue
+                if message[0] == "activity":
+                    describe(index, message[1])
                     continue
                 process, _ = running.pop(index)
                 reader.close()
@@ -243,6 +247,7 @@ def _progress(console: Console) -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[activity]}"),  # what a long iteration is doing (activity.py)
         console=console,
         transient=False,
     )
@@ -355,8 +360,8 @@ def run_experiment(
     console = Console(stderr=True, quiet=quiet)
     show_messages(quiet)
     with _progress(console) as progress:
-        overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done))
-        tasks = {i: progress.add_task(specs[i].label, total=iterations, completed=done[i]) for i in todo}
+        overall = progress.add_task("all chains", total=len(specs) * iterations, completed=sum(done), activity="")
+        tasks = {i: progress.add_task(specs[i].label, total=iterations, completed=done[i], activity="") for i in todo}
 
         reached = dict(enumerate(done))
 
@@ -364,6 +369,9 @@ def run_experiment(
             progress.update(tasks[index], completed=iteration)
             progress.advance(overall, iteration - reached[index])
             reached[index] = iteration
+
+        def describe(index: int, line: str) -> None:  # what a chain does inside its iteration (activity.py)
+            progress.update(tasks[index], activity=line)
 
         if workers == 1 or len(todo) <= 1:
             # A cheap chain computes with one BLAS thread here too, as in a worker: its numbers then do not
@@ -375,7 +383,10 @@ def run_experiment(
                     advance(i, record.iteration)
 
                 try:
-                    with threadpool_limits(limits=1) if cheap else contextlib.nullcontext():
+                    with (
+                        threadpool_limits(limits=1) if cheap else contextlib.nullcontext(),
+                        activity.listening(lambda line, i=i: describe(i, line)),
+                    ):
                         run_spec(run_directory, specs[i], iterations, checkpoints, report)
                 except (OSError, MemoryError) as error:
                     fault = describe_fault(error, run_directory)
@@ -383,4 +394,6 @@ def run_experiment(
                         raise
                     raise ResourceError(f"chain {specs[i].label}: {fault}") from None
             return
-        _run_in_processes(run_directory, specs, todo, min(workers, len(todo)), iterations, checkpoints, quiet, advance)
+        _run_in_processes(
+            run_directory, specs, todo, min(workers, len(todo)), iterations, checkpoints, quiet, advance, describe
+        )

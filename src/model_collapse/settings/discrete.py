@@ -33,8 +33,8 @@ from .base import Footprint, Metric, Setting, SettingConfig
 
 class DiscreteConfig(SettingConfig):
     name: Literal["discrete"] = "discrete"
-    outcomes: PositiveInt = Field(10, description="K, the number of outcomes")
-    samples: PositiveInt = Field(100, description="n, draws per seed (real, and synthetic per iteration)")
+    outcomes: PositiveInt = Field(10, title="K", description="K, the number of outcomes")
+    samples: PositiveInt = Field(100, title="n", description="n, draws per seed (real, and synthetic per iteration)")
 
 
 class Discrete(Setting):

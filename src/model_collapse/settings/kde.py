@@ -49,8 +49,8 @@ def draw_real(config: KDEConfig, size: int, random_state: int, centres: np.ndarr
 class KDEConfig(SettingConfig):
     name: Literal["kde"] = "kde"
     dataset: Literal["moons", "circles", "blobs", "swiss-roll"] = "moons"
-    samples: PositiveInt = Field(100, description="T, real training samples per seed")
-    bandwidth: PositiveFloat | Literal["scott", "silverman"] = 0.1
+    samples: PositiveInt = Field(100, title="T", description="T, real training samples per seed")
+    bandwidth: PositiveFloat | Literal["scott", "silverman"] = Field(0.1, title="h")
     kernel: Literal["gaussian", "tophat"] = "gaussian"
     noise: float = Field(0.05, ge=0, description="noise of moons, circles and swiss-roll")
     factor: float = Field(0.8, gt=0, lt=1, description="inner over outer radius of circles (scikit-learn's default)")

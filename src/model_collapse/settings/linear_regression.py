@@ -32,9 +32,9 @@ from .base import Footprint, Metric, Setting, SettingConfig
 
 class LinearRegressionConfig(SettingConfig):
     name: Literal["linear-regression"] = "linear-regression"
-    dim: PositiveInt = Field(10, description="d, the number of features")
-    samples: PositiveInt = Field(100, description="T, the number of rows of the fixed design")
-    noise_variance: PositiveFloat = Field(1.0, description="sigma^2, the label noise variance")
+    dim: PositiveInt = Field(10, title="d", description="d, the number of features")
+    samples: PositiveInt = Field(100, title="T", description="T, the number of rows of the fixed design")
+    noise_variance: PositiveFloat = Field(1.0, title="σ²", description="sigma^2, the label noise variance")
 
 
 def expected_error_of_real_fit(dim: int, samples: int, noise_variance: float) -> float:

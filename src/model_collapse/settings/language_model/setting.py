@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as transformers_logging
 
+from ...activity import Meter
 from ...atomic import write_directory_atomic
 from ...distributed import all_gather, rank_and_world
 from ...errors import ModelCollapseError, RunDirectoryError
@@ -139,21 +140,25 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         shard_prompts = [prompts[start : start + shard_size] for start in range(0, size, shard_size)]
         shards = {index: _load_shard(scratch, index, len(shard_prompts[index])) for index in range(len(seeds))}
         todo = [index for index, shard in shards.items() if shard is None]
+        meter = Meter("sampling", size, "stories", done=sum(len(shard) for shard in shards.values() if shard))
         for first in range(0, len(todo), world):  # one shard per rank at a time
             group = todo[first : first + world]
             mine = None
             if rank < len(group):
                 index = group[rank]
                 generator = torch.Generator(device=self.device).manual_seed(int(seeds[index]))
-                mine = self._sample_shard(model, shard_prompts[index], new_tokens, generator)
+                mine = self._sample_shard(model, shard_prompts[index], new_tokens, generator, meter, world)
             gathered = all_gather(mine)
             for index, shard in zip(group, gathered):
                 shards[index] = shard
                 if scratch is not None and rank == 0:
                     write_directory_atomic(_shard_directory(scratch, index), shard.save)
+        meter.close()
         return TokenCorpus.concatenate([shards[index] for index in range(len(seeds))])
 
-    def _sample_shard(self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator) -> TokenCorpus:
+    def _sample_shard(
+        self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator, meter: Meter, world: int
+    ) -> TokenCorpus:
         c = self.config.sampling
         documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
         stories = stream_stories(
@@ -169,6 +174,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         )
         for index, story in stories:
             documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
+            meter.advance(world)  # the other ranks sample as many meanwhile
         return TokenCorpus.from_documents(documents)
 
     def evaluate(self, model) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ...activity import Meter
 from ...atomic import write_file_atomic
 from ...distributed import global_sum, rank_and_world
 from .config import TrainingSection
@@ -214,6 +215,7 @@ def train(
         )
         log.info("training resumes at step %d of %d from %s", resume_at, total_steps, checkpoint.path)
 
+    meter = Meter("training", total_steps, "steps", rate_unit="tokens", done=resume_at)
     for _ in range(options.epochs):
         order = rng.permutation(len(blocks))  # drawn for every epoch, resumed or not, to stay in step
         for start in range(0, len(order), options.batch_size):
@@ -239,6 +241,7 @@ def train(
             scaler.update()
             schedule.step()
             step += 1
+            meter.advance(1, amount=len(batch) * blocks.block_size)
             running += global_sum(loss.item(), device)
             running_count += count
             if step % evaluate_every == 0 or step == total_steps:
@@ -259,5 +262,6 @@ def train(
                         "curve": curve,
                     }
                 )
+    meter.close()
     model.eval()
     return curve

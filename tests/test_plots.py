@@ -1,0 +1,98 @@
+"""Figures as a reader sees them: readable axes, panels named in the paper's words, one stated band,
+seeds left out of a mean counted on the panel."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from model_collapse.cli import app
+from model_collapse.plots import metric_figures
+from model_collapse.results import confidence_interval, load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(tmp_path: Path, config: str, *overrides: str) -> Path:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(ROOT / "configs" / config), *overrides, "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def figures(run_directory: Path) -> dict:
+    return dict(metric_figures(*load_run(run_directory)))
+
+
+def y_labels(ax) -> list[str]:
+    """The y tick labels a reader sees: inside the axis' view and not blank."""
+    ax.figure.canvas.draw()
+    low, high = sorted(ax.get_ylim())
+    ticks = [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
+    return [
+        t.label1.get_text()
+        for t in ticks
+        if t.label1.get_visible() and t.label1.get_text() and low <= t.get_loc() <= high
+    ]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> dict:
+    return figures(run(tmp_path_factory.mktemp("quickstart"), "quickstart.yaml", "seeds=50", "iterations=12"))
+
+
+def test_every_panel_of_the_quickstart_has_readable_y_ticks(quickstart):
+    for name, figure in quickstart.items():
+        for ax in figure.axes:
+            if ax.get_visible() and ax.lines:
+                assert len(y_labels(ax)) >= 2, f"{name}: panel {ax.get_title()!r} shows {y_labels(ax)}"
+
+
+def test_a_log_axis_only_where_the_means_span_more_than_a_decade(quickstart):
+    replace, accumulate = quickstart["test_error_by_regime"].axes[:2]
+    assert replace.get_yscale() == "log"  # replace's error grows more than tenfold over 12 iterations
+    assert accumulate.get_yscale() == "linear"  # accumulate's stays within a decade
+
+
+def test_panels_and_legends_speak_the_papers_words(quickstart, tmp_path):
+    titles = [ax.get_title() for ax in quickstart["test_error_by_regime"].axes]
+    assert titles == ["replace", "accumulate", "accumulate-subsample"]  # no "base" for a run without a sweep
+    legend = [t.get_text() for t in quickstart["test_error_by_regime"].legends[0].get_texts()]
+    assert legend == ["simulation: mean of 50 seeds, 95% CI (Student t)", "theory (expected)", "theory (bound)"]
+
+    swept = figures(run(tmp_path, "gaussian.yaml", "seeds=4", "iterations=3", "sweep.samples=[10,32]"))
+    assert [ax.get_title() for ax in swept["trace_ratio"].axes] == ["T = 10", "T = 32"]
+    assert [ax.get_title() for ax in swept["trace_ratio_by_regime"].axes][:2] == [
+        "replace  |  T = 10",
+        "replace  |  T = 32",
+    ]
+    # T = 10 = d: every fit singular, so the panel says why it has no line instead of staying blank
+    notes = [t.get_text() for t in swept["test_nll"].axes[0].texts]
+    assert notes == [
+        "\n".join(
+            f"{r}: +inf for 4 of 4 seeds at every iteration" for r in ("replace", "accumulate", "accumulate-subsample")
+        )
+    ]
+    assert swept["log_det_ratio_by_regime"].axes[0].texts[0].get_text() == "-inf for 4 of 4 seeds at every iteration"
+    assert not swept["test_nll"].axes[1].texts  # T = 32: all finite, nothing to say
+
+
+def test_the_band_is_students_t_interval_of_the_mean_over_finite_seeds():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 5))
+    interval = confidence_interval(values)
+    for i, row in enumerate(values):
+        low, high = stats.t.interval(0.95, len(row) - 1, loc=row.mean(), scale=stats.sem(row))
+        np.testing.assert_allclose([interval.low[i], interval.high[i]], [low, high])
+    two = confidence_interval(np.array([[1.0, 3.0]]))
+    np.testing.assert_allclose(two.high - two.mean, 12.706204736 * 1.0)  # t_{0.975, 1} s / sqrt(2), s = sqrt(2)
+    values[1, 2] = np.inf
+    values[2, :4] = -np.inf
+    interval = confidence_interval(values)
+    np.testing.assert_allclose(interval.mean[1], np.delete(values[1], 2).mean())
+    assert np.isnan(interval.low[2]) and interval.mean[2] == values[2, 4]  # one finite seed: no interval
+    assert interval.nonfinite(values, np.arange(1, 4)) == "-inf for 4 of 5 seeds at iteration 3"
+    one_seed = confidence_interval(np.ones((4, 1)))
+    assert np.isnan(one_seed.low).all() and one_seed.band_text == "1 seed: no interval"
