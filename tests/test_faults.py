@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -351,8 +352,12 @@ def test_a_killed_worker_gives_one_line_and_the_run_resumes(tmp_path, slow_strai
     assert len(lines) == 1 and "killed by SIGKILL" in lines[0] and "out-of-memory" in lines[0], stderr
     assert lines[0].startswith("error: chain base / ") and f"model-collapse resume {run}" in lines[0]
     wait_for(lambda: not any(alive(w) for w in workers), timeout=10)
+    status = cli("status", run).stdout
+    assert re.search(r"base / \S+ +failed +\d+/600 +its worker process was killed by SIGKILL", status), status
+    assert "1 failed" in status.splitlines()[-1]
     assert cli("resume", run, "-q").returncode == 0
     assert table(run) == expected
+    assert cli("status", run, "--summary").stdout.strip() == "2 chains: 2 done; 1200 of 1200 iterations committed"
 
 
 def test_kill_9_at_random_moments_including_inside_a_commit(tmp_path, slow_straight):

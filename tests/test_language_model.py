@@ -155,6 +155,28 @@ def test_documents_from_local_files(tmp_path):
         load_documents("files", "validation", {"train": str(lines)})
 
 
+def test_tinystories_from_a_local_copy_of_the_hugging_face_data_set(tmp_path, monkeypatch):
+    """The data set's own layout: data/train-0000N-of-0000M-<hash>.parquet and data/validation-....parquet,
+    a text column; read without network and without writing a cache outside the run."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a cache written anyway would land here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "TinyStories" / "data"
+    data.mkdir(parents=True)
+    shards = [["Once upon a time.", "Tom ran."], ["Lily sang.", " "]]
+    for i, texts in enumerate(shards):
+        pd.DataFrame({"text": texts}).to_parquet(data / f"train-0000{i}-of-00002-abc{i}.parquet")
+    pd.DataFrame({"text": ["The end."]}).to_parquet(data / "validation-00000-of-00001-def.parquet")
+    copy = str(tmp_path / "TinyStories")
+    assert load_documents("tinystories", "train", data_dir=copy) == ["Once upon a time.", "Tom ran.", "Lily sang."]
+    assert load_documents("tinystories", "validation", data_dir=copy) == ["The end."]
+    assert not (tmp_path / "home").exists()
+    with pytest.raises(ModelCollapseError, match="holds no TinyStories validation split"):
+        load_documents("tinystories", "validation", data_dir=str(tmp_path / "home"))
+    (data / "validation-00000-of-00001-def.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ModelCollapseError, match="cannot read .* as parquet"):
+        load_documents("tinystories", "validation", data_dir=copy)
+
+
 def test_tinystories_offline_says_what_to_do_instead(tmp_path):
     code = (
         "from model_collapse.settings.language_model.corpus import load_documents\n"

@@ -136,7 +136,7 @@ def test_run_table_and_text_samples_from_the_command_line(tmp_path, monkeypatch)
     runner = CliRunner()
     assert runner.invoke(app, ["run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "run"), "-q"]).exit_code == 0
     table = runner.invoke(app, ["table", str(tmp_path / "run")]).stdout.splitlines()
-    assert table[0].split(",")[-1] == "test_cross_entropy" and len(table) == 1 + 2 * 2
+    assert table[0].split(",")[-8:] == list(LanguageModel.metrics) and len(table) == 1 + 2 * 2
     assert (tmp_path / "run" / "chains" / "base" / "replace" / "seed-0" / "real_preview.npy").exists()
 
     def no_data_loading(*args, **kwargs):
@@ -146,6 +146,7 @@ def test_run_table_and_text_samples_from_the_command_line(tmp_path, monkeypatch)
     result = runner.invoke(app, ["plot", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "figures" / "learning_curves_base.png").exists()
+    assert (tmp_path / "run" / "figures" / "distinct_2.png").exists()
     page = (tmp_path / "run" / "figures" / "samples_base.md").read_text()
     assert "## real data" in page and "## replace, iteration 2" in page and "## accumulate, iteration 1" in page
 
@@ -299,3 +300,36 @@ def test_training_and_sampling_report_their_progress_inside_an_iteration(config,
     assert " stories/s · ETA " in sampling[0] and sampling[-1].endswith("ETA 0:00")
     assert lines.count("") == 2  # each activity clears its line when it ends
     activity.Meter("quiet", 3, "steps").advance()  # nobody listening: nothing to report, nothing fails
+
+
+def test_diversity_measures_on_stories_counted_by_hand():
+    from model_collapse.settings.language_model.diversity import diversity
+
+    stories = [np.array([1, 2, 1, 2, 1, 2]), np.array([3, 4, 5]), np.array([7])]
+    measured = diversity(stories)
+    # unigrams: 10 tokens, distinct {1,2,3,4,5,7}; bigrams: 5 + 2 = 7, distinct (1,2),(2,1),(3,4),(4,5)
+    assert measured["distinct_1"] == pytest.approx(6 / 10)
+    assert measured["distinct_2"] == pytest.approx(4 / 7)
+    assert measured["distinct_3"] == pytest.approx(3 / 5)  # (1,2,1), (2,1,2), (3,4,5) of 4 + 1
+    assert measured["distinct_4"] == pytest.approx(2 / 3)  # only the first story has 4-grams: 3, 2 distinct
+    p = np.array([3, 3, 1, 1, 1, 1]) / 10
+    assert measured["unigram_entropy"] == pytest.approx(-(p * np.log(p)).sum())
+    assert measured["mean_length"] == pytest.approx(10 / 3)
+    assert measured["repeated_4grams"] == pytest.approx(1 / 3)  # (1,2,1,2) comes back once of 3
+    assert np.isnan(diversity([np.array([5])])["distinct_2"])
+
+
+def test_language_model_metrics_include_the_diversity_of_its_samples_beside_real_text(config):
+    from model_collapse.settings.language_model.diversity import NAMES
+
+    setting = LanguageModel(
+        config.model_copy(update={"sampling": config.sampling.model_copy(update={"evaluation_stories": 6})}), [0]
+    )
+    fitted = setting.fit([setting.real_train], np.random.default_rng(0))
+    first, again = setting.evaluate(fitted.model), setting.evaluate(fitted.model)
+    assert set(first) == {"test_cross_entropy", *NAMES} == set(LanguageModel.metrics)
+    assert first == again  # the same prompts and stream at every evaluation: differences are the model's
+    assert 0 < first["distinct_1"][0] <= 1 and 0 <= first["repeated_4grams"][0] <= 1
+    assert 1 <= first["mean_length"][0] <= 1 + 12  # a first token and at most max_new_tokens
+    assert set(fitted.diagnostics["reference"]) == set(NAMES)
+    assert fitted.diagnostics["reference"]["mean_length"] <= 1 + 12  # real stories cut to the samples' length

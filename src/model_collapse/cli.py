@@ -158,6 +158,18 @@ def plot(run_directory: Path = typer.Argument(..., help="A run directory.")) -> 
 
 
 @app.command()
+def status(
+    run_directory: Path = typer.Argument(..., help="A run directory."),
+    chains: bool = typer.Option(True, "--chains/--summary", help="A line per chain, or the summary alone."),
+) -> None:
+    """How far every chain has got: done, running, failed (with the reason), stopped, not started."""
+    from .status import run_status, status_lines
+
+    found, holder = _guarded(lambda: run_status(run_directory))
+    print("\n".join(status_lines(found, holder, chains)))
+
+
+@app.command()
 def report(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     out: Path | None = typer.Option(None, "--out", help="The HTML file to write (default: RUN/report.html)."),
@@ -166,6 +178,20 @@ def report(
     from .report import write_report
 
     print(_guarded(lambda: write_report(run_directory, out)))
+
+
+@app.command()
+def export(
+    run_directory: Path = typer.Argument(..., help="A run directory."),
+    to: str = typer.Option(..., "--to", help="The tracker: wandb (offline) or mlflow."),
+    out: Path | None = typer.Option(None, "--out", help="Directory for the tracker's files (default: RUN/tracking)."),
+    uri: str | None = typer.Option(None, "--uri", help="MLflow tracking URI (default: a SQLite file in --out)."),
+    project: str | None = typer.Option(None, "--project", help="wandb project / MLflow experiment name."),
+) -> None:
+    """Replay a run into Weights & Biases or MLflow: one tracker run per chain, step = iteration."""
+    from .export import export_run
+
+    print(_guarded(lambda: export_run(run_directory, to, out, uri, project)))
 
 
 @app.command()

@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, PositiveInt, ValidationError
 
 from .errors import ConfigError, yaml_problem
 from .regimes import Regime, parse_regime
+from .rundir import ChainStore
 from .settings import SETTINGS, SettingConfig
 from .settings.base import StrictConfig, section_of
 
@@ -223,6 +224,12 @@ class ChainSpec:
 
     def description(self) -> dict[str, Any]:
         return {"setting": self.point.model_dump(mode="json"), "regime": self.regime.label, "seeds": list(self.seeds)}
+
+    def store(self, run_directory: Path, writer: bool = True) -> ChainStore:
+        """The chain's directory in ``run_directory``. A chain started before its setting gained a field
+        is still this chain if the field holds its default."""
+        defaults = {"setting": type(self.point).model_construct().model_dump(mode="json")}
+        return ChainStore.at(run_directory, self.relative_directory, self.description(), writer, defaults)
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")

@@ -32,6 +32,7 @@ from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
+_REFERENCE = "real data"
 
 
 def _draw(ax, result: ChainResult, values: np.ndarray, color, label: str) -> tuple[np.ndarray, str | None]:
@@ -55,6 +56,21 @@ def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) 
                 lw=1,
                 label=label,
             )
+
+
+def reference(result: ChainResult, metric: str) -> float | None:
+    """Real data's value of ``metric`` where the setting's fits record one (a language model's real-text
+    diversity, ``diagnostics["reference"]``), else None."""
+    details = result.diagnostics(int(result.iterations[0])) or {}
+    value = (details.get("reference") or {}).get(metric)
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _draw_reference(ax, result: ChainResult, metric: str, with_label: bool) -> bool:
+    value = reference(result, metric)
+    if value is not None:
+        ax.axhline(value, color="grey", ls="-.", lw=1, label=_REFERENCE if with_label else None)
+    return value is not None
 
 
 def _note(ax, notes: list[str]) -> None:
@@ -236,9 +252,16 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
         yield f"learning_curves_{point}", figure
 
 
+# Panels per row; a sweep of more points wraps onto further rows. The paper's one-row-per-regime layout
+# is drawn for sweeps of up to MAX_POINTS_BY_REGIME points (a grid of 75 points x 3 regimes is no figure).
+MAX_COLUMNS = 5
+MAX_POINTS_BY_REGIME = 10
+
+
 def metric_figures(experiment, chain_results: list[ChainResult]):
-    """(name, figure) for every metric: ``<metric>_by_regime`` (one row per regime, one column per sweep
-    point) and ``<metric>`` (every regime in one panel per sweep point), and ``real_fraction``."""
+    """(name, figure) for every metric: ``<metric>_by_regime`` (a block of rows per regime, one panel per
+    sweep point; up to MAX_POINTS_BY_REGIME points) and ``<metric>`` (every regime in one panel per sweep
+    point), and ``real_fraction``."""
     results = merge_seeds(chain_results)
     setting = SETTINGS.declared(experiment.setting_name)
     points = list(dict.fromkeys(r.spec.point_name for r in results))
@@ -248,29 +271,35 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
     by_key = {(r.spec.point_name, r.spec.regime.label): r for r in results}
     band = confidence_interval(np.zeros((1, max(len(r.spec.seeds) for r in results)))).band_text
 
-    for metric, info in setting.metrics.items():
+    columns = min(len(points), MAX_COLUMNS)
+    block = -(-len(points) // columns)  # rows of panels per regime (per figure for the combined one)
+    for metric, info in setting.metrics.items() if len(points) <= MAX_POINTS_BY_REGIME else ():
         figure, axes = plt.subplots(
-            len(regimes),
-            len(points),
-            figsize=(max(5.2, 3.6 * len(points)), max(3.6, 2.8 * len(regimes))),
+            len(regimes) * block,
+            columns,
+            figsize=(max(5.2, 3.6 * columns), max(3.6, 2.8 * len(regimes) * block)),
             squeeze=False,
             sharex=True,
             layout="constrained",
         )
         for row, regime in enumerate(regimes):
-            for column, point in enumerate(points):
-                ax = axes[row][column]
+            for k, point in enumerate(points):
+                ax = axes[row * block + k // columns][k % columns]
                 result = by_key.get((point, regime))
                 if result is None:
                     ax.set_visible(False)
                     continue
                 mean, note = _draw(ax, result, result.metrics[metric], colours[regime], f"simulation: {band}")
                 _draw_theory(ax, result, metric, "black", with_label=True)
-                _finish(ax, info.log_scale, [mean], result.iterations, bottom_row=row == len(regimes) - 1)
+                _draw_reference(ax, result, metric, with_label=True)
+                bottom = row == len(regimes) - 1 and k + columns >= len(points)
+                _finish(ax, info.log_scale, [mean], result.iterations, bottom_row=bottom)
                 _note(ax, [note] if note else [])
                 ax.set_title(f"{regime}  |  {titles[point]}" if titles[point] else regime, fontsize=9)
-                if column == 0:
+                if k % columns == 0:
                     ax.set_ylabel(info.label, fontsize=9)
+            for k in range(len(points), block * columns):  # the unused end of the regime's last row
+                axes[row * block + k // columns][k % columns].set_visible(False)
         _figure_legend(figure)
         figure.suptitle(f"{experiment.setting_name}: {metric}")
         yield f"{metric}_by_regime", figure
@@ -281,11 +310,13 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
     ]:
         # wide and tall enough for the title and a metric's long axis label when there is one sweep point
         figure, axes = plt.subplots(
-            1, len(points), figsize=(max(5.6, 4.2 * len(points)), 3.8), squeeze=False, layout="constrained"
+            block, columns, figsize=(max(5.6, 4.2 * columns), 3.8 * block), squeeze=False, layout="constrained"
         )
-        for column, point in enumerate(points):
-            ax = axes[0][column]
-            means, notes, iterations = [], [], []
+        for k in range(len(points), block * columns):
+            axes[k // columns][k % columns].set_visible(False)
+        for k, point in enumerate(points):
+            ax = axes[k // columns][k % columns]
+            means, notes, iterations, referenced = [], [], [], False
             for regime in regimes:
                 result = by_key.get((point, regime))
                 if result is None:
@@ -294,19 +325,23 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
                 mean, note = _draw(ax, result, values, colours[regime], regime)
                 if metric != "real_fraction":
                     _draw_theory(ax, result, metric, colours[regime], with_label=False)
+                    if not referenced:  # real data are the same for every regime of a point
+                        referenced = _draw_reference(ax, result, metric, with_label=False)
                 means.append(mean)
                 iterations.append(result.iterations)
                 notes += [f"{regime}: {note}"] if note else []
-            _finish(ax, log_scale, means, np.concatenate(iterations))
+            _finish(ax, log_scale, means, np.concatenate(iterations), bottom_row=k + columns >= len(points))
             _note(ax, notes)
             if titles[point]:
                 ax.set_title(titles[point], fontsize=9)
-            if column == 0:
+            if k % columns == 0:
                 ax.set_ylabel(label, fontsize=9)
         curves = (c for r in results for c in theory.curves(r.spec.point, r.spec.regime.name, 1))
         kinds = {c.kind for c in curves if c.metric == metric}
         theory_lines = [Line2D([], [], color="grey", ls=_STYLES[k], lw=1, label=f"theory ({k})") for k in sorted(kinds)]
         regime_lines = [Line2D([], [], color=colours[r], lw=1.5, label=r) for r in regimes]
+        if metric != "real_fraction" and any(reference(r, metric) is not None for r in results):
+            theory_lines.append(Line2D([], [], color="grey", ls="-.", lw=1, label=_REFERENCE))
         figure.legend(
             handles=regime_lines + theory_lines, loc="outside lower center", ncols=4, fontsize=7, title=band,
             title_fontsize=7,

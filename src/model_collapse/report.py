@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from . import theory
 from .atomic import write_atomic
 from .errors import RunDirectoryError
-from .plots import learning_curve_figures, metric_figures, plt, sample_figures, text_samples
+from .plots import learning_curve_figures, metric_figures, plt, reference, sample_figures, text_samples
 from .results import ChainResult, confidence_interval, load_run, merge_seeds
 from .rundir import CONFIG, open_run, run_marker
 from .settings import SETTINGS
@@ -103,6 +103,17 @@ def _metric_table(metric: str, results: list[ChainResult], iterations: list[int]
                 "theory": False,
             }
         )
+        real = reference(result, metric) if metric != "real_fraction" else None
+        if real is not None:
+            rows.append(
+                {
+                    "point": point,
+                    "regime": f"{result.spec.regime.label}: real data",
+                    "cells": [{"mean": _number(real), "interval": ""} for _ in iterations],
+                    "note": "",
+                    "theory": True,
+                }
+            )
         for curve in theory.curves(result.spec.point, result.spec.regime.name, max(iterations)):
             if curve.metric == metric:
                 rows.append(

@@ -55,7 +55,7 @@ def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
     metrics = list(SETTINGS.declared(experiment.setting_name).metrics)
     results = []
     for spec in experiment.chains():
-        store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=False)
+        store = spec.store(run_directory, writer=False)
         if not store.directory.exists():
             continue
         records = store.records(len(spec.seeds), metrics)

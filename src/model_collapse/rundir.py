@@ -133,6 +133,21 @@ class RunLock:
             self._fd = None
 
 
+def run_in_use(directory: Path) -> str | None:
+    """Who holds the run's lock (a ``run`` or ``resume`` going on), or None when nobody does."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken only while no run holds it exclusively
+    except BlockingIOError:
+        return os.read(fd, 512).decode("utf-8", "replace").strip() or "another process"
+    finally:
+        os.close(fd)
+    return None
+
+
 def lock_run(directory: Path) -> RunLock:
     """Lock an existing run directory (see ``RunLock``)."""
     return RunLock(directory / LOCK).acquire()
@@ -277,6 +292,18 @@ class IterationRecord:
         return record
 
 
+def _without_added(description: Any, found: Any, defaults: Any) -> Any:
+    """``description`` without the keys ``found`` lacks whose value is their default (``defaults``)."""
+    if not (isinstance(description, dict) and isinstance(found, dict)):
+        return description
+    defaults = defaults if isinstance(defaults, dict) else {}
+    return {
+        key: _without_added(value, found[key], defaults.get(key))
+        for key, value in description.items()
+        if key in found or key not in defaults or value != defaults[key]
+    }
+
+
 @dataclass(frozen=True)
 class Commit:
     """One committed directory of a chain: the iterations ``first``..``last``."""
@@ -293,15 +320,31 @@ def commit_name(first: int, last: int) -> str:
 class ChainStore:
     """Reads and writes one chain's directory."""
 
-    def __init__(self, directory: Path, description: Mapping[str, Any], writer: bool = True):
+    def __init__(
+        self,
+        directory: Path,
+        description: Mapping[str, Any],
+        writer: bool = True,
+        defaults: Mapping[str, Any] | None = None,
+    ):
         self.directory = directory
         self.writer = writer  # False for the other ranks of a data-parallel run: they read, never write
         self.description = json.loads(json.dumps(dict(description)))  # as it reads back from chain.json
+        # the description's values when nothing is set: a field added to a setting since a chain started
+        # is missing from its chain.json, which is the same chain if the field holds its default
+        self.defaults = json.loads(json.dumps(dict(defaults or {})))
 
     @classmethod
-    def at(cls, run_directory: Path, relative: Path, description: Mapping[str, Any], writer: bool = True) -> ChainStore:
+    def at(
+        cls,
+        run_directory: Path,
+        relative: Path,
+        description: Mapping[str, Any],
+        writer: bool = True,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> ChainStore:
         """The chain at ``relative`` inside ``run_directory``, refused if that path leads outside it."""
-        return cls(inside(run_directory, relative), description, writer)
+        return cls(inside(run_directory, relative), description, writer, defaults)
 
     def open(self) -> int:
         """Create or check the chain directory for writing; returns the last completed iteration (0 if none)."""
@@ -311,6 +354,7 @@ class ChainStore:
         if not (self.directory / "chain.json").exists():
             write_json(self.directory / "chain.json", self.description)
         completed = self.completed(repair=True)
+        (self.directory / self.FAILURE).unlink(missing_ok=True)  # running again: the old failure is history
         # Assembling directories are the remains of an interrupted commit; scratch directories are
         # dropped too, but for the one the interrupted iteration saved its progress in, to resume from.
         keep = self.scratch_directory(completed + 1)
@@ -323,6 +367,26 @@ class ChainStore:
                     path.unlink()
         return completed
 
+    FAILURE = "failure.json"
+
+    def record_failure(self, reason: str) -> None:
+        """Say in the chain's directory why it stopped (``model-collapse status`` shows it); the next
+        ``open`` for writing (its resume) clears it. Best effort: a full disk may be the reason."""
+        try:
+            if self.directory.is_dir():
+                when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                write_json(self.directory / self.FAILURE, {"reason": reason, "at": when})
+        except OSError:
+            pass
+
+    def failure(self) -> dict[str, Any] | None:
+        """What ``record_failure`` recorded, or None (also for an unreadable record)."""
+        try:
+            found = read_json(self.directory / self.FAILURE)
+        except (OSError, RunDirectoryError):
+            return None
+        return found if isinstance(found, dict) and isinstance(found.get("reason"), str) else None
+
     def _check_description(self) -> None:
         """chain.json must describe the chain the run's config names: a config edited after the run
         started would otherwise label these numbers with settings they were not computed with."""
@@ -332,7 +396,7 @@ class ChainStore:
                 raise RunDirectoryError(f"missing file {path}")
             return
         found = read_json(path)
-        if found != self.description:
+        if found != self.description and found != _without_added(self.description, found, self.defaults):
             raise RunDirectoryError(
                 f"{path} describes another chain than the run's config.yaml: {found} != {self.description}"
             )
@@ -513,7 +577,8 @@ class ChainStore:
         self, seed_count: int, metrics: Collection[str] | None = None, completed: int | None = None
     ) -> list[IterationRecord]:
         """The records of iterations 1..``completed`` (default: all completed), each checked: the
-        right iteration, ``seed_count`` values per metric, and exactly the metric names ``metrics``."""
+        right iteration, ``seed_count`` values per metric, and exactly the metric names ``metrics``
+        (or some of them: metrics a setting gained since an iteration ran read as NaN there)."""
         end = self.completed() if completed is None else completed
         if not self.directory.is_dir():
             return []
@@ -522,6 +587,11 @@ class ChainStore:
             if commit.first > end:
                 break
             for record in self._read_commit(commit, seed_count):
+                if metrics is not None and set(record.metrics) < set(metrics):
+                    # metrics the setting gained after these iterations ran: not measured then
+                    record.metrics.update(
+                        {name: np.full(seed_count, np.nan) for name in metrics if name not in record.metrics}
+                    )
                 if metrics is not None and set(record.metrics) != set(metrics):
                     raise RunDirectoryError(
                         f"corrupted file {self._records_path(commit)}: it records the metrics "

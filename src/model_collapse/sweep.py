@@ -30,7 +30,7 @@ from . import activity, distributed
 from .chain import run_chain
 from .config import ChainSpec, Experiment, setting_class
 from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, Terminated
-from .rundir import ChainStore, IterationRecord
+from .rundir import IterationRecord
 from .settings import SETTINGS
 
 
@@ -42,7 +42,7 @@ def run_spec(
     on_iteration: Callable[[IterationRecord], None] | None = None,
 ) -> None:
     setting = setting_class(spec.point)(spec.point, spec.seeds)
-    store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=distributed.is_main())
+    store = spec.store(run_directory, writer=distributed.is_main())
     if store.writer:
         store.open()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
     distributed.barrier()
@@ -201,16 +201,24 @@ def _run_in_processes(
                 process.join()
                 label = specs[index].label
                 if message[0] == "error":
+                    _record_failure(run_directory, specs[index], message[2])
                     raise _ERRORS.get(message[1], ModelCollapseError)(f"chain {label}: {message[2]}")
                 if message[0] == "crash":
                     sys.stderr.write(message[1])
+                    _record_failure(run_directory, specs[index], message[1].strip().splitlines()[-1])
                     raise ChainFailed(f"chain {label} failed (traceback above)")
                 if message[0] == "died":
+                    _record_failure(run_directory, specs[index], f"its worker process {_death(process.exitcode)}")
                     raise ResourceError(f"chain {label}: its worker process {_death(process.exitcode)}")
     finally:
         _stop([process for process, _ in running.values()])
         for _, reader in running.values():
             reader.close()
+
+
+def _record_failure(run_directory: Path, spec: ChainSpec, reason: str) -> None:
+    """Leave the reason a chain stopped in its directory, for ``model-collapse status``."""
+    spec.store(run_directory, writer=False).record_failure(reason)
 
 
 # How long stopped workers get to commit what they have computed before they are killed.
@@ -260,7 +268,7 @@ def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterat
     every seed), so that a damaged chain is named now rather than later by ``table``."""
     done = []
     for spec in specs:
-        store = ChainStore.at(run_directory, spec.relative_directory, spec.description(), writer=False)
+        store = spec.store(run_directory, writer=False)
         completed = min(store.completed(), iterations)
         if completed == iterations:
             store.records(len(spec.seeds), SETTINGS.declared(spec.point.name).metrics, completed)
@@ -391,8 +399,16 @@ def run_experiment(
                 except (OSError, MemoryError) as error:
                     fault = describe_fault(error, run_directory)
                     if fault is None:
+                        _record_failure(run_directory, specs[i], f"{type(error).__name__}: {error}")
                         raise
+                    _record_failure(run_directory, specs[i], str(fault))
                     raise ResourceError(f"chain {specs[i].label}: {fault}") from None
+                except (ModelCollapseError, ConfigError, RunDirectoryError) as error:
+                    _record_failure(run_directory, specs[i], str(error))
+                    raise
+                except Exception as error:  # a bug: its traceback follows; the chain says it failed
+                    _record_failure(run_directory, specs[i], f"{type(error).__name__}: {error}")
+                    raise
             return
         _run_in_processes(
             run_directory, specs, todo, min(workers, len(todo)), iterations, checkpoints, quiet, advance, describe

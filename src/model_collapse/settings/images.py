@@ -3,9 +3,12 @@
 * ``digits``: scikit-learn's bundled handwritten digits (1,797 8x8 grey images from the UCI ML
   hand-written digits data set, CC BY 4.0), upscaled to ``image_size``. Ships with scikit-learn, so it
   works offline: tests and the CPU config use it.
-* ``mnist`` and ``celeba``: through torchvision from ``data_dir``, downloaded there first when
-  ``download: true`` (torchvision is imported only for these; install it beside your torch build).
-  CelebA is centre-cropped to 148x148 (the face region) and resized, as common CelebA VAEs do.
+* ``mnist``: LeCun's four IDX files (gzipped or not) in ``data_dir`` or in torchvision's layout below
+  it (``MNIST/raw/``), read with numpy; the official 60,000 / 10,000 split. ``download: true`` fetches
+  them into ``data_dir`` first (checked against their MD5).
+* ``celeba``: ``img_align_celeba/`` and ``list_eval_partition.txt`` in ``data_dir`` or under
+  ``celeba/``, read with PIL, centre-cropped to 148x148 (the face region) and resized, as common CelebA
+  VAEs do; the official train split to train on, its test split held out.
 * ``folder``: every image file under ``data_dir`` (sorted by path), converted to grey or RGB.
 """
 
@@ -52,34 +55,145 @@ def _digits(image_size: int, test_size: int) -> tuple[ImageSplit, ImageSplit]:
     return ImageSplit(images[:-test_size], labels[:-test_size]), ImageSplit(images[-test_size:], labels[-test_size:])
 
 
-def _torchvision(dataset: str, data_dir: Path, download: bool, image_size: int) -> tuple[ImageSplit, ImageSplit]:
+# MNIST's four files, as LeCun's site and every mirror name them (torchvision keeps them in MNIST/raw/).
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# IDX element types (the third byte of the magic number) this loader reads: unsigned bytes.
+_IDX_UBYTE = 0x08
+
+
+def _find(directory: Path, name: str, layouts: tuple[str, ...]) -> Path | None:
+    for layout in layouts:
+        for candidate in (directory / layout / name, directory / layout / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's format for MNIST; gzipped or not) as a uint8 array of its stated shape."""
+    import gzip
+
     try:
-        import torchvision
-        from torchvision import transforms
-    except ImportError:
-        raise ConfigError(
-            f"setting.dataset: {dataset} needs torchvision; install the build that matches your torch"
-        ) from None
-    if dataset == "mnist":
-        transform = transforms.Compose([transforms.Resize(image_size), transforms.PILToTensor()])
-        make = lambda train: torchvision.datasets.MNIST(data_dir, train=train, download=download, transform=transform)  # noqa: E731
-        splits = (make(True), make(False))
-    else:
-        transform = transforms.Compose(
-            [transforms.CenterCrop(148), transforms.Resize(image_size), transforms.PILToTensor()]
-        )
-        splits = tuple(
-            torchvision.datasets.CelebA(
-                data_dir, split=split, target_type="attr", download=download, transform=transform
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise ConfigError(f"setting.data_dir: cannot read {path}: {error}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE or not 1 <= data[3] <= 4:
+        raise ConfigError(f"setting.data_dir: {path} is not an IDX file of bytes (it starts {data[:4].hex()})")
+    dims = data[3]
+    shape = tuple(int(x) for x in np.frombuffer(data, dtype=">u4", count=dims, offset=4))
+    body = 4 + 4 * dims
+    if len(data) - body != int(np.prod(shape)):
+        raise ConfigError(f"setting.data_dir: {path} holds {len(data) - body} bytes of data, its header says {shape}")
+    return np.frombuffer(data, dtype=np.uint8, offset=body).reshape(shape).copy()  # writable, for torch
+
+
+# Where ``download: true`` fetches MNIST from (the mirror torchvision uses, then LeCun's site), and the
+# MD5 of each gzipped file; MODEL_COLLAPSE_MNIST_MIRROR names another mirror (tried first).
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+def download_mnist(data_dir: Path) -> None:
+    """Fetch MNIST's four gzipped IDX files into ``data_dir`` (those already there are kept), each
+    checked against its MD5 and written whole or not at all."""
+    import hashlib
+    import os
+    import urllib.request
+
+    from ..atomic import write_file_atomic
+
+    mirrors = [m for m in (os.environ.get("MODEL_COLLAPSE_MNIST_MIRROR"),) if m] + list(MNIST_MIRRORS)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, md5 in MNIST_MD5.items():
+        if (data_dir / name).is_file():
+            continue
+        problems = []
+        for mirror in mirrors:
+            try:
+                with urllib.request.urlopen(mirror.rstrip("/") + "/" + name, timeout=60) as response:
+                    payload = response.read()
+            except OSError as error:
+                problems.append(f"{mirror}: {getattr(error, 'reason', error)}")
+                continue
+            if hashlib.md5(payload).hexdigest() != md5:
+                problems.append(f"{mirror}: {name} has the wrong checksum")
+                continue
+            write_file_atomic(data_dir / name, lambda handle, payload=payload: handle.write(payload))
+            break
+        else:
+            raise ConfigError(f"setting.download: cannot fetch MNIST's {name} ({'; '.join(problems)})")
+
+
+def _mnist(data_dir: Path, image_size: int) -> tuple[ImageSplit, ImageSplit]:
+    """MNIST from its IDX files, in ``data_dir`` itself or in torchvision's ``MNIST/raw`` below it."""
+    splits = []
+    for split, names in MNIST_FILES.items():
+        paths = [_find(data_dir, name, (".", "MNIST/raw", "mnist")) for name in names]
+        missing = [name for name, path in zip(names, paths) if path is None]
+        if missing:
+            raise ConfigError(
+                f"setting.data_dir: {data_dir} lacks MNIST's {', '.join(missing)} (or .gz), directly "
+                "or under MNIST/raw/; get the four files from an MNIST mirror"
             )
-            for split in ("train", "test")
+        images, labels = (read_idx(path) for path in paths)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ConfigError(
+                f"setting.data_dir: MNIST {split} files disagree: images {images.shape}, labels {labels.shape}"
+            )
+        splits.append(ImageSplit(_resize(np.ascontiguousarray(images[:, None]), image_size), labels.astype(np.int64)))
+    return splits[0], splits[1]
+
+
+# The face region of CelebA's aligned 178x218 images, as the common CelebA VAEs crop it.
+CELEBA_CROP = 148
+
+
+def _celeba(data_dir: Path, image_size: int, test_size: int) -> tuple[ImageSplit, ImageSplit]:
+    """CelebA from ``img_align_celeba/`` and ``list_eval_partition.txt`` (in ``data_dir`` or under
+    ``celeba/``): the official train split (0) to train on, the test split (2) held out; each image
+    centre-cropped to 148x148 and resized to ``image_size``."""
+    from PIL import Image
+
+    root = next((d for d in (data_dir, data_dir / "celeba") if (d / "list_eval_partition.txt").is_file()), None)
+    if root is None or not (root / "img_align_celeba").is_dir():
+        raise ConfigError(
+            f"setting.data_dir: {data_dir} lacks CelebA's img_align_celeba/ and list_eval_partition.txt "
+            "(directly or under celeba/)"
         )
-    result = []
-    for split in splits:
-        images = np.stack([np.asarray(split[i][0]) for i in range(len(split))])
-        labels = np.asarray(split.targets) if dataset == "mnist" else None
-        result.append(ImageSplit(images, labels))
-    return result[0], result[1]
+    partition: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    for number, line in enumerate((root / "list_eval_partition.txt").read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise ConfigError(f"setting.data_dir: {root / 'list_eval_partition.txt'} line {number}: {line!r}")
+        partition[int(fields[1])].append(fields[0])
+
+    def load(names: list[str]) -> np.ndarray:
+        images = np.empty((len(names), 3, image_size, image_size), dtype=np.uint8)
+        for i, name in enumerate(names):
+            path = root / "img_align_celeba" / name
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    left, top = (image.width - CELEBA_CROP) // 2, (image.height - CELEBA_CROP) // 2
+                    image = image.crop((left, top, left + CELEBA_CROP, top + CELEBA_CROP))
+                    image = image.resize((image_size, image_size), Image.BILINEAR)
+                    images[i] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+            except OSError as error:
+                raise ConfigError(f"setting.data_dir: cannot read CelebA image {path}: {error}") from None
+        return images
+
+    return ImageSplit(load(partition[0]), None), ImageSplit(load(partition[2][:test_size]), None)
 
 
 def _folder(data_dir: Path, channels: int, image_size: int, test_size: int) -> tuple[ImageSplit, ImageSplit]:
@@ -117,5 +231,16 @@ def load_images(
         if not directory.is_dir():
             raise ConfigError(f"setting.data_dir: {directory} is not a directory")
         return _folder(directory, channels, image_size, test_size)
-    train, test = _torchvision(dataset, directory, download, image_size)
-    return train, ImageSplit(test.images[:test_size], None if test.labels is None else test.labels[:test_size])
+    if download and dataset == "celeba":
+        raise ConfigError(
+            "setting.download: CelebA cannot be fetched automatically (its files sit behind Google Drive's "
+            "quotas); download img_align_celeba.zip and list_eval_partition.txt from its site into data_dir"
+        )
+    if download:
+        download_mnist(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"setting.data_dir: {directory} is not a directory")
+    if dataset == "celeba":
+        return _celeba(directory, image_size, test_size)
+    train, test = _mnist(directory, image_size)
+    return train, ImageSplit(test.images[:test_size], test.labels[:test_size])

@@ -37,7 +37,7 @@ class VAEConfig(SettingConfig):
     data_dir: str | None = Field(
         None, description="where mnist/celeba live (or are downloaded to), or the image folder"
     )
-    download: bool = False
+    download: bool = Field(False, description="fetch MNIST into data_dir first (MD5-checked); CelebA cannot be")
     channels: Literal[1, 3] | None = Field(
         None, description="1 (grey) or 3 (RGB); set by the data set except for folder"
     )

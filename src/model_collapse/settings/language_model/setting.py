@@ -21,10 +21,13 @@ from ...activity import Meter
 from ...atomic import write_directory_atomic
 from ...distributed import all_gather, rank_and_world
 from ...errors import ModelCollapseError, RunDirectoryError
+from ...randomness import seed_rng
 from ..base import Fit, Setting
 from ..devices import resolve_device
 from .config import LanguageModelConfig, LanguageModelDeclaration
 from .corpus import load_documents
+from .diversity import NAMES as DIVERSITY
+from .diversity import diversity
 from .models import build_model, dropout_overrides
 from .packing import TOKEN_DTYPE, TokenCorpus, pack
 from .sampling import story_prompts, stream_stories
@@ -64,14 +67,16 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
         files = {"train": config.train_file, "validation": config.validation_file}
-        train_documents = load_documents(config.corpus, "train", files, config.separator)
-        validation_documents = load_documents(config.corpus, "validation", files, config.separator)
+        train_documents = load_documents(config.corpus, "train", files, config.separator, config.data_dir)
+        validation_documents = load_documents(config.corpus, "validation", files, config.separator, config.data_dir)
         size = config.samples or len(train_documents)
         if size > len(train_documents):
             raise ModelCollapseError(
                 f"setting.samples: the corpus has {len(train_documents)} training documents, asked for {size}"
             )
         corpus_description = {"corpus": config.corpus, "files": files, "separator": config.separator}
+        if config.data_dir:  # a local copy of a corpus is its own corpus to the tokenizer cache
+            corpus_description["data_dir"] = str(Path(config.data_dir).expanduser().resolve())
         self.tokenizer = cached_tokenizer(
             Path(config.tokenizer_cache).expanduser(),
             cache_key(corpus_description, config.vocab_size),
@@ -85,6 +90,12 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         self._reserve = train_documents[size:]  # never trained on: the source of fresh real documents
         validation = self._encode(validation_documents[: config.validation_documents])
         self.validation = pack(validation, config.model.block_size, self.eos, self.eos)
+        # Sampled stories' diversity is compared with real stories': as many, cut at the samples' length.
+        self._evaluation_seed = int(seed_rng(self.seeds[0], "evaluate").integers(2**63))
+        stories = config.sampling.evaluation_stories
+        longest = 1 + config.sampling.max_new_tokens  # a sample's first token, then what was generated
+        real = [validation.document(i)[:longest] for i in range(min(stories, len(validation)))]
+        self.reference = diversity(real) if stories else {}
 
     def _encode(self, documents: Sequence[str]) -> TokenCorpus:
         return TokenCorpus.from_documents(self.tokenizer(list(documents), add_special_tokens=False)["input_ids"])
@@ -122,7 +133,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
             # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
             training = self.config.training
             curve = train(model, blocks, self.validation, training, rng, self.device, checkpoint_directory=scratch)
-        return Fit(model, {"learning_curve": curve})
+        return Fit(model, {"learning_curve": curve, "reference": self.reference})
 
     def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> TokenCorpus:
         """``size`` stories, generated in shards of ``sampling.batch_size`` x 16 stories, each with a
@@ -157,7 +168,13 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         return TokenCorpus.concatenate([shards[index] for index in range(len(seeds))])
 
     def _sample_shard(
-        self, model, prompts: torch.Tensor, new_tokens: int, generator: torch.Generator, meter: Meter, world: int
+        self,
+        model,
+        prompts: torch.Tensor,
+        new_tokens: int,
+        generator: torch.Generator,
+        meter: Meter | None = None,
+        world: int = 1,
     ) -> TokenCorpus:
         c = self.config.sampling
         documents: list[np.ndarray] = [np.empty(0, TOKEN_DTYPE)] * len(prompts)
@@ -174,13 +191,29 @@ class LanguageModel(LanguageModelDeclaration, Setting):
         )
         for index, story in stories:
             documents[index] = np.array(story[1:], dtype=TOKEN_DTYPE)  # without BOS; the prompt's first token stays
-            meter.advance(world)  # the other ranks sample as many meanwhile
+            if meter is not None:
+                meter.advance(world)  # the other ranks sample as many meanwhile
         return TokenCorpus.from_documents(documents)
 
     def evaluate(self, model) -> dict[str, np.ndarray]:
         training = self.config.training
         loss = cross_entropy(model, self.validation, training.batch_size, self.device, training.precision)
-        return {"test_cross_entropy": np.array([loss])}
+        return {"test_cross_entropy": np.array([loss]), **{k: np.array([v]) for k, v in self._diversity(model).items()}}
+
+    def _diversity(self, model) -> dict[str, float]:
+        """The diversity of ``sampling.evaluation_stories`` stories, drawn from the same prompts and
+        random stream at every iteration, so that differences are the model's."""
+        c = self.config.sampling
+        if not c.evaluation_stories:
+            return dict.fromkeys(DIVERSITY, float("nan"))
+        rng = np.random.default_rng(self._evaluation_seed)
+        first_tokens = rng.choice(self._first_tokens, c.evaluation_stories) if c.prompt == "first-token" else None
+        prompts = story_prompts(first_tokens, c.evaluation_stories, self.eos)
+        new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
+        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**63)))
+        model.to(self.device)
+        stories = self._sample_shard(model, prompts, new_tokens, generator)
+        return diversity([stories.document(i) for i in range(len(stories))])
 
     # -- storage ----------------------------------------------------------------------------------
     def save_model(self, model, directory: Path) -> None:

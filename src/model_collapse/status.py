@@ -1,0 +1,72 @@
+"""``model-collapse status RUN``: how far every chain of a run has got, read from the run directory.
+
+It reads only what the chains write (their progress and committed iterations, ``failure.json`` where a
+chain failed) and whether a process holds the run's lock, so it works wherever the chains run and from
+any machine that sees the directory, while the run goes on or after it stopped.
+
+A chain is ``done`` (all iterations committed), ``failed`` (with the reason its process left), or, while
+a ``run`` or ``resume`` holds the lock, ``running`` (some iterations committed) or ``waiting``; without
+one, ``stopped`` (some committed: ``resume`` finishes it) or ``not started``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .results import open_experiment
+from .rundir import run_in_use
+
+STATES = ("done", "running", "waiting", "failed", "stopped", "not started")
+
+
+@dataclass
+class ChainStatus:
+    label: str
+    state: str
+    completed: int
+    iterations: int
+    reason: str = ""
+
+
+def run_status(run_directory: Path) -> tuple[list[ChainStatus], str | None]:
+    """Every chain's status, and who holds the run (None when no process does)."""
+    experiment = open_experiment(run_directory)
+    holder = run_in_use(run_directory)
+    iterations = experiment.config.iterations
+    chains = []
+    for spec in experiment.chains():
+        store = spec.store(run_directory, writer=False)
+        completed = min(store.completed(), iterations) if store.directory.exists() else 0
+        failure = store.failure() if store.directory.exists() else None
+        if completed == iterations:
+            state = "done"
+        elif failure is not None:
+            state = "failed"
+        elif holder is not None:
+            state = "running" if completed else "waiting"
+        else:
+            state = "stopped" if completed else "not started"
+        chains.append(ChainStatus(spec.label, state, completed, iterations, failure["reason"] if failure else ""))
+    return chains, holder
+
+
+def summary(chains: list[ChainStatus], holder: str | None) -> str:
+    counts = {state: sum(c.state == state for c in chains) for state in STATES}
+    parts = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    done = sum(c.completed for c in chains)
+    total = sum(c.iterations for c in chains)
+    who = f"; in use by {holder}" if holder else ""
+    return f"{len(chains)} chains: {parts}; {done} of {total} iterations committed{who}"
+
+
+def status_lines(chains: list[ChainStatus], holder: str | None, per_chain: bool = True) -> list[str]:
+    """Aligned plain lines (one per chain, then the summary): readable in a terminal, a log or grep."""
+    lines = []
+    if per_chain:
+        rows = [("chain", "state", "iterations", "reason")]
+        rows += [(c.label, c.state, f"{c.completed}/{c.iterations}", c.reason) for c in chains]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
+        lines = [line.rstrip() for line in lines]
+    return lines + [summary(chains, holder)]

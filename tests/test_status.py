@@ -1,0 +1,97 @@
+"""`model-collapse status`: every chain's state read from the run directory; and runs started before a
+setting gained a field or a metric stay readable."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from model_collapse.cli import app
+from model_collapse.config import load_experiment
+from model_collapse.rundir import create_run, lock_run
+from model_collapse.sweep import run_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def stopped_run(tmp_path: Path) -> Path:
+    """A run whose first chain stopped after 2 of 4 iterations and whose others never started."""
+    experiment = load_experiment(ROOT / "configs" / "quickstart.yaml", ["seeds=3", "iterations=4"])
+    create_run(tmp_path / "run", experiment.resolved()).release()
+    run_spec(tmp_path / "run", experiment.chains()[0], 2, "last")
+    return tmp_path / "run"
+
+
+def test_status_of_a_stopped_run_then_of_one_in_progress_then_done(tmp_path):
+    run = stopped_run(tmp_path)
+    result = invoke("status", run)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "chain                        state        iterations  reason",
+        "base / replace               stopped      2/4",
+        "base / accumulate            not started  0/4",
+        "base / accumulate-subsample  not started  0/4",
+        "3 chains: 1 stopped, 2 not started; 2 of 12 iterations committed",
+    ]
+    lock = lock_run(run)  # what a `resume` going on holds
+    try:
+        lines = invoke("status", run, "--summary").output.splitlines()
+        assert lines[0].startswith("3 chains: 1 running, 2 waiting; 2 of 12 iterations committed; in use by process")
+    finally:
+        lock.release()
+    assert invoke("resume", run, "-q").exit_code == 0
+    assert invoke("status", run, "--summary").output == "3 chains: 3 done; 12 of 12 iterations committed\n"
+
+
+def test_a_chain_that_fails_says_why_in_status_until_it_runs_again(tmp_path):
+    from model_collapse.config import setting_class
+
+    run = stopped_run(tmp_path)
+    experiment = load_experiment(run / "config.yaml")
+    spec = experiment.chains()[0]
+    spec.store(run).record_failure("chain base / replace: no space left on device")
+    lines = invoke("status", run).output.splitlines()
+    assert (
+        lines[1]
+        == "base / replace               failed       2/4         chain base / replace: no space left on device"
+    )
+    assert "1 failed" in lines[-1]
+    setting_class(spec.point)  # resuming clears the record: the chain runs again
+    assert invoke("resume", run, "-q").exit_code == 0
+    assert not (spec.store(run).directory / "failure.json").exists()
+
+
+def test_a_run_from_before_a_setting_gained_a_field_and_a_metric_stays_readable(tmp_path):
+    """A chain.json without a field added since (at its default) is the same chain; records without a
+    metric added since read as NaN there. A field at another value is another chain: refused."""
+    result = invoke(
+        "run", ROOT / "configs" / "quickstart.yaml", "seeds=3", "iterations=2", "--out", tmp_path / "run", "-q"
+    )
+    assert result.exit_code == 0
+    chain = tmp_path / "run" / "chains" / "base" / "replace"
+    description = json.loads((chain / "chain.json").read_text())
+    del description["setting"]["noise_variance"]  # as if the field were added after the run (default 1.0)
+    (chain / "chain.json").write_text(json.dumps(description))
+    records = next(chain.glob("iter_*/metrics.npz"))
+    arrays = dict(np.load(records))
+    arrays["metric.older_name"] = arrays.pop("metric.test_error")  # as if test_error were added since
+    np.savez(records, **arrays)
+    (records.parent / "metrics.npz").rename(records)
+    table = invoke("table", tmp_path / "run")
+    assert table.exit_code == 2 and "it records the metrics older_name" in table.output  # a foreign metric: refused
+    del arrays["metric.older_name"]
+    np.savez(records, **arrays)
+    table = invoke("table", tmp_path / "run")
+    assert table.exit_code == 0, table.output
+    replace_rows = [row for row in table.output.splitlines() if ",replace," in row]
+    assert replace_rows and all(row.endswith(",nan") for row in replace_rows)
+
+    description["setting"]["dim"] = 11  # a field at another value than the run's: not this chain
+    (chain / "chain.json").write_text(json.dumps(description))
+    result = invoke("status", tmp_path / "run")
+    assert result.exit_code == 2 and "describes another chain than the run's config.yaml" in result.output
