@@ -114,7 +114,7 @@ def run(
     experiment = _guarded(prepare)
     directory = out or Path("runs") / config.stem
     _run_holding_the_lock(directory, lambda: create_run(directory, experiment.resolved()), experiment, workers, quiet)
-    err.print(f"done: {directory}  (next: model-collapse table {directory}; model-collapse plot {directory})")
+    err.print(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
 @app.command()
