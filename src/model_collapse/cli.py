@@ -32,6 +32,7 @@ err = Console(stderr=True)
 OVERRIDES = typer.Argument(None, help="Config overrides, dotted.key=value (lists as [a,b]).", show_default=False)
 WORKERS = typer.Option(None, "--workers", "-j", min=1, help="Parallel processes (default: config's, else CPU count).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+EXECUTOR = typer.Option(None, "--executor", help="Where chains run: local or ray (default: the config's).")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -76,7 +77,9 @@ def _terminate_like_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_holding_the_lock(directory: Path, take_lock, experiment, workers: int | None, quiet: bool) -> None:
+def _run_holding_the_lock(
+    directory: Path, take_lock, experiment, workers: int | None, quiet: bool, executor: str | None = None
+) -> None:
     """Run (or finish) the chains of ``experiment`` in ``directory`` while holding its lock (taken by
     ``take_lock``: creating the run, or locking an existing one); rank 0 alone takes it under torchrun."""
     from .sweep import run_experiment
@@ -86,7 +89,7 @@ def _run_holding_the_lock(directory: Path, take_lock, experiment, workers: int |
         lock = _guarded(take_lock) if distributed.is_main() else None
         distributed.barrier()
         try:
-            _guarded(lambda: run_experiment(directory, experiment, workers, quiet), resume_hint=directory)
+            _guarded(lambda: run_experiment(directory, experiment, workers, quiet, executor), resume_hint=directory)
         finally:
             if lock is not None:
                 lock.release()
@@ -100,20 +103,23 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
     workers: Optional[int] = WORKERS,
     quiet: bool = QUIET,
+    executor: Optional[str] = EXECUTOR,
 ) -> None:
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
-    from .sweep import estimate_memory, resolve_workers
+    from .sweep import estimate_memory, resolve_executor, resolve_workers
 
     def prepare():
         experiment = load_experiment(config, overrides or [])
         SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+        resolve_executor(experiment, executor)
         estimate_memory(experiment, resolve_workers(experiment, workers))
         return experiment
 
     experiment = _guarded(prepare)
     directory = out or Path("runs") / config.stem
-    _run_holding_the_lock(directory, lambda: create_run(directory, experiment.resolved()), experiment, workers, quiet)
+    create = lambda: create_run(directory, experiment.resolved())  # noqa: E731
+    _run_holding_the_lock(directory, create, experiment, workers, quiet, executor)
     err.print(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
@@ -122,18 +128,21 @@ def resume(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     workers: Optional[int] = WORKERS,
     quiet: bool = QUIET,
+    executor: Optional[str] = EXECUTOR,
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
     from .results import open_experiment
     from .rundir import lock_run
+    from .sweep import resolve_executor
 
     def prepare():
         experiment = open_experiment(run_directory)
         SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+        resolve_executor(experiment, executor)
         return experiment
 
     experiment = _guarded(prepare)
-    _run_holding_the_lock(run_directory, lambda: lock_run(run_directory), experiment, workers, quiet)
+    _run_holding_the_lock(run_directory, lambda: lock_run(run_directory), experiment, workers, quiet, executor)
     err.print(f"done: {run_directory}")
 
 

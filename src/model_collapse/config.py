@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
 from .errors import ConfigError, yaml_problem
 from .regimes import Regime, parse_regime
@@ -40,6 +40,16 @@ from .settings.base import StrictConfig, section_of
 
 # Which models a chain leaves once it is complete (``chain.run_chain``).
 Checkpoints = Literal["none", "last", "all"]
+
+
+class ExecutorConfig(StrictConfig):
+    """Where the chains run (``executors.py``); every executor gives the same table."""
+
+    name: Literal["local", "ray"] = Field("local", description="local processes, or one Ray task per chain")
+    address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
+    cpus_per_chain: PositiveFloat = Field(1.0, description="ray: CPUs reserved per chain")
+    gpus_per_chain: NonNegativeFloat = Field(0.0, description="ray: GPUs per chain (fractions share one)")
+    max_retries: NonNegativeInt = Field(3, description="ray: reruns of a chain whose worker died (it resumes)")
 
 
 class RunConfig(StrictConfig):
@@ -56,6 +66,7 @@ class RunConfig(StrictConfig):
     checkpoints: Checkpoints = Field(
         "last", description="models left once a chain is complete: none, the last one, or every iteration's"
     )
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
 
 def _describe(error: dict[str, Any], prefix: tuple = ()) -> str:

@@ -1,4 +1,5 @@
-"""Running every chain of an experiment into a run directory, in parallel local processes.
+"""Running every chain of an experiment into a run directory, in parallel local processes (the local
+executor; ``executors.py`` has the others).
 
 Each chain is independent and resumable on its own, so a sweep interrupted anywhere is finished by
 running the same function again: chains already complete are skipped, others resume where they stopped.
@@ -20,7 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -28,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from . import activity, distributed
 from .chain import run_chain
-from .config import ChainSpec, Experiment, setting_class
+from .config import ChainSpec, ExecutorConfig, Experiment, setting_class
 from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, Terminated
 from .rundir import IterationRecord
 from .settings import SETTINGS
@@ -354,9 +355,27 @@ def resolve_workers(experiment: Experiment, workers: int | None) -> int:
     return workers or experiment.config.workers or os.cpu_count() or 1
 
 
+def resolve_executor(experiment: Experiment, executor: str | None) -> ExecutorConfig:
+    """The config's executor section, its name replaced by the command line's ``--executor`` if given."""
+    options = experiment.config.executor
+    if executor is None:
+        return options
+    names = get_args(ExecutorConfig.model_fields["name"].annotation)
+    if executor not in names:
+        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(names)}")
+    return options.model_copy(update={"name": executor})
+
+
 def run_experiment(
-    run_directory: Path, experiment: Experiment, workers: int | None = None, quiet: bool = False
+    run_directory: Path,
+    experiment: Experiment,
+    workers: int | None = None,
+    quiet: bool = False,
+    executor: str | None = None,
 ) -> None:
+    """Run the unfinished chains of ``experiment``: in local processes (``workers`` of them), or with
+    the executor named by ``executor`` or else the config's ``executor.name`` (``executors.py``)."""
+    options = resolve_executor(experiment, executor)
     specs = experiment.chains()
     iterations = experiment.config.iterations
     checkpoints = experiment.config.checkpoints
@@ -381,6 +400,14 @@ def run_experiment(
         def describe(index: int, line: str) -> None:  # what a chain does inside its iteration (activity.py)
             progress.update(tasks[index], activity=line)
 
+        if options.name == "ray":
+            from .executors import run_with_ray
+
+            def record(spec: ChainSpec, reason: str) -> None:
+                _record_failure(run_directory, spec, reason)
+
+            run_with_ray(run_directory, specs, todo, iterations, checkpoints, options, advance, record)
+            return
         if workers == 1 or len(todo) <= 1:
             # A cheap chain computes with one BLAS thread here too, as in a worker: its numbers then do not
             # depend on --workers, which its resume (recomputing, then comparing) relies on.

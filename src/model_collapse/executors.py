@@ -1,0 +1,129 @@
+"""Executors other than local processes (``sweep.py``): where a run's chains run.
+
+The unit of work is one chain, which resumes from its own directory; so an executor only has to start
+every unfinished chain somewhere that sees the run directory, and start it again if its worker dies.
+Progress is read from the run directory (each chain's ``progress.json``), so it needs nothing from the
+workers. Every executor gives the local executor's table, byte for byte: the numbers depend on keys,
+not on where or in what order the chains run.
+
+* ``ray`` (extra ``[ray]``): one Ray task per chain, with ``executor.cpus_per_chain`` and
+  ``executor.gpus_per_chain`` as its resources (fractions share a GPU among small models), in the
+  cluster at ``executor.address`` or in a local Ray started for the run. A task whose worker dies (a
+  killed process, a lost node) is rerun up to ``executor.max_retries`` times and resumes where the
+  chain's commits end; an error in a chain is not retried, and stops the run as locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .config import ChainSpec, ExecutorConfig, setting_class
+from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
+
+# How often the driver reads the chains' progress from the run directory.
+POLL_INTERVAL_S = 0.5
+# How long chains stopped by Ctrl-C get to commit what they have computed before they are killed.
+STOP_GRACE_S = 10.0
+
+_ERRORS = (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)
+
+
+def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
+    """One chain, in a Ray worker: as a local worker runs it (one BLAS thread, so the same numbers)."""
+    from threadpoolctl import threadpool_limits
+
+    from .sweep import run_spec
+
+    setting_class(spec.point)  # import the setting (and PyTorch) before limiting its thread pools
+    with threadpool_limits(limits=1):
+        run_spec(Path(run_directory), spec, iterations, checkpoints)
+
+
+def run_with_ray(
+    run_directory: Path,
+    specs: Sequence[ChainSpec],
+    todo: list[int],
+    iterations: int,
+    checkpoints: str,
+    options: ExecutorConfig,
+    advance: Callable[[int, int], None],
+    record_failure: Callable[[ChainSpec, str], None],
+) -> None:
+    try:
+        import ray
+        from ray import exceptions as ray_errors
+    except ImportError:
+        raise ConfigError("executor ray needs Ray: pip install 'model-collapse[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(
+                address=options.address,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
+            )
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = options.address or "a local Ray"
+            raise ConfigError(f"executor.address: cannot start or join {where}: {error}") from None
+    task = ray.remote(_chain_task).options(
+        num_cpus=options.cpus_per_chain,
+        num_gpus=options.gpus_per_chain,
+        max_retries=options.max_retries,
+        retry_exceptions=False,
+    )
+    running = {task.remote(str(run_directory.resolve()), specs[i], iterations, checkpoints): i for i in todo}
+    stores = {i: specs[i].store(run_directory, writer=False) for i in todo}
+    try:
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_INTERVAL_S)
+            for index, store in stores.items():
+                if store.directory.exists():
+                    advance(index, min(store.completed(), iterations))
+            for ref in ready:
+                index = running.pop(ref)
+                _collect(ray, ray_errors, ref, specs[index], options, record_failure)
+                advance(index, iterations)
+    finally:
+        if running:
+            _stop(ray, list(running))
+        if started_here:
+            ray.shutdown()
+
+
+def _collect(ray, ray_errors, ref, spec: ChainSpec, options: ExecutorConfig, record_failure) -> None:
+    """The end of a chain's task: nothing when it finished, else its error in one line."""
+    try:
+        ray.get(ref)
+    except ray_errors.RayTaskError as error:
+        cause = error.cause
+        if isinstance(cause, _ERRORS):
+            record_failure(spec, str(cause))
+            raise type(cause)(f"chain {spec.label}: {cause}") from None
+        from .sweep import ChainFailed
+
+        print("".join(traceback.format_exception(cause)) if cause else str(error))
+        record_failure(spec, f"{type(cause).__name__}: {cause}")
+        raise ChainFailed(f"chain {spec.label} failed (traceback above)") from None
+    except (ray_errors.WorkerCrashedError, ray_errors.NodeDiedError, ray_errors.RayError) as error:
+        retries = f"executor.max_retries: {options.max_retries}"
+        reason = f"its Ray worker died with no reruns left ({retries}; {type(error).__name__})"
+        record_failure(spec, reason)
+        raise ResourceError(f"chain {spec.label}: {reason}") from None
+
+
+def _stop(ray, refs: list) -> None:
+    """Interrupt running chains (a cheap chain then commits what it has computed), then kill them."""
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    deadline = time.monotonic() + STOP_GRACE_S
+    pending = refs
+    while pending and time.monotonic() < deadline:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+    for ref in pending:
+        ray.cancel(ref, force=True)
