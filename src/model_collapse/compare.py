@@ -17,9 +17,9 @@ import numpy as np
 
 from .atomic import write_atomic
 from .errors import ConfigError, RunDirectoryError
-from .plots import _finish, _note, _save, confidence_interval, plt
+from .plots import draw_mean, figure_legend, finish_axes, note_left_out, plt, save_figure
 from .report import _metric_table, data_uri, render, table_iterations
-from .results import ChainResult, load_run, merge_seeds
+from .results import BAND_LEVEL, ChainResult, band_text, load_run, merge_seeds
 from .settings import SETTINGS
 
 
@@ -61,52 +61,37 @@ def shared_metrics(compared: list[ComparedRun], wanted: list[str] | None) -> dic
     return {m: shared[m] for m in wanted}
 
 
-def _line_label(run: ComparedRun, result: ChainResult) -> str:
-    point = result.spec.point_title
-    return f"{run.label} ({point})" if point else run.label
+def _line_label(run: ComparedRun, point_title: str) -> str:
+    return f"{run.label} ({point_title})" if point_title else run.label
 
 
 def comparison_figure(compared: list[ComparedRun], metric: str, label: str):
     """One panel per regime, one line per (run, sweep point), each with its confidence band."""
     regimes = list(dict.fromkeys(r.spec.regime.label for c in compared for r in c.results))
-    lines = list(dict.fromkeys(_line_label(c, r) for c in compared for r in c.results))
+    lines = list(dict.fromkeys(_line_label(c, r.spec.point_title) for c in compared for r in c.results))
     colours = {line: plt.cm.tab10(i % 10) for i, line in enumerate(lines)}
     log_scale = any(SETTINGS.declared(c.setting_name).metrics[metric].log_scale for c in compared)
     figure, axes = plt.subplots(
         1, len(regimes), figsize=(max(5.6, 4.4 * len(regimes)), 3.9), squeeze=False, sharey=False, layout="constrained"
     )
-    seeds = set()
+    seeds = {len(r.spec.seeds) for c in compared for r in c.results}
     for ax, regime in zip(axes[0], regimes):
         means, notes, iterations = [], [], []
         for run in compared:
             for result in run.results:
                 if result.spec.regime.label != regime:
                     continue
-                line = _line_label(run, result)
-                interval = confidence_interval(result.metrics[metric])
-                ax.plot(result.iterations, interval.mean, color=colours[line], lw=1.5, label=line)
-                ax.fill_between(result.iterations, interval.low, interval.high, color=colours[line], alpha=0.2, lw=0)
-                note = interval.nonfinite(result.metrics[metric], result.iterations)
+                line = _line_label(run, result.spec.point_title)
+                mean, note = draw_mean(ax, result, result.metrics[metric], colours[line], line)
                 notes += [f"{line}: {note}"] if note else []
-                means.append(interval.mean)
+                means.append(mean)
                 iterations.append(result.iterations)
-                seeds.add(interval.seeds)
-        _finish(ax, log_scale, means, np.concatenate(iterations))
-        _note(ax, notes)
+        finish_axes(ax, log_scale, means, np.concatenate(iterations))
+        note_left_out(ax, notes)
         ax.set_title(regime, fontsize=9)
     axes[0][0].set_ylabel(label, fontsize=9)
-    band = (
-        confidence_interval(np.zeros((1, seeds.pop()))).band_text
-        if len(seeds) == 1
-        else "bands: 95% CI of the mean (Student t)"
-    )
-    handles, names = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
-        for handle, name in zip(*ax.get_legend_handles_labels()):
-            if name not in names:
-                handles.append(handle)
-                names.append(name)
-    figure.legend(handles, names, loc="outside lower center", ncols=4, fontsize=7, title=band, title_fontsize=7)
+    band = band_text(seeds.pop()) if len(seeds) == 1 else f"bands: {BAND_LEVEL:.0%} CI of the mean (Student t)"
+    figure_legend(figure, ncols=4, title=band)
     figure.suptitle(f"{metric}: " + " vs ".join(c.label for c in compared))
     return figure
 
@@ -124,11 +109,11 @@ def write_comparison(runs: list[Path], out: Path, metrics: list[str] | None = No
     shown = table_iterations(last)
     sections = []
     for metric, label in chosen.items():
-        png, _ = _save(comparison_figure(compared, metric, label), out / "figures", metric)
+        png, _ = save_figure(comparison_figure(compared, metric, label), out / "figures", metric)
         rows = []
         for run in compared:
             for row in _metric_table(metric, run.results, shown):
-                rows.append({**row, "point": f"{run.label} ({row['point']})" if row["point"] else run.label})
+                rows.append({**row, "point": _line_label(run, row["point"])})
         sections.append(
             {
                 "metric": metric,
@@ -145,7 +130,7 @@ def write_comparison(runs: list[Path], out: Path, metrics: list[str] | None = No
             "compare.html.j2",
             runs=[{"label": c.label, "path": str(p), "setting": c.setting_name} for c, p in zip(compared, runs)],
             sections=sections,
-            band="mean over seeds, 95% CI (Student t)",
+            band=f"mean over seeds, {BAND_LEVEL:.0%} CI (Student t)",
         ),
     )
     return page

@@ -222,6 +222,12 @@ class ChainSpec:
         return ", ".join(f"{_symbol(type(self.point), key)} = {_get(values, key)}" for key in self.varying)
 
     @property
+    def title(self) -> str:
+        """The chain in the paper's words (``T = 32 / replace``, ``replace / seed 0``): reports, trackers."""
+        seed = f"seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
+        return " / ".join(part for part in (self.point_title, self.regime.label, seed) if part)
+
+    @property
     def label(self) -> str:
         seeds = f" / seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
         return f"{self.point_name} / {self.regime.label}{seeds}"

@@ -16,12 +16,13 @@ not on where or in what order the chains run.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import ChainSpec, ExecutorConfig, setting_class
+from .config import ChainSpec, ExecutorConfig
 from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
 
 # How often the driver reads the chains' progress from the run directory.
@@ -33,14 +34,10 @@ _ERRORS = (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)
 
 
 def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
-    """One chain, in a Ray worker: as a local worker runs it (one BLAS thread, so the same numbers)."""
-    from threadpoolctl import threadpool_limits
+    """One chain, in a Ray worker, as a local worker runs it (so with the same numbers)."""
+    from .sweep import run_spec_alone
 
-    from .sweep import run_spec
-
-    setting_class(spec.point)  # import the setting (and PyTorch) before limiting its thread pools
-    with threadpool_limits(limits=1):
-        run_spec(Path(run_directory), spec, iterations, checkpoints)
+    run_spec_alone(Path(run_directory), spec, iterations, checkpoints)
 
 
 def run_with_ray(
@@ -82,9 +79,8 @@ def run_with_ray(
     try:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_INTERVAL_S)
-            for index, store in stores.items():
-                if store.directory.exists():
-                    advance(index, min(store.completed(), iterations))
+            for index in running.values():
+                advance(index, min(stores[index].progress(), iterations))
             for ref in ready:
                 index = running.pop(ref)
                 _collect(ray, ray_errors, ref, specs[index], options, record_failure)
@@ -107,10 +103,10 @@ def _collect(ray, ray_errors, ref, spec: ChainSpec, options: ExecutorConfig, rec
             raise type(cause)(f"chain {spec.label}: {cause}") from None
         from .sweep import ChainFailed
 
-        print("".join(traceback.format_exception(cause)) if cause else str(error))
+        sys.stderr.write("".join(traceback.format_exception(cause)) if cause else f"{error}\n")
         record_failure(spec, f"{type(cause).__name__}: {cause}")
         raise ChainFailed(f"chain {spec.label} failed (traceback above)") from None
-    except (ray_errors.WorkerCrashedError, ray_errors.NodeDiedError, ray_errors.RayError) as error:
+    except ray_errors.RayError as error:  # the worker or its node died, max_retries + 1 times
         retries = f"executor.max_retries: {options.max_retries}"
         reason = f"its Ray worker died with no reruns left ({retries}; {type(error).__name__})"
         record_failure(spec, reason)

@@ -31,16 +31,9 @@ import numpy as np
 from .config import flatten
 from .errors import ConfigError, RunDirectoryError
 from .results import ChainResult, confidence_interval, load_run
-from .settings import SETTINGS
 
 TRACKERS = ("wandb", "mlflow")
 CHAIN_TAG = "model_collapse.chain"  # marks a tracker run with the chain it replays
-
-
-def chain_name(result: ChainResult) -> str:
-    spec = result.spec
-    seed = f"seed {spec.seeds[0]}" if SETTINGS.declared(spec.point.name).one_seed_per_chain else ""
-    return " / ".join(part for part in (spec.point_title, spec.regime.label, seed) if part)
 
 
 def chain_parameters(result: ChainResult) -> dict[str, Any]:
@@ -103,7 +96,7 @@ def _to_wandb(run_directory: Path, results: list[ChainResult], out: Path, projec
         for result in results:
             run = wandb.init(
                 project=project,
-                name=chain_name(result),
+                name=result.spec.title,
                 group=run_directory.resolve().name,
                 config=chain_parameters(result),
                 tags=[result.spec.regime.label],
@@ -133,7 +126,7 @@ def _to_mlflow(run_directory: Path, results: list[ChainResult], out: Path, uri: 
     )
     source = str(run_directory.resolve())
     for result in results:
-        name = chain_name(result)
+        name = result.spec.title
         for old in client.search_runs(
             [experiment_id], f"tags.`{CHAIN_TAG}` = '{name}' and tags.`model_collapse.run` = '{source}'"
         ):

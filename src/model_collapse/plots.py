@@ -27,7 +27,7 @@ from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from . import theory  # noqa: E402
 from .atomic import write_atomic, write_file_atomic
-from .results import ChainResult, confidence_interval, load_run, merge_seeds  # noqa: E402
+from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
@@ -35,7 +35,7 @@ _STYLES = {"expected": "--", "bound": ":"}
 _REFERENCE = "real data"
 
 
-def _draw(ax, result: ChainResult, values: np.ndarray, color, label: str) -> tuple[np.ndarray, str | None]:
+def draw_mean(ax, result: ChainResult, values: np.ndarray, color, label: str) -> tuple[np.ndarray, str | None]:
     """The mean over finite seeds and its confidence band; returns the mean and what it leaves out, if
     anything (a singular Gaussian's infinite NLL), for the panel to say."""
     interval = confidence_interval(values)
@@ -60,9 +60,8 @@ def _draw_theory(ax, result: ChainResult, metric: str, color, with_label: bool) 
 
 def reference(result: ChainResult, metric: str) -> float | None:
     """Real data's value of ``metric`` where the setting's fits record one (a language model's real-text
-    diversity, ``diagnostics["reference"]``), else None."""
-    details = result.diagnostics(int(result.iterations[0])) or {}
-    value = (details.get("reference") or {}).get(metric)
+    diversity, ``ChainResult.references``), else None."""
+    value = result.references.get(metric)
     return float(value) if value is not None and np.isfinite(value) else None
 
 
@@ -73,7 +72,7 @@ def _draw_reference(ax, result: ChainResult, metric: str, with_label: bool) -> b
     return value is not None
 
 
-def _note(ax, notes: list[str]) -> None:
+def note_left_out(ax, notes: list[str]) -> None:
     """Say on the panel which seeds its means leave out, instead of a line that stops unexplained."""
     if notes:
         ax.text(
@@ -82,17 +81,20 @@ def _note(ax, notes: list[str]) -> None:
         )  # fmt: skip
 
 
-def _figure_legend(figure) -> None:
+def figure_legend(figure, ncols: int = 3, title: str | None = None) -> None:
     """One legend below the panels with every kind of line any panel draws (a bound only one regime has
     included), each once."""
     entries: dict[str, object] = {}
     for ax in figure.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=3, fontsize=7)
+    figure.legend(
+        list(entries.values()), list(entries), loc="outside lower center", ncols=ncols, fontsize=7, title=title,
+        title_fontsize=7,
+    )  # fmt: skip
 
 
-def _finish(ax, log_scale: bool, means: list[np.ndarray], iterations: np.ndarray, bottom_row: bool = True) -> None:
+def finish_axes(ax, log_scale: bool, means: list[np.ndarray], iterations: np.ndarray, bottom_row: bool = True) -> None:
     """Axis scale and ticks. A log axis is used only when the plotted means span more than a decade
     (below that it would show too few ticks to read), and its minor ticks are labelled whenever its
     major ticks alone would leave fewer than two labels. A panel with nothing to draw shows no y ticks."""
@@ -111,7 +113,7 @@ def _finish(ax, log_scale: bool, means: list[np.ndarray], iterations: np.ndarray
     ax.grid(alpha=0.3)
 
 
-def _save(figure, directory: Path, name: str) -> list[Path]:
+def save_figure(figure, directory: Path, name: str) -> list[Path]:
     """PNG and SVG, each written whole or not at all (a full disk leaves the old figure, not an empty one)."""
     paths = [directory / f"{name}.png", directory / f"{name}.svg"]
     try:
@@ -269,7 +271,7 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
     regimes = list(dict.fromkeys(r.spec.regime.label for r in results))
     colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(regimes)}
     by_key = {(r.spec.point_name, r.spec.regime.label): r for r in results}
-    band = confidence_interval(np.zeros((1, max(len(r.spec.seeds) for r in results)))).band_text
+    band = band_text(max(len(r.spec.seeds) for r in results))
 
     columns = min(len(points), MAX_COLUMNS)
     block = -(-len(points) // columns)  # rows of panels per regime (per figure for the combined one)
@@ -289,18 +291,18 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
                 if result is None:
                     ax.set_visible(False)
                     continue
-                mean, note = _draw(ax, result, result.metrics[metric], colours[regime], f"simulation: {band}")
+                mean, note = draw_mean(ax, result, result.metrics[metric], colours[regime], f"simulation: {band}")
                 _draw_theory(ax, result, metric, "black", with_label=True)
                 _draw_reference(ax, result, metric, with_label=True)
                 bottom = row == len(regimes) - 1 and k + columns >= len(points)
-                _finish(ax, info.log_scale, [mean], result.iterations, bottom_row=bottom)
-                _note(ax, [note] if note else [])
+                finish_axes(ax, info.log_scale, [mean], result.iterations, bottom_row=bottom)
+                note_left_out(ax, [note] if note else [])
                 ax.set_title(f"{regime}  |  {titles[point]}" if titles[point] else regime, fontsize=9)
                 if k % columns == 0:
                     ax.set_ylabel(info.label, fontsize=9)
             for k in range(len(points), block * columns):  # the unused end of the regime's last row
                 axes[row * block + k // columns][k % columns].set_visible(False)
-        _figure_legend(figure)
+        figure_legend(figure)
         figure.suptitle(f"{experiment.setting_name}: {metric}")
         yield f"{metric}_by_regime", figure
 
@@ -322,7 +324,7 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
                 if result is None:
                     continue
                 values = result.real_fraction if metric == "real_fraction" else result.metrics[metric]
-                mean, note = _draw(ax, result, values, colours[regime], regime)
+                mean, note = draw_mean(ax, result, values, colours[regime], regime)
                 if metric != "real_fraction":
                     _draw_theory(ax, result, metric, colours[regime], with_label=False)
                     if not referenced:  # real data are the same for every regime of a point
@@ -330,8 +332,8 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
                 means.append(mean)
                 iterations.append(result.iterations)
                 notes += [f"{regime}: {note}"] if note else []
-            _finish(ax, log_scale, means, np.concatenate(iterations), bottom_row=k + columns >= len(points))
-            _note(ax, notes)
+            finish_axes(ax, log_scale, means, np.concatenate(iterations), bottom_row=k + columns >= len(points))
+            note_left_out(ax, notes)
             if titles[point]:
                 ax.set_title(titles[point], fontsize=9)
             if k % columns == 0:
@@ -359,7 +361,7 @@ def plot_run(run_directory: Path) -> list[Path]:
     written: list[Path] = []
     for figures in (metric_figures, sample_figures, learning_curve_figures):
         for name, figure in figures(experiment, chain_results):
-            written += _save(figure, out, name)
+            written += save_figure(figure, out, name)
     for point, sections in text_samples(chain_results).items():
         written.append(out / f"samples_{point}.md")
         write_atomic(written[-1], _text_page(experiment.setting_name, point, sections))

@@ -23,7 +23,7 @@ from . import theory
 from .atomic import write_atomic
 from .errors import RunDirectoryError
 from .plots import learning_curve_figures, metric_figures, plt, reference, sample_figures, text_samples
-from .results import ChainResult, confidence_interval, load_run, merge_seeds
+from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds
 from .rundir import CONFIG, open_run, run_marker
 from .settings import SETTINGS
 
@@ -79,6 +79,10 @@ def _metric_table(metric: str, results: list[ChainResult], iterations: list[int]
     """Rows of (sweep point, regime): the mean and 95% interval at ``iterations`` (blank where the chain
     has not got there), what the mean leaves out, and the closed form where one is known."""
     rows = []
+
+    def row(regime: str, cells: list[dict[str, str]], note: str = "", theory_row: bool = True) -> None:
+        rows.append({"point": point, "regime": regime, "cells": cells, "note": note, "theory": theory_row})
+
     for result in results:
         values = result.real_fraction if metric == "real_fraction" else result.metrics[metric]
         interval = confidence_interval(values)
@@ -93,38 +97,15 @@ def _metric_table(metric: str, results: list[ChainResult], iterations: list[int]
             else:
                 low, high = _number(interval.low[k]), _number(interval.high[k])
                 cells.append({"mean": _number(interval.mean[k]), "interval": f"[{low}, {high}]"})
-        point = result.spec.point_title
-        rows.append(
-            {
-                "point": point,
-                "regime": result.spec.regime.label,
-                "cells": cells,
-                "note": interval.nonfinite(values, result.iterations) or "",
-                "theory": False,
-            }
-        )
+        point, regime = result.spec.point_title, result.spec.regime.label
+        row(regime, cells, interval.nonfinite(values, result.iterations) or "", theory_row=False)
         real = reference(result, metric) if metric != "real_fraction" else None
         if real is not None:
-            rows.append(
-                {
-                    "point": point,
-                    "regime": f"{result.spec.regime.label}: real data",
-                    "cells": [{"mean": _number(real), "interval": ""} for _ in iterations],
-                    "note": "",
-                    "theory": True,
-                }
-            )
+            row(f"{regime}: real data", [{"mean": _number(real), "interval": ""}] * len(iterations))
         for curve in theory.curves(result.spec.point, result.spec.regime.name, max(iterations)):
             if curve.metric == metric:
-                rows.append(
-                    {
-                        "point": point,
-                        "regime": f"{result.spec.regime.label}: theory ({curve.kind})",
-                        "cells": [{"mean": _number(float(curve.values[i - 1])), "interval": ""} for i in iterations],
-                        "note": "",
-                        "theory": True,
-                    }
-                )
+                curve_cells = [{"mean": _number(float(curve.values[i - 1])), "interval": ""} for i in iterations]
+                row(f"{regime}: theory ({curve.kind})", curve_cells)
     return rows
 
 
@@ -136,10 +117,9 @@ def _chains(experiment, chain_results: list[ChainResult]) -> list[dict[str, Any]
         result = found.get(spec.label)
         done = 0 if result is None else len(result.iterations)
         seconds = np.array([]) if result is None else result.seconds[np.isfinite(result.seconds)]
-        seed = f"seed {spec.seeds[0]}" if SETTINGS.declared(spec.point.name).one_seed_per_chain else ""
         rows.append(
             {
-                "label": " / ".join(part for part in (spec.point_title, spec.regime.label, seed) if part),
+                "label": spec.title,
                 "completed": done,
                 "seeds": len(spec.seeds),
                 "per_iteration": _duration(seconds.mean()) if seconds.size else "not recorded",
@@ -192,7 +172,7 @@ def build_report(run_directory: Path) -> str:
         iterations=iterations,
         chains=chains,
         unfinished=unfinished,
-        band=confidence_interval(np.zeros((1, experiment.config.seeds))).band_text,
+        band=band_text(experiment.config.seeds),
         sections=sections,
         samples=samples,
         curves=curves,

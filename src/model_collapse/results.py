@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,12 @@ class ChainResult:
     def diagnostics(self, iteration: int) -> dict[str, Any] | None:
         """What the fit of ``iteration`` kept beside its metrics (a language model's learning curve)."""
         return self.store.diagnostics(iteration)
+
+    @functools.cached_property
+    def references(self) -> dict[str, float]:
+        """Real data's values of metrics, where the setting's fits record them (a language model's
+        real-text diversity, ``diagnostics["reference"]`` of its first iteration); read once."""
+        return (self.diagnostics(int(self.iterations[0])) or {}).get("reference") or {}
 
 
 def open_experiment(run_directory: Path) -> Experiment:
@@ -109,6 +116,13 @@ def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
 BAND_LEVEL = 0.95
 
 
+def band_text(seeds: int) -> str:
+    """The band's definition over ``seeds`` seeds, as figures' legends and the report state it."""
+    if seeds < 2:
+        return "1 seed: no interval"
+    return f"mean of {seeds} seeds, {BAND_LEVEL:.0%} CI (Student t)"
+
+
 @dataclass
 class Interval:
     """Per iteration: the mean over the seeds whose value is finite, and the Student-t confidence
@@ -122,10 +136,7 @@ class Interval:
 
     @property
     def band_text(self) -> str:
-        """The band's definition, as figures' legends and the report state it."""
-        if self.seeds < 2:
-            return "1 seed: no interval"
-        return f"mean of {self.seeds} seeds, {BAND_LEVEL:.0%} CI (Student t)"
+        return band_text(self.seeds)
 
     def nonfinite(self, values: np.ndarray, iterations: np.ndarray) -> str | None:
         """How many seeds are left out of the mean where most are, e.g. ``-inf for 40 of 100 seeds at

@@ -472,6 +472,15 @@ class ChainStore:
             write_json(path, {"completed": completed})
         return completed
 
+    def progress(self) -> int:
+        """The completed count progress.json records, unchecked (0 when absent or unreadable): for a
+        display polling chains that other processes write; ``completed`` is the checked count."""
+        try:
+            found = json.loads((self.directory / "progress.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0
+        return found["completed"] if isinstance(found, dict) and type(found.get("completed")) is int else 0
+
     def wait_for_commit(self) -> None:
         """Under ``torchrun``, hold every rank until the writer (rank 0) has committed what it was
         committing, so that the others can read it; without ``torchrun``, nothing to wait for."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -48,6 +49,21 @@ def run_spec(
         store.open()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
     distributed.barrier()
     run_chain(setting, spec.regime, iterations, store, checkpoints=checkpoints, on_iteration=on_iteration)
+
+
+def run_spec_alone(
+    run_directory: Path,
+    spec: ChainSpec,
+    iterations: int,
+    checkpoints: str,
+    on_iteration: Callable[[IterationRecord], None] | None = None,
+) -> None:
+    """``run_spec`` in a process of its own (a local worker, a Ray task): on one BLAS/OpenMP thread, as the
+    parallelism is across chains and a cheap chain's numbers must not depend on where it ran. The
+    setting's module (and with it PyTorch) is imported first, so that the limit covers its thread pools."""
+    setting_class(spec.point)
+    with threadpool_limits(limits=1):
+        run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
 
 
 class _StderrHandler(logging.Handler):
@@ -129,11 +145,8 @@ def _worker(
             reported = now
 
     try:
-        # One BLAS/OpenMP thread per process: the parallelism is across chains. The setting's module (and
-        # with it PyTorch, for neural settings) is imported first, so that the limit covers its thread pools.
-        setting_class(spec.point)
-        with threadpool_limits(limits=1), activity.listening(lambda line: connection.send(("activity", line))):
-            run_spec(run_directory, spec, iterations, checkpoints, report)
+        with activity.listening(lambda line: connection.send(("activity", line))):
+            run_spec_alone(run_directory, spec, iterations, checkpoints, report)
     except Terminated:
         os._exit(143)  # stopped by the parent, which is already on its way out: nothing to report
     except BaseException as error:
@@ -403,9 +416,7 @@ def run_experiment(
         if options.name == "ray":
             from .executors import run_with_ray
 
-            def record(spec: ChainSpec, reason: str) -> None:
-                _record_failure(run_directory, spec, reason)
-
+            record = functools.partial(_record_failure, run_directory)
             run_with_ray(run_directory, specs, todo, iterations, checkpoints, options, advance, record)
             return
         if workers == 1 or len(todo) <= 1:
