@@ -286,6 +286,7 @@ from model_collapse.settings.language_model.models import build_model
 from model_collapse.settings.language_model.packing import TokenCorpus, pack
 from model_collapse.settings.language_model.config import TrainingSection
 from model_collapse.settings.language_model.training import train
+from model_collapse import distributed
 
 dist.init_process_group("gloo")
 rng = np.random.default_rng(5)
@@ -297,8 +298,8 @@ curve = train(model, blocks, validation, TrainingSection(batch_size=7, learning_
               np.random.default_rng(0), torch.device("cpu"))
 if dist.get_rank() == 0:
     torch.save({"state": model.state_dict(), "curve": curve}, sys.argv[1])
-dist.barrier()  # both ranks leave together: gloo aborts a rank whose peer tears down while it still talks
-dist.destroy_process_group()
+del model  # its parameters' hooks hold DDP's reducer and the gloo group: free them while the group runs
+distributed.finish()
 """
 
 

@@ -9,6 +9,7 @@ directory; the others only read it, after rank 0 has prepared each chain. Withou
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -34,6 +35,9 @@ def finish() -> None:
     """Leave the process group together (gloo aborts a rank whose peer tears down while it still talks)."""
     if _group_running():
         dist = sys.modules["torch.distributed"]
+        # DDP wrappers caught in reference cycles hold the group; freed at interpreter exit instead,
+        # their gloo threads can abort the process (SIGABRT, "terminate called without an active exception").
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
