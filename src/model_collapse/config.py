@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ConfigError, yaml_problem
 from .regimes import Regime, parse_regime
@@ -43,13 +52,54 @@ Checkpoints = Literal["none", "last", "all"]
 
 
 class ExecutorConfig(StrictConfig):
-    """Where the chains run (``executors.py``); every executor gives the same table."""
+    """Where the chains run (``executors/``); every executor gives the same table."""
 
-    name: Literal["local", "ray"] = Field("local", description="local processes, or one Ray task per chain")
+    name: Literal["local", "ray", "slurm"] = Field(
+        "local", description="local processes, one Ray task per chain, or one Slurm job per chain (a job array)"
+    )
+    cpus_per_chain: PositiveFloat = Field(1.0, description="CPUs reserved per chain (slurm: whole, split among tasks)")
+    gpus_per_chain: NonNegativeFloat = Field(0.0, description="GPUs per chain (ray: fractions share one)")
+    max_retries: NonNegativeInt = Field(
+        3, description="ray: reruns of a chain whose worker died; slurm: requeues of a job at its time limit"
+    )
     address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
-    cpus_per_chain: PositiveFloat = Field(1.0, description="ray: CPUs reserved per chain")
-    gpus_per_chain: NonNegativeFloat = Field(0.0, description="ray: GPUs per chain (fractions share one)")
-    max_retries: NonNegativeInt = Field(3, description="ray: reruns of a chain whose worker died (it resumes)")
+    partition: str | None = Field(None, description="slurm: the partition (default: the cluster's)")
+    time_minutes: PositiveInt = Field(
+        60, description="slurm: a job's time limit; a chain still running then is requeued and resumes"
+    )
+    memory_gb_per_chain: PositiveFloat | None = Field(
+        None, description="slurm: memory per job (default: the cluster's)"
+    )
+    tasks_per_chain: PositiveInt = Field(
+        1, description="slurm: data-parallel ranks of a neural chain, one task each (elsewhere: one process)"
+    )
+    max_parallel_chains: PositiveInt | None = Field(None, description="slurm: jobs of the array running at once")
+    sbatch: dict[str, str | int] = Field(
+        default_factory=dict, description="slurm: further sbatch options (account, qos, constraint, ...)"
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="slurm: shell lines each job runs first (module load, source venv)"
+    )
+
+    @model_validator(mode="after")
+    def _fits_the_executor(self) -> ExecutorConfig:
+        if self.name == "slurm":
+            for key in ("cpus_per_chain", "gpus_per_chain"):
+                if getattr(self, key) != int(getattr(self, key)):
+                    raise ValueError(f"{key}: Slurm reserves whole CPUs and GPUs, not {getattr(self, key)}")
+            if self.cpus_per_chain % self.tasks_per_chain:
+                raise ValueError(
+                    f"cpus_per_chain: {self.cpus_per_chain:g} CPUs do not split evenly among "
+                    f"tasks_per_chain: {self.tasks_per_chain} tasks"
+                )
+        return self
+
+    def named(self, name: str) -> ExecutorConfig:
+        """These options for the executor ``name`` (``--executor``), checked again for it."""
+        try:
+            return ExecutorConfig.model_validate({**self.model_dump(), "name": name})
+        except ValidationError as error:
+            raise _validation_error(error, ("executor",)) from None
 
 
 class RunConfig(StrictConfig):

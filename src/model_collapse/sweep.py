@@ -1,5 +1,5 @@
 """Running every chain of an experiment into a run directory, in parallel local processes (the local
-executor; ``executors.py`` has the others).
+executor; ``executors/`` has the others).
 
 Each chain is independent and resumable on its own, so a sweep interrupted anywhere is finished by
 running the same function again: chains already complete are skipped, others resume where they stopped.
@@ -369,14 +369,19 @@ def resolve_workers(experiment: Experiment, workers: int | None) -> int:
 
 
 def resolve_executor(experiment: Experiment, executor: str | None) -> ExecutorConfig:
-    """The config's executor section, its name replaced by the command line's ``--executor`` if given."""
+    """The config's executor section, its name replaced by the command line's ``--executor`` if given;
+    for Slurm, checked with the cluster before anything is written."""
     options = experiment.config.executor
-    if executor is None:
-        return options
-    names = get_args(ExecutorConfig.model_fields["name"].annotation)
-    if executor not in names:
-        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(names)}")
-    return options.model_copy(update={"name": executor})
+    if executor is not None:
+        names = get_args(ExecutorConfig.model_fields["name"].annotation)
+        if executor not in names:
+            raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(names)}")
+        options = options.named(executor)
+    if options.name == "slurm":
+        from .executors.slurm_jobs import check_submission
+
+        check_submission(options)
+    return options
 
 
 def run_experiment(
@@ -387,7 +392,7 @@ def run_experiment(
     executor: str | None = None,
 ) -> None:
     """Run the unfinished chains of ``experiment``: in local processes (``workers`` of them), or with
-    the executor named by ``executor`` or else the config's ``executor.name`` (``executors.py``)."""
+    the executor named by ``executor`` or else the config's ``executor.name`` (``executors/``)."""
     options = resolve_executor(experiment, executor)
     specs = experiment.chains()
     iterations = experiment.config.iterations
@@ -413,11 +418,16 @@ def run_experiment(
         def describe(index: int, line: str) -> None:  # what a chain does inside its iteration (activity.py)
             progress.update(tasks[index], activity=line)
 
+        record = functools.partial(_record_failure, run_directory)
         if options.name == "ray":
-            from .executors import run_with_ray
+            from .executors.ray_tasks import run_with_ray
 
-            record = functools.partial(_record_failure, run_directory)
             run_with_ray(run_directory, specs, todo, iterations, checkpoints, options, advance, record)
+            return
+        if options.name == "slurm":
+            from .executors.slurm_jobs import run_with_slurm
+
+            run_with_slurm(run_directory, specs, todo, iterations, checkpoints, options, advance, describe, record)
             return
         if workers == 1 or len(todo) <= 1:
             # A cheap chain computes with one BLAS thread here too, as in a worker: its numbers then do not

@@ -1,16 +1,10 @@
-"""Executors other than local processes (``sweep.py``): where a run's chains run.
+"""The ``ray`` executor (extra ``[ray]``): one Ray task per chain.
 
-The unit of work is one chain, which resumes from its own directory; so an executor only has to start
-every unfinished chain somewhere that sees the run directory, and start it again if its worker dies.
-Progress is read from the run directory (each chain's ``progress.json``), so it needs nothing from the
-workers. Every executor gives the local executor's table, byte for byte: the numbers depend on keys,
-not on where or in what order the chains run.
-
-* ``ray`` (extra ``[ray]``): one Ray task per chain, with ``executor.cpus_per_chain`` and
-  ``executor.gpus_per_chain`` as its resources (fractions share a GPU among small models), in the
-  cluster at ``executor.address`` or in a local Ray started for the run. A task whose worker dies (a
-  killed process, a lost node) is rerun up to ``executor.max_retries`` times and resumes where the
-  chain's commits end; an error in a chain is not retried, and stops the run as locally.
+Each task reserves ``executor.cpus_per_chain`` CPUs and ``executor.gpus_per_chain`` GPUs (fractions
+share a GPU among small models), in the cluster at ``executor.address`` or in a local Ray started for
+the run. A task whose worker dies (a killed process, a lost node) is rerun up to ``executor.max_retries``
+times and resumes where the chain's commits end; an error in a chain is not retried, and stops the run
+as locally.
 """
 
 from __future__ import annotations
@@ -22,20 +16,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import ChainSpec, ExecutorConfig
-from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
-
-# How often the driver reads the chains' progress from the run directory.
-POLL_INTERVAL_S = 0.5
-# How long chains stopped by Ctrl-C get to commit what they have computed before they are killed.
-STOP_GRACE_S = 10.0
-
-_ERRORS = (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)
+from ..config import ChainSpec, ExecutorConfig
+from ..errors import ConfigError, ResourceError
+from . import ONE_LINE_ERRORS, POLL_INTERVAL_S, STOP_GRACE_S
 
 
 def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
     """One chain, in a Ray worker, as a local worker runs it (so with the same numbers)."""
-    from .sweep import run_spec_alone
+    from ..sweep import run_spec_alone
 
     run_spec_alone(Path(run_directory), spec, iterations, checkpoints)
 
@@ -98,10 +86,10 @@ def _collect(ray, ray_errors, ref, spec: ChainSpec, options: ExecutorConfig, rec
         ray.get(ref)
     except ray_errors.RayTaskError as error:
         cause = error.cause
-        if isinstance(cause, _ERRORS):
+        if isinstance(cause, ONE_LINE_ERRORS):
             record_failure(spec, str(cause))
             raise type(cause)(f"chain {spec.label}: {cause}") from None
-        from .sweep import ChainFailed
+        from ..sweep import ChainFailed
 
         sys.stderr.write("".join(traceback.format_exception(cause)) if cause else f"{error}\n")
         record_failure(spec, f"{type(cause).__name__}: {cause}")

@@ -1,0 +1,285 @@
+"""The ``slurm`` executor (extra ``[slurm]``): one Slurm job per chain, all submitted as one job array.
+
+Submission goes through submitit, which pickles each chain's call into ``RUN/slurm/`` (with the jobs'
+logs), writes the sbatch script and runs the call on the node. A job asks for ``executor.cpus_per_chain``
+CPUs, ``executor.gpus_per_chain`` GPUs and ``executor.memory_gb_per_chain`` GB for
+``executor.time_minutes`` in ``executor.partition``; ``executor.sbatch`` adds any other sbatch option
+(account, qos, constraint) and ``executor.setup`` shell lines each job runs first.
+
+* **Time limits and preemption.** Slurm signals a job (USR2) 90 s before its time limit and when it is
+  preempted; submitit then requeues it (up to ``executor.max_retries`` times for time limits), and the
+  requeued job resumes the chain where its commits end. A job killed outright fails the run, and
+  ``resume --executor slurm`` finishes it.
+* **Data parallelism.** With ``executor.tasks_per_chain`` > 1 a chain's job runs that many tasks, which
+  become the ranks ``distributed.py`` reads (as ``torchrun`` would set them): a neural setting then
+  splits its training, sampling and evaluation across them.
+* **Watching.** The driver reads progress from the run directory and job states from ``squeue`` (which
+  every cluster has, unlike accounting's ``sacct``). Jobs of an earlier driver that still run keep a
+  later ``resume`` from starting the same chains twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .. import distributed
+from ..config import ChainSpec, ExecutorConfig
+from ..errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
+from . import ONE_LINE_ERRORS, POLL_INTERVAL_S
+
+# How often the driver asks slurmctld for the jobs' states (progress is read from files far more often).
+SQUEUE_INTERVAL_S = 5.0
+# States after which a job runs no more (squeue's long names, and GONE for one slurmctld has forgotten);
+# REQUEUED and PENDING jobs come back.
+FINAL_STATES = {
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "GONE", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+    "TIMEOUT",
+}  # fmt: skip
+# The jobs this run submitted, under RUN/slurm/.
+JOBS_FILE = "jobs.json"
+
+
+class ChainJob:
+    """One chain as the call of a Slurm job (of each of its tasks under data parallelism).
+
+    It returns None when the chain is complete, or the one-line error that stopped it as (class name,
+    message); anything else raises, and submitit hands its traceback to the driver. ``checkpoint`` is
+    submitit's hook on a time limit or preemption: the same call, resubmitted, resumes the chain."""
+
+    def __init__(self, run_directory: Path, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
+        self.run_directory, self.spec, self.iterations, self.checkpoints = run_directory, spec, iterations, checkpoints
+
+    def __call__(self) -> tuple[str, str] | None:
+        import submitit
+
+        from ..sweep import describe_fault, run_spec_alone, show_messages
+
+        show_messages(quiet=False)  # notices go to the job's log
+        if submitit.JobEnvironment().num_tasks > 1:
+            # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, from Slurm's task variables
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            distributed.start()
+        try:
+            run_spec_alone(self.run_directory, self.spec, self.iterations, self.checkpoints)
+        except ONE_LINE_ERRORS as error:
+            return type(error).__name__, str(error)
+        except (OSError, MemoryError) as error:
+            fault = describe_fault(error, self.run_directory)
+            if fault is None:
+                raise
+            return type(fault).__name__, str(fault)
+        distributed.finish()
+        return None
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def run_with_slurm(
+    run_directory: Path,
+    specs: Sequence[ChainSpec],
+    todo: list[int],
+    iterations: int,
+    checkpoints: str,
+    options: ExecutorConfig,
+    advance: Callable[[int, int], None],
+    describe: Callable[[int, str], None],
+    record_failure: Callable[[ChainSpec, str], None],
+) -> None:
+    import submitit
+
+    folder = run_directory.resolve() / "slurm"
+    refuse_while_earlier_jobs_run(folder)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.max_retries)
+    executor.update_parameters(**sbatch_parameters(options, run_directory))
+    calls = {i: ChainJob(run_directory.resolve(), specs[i], iterations, checkpoints) for i in todo}
+    try:
+        with executor.batch():
+            submitted = {i: executor.submit(call) for i, call in calls.items()}
+    except Exception as error:  # submitit wraps sbatch's refusal (a bad partition, say) in its own errors
+        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"executor slurm: sbatch refused the jobs: {message}") from None
+    jobs = dict(submitted)
+    (folder / JOBS_FILE).write_text(json.dumps([job.job_id for job in jobs.values()]))
+    stores = {i: specs[i].store(run_directory, writer=False) for i in todo}
+    states: dict[str, str] = {}
+    asked = float("-inf")
+    try:
+        while jobs:
+            if time.monotonic() - asked >= SQUEUE_INTERVAL_S:
+                states = job_states([job.job_id for job in jobs.values()]) or states  # keep the last answer
+                asked = time.monotonic()
+            for index, job in list(jobs.items()):
+                state = states.get(job.job_id, "")
+                describe(index, "" if state in ("RUNNING", "COMPLETING", "") else f"Slurm job {job.job_id} {state}")
+                advance(index, min(stores[index].progress(), iterations))
+                if job.paths.result_pickle.exists() or state in FINAL_STATES:
+                    del jobs[index]
+                    describe(index, "")
+                    _collect(job, state, specs[index], options, record_failure)
+                    advance(index, iterations)
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        for job in jobs.values():
+            job.cancel(check=False)  # a chain cancelled mid-iteration resumes from its last commit
+
+
+def sbatch_parameters(options: ExecutorConfig, run_directory: Path) -> dict:
+    """submitit's SlurmExecutor parameters for one chain's job."""
+    tasks = options.tasks_per_chain
+    parameters = {
+        "job_name": f"model-collapse:{run_directory.resolve().name}",
+        "time": options.time_minutes,
+        "nodes": 1,
+        "ntasks_per_node": tasks,
+        "cpus_per_task": int(options.cpus_per_chain) // tasks,
+        "setup": list(options.setup),
+        "additional_parameters": dict(options.sbatch),
+        "stderr_to_stdout": True,
+    }
+    if options.partition is not None:
+        parameters["partition"] = options.partition
+    if options.gpus_per_chain:
+        parameters["gpus_per_node"] = int(options.gpus_per_chain)
+    if options.memory_gb_per_chain is not None:
+        parameters["mem"] = f"{max(1, round(options.memory_gb_per_chain * 1024))}M"
+    if options.max_parallel_chains is not None:
+        parameters["array_parallelism"] = options.max_parallel_chains
+    return parameters
+
+
+def check_submission(options: ExecutorConfig) -> None:
+    """Ask Slurm whether it would take a chain's job (``sbatch --test-only``), before anything is
+    written: a wrong partition, account, time or size is refused here in one line."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError("executor slurm needs submitit: pip install 'model-collapse[slurm]'") from None
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        raise ConfigError("executor slurm: sbatch and squeue are not on PATH (run on a Slurm login node)")
+    parameters = sbatch_parameters(options, Path("check"))
+    flags = {
+        **{k: v for k, v in parameters.items() if k not in NOT_SBATCH_FLAGS},
+        **parameters["additional_parameters"],
+    }
+    command = ["sbatch", "--test-only", *(f"--{k.replace('_', '-')}={v}" for k, v in flags.items())]
+    try:
+        answer = subprocess.run([*command, "--wrap=true"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise ConfigError("executor slurm: sbatch --test-only did not answer within 60 s") from None
+    if answer.returncode != 0:
+        lines = [line.removeprefix("sbatch: error: ") for line in answer.stderr.splitlines() if line.strip()]
+        raise ConfigError(f"executor slurm: Slurm would refuse the jobs: {'; '.join(lines[-2:]) or 'no reason'}")
+
+
+# submitit's parameters that are not sbatch flags of the same name.
+NOT_SBATCH_FLAGS = {"setup", "additional_parameters", "stderr_to_stdout", "array_parallelism"}
+
+
+def job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """Slurm's state of each job (array elements as ``123_4``) as slurmctld knows it now, ``GONE`` for
+    one it has forgotten (it ended longer ago than MinJobAge); None when squeue cannot answer."""
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    listed = _squeue(arrays)
+    if listed is None:  # squeue refuses the whole list once one id is unknown: ask array by array
+        answers = [_squeue([array]) for array in arrays]
+        if all(answer is None for answer in answers):
+            return None
+        listed = {job: state for answer in answers if answer for job, state in answer.items()}
+    return {job_id: listed.get(job_id, "GONE") for job_id in job_ids}
+
+
+def _squeue(arrays: list[str]) -> dict[str, str] | None:
+    try:
+        listing = subprocess.run(
+            # --array: one line per array element, pending ones too (not 123_[0-9])
+            ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", "--jobs", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listing.returncode != 0:
+        return None
+    states = {}
+    for line in listing.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id:
+            states[job_id] = state.strip()
+    return states
+
+
+def refuse_while_earlier_jobs_run(folder: Path) -> None:
+    """Refuse to submit a run's chains while jobs that an earlier driver submitted still run them."""
+    try:
+        earlier = json.loads((folder / JOBS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    states = job_states([str(job_id) for job_id in earlier]) or {}
+    running = [job_id for job_id, state in states.items() if state not in FINAL_STATES]
+    if running:
+        shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
+        raise RunDirectoryError(
+            f"Slurm jobs {shown} of an earlier run or resume still run this run's chains: "
+            f"wait for them or scancel them, then resume"
+        )
+
+
+def _collect(job, state: str, spec: ChainSpec, options: ExecutorConfig, record_failure) -> None:
+    """The end of a chain's job: nothing when the chain is complete, else its error in one line."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from ..sweep import ChainFailed
+
+    if not _result_written(job):
+        log = job.paths.stdout
+        reason = f"its Slurm job {job.job_id} ended {state or 'unseen'} with no result (log: {log})"
+        record_failure(spec, reason)
+        raise ResourceError(f"chain {spec.label}: {reason}")
+    try:  # every task's outcome (one per rank of a data-parallel chain): the first error is the chain's
+        outcome = next((result for result in job.results() if result is not None), None)
+    except UncompletedJobError:
+        reason = (
+            f"its Slurm job {job.job_id} reached its time limit more than executor.max_retries: "
+            f"{options.max_retries} times"
+        )
+        record_failure(spec, reason)
+        raise ResourceError(f"chain {spec.label}: {reason} (raise executor.time_minutes, or resume)") from None
+    except FailedJobError as error:
+        text = str(error)
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        last = [line for line in text.strip().splitlines() if line.strip()]
+        record_failure(spec, last[-1].strip() if last else "its Slurm job failed")
+        raise ChainFailed(f"chain {spec.label} failed (traceback above)") from None
+    if outcome is not None:
+        kind, message = outcome
+        record_failure(spec, message)
+        errors = {cls.__name__: cls for cls in ONE_LINE_ERRORS}
+        raise errors.get(kind, ModelCollapseError)(f"chain {spec.label}: {message}")
+
+
+def _result_written(job, wait_s: float = 10.0) -> bool:
+    """Whether the job left its result: on a shared file system the file can show up a little after
+    slurmctld says the job ended."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        folder = job.paths.folder
+        try:
+            os.listdir(folder)  # refreshes an NFS client's view of the folder
+        except OSError:
+            pass
+        if job.paths.result_pickle.exists():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
