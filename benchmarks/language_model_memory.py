@@ -15,50 +15,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
-import time
 from pathlib import Path
 
+from memory import PeakMeter
 from model_collapse.chain import run_chain
 from model_collapse.regimes import parse_regime
 from model_collapse.rundir import ChainStore
 from model_collapse.settings import SETTINGS
-
-
-def resident() -> tuple[int, int]:
-    """(anonymous, file-backed) resident bytes of this process."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0]) * 1024
-    return fields["RssAnon"], fields["RssFile"]
-
-
-class PeakMeter:
-    def __init__(self):
-        self.peak = (0, 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self):
-        while not self._stop.is_set():
-            anonymous, files = resident()
-            if anonymous + files > sum(self.peak):
-                self.peak = (anonymous, files)
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def take(self) -> tuple[int, int]:
-        peak, self.peak = self.peak, resident()
-        return peak
 
 
 def main() -> None:

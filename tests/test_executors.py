@@ -84,7 +84,8 @@ def test_a_killed_ray_worker_is_rerun_and_the_chain_resumes_to_the_same_table(tm
 
 def test_bad_executor_choices_get_one_line_before_anything_is_written(tmp_path):
     result = cli("run", ROOT / "configs" / "quickstart.yaml", "--out", tmp_path / "run", "--executor", "slurmm")
-    assert result.returncode == 2 and result.stderr.strip() == "error: --executor 'slurmm': choose one of local, ray, slurm"
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --executor 'slurmm': choose one of local, ray, slurm"
     assert not (tmp_path / "run").exists()
     result = cli("run", ROOT / "configs" / "quickstart.yaml", "executor.gpus_per_chain=-1", "--out", tmp_path / "run")
     assert result.returncode == 2 and "executor.gpus_per_chain" in result.stderr

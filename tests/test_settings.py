@@ -352,3 +352,21 @@ def test_discrete_accumulate_keeps_every_real_outcome_and_draws_no_impossible_on
     model[:, [3, 7]] = [0.25, 0.75]
     drawn = setting.sample(model, 1000, rng(0))["x"]
     assert set(np.unique(drawn)) == {3, 7} and abs((drawn == 7).mean() - 0.75) < 0.01
+
+
+def test_mapped_samples_load_memory_mapped_and_refuse_what_does_not_fit(tmp_path):
+    from model_collapse.settings.arrays import MappedSamples
+
+    images = np.random.default_rng(0).integers(0, 256, size=(1, 5, 1, 4, 4), dtype=np.uint8)
+    MappedSamples(x=images).save(tmp_path)
+    back = MappedSamples.load(tmp_path, like=MappedSamples(x=images[:, :2]))
+    assert isinstance(back["x"], np.memmap) and type(back) is MappedSamples  # read lazily from the file
+    np.testing.assert_array_equal(back["x"], images)
+    picked = MappedSamples.select([back, MappedSamples(x=images)], np.array([[9, 0, 4]]))
+    assert type(picked) is MappedSamples and not isinstance(picked["x"], np.memmap)
+    np.testing.assert_array_equal(picked["x"][0], images[0, [4, 0, 4]])
+    with pytest.raises(RunDirectoryError, match="shape"):
+        MappedSamples.load(tmp_path, like=MappedSamples(x=images[..., :2]))
+    np.save(tmp_path / "x.npy", np.array([object()], dtype=object))
+    with pytest.raises(RunDirectoryError, match="corrupted file"):
+        MappedSamples.load(tmp_path, like=MappedSamples(x=images))

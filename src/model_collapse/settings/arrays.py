@@ -62,7 +62,11 @@ class Samples:
         """Samples saved in ``directory``, refused unless each is shaped like those of ``like`` (the real
         data of the same chain): the same fields, seeds, sample shape and kind of number."""
         path = directory / SAMPLES_FILE
-        data = samples_from(path, load_arrays(path, like.fields))
+        return cls.checked(path, samples_from(path, load_arrays(path, like.fields)), like)
+
+    @classmethod
+    def checked(cls, path: Path, data: Samples, like: Samples) -> Samples:
+        """``data`` (read from ``path``) as this type, if shaped like ``like``; else a RunDirectoryError."""
         if data.seed_count != like.seed_count:
             raise RunDirectoryError(f"corrupted file {path}: {data.seed_count} seeds, this chain has {like.seed_count}")
         for name, real in like.fields.items():
@@ -71,7 +75,44 @@ class Samples:
                     f"corrupted file {path}: {name} holds samples of shape "
                     f"{data[name].shape[2:]} ({data[name].dtype}), this setting's are {real.shape[2:]} ({real.dtype})"
                 )
-        return data
+        return data if type(data) is cls else cls(**data.fields)
+
+
+class MappedSamples(Samples):
+    """Samples saved one ``.npy`` file per field and read back memory-mapped: a batch kept for later
+    iterations (accumulate) costs no RAM until its rows are read, so a pool of n batches of images does
+    not need n batches' worth of memory. Read them a minibatch at a time (``Samples.select``), never
+    concatenated whole."""
+
+    memory_mapped: ClassVar[bool] = True
+
+    @classmethod
+    def select(cls, parts: Sequence[Samples], rows: np.ndarray) -> MappedSamples:
+        return cls(**gather(parts, rows).fields)
+
+    def save(self, directory: Path) -> None:
+        for name, array in self.fields.items():
+            with open(directory / f"{name}.npy", "wb") as handle:
+                np.save(handle, np.ascontiguousarray(array))
+
+    @classmethod
+    def load(cls, directory: Path, like: Samples) -> MappedSamples:
+        if (
+            not any((directory / f"{name}.npy").exists() for name in like.fields)
+            and (directory / SAMPLES_FILE).exists()
+        ):
+            return super().load(directory, like)  # written before batches were mapped: read whole
+        arrays = {}
+        for name in like.fields:
+            path = directory / f"{name}.npy"
+            try:
+                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise RunDirectoryError(f"missing file {path}") from None
+            except Exception:  # a damaged header, or a pickled object array
+                raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
+        path = directory / f"{next(iter(like.fields))}.npy"
+        return cls.checked(path, samples_from(path, arrays), like)
 
 
 def concatenate(parts: Sequence[Samples]) -> Samples:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ModelCollapseError, RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import Samples, concatenate
+from .arrays import MappedSamples, Samples
 from .base import Setting
 from .devices import resolve_device
 from .images import ImageSplit, load_images
@@ -136,7 +136,7 @@ class VAE(VAEDeclaration, Setting):
             raise ModelCollapseError(
                 f"setting.samples: {config.dataset} has {len(train.images)} training images, asked for {size}"
             )
-        self._real = Samples(x=train.images[None, :size])
+        self._real = MappedSamples(x=train.images[None, :size])
         self._reserve = train.images[size:]  # real images the chain never trains on: source of fresh real data
         self.test = real.test.images
         self.features, self.real_spread, self.classifier = real.features, real.real_spread, real.classifier
@@ -153,7 +153,7 @@ class VAE(VAEDeclaration, Setting):
                 f"fresh-real needs {size} unused real images per iteration, {self.config.dataset} has "
                 f"{len(self._reserve)} beyond the training set: lower setting.samples"
             )
-        return Samples(x=self._reserve[None, rng.choice(len(self._reserve), size, replace=False)])
+        return MappedSamples(x=self._reserve[None, rng.choice(len(self._reserve), size, replace=False)])
 
     def preview(self, data: Samples) -> np.ndarray:
         return data["x"][0].transpose(0, 2, 3, 1)
@@ -165,7 +165,7 @@ class VAE(VAEDeclaration, Setting):
 
     def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> ConvVAE:
         c = self.config
-        images = concatenate(parts)["x"][0]
+        pool = sum(len(part) for part in parts)  # kept batches are memory-mapped: read a minibatch at a time
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
             model = self._new_model()
@@ -173,9 +173,10 @@ class VAE(VAEDeclaration, Setting):
         optimiser = torch.optim.AdamW(model.parameters(), lr=c.training.learning_rate)
         model.train()
         for _ in range(c.training.epochs):
-            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
-            for start in range(0, len(images), c.training.batch_size):
-                x = _pixels(images[order[start : start + c.training.batch_size].numpy()], self.device)
+            order = torch.randperm(pool, generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
+            for start in range(0, pool, c.training.batch_size):
+                rows = order[start : start + c.training.batch_size].numpy()[None]
+                x = _pixels(MappedSamples.select(parts, rows)["x"][0], self.device)
                 noise = torch.randn(len(x), c.model.latent_dim, generator=generator, device=self.device)
                 reconstruction, kl = negative_elbo(model, x, noise, c.model.likelihood, c.model.decoder_std)
                 loss = (reconstruction + kl).mean()
@@ -195,7 +196,7 @@ class VAE(VAEDeclaration, Setting):
         return np.concatenate(images)
 
     def sample(self, model: ConvVAE, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Samples:
-        return Samples(x=self._generate(model, size, rng)[None])
+        return MappedSamples(x=self._generate(model, size, rng)[None])
 
     @torch.no_grad()
     def evaluate(self, model: ConvVAE) -> dict[str, np.ndarray]:
