@@ -85,7 +85,8 @@ class SlurmCluster:
                     f"SlurmdUser={user}",
                     "AuthType=auth/munge",
                     "CredType=cred/munge",
-                    f"AuthInfo=socket={munge_socket}",
+                    # cred_expire: how long a requeued job waits before it may start again (default 120 s)
+                    f"AuthInfo=socket={munge_socket},cred_expire=10",
                     f"StateSaveLocation={d / 'state'}",
                     f"SlurmdSpoolDir={d / 'spool'}",
                     f"SlurmctldPidFile={d / 'slurmctld.pid'}",

@@ -32,6 +32,16 @@ SLOW = {
 
 
 @pytest.fixture(scope="module")
+def slow(tmp_path_factory) -> tuple[Path, str]:
+    """SLOW's config, and its table from an uninterrupted local run."""
+    directory = tmp_path_factory.mktemp("slow")
+    config = directory / "slow.yaml"
+    config.write_text(yaml.safe_dump(SLOW))
+    assert cli(os.environ, "run", config, "--out", directory / "straight", "-q").returncode == 0
+    return config, cli(os.environ, "table", directory / "straight").stdout
+
+
+@pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """The cluster's environment (SLURM_CONF), for the commands the tests start."""
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
@@ -109,10 +119,8 @@ def test_slurm_runs_one_job_array_and_gives_the_local_executors_table(tmp_path, 
     assert status.strip() == "6 chains: 6 done; 36 of 36 iterations committed"
 
 
-def test_a_job_signalled_at_its_time_limit_is_requeued_and_resumes_to_the_same_table(tmp_path, slurm):
-    config = tmp_path / "slow.yaml"
-    config.write_text(yaml.safe_dump(SLOW))
-    assert cli(slurm, "run", config, "--out", tmp_path / "straight", "-q").returncode == 0
+def test_a_job_signalled_at_its_time_limit_is_requeued_and_resumes_to_the_same_table(tmp_path, slurm, slow):
+    config, straight = slow
     run = tmp_path / "run"
     process = start_slow_run(slurm, config, run)
     job = job_ids(run)[0]  # the replace chain's
@@ -122,19 +130,15 @@ def test_a_job_signalled_at_its_time_limit_is_requeued_and_resumes_to_the_same_t
     while time.time() < deadline and "Restarts=1" not in slurm_command(slurm, "scontrol", "show", "job", job):
         time.sleep(0.2)
     assert "Restarts=1" in slurm_command(slurm, "scontrol", "show", "job", job)
-    # Slurm holds a requeued job for two minutes before it may start again; no need to wait here.
-    slurm_command(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
-    _, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=300)  # the requeued job starts again once cred_expire has passed
     assert process.returncode == 0, stderr
-    assert cli(slurm, "table", run).stdout == cli(slurm, "table", tmp_path / "straight").stdout
+    assert cli(slurm, "table", run).stdout == straight
     log = (run / "slurm" / f"{job}_0_log.out").read_text()
     assert "Requeued job" in log and log.count("Starting with JobEnvironment") == 2
 
 
-def test_a_killed_job_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path, slurm):
-    config = tmp_path / "slow.yaml"
-    config.write_text(yaml.safe_dump(SLOW))
-    assert cli(slurm, "run", config, "--out", tmp_path / "straight", "-q").returncode == 0
+def test_a_killed_job_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path, slurm, slow):
+    config, straight = slow
     run = tmp_path / "run"
     process = start_slow_run(slurm, config, run)
     job = job_ids(run)[0]
@@ -146,13 +150,11 @@ def test_a_killed_job_stops_the_run_in_one_line_and_resume_finishes_it(tmp_path,
     assert f"its Slurm job {job} ended FAILED" in cli(slurm, "status", run).stdout
     resumed = cli(slurm, "resume", run, "-q", "--executor", "slurm", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert cli(slurm, "table", run).stdout == cli(slurm, "table", tmp_path / "straight").stdout
+    assert cli(slurm, "table", run).stdout == straight
 
 
-def test_jobs_outlive_a_killed_driver_and_keep_a_resume_from_starting_them_twice(tmp_path, slurm):
-    config = tmp_path / "slow.yaml"
-    config.write_text(yaml.safe_dump(SLOW))
-    assert cli(slurm, "run", config, "--out", tmp_path / "straight", "-q").returncode == 0
+def test_jobs_outlive_a_killed_driver_and_keep_a_resume_from_starting_them_twice(tmp_path, slurm, slow):
+    config, straight = slow
     run = tmp_path / "run"
     process = start_slow_run(slurm, config, run)
     process.send_signal(signal.SIGKILL)  # the login node's session drops: the jobs run on
@@ -166,7 +168,7 @@ def test_jobs_outlive_a_killed_driver_and_keep_a_resume_from_starting_them_twice
         time.sleep(0.5)
     resumed = cli(slurm, "resume", run, "-q", "--executor", "slurm", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert cli(slurm, "table", run).stdout == cli(slurm, "table", tmp_path / "straight").stdout
+    assert cli(slurm, "table", run).stdout == straight
 
 
 def test_a_data_parallel_chain_runs_as_one_job_whose_tasks_are_ranks(tmp_path, slurm):

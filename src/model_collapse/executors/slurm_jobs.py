@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import distributed
+from ..atomic import write_json
 from ..config import ChainSpec, ExecutorConfig
 from ..errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
 from . import ONE_LINE_ERRORS, POLL_INTERVAL_S
@@ -109,7 +110,7 @@ def run_with_slurm(
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ConfigError(f"executor slurm: sbatch refused the jobs: {message}") from None
     jobs = dict(submitted)
-    (folder / JOBS_FILE).write_text(json.dumps([job.job_id for job in jobs.values()]))
+    write_json(folder / JOBS_FILE, [job.job_id for job in jobs.values()])
     stores = {i: specs[i].store(run_directory, writer=False) for i in todo}
     states: dict[str, str] = {}
     asked = float("-inf")
