@@ -72,11 +72,15 @@ def job_ids(run: Path) -> list[str]:
 
 
 def chain_process(run: Path, job: str) -> int:
-    """The process of Slurm job ``job`` (an array element, 123_4) that runs a chain of ``run``."""
+    """The Python process of Slurm job ``job`` (an array element, 123_4) that runs a chain of ``run``
+    (not the ``srun`` that started it, whose command line names the same module)."""
     array, element = job.split("_")
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if b"submitit.core._submit" not in cmdline.read_bytes() or str(run).encode() not in cmdline.read_bytes():
+            arguments = cmdline.read_bytes().split(b"\0")
+            if arguments[0].endswith(b"srun") or b"submitit.core._submit" not in arguments:
+                continue
+            if str(run / "slurm").encode() not in arguments:  # submitit's folder for this run
                 continue
             environment = (cmdline.parent / "environ").read_bytes().split(b"\0")
         except OSError:
