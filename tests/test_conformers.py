@@ -1,0 +1,66 @@
+"""The conformer data type: the bundled drug-like set, selection across parts as the regimes make it,
+memory-mapped save and load against the chain's molecules, and damaged or foreign files refused."""
+
+import numpy as np
+import pytest
+
+from model_collapse.errors import RunDirectoryError
+from model_collapse.settings.conformer_diffusion.conformers import Conformers, bundled
+
+
+@pytest.fixture(scope="module")
+def real() -> Conformers:
+    return bundled()
+
+
+def test_the_bundled_set_holds_five_conformers_of_each_of_300_small_molecules(real):
+    graphs = real.graphs
+    assert len(graphs) == 300 and len(real) == 1500
+    assert np.array_equal(np.bincount(real.molecule), np.full(300, 5))
+    assert set(np.unique(graphs.atom_types)) <= {1, 6, 7, 8, 9, 16, 17}  # H C N O F S Cl
+    heavy = np.array([(graphs.atoms(i) > 1).sum() for i in range(len(graphs))])
+    assert heavy.min() >= 8 and heavy.max() <= 14
+    for k in (0, 777, 1499):  # bonded atoms sit at bond lengths, conformers of a molecule differ
+        bonds, types = graphs.bonds_of(real.molecule[k])
+        x = real.positions_of(k)
+        lengths = np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)
+        assert 0.9 < lengths.min() and lengths.max() < 1.9 and set(types) <= {1, 2, 3, 12}
+    assert not np.allclose(real.positions_of(0), real.positions_of(1))
+
+
+def test_select_takes_conformers_across_parts_with_their_molecules(real):
+    synthetic = Conformers.from_ensembles(
+        real.graphs, [3, 3], [real.positions_of(15) + 1.0, real.positions_of(16) + 2.0]
+    )  # two conformers "sampled" for molecule 3
+    picked = Conformers.select([real, synthetic], np.array([[1501, 0, 1500, 16]]))
+    assert picked.molecule.tolist() == [3, 0, 3, 3]
+    np.testing.assert_allclose(picked.positions_of(0), real.positions_of(16) + 2.0)
+    np.testing.assert_allclose(picked.positions_of(1), real.positions_of(0))
+    np.testing.assert_allclose(picked.positions_of(3), real.positions_of(16))
+    assert len(real.subset(np.array([7, 2]))) == 10 and set(real.subset(np.array([7, 2])).molecule) == {2, 7}
+
+
+def test_a_saved_batch_loads_memory_mapped_against_the_chains_molecules(real, tmp_path):
+    batch = real.subset(np.array([5, 9, 100]))
+    batch.save(tmp_path)
+    back = Conformers.load(tmp_path, like=real)
+    assert isinstance(back.positions, np.memmap) and back.graphs is real.graphs
+    np.testing.assert_array_equal(back.molecule, batch.molecule)
+    np.testing.assert_array_equal(back.positions, batch.positions)
+
+
+def test_damaged_or_foreign_batches_are_refused_in_one_line(real, tmp_path):
+    batch = real.subset(np.array([5]))
+    batch.save(tmp_path)
+    np.save(tmp_path / "molecule.npy", np.array([5, 5, 5, 5, 400]))  # a molecule this chain does not have
+    with pytest.raises(RunDirectoryError, match="molecule indices outside this chain's 300 molecules"):
+        Conformers.load(tmp_path, like=real)
+    np.save(tmp_path / "molecule.npy", np.array([5, 5, 5, 5, 6]))  # positions no longer fit the atoms
+    with pytest.raises(RunDirectoryError, match=r"positions.npy: positions of shape"):
+        Conformers.load(tmp_path, like=real)
+    (tmp_path / "positions.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(RunDirectoryError, match="corrupted file .*positions.npy"):
+        Conformers.load(tmp_path, like=real)
+    (tmp_path / "molecule.npy").unlink()
+    with pytest.raises(RunDirectoryError, match="missing file .*molecule.npy"):
+        Conformers.load(tmp_path, like=real)
