@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check (issue #12), about ten minutes on one GPU: the CUDA-only code paths, the language-model
-# benchmarks at the paper's sizes (batch 32 x 512 tokens, bf16) against the Hugging Face Trainer and
-# generate, two iterations of configs/lm_gpt2_9m.yaml on the bundled corpus (one trains, one samples and
-# trains), and the VAE config on the GPU.
+# The GPU check (issue #12), sized for under ten minutes on one GPU (not yet timed): the CUDA-only code
+# paths, the language-model benchmarks at the paper's sizes (batch 32 x 512 tokens, bf16) against the
+# Hugging Face Trainer and generate, two iterations of configs/lm_gpt2_9m.yaml on the bundled corpus
+# (one trains, one samples and trains), and the VAE config on the GPU.
 # Targets: training >= 1.3x Trainer, sampling >= 3x generate, llama-126m at >= 35% of the bf16 matmul peak.
 #
 #   pip install "torch>=2.2" -e ".[test,bench]"      # a CUDA build of PyTorch

@@ -42,6 +42,30 @@ def tiny_language_model(tokenizer_cache: Path | str, **fields) -> dict:
     }
 
 
+# Two chains of several seconds each (a cheap chain commits about once a second), long enough to kill or
+# signal whatever runs one in the middle of it.
+SLOW_TWO_CHAINS = {
+    "setting": {"name": "gaussian", "dim": 20, "samples": 100},
+    "regimes": ["replace", "accumulate"],
+    "iterations": 600,
+    "seeds": 200,
+}
+
+
+def failing_at_iteration_2(directory: Path) -> Path:
+    """A config whose one chain stops at iteration 2 with a one-line error (fresh-real asks for more
+    unused real images than the data set has), written into ``directory``."""
+    import yaml
+
+    config = {"setting": tiny_vae(samples=1700), "regimes": ["fresh-real:1.0"], "iterations": 2, "seeds": 1}
+    path = directory / "failing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+FAILING_AT_ITERATION_2 = "fresh-real needs 1700 unused real images per iteration"
+
+
 def completed(progress: Path) -> int:
     """The iterations a chain's progress.json records (0 before it exists or while it is replaced)."""
     try:

@@ -11,30 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import FAILING_AT_ITERATION_2, SLOW_TWO_CHAINS, completed, failing_at_iteration_2
+
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("ray", reason="the ray executor's tests need Ray (pip install -e '.[ray]')")
-
-# Two chains of several seconds each (a cheap chain commits about once a second), long enough to kill
-# a worker in the middle of one.
-SLOW = {
-    "setting": {"name": "gaussian", "dim": 20, "samples": 100},
-    "regimes": ["replace", "accumulate"],
-    "iterations": 600,
-    "seeds": 200,
-}
 
 
 def cli(*args, **kwargs):
     return subprocess.run(
         [sys.executable, "-m", "model_collapse", *map(str, args)], capture_output=True, text=True, **kwargs
     )
-
-
-def completed(progress: Path) -> int:
-    try:
-        return int(yaml.safe_load(progress.read_text())["completed"])
-    except (OSError, TypeError, ValueError):
-        return 0
 
 
 def ray_chain_workers() -> list[int]:
@@ -62,7 +48,7 @@ def test_ray_gives_the_local_executors_table(tmp_path):
 
 def test_a_killed_ray_worker_is_rerun_and_the_chain_resumes_to_the_same_table(tmp_path):
     config = tmp_path / "slow.yaml"
-    config.write_text(yaml.safe_dump(SLOW))
+    config.write_text(yaml.safe_dump(SLOW_TWO_CHAINS))
     assert cli("run", config, "--out", tmp_path / "straight", "-q").returncode == 0
     run = tmp_path / "run"
     process = subprocess.Popen(
@@ -75,7 +61,7 @@ def test_a_killed_ray_worker_is_rerun_and_the_chain_resumes_to_the_same_table(tm
     while time.time() < deadline and not (completed(progress) >= 2 and ray_chain_workers()):
         time.sleep(0.05)
     workers = ray_chain_workers()
-    assert workers and completed(progress) < SLOW["iterations"], "the chain ended before it could be killed"
+    assert workers and completed(progress) < SLOW_TWO_CHAINS["iterations"], "the chain ended before it was killed"
     os.kill(workers[0], signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -89,3 +75,13 @@ def test_bad_executor_choices_get_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
     result = cli("run", ROOT / "configs" / "quickstart.yaml", "executor.gpus_per_chain=-1", "--out", tmp_path / "run")
     assert result.returncode == 2 and "executor.gpus_per_chain" in result.stderr
+
+
+def test_an_error_in_a_chain_comes_back_from_its_ray_task_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    failed = cli("run", failing_at_iteration_2(tmp_path), "--out", run, "-q", "--executor", "ray", timeout=300)
+    assert failed.returncode != 0
+    message = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and FAILING_AT_ITERATION_2 in message[0], failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert FAILING_AT_ITERATION_2 in cli("status", run).stdout

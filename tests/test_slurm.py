@@ -16,27 +16,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import completed, tiny_language_model
+from helpers import FAILING_AT_ITERATION_2, SLOW_TWO_CHAINS, completed, failing_at_iteration_2, tiny_language_model
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("submitit", reason="the slurm executor's tests need submitit (pip install -e '.[slurm]')")
 
-# Two chains of several seconds each, long enough to signal or cancel a job in the middle of one.
-SLOW = {
-    "setting": {"name": "gaussian", "dim": 20, "samples": 100},
-    "regimes": ["replace", "accumulate"],
-    "iterations": 600,
-    "seeds": 200,
-}
-
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory) -> tuple[Path, str]:
-    """SLOW's config, and its table from an uninterrupted local run."""
+    """SLOW_TWO_CHAINS's config, and its table from an uninterrupted local run."""
     directory = tmp_path_factory.mktemp("slow")
     config = directory / "slow.yaml"
-    config.write_text(yaml.safe_dump(SLOW))
+    config.write_text(yaml.safe_dump(SLOW_TWO_CHAINS))
     assert cli(os.environ, "run", config, "--out", directory / "straight", "-q").returncode == 0
     return config, cli(os.environ, "table", directory / "straight").stdout
 
@@ -93,7 +85,7 @@ def chain_process(run: Path, job: str) -> int:
 
 
 def start_slow_run(environment, config: Path, run: Path, chain: str = "replace") -> subprocess.Popen:
-    """A slurm run of SLOW, returned once ``chain`` has committed a few iterations (and has more to go)."""
+    """A slurm run of SLOW_TWO_CHAINS, returned once ``chain`` has committed a few iterations (and has more to go)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(run), "-q", "--executor", "slurm"],
         stderr=subprocess.PIPE,
@@ -104,7 +96,7 @@ def start_slow_run(environment, config: Path, run: Path, chain: str = "replace")
     deadline = time.time() + 120
     while time.time() < deadline and completed(progress) < 2:
         time.sleep(0.05)
-    assert 2 <= completed(progress) < SLOW["iterations"], "the chain ended before it could be interrupted"
+    assert 2 <= completed(progress) < SLOW_TWO_CHAINS["iterations"], "the chain ended before it could be interrupted"
     return process
 
 
@@ -224,3 +216,13 @@ def test_slurm_options_that_cannot_be_met_get_one_line(tmp_path, slurm):
     assert nowhere.returncode != 0 and nowhere.stderr.count("\n") == 1, nowhere.stderr
     assert "Slurm would refuse the jobs: invalid partition specified: nowhere" in nowhere.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_an_error_in_a_chain_comes_back_from_its_job_in_one_line(tmp_path, slurm):
+    run = tmp_path / "run"
+    failed = cli(slurm, "run", failing_at_iteration_2(tmp_path), "--out", run, "-q", "--executor", "slurm")
+    assert failed.returncode != 0
+    message = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and FAILING_AT_ITERATION_2 in message[0], failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert FAILING_AT_ITERATION_2 in cli(slurm, "status", run).stdout

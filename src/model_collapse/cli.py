@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import distributed
-from .config import apply_overrides, build_experiment, load_experiment
+from .config import ExecutorConfig, apply_overrides, build_experiment, load_experiment
 from .errors import ConfigError, ModelCollapseError, ResourceError, Terminated
 from .regimes import REGIMES
 from .settings import SETTINGS
@@ -78,7 +78,7 @@ def _terminate_like_ctrl_c():
 
 
 def _run_holding_the_lock(
-    directory: Path, take_lock, experiment, workers: int | None, quiet: bool, executor: str | None = None
+    directory: Path, take_lock, experiment, workers: int | None, quiet: bool, executor: ExecutorConfig
 ) -> None:
     """Run (or finish) the chains of ``experiment`` in ``directory`` while holding its lock (taken by
     ``take_lock``: creating the run, or locking an existing one); rank 0 alone takes it under torchrun."""
@@ -112,14 +112,14 @@ def run(
     def prepare():
         experiment = load_experiment(config, overrides or [])
         SETTINGS[experiment.setting_name]  # its optional dependencies are installed
-        resolve_executor(experiment, executor)
+        options = resolve_executor(experiment, executor)
         estimate_memory(experiment, resolve_workers(experiment, workers))
-        return experiment
+        return experiment, options
 
-    experiment = _guarded(prepare)
+    experiment, options = _guarded(prepare)
     directory = out or Path("runs") / config.stem
     create = lambda: create_run(directory, experiment.resolved())  # noqa: E731
-    _run_holding_the_lock(directory, create, experiment, workers, quiet, executor)
+    _run_holding_the_lock(directory, create, experiment, workers, quiet, options)
     err.print(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
@@ -138,11 +138,10 @@ def resume(
     def prepare():
         experiment = open_experiment(run_directory)
         SETTINGS[experiment.setting_name]  # its optional dependencies are installed
-        resolve_executor(experiment, executor)
-        return experiment
+        return experiment, resolve_executor(experiment, executor)
 
-    experiment = _guarded(prepare)
-    _run_holding_the_lock(run_directory, lambda: lock_run(run_directory), experiment, workers, quiet, executor)
+    experiment, options = _guarded(prepare)
+    _run_holding_the_lock(run_directory, lambda: lock_run(run_directory), experiment, workers, quiet, options)
     err.print(f"done: {run_directory}")
 
 

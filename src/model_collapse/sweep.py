@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -32,6 +31,7 @@ from . import activity, distributed
 from .chain import run_chain
 from .config import ChainSpec, ExecutorConfig, Experiment, setting_class
 from .errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, Terminated
+from .executors import STOP_GRACE_S
 from .rundir import IterationRecord
 from .settings import SETTINGS
 
@@ -168,6 +168,21 @@ class ChainFailed(Exception):
     """A chain raised an unexpected error in its worker; its traceback has been printed."""
 
 
+def chain_error(run_directory: Path, spec: ChainSpec, kind: str, message: str) -> ModelCollapseError:
+    """The one-line error that stopped chain ``spec`` wherever it ran (``kind``: the name of its class),
+    its reason recorded for ``model-collapse status``."""
+    _record_failure(run_directory, spec, message)
+    return _ERRORS.get(kind, ModelCollapseError)(f"chain {spec.label}: {message}")
+
+
+def chain_crash(run_directory: Path, spec: ChainSpec, traceback_text: str) -> ChainFailed:
+    """A chain stopped by a bug wherever it ran: its traceback goes to stderr, its last line is recorded."""
+    sys.stderr.write(traceback_text if traceback_text.endswith("\n") else traceback_text + "\n")
+    lines = [line.strip() for line in traceback_text.splitlines() if line.strip()]
+    _record_failure(run_directory, spec, lines[-1] if lines else "it failed")
+    return ChainFailed(f"chain {spec.label} failed (traceback above)")
+
+
 def _run_in_processes(
     run_directory: Path,
     specs: Sequence[ChainSpec],
@@ -213,17 +228,13 @@ def _run_in_processes(
                 process, _ = running.pop(index)
                 reader.close()
                 process.join()
-                label = specs[index].label
                 if message[0] == "error":
-                    _record_failure(run_directory, specs[index], message[2])
-                    raise _ERRORS.get(message[1], ModelCollapseError)(f"chain {label}: {message[2]}")
+                    raise chain_error(run_directory, specs[index], message[1], message[2])
                 if message[0] == "crash":
-                    sys.stderr.write(message[1])
-                    _record_failure(run_directory, specs[index], message[1].strip().splitlines()[-1])
-                    raise ChainFailed(f"chain {label} failed (traceback above)")
+                    raise chain_crash(run_directory, specs[index], message[1])
                 if message[0] == "died":
-                    _record_failure(run_directory, specs[index], f"its worker process {_death(process.exitcode)}")
-                    raise ResourceError(f"chain {label}: its worker process {_death(process.exitcode)}")
+                    died = f"its worker process {_death(process.exitcode)}"
+                    raise chain_error(run_directory, specs[index], "ResourceError", died)
     finally:
         _stop([process for process, _ in running.values()])
         for _, reader in running.values():
@@ -235,10 +246,6 @@ def _record_failure(run_directory: Path, spec: ChainSpec, reason: str) -> None:
     spec.store(run_directory, writer=False).record_failure(reason)
 
 
-# How long stopped workers get to commit what they have computed before they are killed.
-_STOP_GRACE_S = 10.0
-
-
 def _stop(processes: list) -> None:
     """Stop workers: SIGTERM first, on which a cheap chain commits the iterations it has computed since
     its last commit; SIGKILL for any still running after the grace period (commits are atomic: a chain
@@ -246,7 +253,7 @@ def _stop(processes: list) -> None:
     for process in processes:
         if process.is_alive():
             process.terminate()
-    deadline = time.monotonic() + _STOP_GRACE_S
+    deadline = time.monotonic() + STOP_GRACE_S
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
@@ -389,11 +396,11 @@ def run_experiment(
     experiment: Experiment,
     workers: int | None = None,
     quiet: bool = False,
-    executor: str | None = None,
+    options: ExecutorConfig | None = None,
 ) -> None:
     """Run the unfinished chains of ``experiment``: in local processes (``workers`` of them), or with
-    the executor named by ``executor`` or else the config's ``executor.name`` (``executors/``)."""
-    options = resolve_executor(experiment, executor)
+    the executor of ``options`` (from ``resolve_executor``; default: the config's) (``executors/``)."""
+    options = options or resolve_executor(experiment, None)
     specs = experiment.chains()
     iterations = experiment.config.iterations
     checkpoints = experiment.config.checkpoints
@@ -418,16 +425,15 @@ def run_experiment(
         def describe(index: int, line: str) -> None:  # what a chain does inside its iteration (activity.py)
             progress.update(tasks[index], activity=line)
 
-        record = functools.partial(_record_failure, run_directory)
         if options.name == "ray":
             from .executors.ray_tasks import run_with_ray
 
-            run_with_ray(run_directory, specs, todo, iterations, checkpoints, options, advance, record)
+            run_with_ray(run_directory, specs, todo, iterations, checkpoints, options, advance)
             return
         if options.name == "slurm":
             from .executors.slurm_jobs import run_with_slurm
 
-            run_with_slurm(run_directory, specs, todo, iterations, checkpoints, options, advance, describe, record)
+            run_with_slurm(run_directory, specs, todo, iterations, checkpoints, options, advance, describe)
             return
         if workers == 1 or len(todo) <= 1:
             # A cheap chain computes with one BLAS thread here too, as in a worker: its numbers then do not
@@ -451,7 +457,7 @@ def run_experiment(
                         raise
                     _record_failure(run_directory, specs[i], str(fault))
                     raise ResourceError(f"chain {specs[i].label}: {fault}") from None
-                except (ModelCollapseError, ConfigError, RunDirectoryError) as error:
+                except ModelCollapseError as error:
                     _record_failure(run_directory, specs[i], str(error))
                     raise
                 except Exception as error:  # a bug: its traceback follows; the chain says it failed

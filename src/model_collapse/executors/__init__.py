@@ -11,17 +11,12 @@ not on where or in what order the chains run.
   time limit or when preempted; a data-parallel chain is one job of several tasks.
 
 As with local processes, the first chain that fails stops the others (their commits stay, ``resume``
-finishes them) and its error, in one line, ends the run.
+finishes them) and its error, in one line (``sweep.chain_error``; a bug's traceback: ``sweep.chain_crash``),
+ends the run.
 """
-
-from __future__ import annotations
-
-from ..errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
 
 # How often the driver reads the chains' progress from the run directory.
 POLL_INTERVAL_S = 0.5
-# How long chains stopped by Ctrl-C get to commit what they have computed before they are killed.
+# How long chains stopped by Ctrl-C get to commit what they have computed before they are killed
+# (local workers too).
 STOP_GRACE_S = 10.0
-
-# Errors a chain reports in one line (anything else is a bug, reported with its traceback).
-ONE_LINE_ERRORS = (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)

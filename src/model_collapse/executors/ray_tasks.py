@@ -10,15 +10,14 @@ as locally.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..config import ChainSpec, ExecutorConfig
-from ..errors import ConfigError, ResourceError
-from . import ONE_LINE_ERRORS, POLL_INTERVAL_S, STOP_GRACE_S
+from ..errors import ConfigError
+from . import POLL_INTERVAL_S, STOP_GRACE_S
 
 
 def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
@@ -36,7 +35,6 @@ def run_with_ray(
     checkpoints: str,
     options: ExecutorConfig,
     advance: Callable[[int, int], None],
-    record_failure: Callable[[ChainSpec, str], None],
 ) -> None:
     try:
         import ray
@@ -71,7 +69,7 @@ def run_with_ray(
                 advance(index, min(stores[index].progress(), iterations))
             for ref in ready:
                 index = running.pop(ref)
-                _collect(ray, ray_errors, ref, specs[index], options, record_failure)
+                _collect(ray, ray_errors, ref, run_directory, specs[index], options)
                 advance(index, iterations)
     finally:
         if running:
@@ -80,25 +78,23 @@ def run_with_ray(
             ray.shutdown()
 
 
-def _collect(ray, ray_errors, ref, spec: ChainSpec, options: ExecutorConfig, record_failure) -> None:
+def _collect(ray, ray_errors, ref, run_directory: Path, spec: ChainSpec, options: ExecutorConfig) -> None:
     """The end of a chain's task: nothing when it finished, else its error in one line."""
+    from ..sweep import chain_crash, chain_error, describe_fault
+
     try:
         ray.get(ref)
     except ray_errors.RayTaskError as error:
         cause = error.cause
-        if isinstance(cause, ONE_LINE_ERRORS):
-            record_failure(spec, str(cause))
-            raise type(cause)(f"chain {spec.label}: {cause}") from None
-        from ..sweep import ChainFailed
-
-        sys.stderr.write("".join(traceback.format_exception(cause)) if cause else f"{error}\n")
-        record_failure(spec, f"{type(cause).__name__}: {cause}")
-        raise ChainFailed(f"chain {spec.label} failed (traceback above)") from None
+        fault = describe_fault(cause, run_directory) if cause is not None else None
+        if fault is not None:
+            raise chain_error(run_directory, spec, type(fault).__name__, str(fault)) from None
+        text = "".join(traceback.format_exception(cause)) if cause else str(error)
+        raise chain_crash(run_directory, spec, text) from None
     except ray_errors.RayError as error:  # the worker or its node died, max_retries + 1 times
         retries = f"executor.max_retries: {options.max_retries}"
         reason = f"its Ray worker died with no reruns left ({retries}; {type(error).__name__})"
-        record_failure(spec, reason)
-        raise ResourceError(f"chain {spec.label}: {reason}") from None
+        raise chain_error(run_directory, spec, "ResourceError", reason) from None
 
 
 def _stop(ray, refs: list) -> None:

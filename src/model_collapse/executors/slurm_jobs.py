@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,8 +31,8 @@ from pathlib import Path
 from .. import distributed
 from ..atomic import write_json
 from ..config import ChainSpec, ExecutorConfig
-from ..errors import ConfigError, ModelCollapseError, ResourceError, RunDirectoryError
-from . import ONE_LINE_ERRORS, POLL_INTERVAL_S
+from ..errors import ConfigError, ModelCollapseError, RunDirectoryError
+from . import POLL_INTERVAL_S
 
 # How often the driver asks slurmctld for the jobs' states (progress is read from files far more often).
 SQUEUE_INTERVAL_S = 5.0
@@ -69,9 +68,7 @@ class ChainJob:
             distributed.start()
         try:
             run_spec_alone(self.run_directory, self.spec, self.iterations, self.checkpoints)
-        except ONE_LINE_ERRORS as error:
-            return type(error).__name__, str(error)
-        except (OSError, MemoryError) as error:
+        except (ModelCollapseError, OSError, MemoryError) as error:
             fault = describe_fault(error, self.run_directory)
             if fault is None:
                 raise
@@ -94,22 +91,20 @@ def run_with_slurm(
     options: ExecutorConfig,
     advance: Callable[[int, int], None],
     describe: Callable[[int, str], None],
-    record_failure: Callable[[ChainSpec, str], None],
 ) -> None:
     import submitit
 
-    folder = run_directory.resolve() / "slurm"
+    run = run_directory.resolve()  # as the jobs see it, from wherever they start
+    folder = run / "slurm"
     refuse_while_earlier_jobs_run(folder)
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=options.max_retries)
-    executor.update_parameters(**sbatch_parameters(options, run_directory))
-    calls = {i: ChainJob(run_directory.resolve(), specs[i], iterations, checkpoints) for i in todo}
+    executor.update_parameters(**sbatch_parameters(options, f"model-collapse:{run.name}"))
     try:
         with executor.batch():
-            submitted = {i: executor.submit(call) for i, call in calls.items()}
-    except Exception as error:  # submitit wraps sbatch's refusal (a bad partition, say) in its own errors
+            jobs = {i: executor.submit(ChainJob(run, specs[i], iterations, checkpoints)) for i in todo}
+    except Exception as error:  # submitit wraps sbatch's refusal (a controller down, say) in its own errors
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ConfigError(f"executor slurm: sbatch refused the jobs: {message}") from None
-    jobs = dict(submitted)
     write_json(folder / JOBS_FILE, [job.job_id for job in jobs.values()])
     stores = {i: specs[i].store(run_directory, writer=False) for i in todo}
     states: dict[str, str] = {}
@@ -126,7 +121,7 @@ def run_with_slurm(
                 if job.paths.result_pickle.exists() or state in FINAL_STATES:
                     del jobs[index]
                     describe(index, "")
-                    _collect(job, state, specs[index], options, record_failure)
+                    _collect(job, state, run, specs[index], options)
                     advance(index, iterations)
             time.sleep(POLL_INTERVAL_S)
     finally:
@@ -134,11 +129,11 @@ def run_with_slurm(
             job.cancel(check=False)  # a chain cancelled mid-iteration resumes from its last commit
 
 
-def sbatch_parameters(options: ExecutorConfig, run_directory: Path) -> dict:
+def sbatch_parameters(options: ExecutorConfig, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters for one chain's job."""
     tasks = options.tasks_per_chain
     parameters = {
-        "job_name": f"model-collapse:{run_directory.resolve().name}",
+        "job_name": job_name,
         "time": options.time_minutes,
         "nodes": 1,
         "ntasks_per_node": tasks,
@@ -167,7 +162,7 @@ def check_submission(options: ExecutorConfig) -> None:
         raise ConfigError("executor slurm needs submitit: pip install 'model-collapse[slurm]'") from None
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:
         raise ConfigError("executor slurm: sbatch and squeue are not on PATH (run on a Slurm login node)")
-    parameters = sbatch_parameters(options, Path("check"))
+    parameters = sbatch_parameters(options, "model-collapse:check")
     flags = {
         **{k: v for k, v in parameters.items() if k not in NOT_SBATCH_FLAGS},
         **parameters["additional_parameters"],
@@ -236,37 +231,27 @@ def refuse_while_earlier_jobs_run(folder: Path) -> None:
         )
 
 
-def _collect(job, state: str, spec: ChainSpec, options: ExecutorConfig, record_failure) -> None:
+def _collect(job, state: str, run_directory: Path, spec: ChainSpec, options: ExecutorConfig) -> None:
     """The end of a chain's job: nothing when the chain is complete, else its error in one line."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from ..sweep import ChainFailed
+    from ..sweep import chain_crash, chain_error
 
     if not _result_written(job):
-        log = job.paths.stdout
-        reason = f"its Slurm job {job.job_id} ended {state or 'unseen'} with no result (log: {log})"
-        record_failure(spec, reason)
-        raise ResourceError(f"chain {spec.label}: {reason}")
+        reason = f"its Slurm job {job.job_id} ended {state or 'unseen'} with no result (log: {job.paths.stdout})"
+        raise chain_error(run_directory, spec, "ResourceError", reason)
     try:  # every task's outcome (one per rank of a data-parallel chain): the first error is the chain's
         outcome = next((result for result in job.results() if result is not None), None)
     except UncompletedJobError:
+        limit = f"executor.max_retries: {options.max_retries}"
         reason = (
-            f"its Slurm job {job.job_id} reached its time limit more than executor.max_retries: "
-            f"{options.max_retries} times"
+            f"its Slurm job {job.job_id} reached its time limit more than {limit} times (raise executor.time_minutes)"
         )
-        record_failure(spec, reason)
-        raise ResourceError(f"chain {spec.label}: {reason} (raise executor.time_minutes, or resume)") from None
+        raise chain_error(run_directory, spec, "ResourceError", reason) from None
     except FailedJobError as error:
-        text = str(error)
-        sys.stderr.write(text if text.endswith("\n") else text + "\n")
-        last = [line for line in text.strip().splitlines() if line.strip()]
-        record_failure(spec, last[-1].strip() if last else "its Slurm job failed")
-        raise ChainFailed(f"chain {spec.label} failed (traceback above)") from None
+        raise chain_crash(run_directory, spec, str(error)) from None
     if outcome is not None:
-        kind, message = outcome
-        record_failure(spec, message)
-        errors = {cls.__name__: cls for cls in ONE_LINE_ERRORS}
-        raise errors.get(kind, ModelCollapseError)(f"chain {spec.label}: {message}")
+        raise chain_error(run_directory, spec, *outcome)
 
 
 def _result_written(job, wait_s: float = 10.0) -> bool:

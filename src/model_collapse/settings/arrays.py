@@ -81,7 +81,7 @@ class Samples:
 class MappedSamples(Samples):
     """Samples saved one ``.npy`` file per field and read back memory-mapped: a batch kept for later
     iterations (accumulate) costs no RAM until its rows are read, so a pool of n batches of images does
-    not need n batches' worth of memory. Read them a minibatch at a time (``Samples.select``), never
+    not need n batches' worth of memory. Read them a minibatch at a time (``gather``), never
     concatenated whole."""
 
     memory_mapped: ClassVar[bool] = True
@@ -92,8 +92,7 @@ class MappedSamples(Samples):
 
     def save(self, directory: Path) -> None:
         for name, array in self.fields.items():
-            with open(directory / f"{name}.npy", "wb") as handle:
-                np.save(handle, np.ascontiguousarray(array))
+            save_array(directory / f"{name}.npy", array)
 
     @classmethod
     def load(cls, directory: Path, like: Samples) -> MappedSamples:
@@ -102,15 +101,7 @@ class MappedSamples(Samples):
             and (directory / SAMPLES_FILE).exists()
         ):
             return super().load(directory, like)  # written before batches were mapped: read whole
-        arrays = {}
-        for name in like.fields:
-            path = directory / f"{name}.npy"
-            try:
-                arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise RunDirectoryError(f"missing file {path}") from None
-            except Exception:  # a damaged header, or a pickled object array
-                raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
+        arrays = {name: load_array(directory / f"{name}.npy", mapped=True) for name in like.fields}
         path = directory / f"{next(iter(like.fields))}.npy"
         return cls.checked(path, samples_from(path, arrays), like)
 
@@ -196,6 +187,23 @@ def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
     if missing:
         raise RunDirectoryError(f"corrupted file {path}: not from this setting (it lacks {', '.join(missing)})")
     return arrays
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """One array as an .npy file, which ``load_array`` can memory-map."""
+    with open(path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array))
+
+
+def load_array(path: Path, mapped: bool = False) -> np.ndarray:
+    """An array from an .npy file, memory-mapped if ``mapped``; a missing, damaged or foreign file (a
+    pickled object array included) is a RunDirectoryError naming it."""
+    try:
+        return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise RunDirectoryError(f"missing file {path}") from None
+    except Exception:  # numpy raises several types for a damaged header, some suggesting allow_pickle
+        raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
 
 
 def samples_from(path: Path, arrays: dict[str, np.ndarray]) -> Samples:

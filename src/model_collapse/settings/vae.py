@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ModelCollapseError, RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import MappedSamples, Samples
+from .arrays import MappedSamples, Samples, gather
 from .base import Setting
 from .devices import resolve_device
 from .images import ImageSplit, load_images
@@ -176,7 +176,7 @@ class VAE(VAEDeclaration, Setting):
             order = torch.randperm(pool, generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
             for start in range(0, pool, c.training.batch_size):
                 rows = order[start : start + c.training.batch_size].numpy()[None]
-                x = _pixels(MappedSamples.select(parts, rows)["x"][0], self.device)
+                x = _pixels(gather(parts, rows)["x"][0], self.device)
                 noise = torch.randn(len(x), c.model.latent_dim, generator=generator, device=self.device)
                 reconstruction, kl = negative_elbo(model, x, noise, c.model.likelihood, c.model.decoder_std)
                 loss = (reconstruction + kl).mean()

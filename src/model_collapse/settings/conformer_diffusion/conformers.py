@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...errors import RunDirectoryError
+from ..arrays import load_array, save_array
 
 BUNDLED = "drugs_like.npz"
 
@@ -102,24 +103,15 @@ class Conformers:
         return Conformers.select([self], keep[None])
 
     def save(self, directory: Path) -> None:
-        for name, array in (("molecule.npy", self.molecule), ("positions.npy", np.ascontiguousarray(self.positions))):
-            with open(directory / name, "wb") as handle:
-                np.save(handle, array)
+        save_array(directory / "molecule.npy", self.molecule)
+        save_array(directory / "positions.npy", self.positions)
 
     @classmethod
     def load(cls, directory: Path, like: Conformers) -> Conformers:
         """Conformers saved in ``directory`` for the molecules of ``like`` (the chain's real data), with
         positions memory-mapped. A missing, damaged or foreign file is a RunDirectoryError naming it."""
-        arrays = {}
-        for name in ("molecule.npy", "positions.npy"):
-            path = directory / name
-            try:
-                arrays[name] = np.load(path, mmap_mode="r" if name == "positions.npy" else None, allow_pickle=False)
-            except FileNotFoundError:
-                raise RunDirectoryError(f"missing file {path}") from None
-            except Exception:  # a damaged header, or a pickled object array
-                raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
-        molecule, positions = arrays["molecule.npy"], arrays["positions.npy"]
+        molecule = load_array(directory / "molecule.npy")
+        positions = load_array(directory / "positions.npy", mapped=True)
         graphs = like.graphs
         if molecule.ndim != 1 or not np.issubdtype(molecule.dtype, np.integer):
             raise RunDirectoryError(f"corrupted file {directory / 'molecule.npy'}: not a list of molecule indices")

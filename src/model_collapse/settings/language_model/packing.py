@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...errors import RunDirectoryError
+from ..arrays import load_array, save_array
 
 TOKEN_DTYPE = np.uint16  # vocabularies up to 65,536 tokens; the paper's is 8,000
 
@@ -61,27 +62,16 @@ class TokenCorpus:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
 
     def save(self, directory: Path) -> None:
-        np.save(directory / "tokens.npy", self.tokens)
-        np.save(directory / "offsets.npy", self.offsets)
+        save_array(directory / "tokens.npy", self.tokens)
+        save_array(directory / "offsets.npy", self.offsets)
 
     @classmethod
     def load(cls, directory: Path, like: TokenCorpus | None = None) -> TokenCorpus:
         """Memory-mapped: a corpus on disk costs no RAM until it is read. A missing, damaged or foreign
         corpus is a RunDirectoryError naming the file (never numpy's advice to load it with pickles
         enabled). ``like`` is part of the data-type protocol; a corpus needs nothing from it."""
-        arrays = {}
-        for name in ("tokens.npy", "offsets.npy"):
-            try:
-                arrays[name] = np.load(
-                    directory / name, mmap_mode="r" if name == "tokens.npy" else None, allow_pickle=False
-                )
-            except FileNotFoundError:
-                raise RunDirectoryError(f"missing file {directory / name}") from None
-            except Exception:
-                raise RunDirectoryError(
-                    f"corrupted file {directory / name}: not an array file this tool wrote"
-                ) from None
-        tokens, offsets = arrays["tokens.npy"], arrays["offsets.npy"]
+        tokens = load_array(directory / "tokens.npy", mapped=True)
+        offsets = load_array(directory / "offsets.npy")
         if tokens.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or not np.issubdtype(offsets.dtype, np.integer):
             raise RunDirectoryError(f"corrupted corpus in {directory}: tokens and offsets of the wrong shape")
         if offsets[0] < 0 or offsets[-1] > len(tokens) or (np.diff(offsets) < 0).any():
