@@ -42,6 +42,23 @@ def tiny_language_model(tokenizer_cache: Path | str, **fields) -> dict:
     }
 
 
+def tiny_conformers(**fields) -> dict:
+    """A conformer-diffusion setting (4 bundled training molecules x 5 conformers, a network of width 8,
+    5 diffusion steps) that trains and samples in about a second, with ``fields`` on top."""
+    return {
+        "name": "conformer-diffusion",
+        "samples": 4,
+        "test_molecules": 4,
+        "device": "cpu",
+        "network": {"hidden_dim": 8, "global_convolutions": 1, "local_convolutions": 1},
+        "diffusion": {"steps": 5, "beta_end": 0.6},
+        "training": {"steps": 4, "batch_size": 8, "evaluate_every": 2, "validation_conformers": 8},
+        "sampling": {"batch_size": 8},
+        "evaluation": {"molecules": 2},
+        **fields,
+    }
+
+
 # Two chains of several seconds each (a cheap chain commits about once a second), long enough to kill or
 # signal whatever runs one in the middle of it.
 SLOW_TWO_CHAINS = {

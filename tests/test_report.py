@@ -130,7 +130,7 @@ def test_texts_in_a_report_are_escaped(tmp_path, monkeypatch):
 
     out = run(tmp_path / "run", ROOT / "configs" / "quickstart.yaml", "seeds=3", "iterations=2")
     story = '<script>alert("x")</script> & <img src=http://example.com/x.png>'
-    monkeypatch.setattr(report, "text_samples", lambda results: {"base": [("real data", [story])]})
+    monkeypatch.setattr(report, "text_samples", lambda experiment, results: {"base": [("real data", [story])]})
     page = report.build_report(out)
     assert html.escape(story).replace("&quot;", "&#34;") in page  # shown as text, never as markup
     assert "<script" not in page and "<img src=http" not in page

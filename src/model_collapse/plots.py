@@ -139,17 +139,19 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
 
 
 def _show(ax, images: np.ndarray, title: str) -> None:
-    grid = image_grid(images)
+    grid = image_grid(images, columns=min(8, int(np.ceil(np.sqrt(len(images))))))  # about square
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def text_samples(results: list[ChainResult]) -> dict[str, list[tuple[str, list[str]]]]:
+def text_samples(experiment, results: list[ChainResult]) -> dict[str, list[tuple[str, list[str]]]]:
     """Per sweep point: (heading, texts) for real texts, then iteration 1 and the last iteration of every
     regime (first seed); empty for settings whose previews are not texts."""
     pages = {}
+    if SETTINGS.declared(experiment.setting_name).previews_molecules:
+        return pages
     for point, chains in _first_seed_chains(results).items():
         real = _real_preview(chains)
         if real is None or real.ndim != 1:
@@ -170,6 +172,35 @@ def _text_page(setting_name: str, point: str, sections: list[tuple[str, list[str
     return "\n".join(lines) + "\n"
 
 
+def molecule_files(experiment, results: list[ChainResult]) -> dict[str, str]:
+    """Per sweep point, for settings whose previews are molecules: an SD file of the real conformers and
+    every previewed iteration of every regime (first seed), each titled with where it comes from, for a
+    molecule viewer."""
+    if not SETTINGS.declared(experiment.setting_name).previews_molecules:
+        return {}
+    files = {}
+    for point, chains in _first_seed_chains(results).items():
+        blocks = []
+        real = _real_preview(chains)
+        sections = [("real data", real)] if real is not None else []
+        for label, chain in chains.items():
+            sections += [(f"{label}, iteration {int(i)}", chain.preview(int(i))) for i in chain.iterations]
+        for title, preview in sections:
+            for block in [] if preview is None else preview:
+                name, _, rest = str(block).partition("\n")
+                blocks.append(f"{title}: {name}\n{rest}".rstrip("\n") + "\n$$$$\n")
+        if blocks:
+            files[f"samples_{point}.sdf"] = "".join(blocks)
+    return files
+
+
+def _pictures(setting, preview: np.ndarray | None) -> np.ndarray | None:
+    """What a figure shows of a preview: images as they are, molecules depicted."""
+    if preview is None or not setting.previews_molecules:
+        return preview
+    return setting.depict(preview)
+
+
 def _first_seed_chains(results: list[ChainResult]) -> dict[str, dict[str, ChainResult]]:
     """Per sweep point, per regime: the chain of the first seed (what sample and learning-curve
     figures show)."""
@@ -188,18 +219,20 @@ def _real_preview(chains: dict[str, ChainResult]) -> np.ndarray | None:
 def sample_figures(experiment, results: list[ChainResult]):
     """(name, figure) for image previews: the paper's Fig. 6 layout (real images, then the last
     iteration of every regime), ``samples_<point>``, and every regime's samples over the iterations,
-    ``samples_by_iteration_<point>``."""
+    ``samples_by_iteration_<point>``. Molecules are depicted by their setting."""
+    setting = SETTINGS.declared(experiment.setting_name)
     for point, chains in _first_seed_chains(results).items():
         last = {label: int(result.iterations.max()) for label, result in chains.items()}
         real = _real_preview(chains)
-        if real is None or real.ndim == 1:
+        if real is None or (real.ndim == 1 and not setting.previews_molecules):
             continue
+        real = _pictures(setting, real)
         figure, axes = plt.subplots(
             1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained"
         )
         _show(axes[0][0], real, "real data")
         for ax, (label, chain) in zip(axes[0][1:], chains.items()):
-            _show(ax, chain.preview(last[label]), f"{label}, iteration {last[label]}")
+            _show(ax, _pictures(setting, chain.preview(last[label])), f"{label}, iteration {last[label]}")
         figure.suptitle(f"{experiment.setting_name}: samples ({point})")
         yield f"samples_{point}", figure
 
@@ -213,7 +246,7 @@ def sample_figures(experiment, results: list[ChainResult]):
         )
         for row, (label, chain) in enumerate(chains.items()):
             for column, iteration in enumerate(iterations):
-                images = chain.preview(iteration) if iteration <= last[label] else None
+                images = _pictures(setting, chain.preview(iteration)) if iteration <= last[label] else None
                 if images is None:
                     axes[row][column].set_visible(False)
                     continue
@@ -224,7 +257,8 @@ def sample_figures(experiment, results: list[ChainResult]):
 
 def learning_curve_figures(experiment, results: list[ChainResult]):
     """(name, figure): validation loss during training, one line per iteration, one panel per regime
-    (first seed), ``learning_curves_<point>`` (the paper's Fig. 3)."""
+    (first seed), ``learning_curves_<point>`` (the paper's Fig. 3 and 4), on the axes the setting names."""
+    x_key, x_label, y_key, y_label = SETTINGS.declared(experiment.setting_name).learning_curve_axes
     for point, chains in _first_seed_chains(results).items():
         curves = {}
         for label, result in chains.items():
@@ -240,15 +274,15 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
         for ax, (label, by_iteration) in zip(axes[0], curves.items()):
             for iteration, curve in by_iteration.items():
                 ax.plot(
-                    [p["epoch"] for p in curve],
-                    [p["validation_loss"] for p in curve],
+                    [p[x_key] for p in curve],
+                    [p[y_key] for p in curve],
                     color=colour((iteration - 1) / max(1, last - 1)),
                     label=f"iteration {iteration}",
                 )
             ax.set_title(label, fontsize=9)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(x_label)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("validation loss (nats / token)")
+        axes[0][0].set_ylabel(y_label)
         axes[0][0].legend(fontsize=7)
         figure.suptitle(f"{experiment.setting_name}: learning curves ({point})")
         yield f"learning_curves_{point}", figure
@@ -362,7 +396,10 @@ def plot_run(run_directory: Path) -> list[Path]:
     for figures in (metric_figures, sample_figures, learning_curve_figures):
         for name, figure in figures(experiment, chain_results):
             written += save_figure(figure, out, name)
-    for point, sections in text_samples(chain_results).items():
+    for point, sections in text_samples(experiment, chain_results).items():
         written.append(out / f"samples_{point}.md")
         write_atomic(written[-1], _text_page(experiment.setting_name, point, sections))
+    for name, text in molecule_files(experiment, chain_results).items():
+        written.append(out / name)
+        write_atomic(written[-1], text)
     return written

@@ -156,7 +156,7 @@ def build_report(run_directory: Path) -> str:
             )
         samples = [(name, _png(f)) for name, f in sample_figures(experiment, chain_results)]
         curves = [(name, _png(f)) for name, f in learning_curve_figures(experiment, chain_results)]
-        texts = text_samples(chain_results)
+        texts = text_samples(experiment, chain_results)
     else:
         samples, curves, texts = [], [], {}
 

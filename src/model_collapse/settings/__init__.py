@@ -32,6 +32,12 @@ _LOCATIONS = {
         "lm",
         ("language_model.config", "LanguageModelDeclaration"),
     ),
+    "conformer-diffusion": (
+        "conformer_diffusion.setting",
+        "ConformerDiffusion",
+        "molecules",
+        ("conformer_diffusion.config", "ConformerDeclaration"),
+    ),
 }
 
 

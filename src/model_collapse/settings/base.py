@@ -130,6 +130,16 @@ class Declaration:
     # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
     # every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0
+    # ... and previews that are molecules (mol blocks) are drawn with ``depict`` and written as SD files.
+    previews_molecules: ClassVar[bool] = False
+    # Fits that record a learning curve (``Fit.diagnostics["learning_curve"]``, a list of dicts): the
+    # keys and labels of its axes, (x key, x label, y key, y label).
+    learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
+        "epoch",
+        "epoch",
+        "validation_loss",
+        "validation loss (nats / token)",
+    )
 
     @classmethod
     def footprint(cls, config: SettingConfig) -> Footprint | None:
@@ -141,6 +151,11 @@ class Declaration:
         """Closed forms of the metrics under a regime, as ``theory.Curve`` s over iterations 1..N
         (none by default)."""
         return []
+
+    @classmethod
+    def depict(cls, previews: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, 3) uint8 of molecule previews (settings with ``previews_molecules``)."""
+        raise NotImplementedError(f"setting {cls.name!r} does not preview molecules")
 
 
 class Setting(Declaration, ABC):
@@ -183,7 +198,8 @@ class Setting(Declaration, ABC):
         """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``."""
 
     def preview(self, data: Any) -> np.ndarray:
-        """A few samples of the first seed of ``data``: uint8 images (N, H, W, C) or strings (N,)."""
+        """A few samples of the first seed of ``data``: uint8 images (N, H, W, C), strings (N,), or mol
+        blocks (N,) for settings with ``previews_molecules``."""
         raise NotImplementedError(f"setting {self.name!r} has no preview")
 
     @abstractmethod

@@ -26,7 +26,7 @@ from ..arrays import load_array, save_array
 BUNDLED = "drugs_like.npz"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: the chain's one set of molecules
 class MoleculeGraphs:
     """Molecular graphs, concatenated: molecule i has atoms ``atom_offsets[i]:atom_offsets[i+1]`` of
     ``atom_types`` (atomic numbers) and bonds ``bond_offsets[i]:...`` of ``bonds`` (atom pairs numbered

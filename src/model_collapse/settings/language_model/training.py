@@ -19,10 +19,8 @@ The paper does not report its optimiser settings; the defaults are the reference
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,8 +29,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ...activity import Meter
-from ...atomic import write_file_atomic
 from ...distributed import global_sum, rank_and_world
+from ..checkpoints import TrainingCheckpoint
 from .config import TrainingSection
 from .loss import CausalLanguageModelLoss
 from .packing import PackedBlocks
@@ -90,47 +88,6 @@ def cross_entropy(model, blocks: PackedBlocks, batch_size: int, device: torch.de
         count += n
     model.train(was_training)
     return global_sum(total, device) / global_sum(count, device)
-
-
-class TrainingCheckpoint:
-    """The whole state of a training run at a step, in one file replaced atomically.
-
-    Model, optimiser, schedule, loss scaler, torch's random state (dropout), the loss since the last
-    evaluation and the curve so far: with the data order, drawn from the run's own generator, that is all
-    it takes to continue as if never interrupted. A fingerprint of the run (options, data size, the
-    generator's starting state) makes a file of any other run, or an unreadable one, ignored."""
-
-    FILE = "training_state.pt"
-
-    def __init__(self, directory: Path | None, interval_s: float | None, fingerprint: dict):
-        self.path = directory / self.FILE if directory is not None else None
-        self.interval_s = interval_s
-        self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
-        self.last_saved = time.monotonic()
-
-    def load(self) -> dict | None:
-        if self.path is None or not self.path.exists():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a truncated or foreign file
-            log.warning("ignoring unreadable training checkpoint %s (%s); training from the start", self.path, error)
-            return None
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring training checkpoint %s of another run; training from the start", self.path)
-            return None
-        return state
-
-    def due(self) -> bool:
-        return (
-            self.path is not None
-            and self.interval_s is not None
-            and time.monotonic() - self.last_saved >= self.interval_s
-        )
-
-    def save(self, state: dict) -> None:
-        write_file_atomic(self.path, lambda handle: torch.save({**state, "fingerprint": self.fingerprint}, handle))
-        self.last_saved = time.monotonic()
 
 
 def train(

@@ -1,0 +1,141 @@
+"""Conformers as RDKit molecules: MDL mol blocks (the SDF a molecule viewer opens), GeoDiff's coverage and
+matching metrics, and pictures.
+
+MAT-R and COV-R follow GeoDiff's ``utils/evaluation/covmat.py``: for every reference conformer of a
+molecule, the best RMSD (``GetBestRMS``: optimal alignment over the molecule's symmetries) to any of the
+conformers generated for that molecule, computed without hydrogens. MAT-R is the mean of those best
+RMSDs, COV-R the share of references whose best match is within delta.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .conformers import Conformers, MoleculeGraphs
+
+
+def _rdkit():
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # sanitisation warnings of generated geometries are expected
+    return Chem
+
+
+def molecule(graphs: MoleculeGraphs, index: int, positions: np.ndarray | None = None):
+    """The RDKit molecule of ``graphs[index]`` (hydrogens included), with a conformer at ``positions``."""
+    Chem = _rdkit()
+    bond_type = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE, 12: Chem.BondType.AROMATIC}
+    atoms = graphs.atoms(index)
+    bonds, types = graphs.bonds_of(index)
+    editable = Chem.RWMol()
+    aromatic = set(bonds[types == 12].ravel().tolist())
+    for number, atom_index in zip(atoms.tolist(), range(len(atoms))):
+        atom = Chem.Atom(int(number))
+        atom.SetIsAromatic(atom_index in aromatic)
+        atom.SetNoImplicit(True)  # every hydrogen is an atom of the graph
+        editable.AddAtom(atom)
+    for (begin, end), kind in zip(bonds.tolist(), types.tolist()):
+        editable.AddBond(int(begin), int(end), bond_type.get(int(kind), Chem.BondType.SINGLE))
+        if kind == 12:
+            editable.GetBondBetweenAtoms(int(begin), int(end)).SetIsAromatic(True)
+    mol = editable.GetMol()
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception:  # an unusual valence of a foreign file: keep the graph as it is
+        mol.UpdatePropertyCache(strict=False)
+    if positions is not None:
+        conformer = Chem.Conformer(len(atoms))
+        for atom_index, (x, y, z) in enumerate(np.asarray(positions, dtype=np.float64)):
+            conformer.SetAtomPosition(atom_index, (x, y, z))
+        mol.AddConformer(conformer, assignId=True)
+    return mol
+
+
+def molblocks(conformers: Conformers, titles: list[str] | None = None) -> np.ndarray:
+    """One MDL mol block per conformer (strings), titled with its molecule's SMILES or ``titles``."""
+    Chem = _rdkit()
+    blocks = []
+    for k in range(len(conformers)):
+        mol = molecule(conformers.graphs, int(conformers.molecule[k]), conformers.positions_of(k))
+        mol.SetProp("_Name", titles[k] if titles else str(conformers.graphs.smiles[int(conformers.molecule[k])]))
+        try:
+            blocks.append(Chem.MolToMolBlock(mol))
+        except Exception:  # aromatic bonds that do not kekulise are written as aromatic (type 4)
+            blocks.append(Chem.MolToMolBlock(mol, kekulize=False))
+    return np.array(blocks)
+
+
+def sdf(blocks: list[str]) -> str:
+    """An SD file of mol blocks."""
+    return "".join(block.rstrip("\n") + "\n$$$$\n" for block in blocks)
+
+
+def _heavy(mol):
+    return _rdkit().RemoveHs(mol, sanitize=False)
+
+
+def best_rmsd(graphs: MoleculeGraphs, index: int, references: list[np.ndarray], generated: list[np.ndarray]):
+    """(references, generated) best RMSDs without hydrogens, A."""
+    from rdkit.Chem import rdMolAlign
+
+    reference_mols = [_heavy(molecule(graphs, index, x)) for x in references]
+    generated_mols = [_heavy(molecule(graphs, index, x)) for x in generated]
+    table = np.empty((len(references), len(generated)))
+    for i, reference in enumerate(reference_mols):
+        for j, probe in enumerate(generated_mols):
+            table[i, j] = rdMolAlign.GetBestRMS(probe, reference)
+    return table
+
+
+def coverage_and_matching(references: Conformers, generated: Conformers, delta: float) -> tuple[float, float]:
+    """(COV-R, MAT-R) over the molecules of ``references``: each reference against the conformers
+    generated for its molecule."""
+    best = []
+    for index in np.unique(references.molecule):
+        mine = np.flatnonzero(references.molecule == index)
+        theirs = np.flatnonzero(generated.molecule == index)
+        if not len(theirs):
+            continue
+        table = best_rmsd(
+            references.graphs,
+            int(index),
+            [references.positions_of(int(k)) for k in mine],
+            [generated.positions_of(int(k)) for k in theirs],
+        )
+        best.extend(table.min(axis=1))
+    best = np.asarray(best)
+    return float((best <= delta).mean()), float(best.mean())
+
+
+def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:
+    """Pictures (N, size, size, 3) uint8 of mol blocks: heavy atoms and bonds as placed in 3D, seen along
+    the axis of least spread (so that a distorted geometry looks distorted)."""
+    from PIL import Image
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    Chem = _rdkit()
+    images = []
+    for block in blocks:
+        mol = Chem.MolFromMolBlock(str(block), removeHs=False, sanitize=False)
+        drawer = rdMolDraw2D.MolDraw2DCairo(size, size)
+        if mol is not None and mol.GetNumAtoms():
+            mol = _heavy(mol)
+            mol.UpdatePropertyCache(strict=False)
+            positions = mol.GetConformer().GetPositions()
+            centred = positions - positions.mean(axis=0)
+            _, _, axes = np.linalg.svd(centred, full_matrices=False)
+            flat = centred @ axes.T  # principal axes: the widest view first
+            conformer = mol.GetConformer()
+            for atom_index, (x, y, _) in enumerate(flat):
+                conformer.SetAtomPosition(atom_index, (float(x), float(y), 0.0))
+            conformer.Set3D(False)
+            options = drawer.drawOptions()
+            options.bondLineWidth = 2
+            options.includeRadicals = False  # atoms without their hydrogens are not radicals
+            options.fixedBondLength = size / 7  # one scale for every picture: a stretched molecule looks it
+            drawer.DrawMolecule(mol)
+        drawer.FinishDrawing()
+        images.append(np.asarray(Image.open(io.BytesIO(drawer.GetDrawingText())).convert("RGB")))
+    return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)

@@ -1,0 +1,153 @@
+"""What the conformer-diffusion setting is (its config, metrics and how it runs), readable without
+PyTorch or RDKit: ``table``, ``plot`` and config validation need only this.
+
+The defaults are a CPU-sized GeoDiff (minutes on 2 cores, ``configs/conformers_cpu.yaml``); the paper's
+size is ``configs/geodiff_drugs.yaml`` (GeoDiff's ``drugs_1k`` configuration as the paper's authors ran it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from ..base import Declaration, Metric, SettingConfig, StrictConfig
+
+
+class NetworkSection(StrictConfig):
+    """GeoDiff's dual-encoder network (``network.py``): a SchNet-style global encoder over the radius
+    graph and a GIN-style local encoder over the bond graph extended to third neighbours."""
+
+    hidden_dim: PositiveInt = Field(32, description="GeoDiff: 128")
+    global_convolutions: PositiveInt = Field(3, description="SchNet interaction blocks (GeoDiff: 6)")
+    local_convolutions: PositiveInt = Field(2, description="GIN convolutions (GeoDiff: 4)")
+    cutoff: PositiveFloat = Field(10.0, description="radius of the global graph (A)")
+    smooth_cutoff: bool = Field(True, description="SchNet filters fade to 0 at the cutoff with a cosine")
+    activation: Literal["relu", "silu", "softplus"] = "relu"
+
+
+class DiffusionSection(StrictConfig):
+    """The noise schedule: ``steps`` betas from ``beta_start`` to ``beta_end``. Fewer steps need a larger
+    ``beta_end`` for the largest noise to stay about 10 A (GeoDiff: 1,000 steps, sigmoid 1e-7 -> 9e-3)."""
+
+    steps: PositiveInt = 50
+    beta_schedule: Literal["sigmoid", "linear", "quad"] = "sigmoid"
+    beta_start: PositiveFloat = 1e-7
+    beta_end: float = Field(0.18, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _increasing(self):
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"beta_start ({self.beta_start}) must be below beta_end ({self.beta_end})")
+        return self
+
+    def betas(self) -> np.ndarray:
+        """The schedule, as GeoDiff's ``get_beta_schedule`` computes it (float64)."""
+        start, end, steps = self.beta_start, self.beta_end, self.steps
+        if self.beta_schedule == "linear":
+            return np.linspace(start, end, steps, dtype=np.float64)
+        if self.beta_schedule == "quad":
+            return np.linspace(start**0.5, end**0.5, steps, dtype=np.float64) ** 2
+        return 1 / (np.exp(-np.linspace(-6, 6, steps)) + 1) * (end - start) + start
+
+
+class TrainingSection(StrictConfig):
+    """Adam with a plateau schedule on the validation loss, as GeoDiff trains (separate optimisers and
+    schedules for the global and the local part of the network)."""
+
+    steps: PositiveInt = Field(300, description="optimiser steps per fit (the paper: 41,000)")
+    batch_size: PositiveInt = Field(32, description="conformers per step")
+    learning_rate: PositiveFloat = 1e-3
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_clip: PositiveFloat = Field(30000.0, description="maximum gradient norm (GeoDiff's Drugs value)")
+    scheduler_factor: float = Field(0.6, gt=0, lt=1)
+    scheduler_patience: NonNegativeInt = Field(10, description="evaluations without improvement before decaying")
+    evaluate_every: PositiveInt = Field(25, description="steps between evaluations of the validation loss")
+    validation_conformers: PositiveInt = Field(
+        200, description="test conformers of the learning curve and the plateau schedule (a fixed subset)"
+    )
+    checkpoint_minutes: float | None = Field(
+        10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
+    )
+
+    @property
+    def checkpoint_interval_s(self) -> float | None:
+        return None if self.checkpoint_minutes is None else 60 * self.checkpoint_minutes
+
+
+class SamplingSection(StrictConfig):
+    """GeoDiff's Langevin sampler (``test.py`` with ``--sampling_type ld``)."""
+
+    step_lr: PositiveFloat = Field(1e-6, description="step size at noise 0.01 A (1e-5 diverges)")
+    global_start_sigma: PositiveFloat = Field(0.5, description="the global score joins below this noise (A)")
+    w_global: float = Field(1.0, ge=0)
+    clip: PositiveFloat = Field(1000.0, description="maximum norm of an atom's global score")
+    batch_size: PositiveInt = Field(64, description="conformers sampled at once (a resumable shard)")
+
+
+class EvaluationSection(StrictConfig):
+    """MAT-R and COV-R (GeoDiff's covmat.py) on a fixed subset of the test molecules."""
+
+    molecules: NonNegativeInt = Field(10, description="test molecules to generate conformers for (0: no MAT/COV)")
+    per_reference: PositiveInt = Field(2, description="conformers generated per reference conformer")
+    delta: PositiveFloat = Field(1.25, description="COV-R threshold (A): 1.25 for Drugs, 0.5 for QM9")
+
+
+class ConformerConfig(SettingConfig):
+    name: Literal["conformer-diffusion"] = "conformer-diffusion"
+    dataset: Literal["drugs-like", "geom"] = Field(
+        "drugs-like", description="drugs-like: 300 molecules bundled with the package; geom: GeoDiff's pickles"
+    )
+    data_dir: str | None = Field(
+        None, description="geom: the folder with train_data_40k.pkl, val_data_5k.pkl, test_data_1k.pkl"
+    )
+    train_file: str = "train_data_40k.pkl"
+    validation_file: str = "val_data_5k.pkl"
+    test_file: str = "test_data_1k.pkl"
+    samples: PositiveInt | None = Field(
+        40, description="training molecules (null: all); their conformers are the real training data"
+    )
+    test_molecules: PositiveInt | None = Field(40, description="held-out molecules of test_loss (null: all)")
+    conformers_per_molecule: PositiveInt | None = Field(None, description="keep at most this many (null: all)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    network: NetworkSection = Field(default_factory=NetworkSection)
+    diffusion: DiffusionSection = Field(default_factory=DiffusionSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.dataset == "geom" and not self.data_dir:
+            raise ValueError("dataset 'geom' needs data_dir, the folder with GeoDiff's pickles")
+        if self.dataset != "geom" and self.data_dir:
+            raise ValueError(f"data_dir is for dataset 'geom' (dataset {self.dataset!r} ships with the package)")
+        return self
+
+
+class ConformerDeclaration(Declaration):
+    """The conformer-diffusion setting's declaration; ``setting.ConformerDiffusion`` inherits it."""
+
+    name = "conformer-diffusion"
+    Config = ConformerConfig
+    metrics = {
+        # GeoDiff's loss on held-out molecules, per atom, with the same noise at every iteration
+        "test_loss": Metric("test loss (per atom)"),
+        "test_loss_local": Metric("test loss, local part (per atom)"),
+        "test_loss_global": Metric("test loss, global part (per atom)"),
+        "mat_r": Metric("MAT-R: mean best RMSD (A)"),
+        "cov_r": Metric("COV-R: references matched (fraction)"),
+    }
+    one_seed_per_chain = True
+    preview_size = 6
+    previews_molecules = True
+    learning_curve_axes = ("step", "training step", "validation_loss_local", "local loss on test molecules (per atom)")
+
+    @classmethod
+    def depict(cls, molblocks: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, 3) of the conformers in ``molblocks`` (their 3D geometry seen from above)."""
+        from .chemistry import depict
+
+        return depict(molblocks)

@@ -1,0 +1,189 @@
+"""The ``conformer-diffusion`` setting: GeoDiff trained afresh at every iteration (the paper's §2.2, Fig. 4).
+
+Data are conformers of molecules (``conformers.py``), split by molecule (``datasets.py``). Each
+iteration trains a new dual-encoder network (``network.py``, ``training.py``) on its conformers. A
+synthetic set is drawn for the *training* molecules: as many conformers as asked, spread over the
+molecules in the proportions of the real set (asked for as many as the real set holds, it has exactly
+the real set's molecules and counts), sampled in shards that a resumed run does not sample again.
+
+Metrics on held-out molecules: GeoDiff's loss per atom with its local and global parts, with timesteps
+and noise fixed for all iterations of a chain; and MAT-R / COV-R of conformers generated for a fixed
+set of reference molecules (``chemistry.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rdkit  # noqa: F401  (the [molecules] extra: its absence is named when the setting is chosen)
+import torch
+
+from ...activity import Meter
+from ...atomic import write_directory_atomic
+from ...errors import ModelCollapseError, RunDirectoryError
+from ...randomness import seed_rng
+from ..base import Fit, Setting
+from ..devices import resolve_device
+from .chemistry import coverage_and_matching, molblocks
+from .config import ConformerConfig, ConformerDeclaration
+from .conformers import Conformers
+from .datasets import SPLIT_SEED, load_splits
+from .graph import MoleculeBatch
+from .network import DualEncoder, langevin_sample
+from .training import evaluation_loss, generator_for, train
+
+CLIP_LOCAL_ON_RETRY = 20.0  # GeoDiff's test.py samples a diverged batch again with this local clip
+
+
+def interleaved(molecules: np.ndarray) -> np.ndarray:
+    """The entries of ``molecules`` reordered as first conformers of every molecule (in order of first
+    appearance), then second ones, and so on: any prefix spreads over as many molecules as it can."""
+    rank = np.zeros(len(molecules), dtype=np.int64)
+    seen: dict[int, int] = {}
+    first: dict[int, int] = {}
+    for k, molecule in enumerate(molecules.tolist()):
+        rank[k] = seen.get(molecule, 0)
+        seen[molecule] = rank[k] + 1
+        first.setdefault(molecule, k)
+    order = np.lexsort((np.array([first[m] for m in molecules.tolist()]), rank))
+    return molecules[order]
+
+
+def _shard_directory(scratch: Path, index: int) -> Path:
+    return scratch / f"samples_{index:05d}"
+
+
+class ConformerDiffusion(ConformerDeclaration, Setting):
+    def __init__(self, config: ConformerConfig, seeds: Sequence[int]):
+        super().__init__(config, seeds)
+        self.device = resolve_device(config.device)
+        splits = load_splits(config)
+        self._real, self.test, self._reserve, self.references = (
+            splits.train,
+            splits.test,
+            splits.reserve,
+            splits.references,
+        )
+        # the learning curve's conformers: a fixed subset of the test set, the same for every chain
+        shown = np.random.default_rng(SPLIT_SEED).permutation(len(self.test))[: config.training.validation_conformers]
+        self.validation = Conformers.select([self.test], np.sort(shown)[None])
+        self._synthetic_molecules = interleaved(self._real.molecule)
+        self._evaluation_seed = int(seed_rng(self.seeds[0], "evaluate").integers(2**63))
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def real_train(self) -> Conformers:
+        return self._real
+
+    def fresh_real(self, size: int, rng: np.random.Generator) -> Conformers:
+        if size > len(self._reserve):
+            raise ModelCollapseError(
+                f"fresh-real needs {size} unused real conformers per iteration, the data set has "
+                f"{len(self._reserve)} beyond the training and test molecules: lower setting.samples"
+            )
+        return Conformers.select([self._reserve], np.sort(rng.choice(len(self._reserve), size, replace=False))[None])
+
+    def preview(self, data: Conformers) -> np.ndarray:
+        """Mol blocks of the first conformer of each of ``data``'s first molecules."""
+        _, first = np.unique(data.molecule, return_index=True)
+        rows = np.sort(first)[: self.preview_size]
+        return molblocks(Conformers.select([data], rows[None]))
+
+    # -- model ------------------------------------------------------------------------------------
+    def _new_model(self) -> DualEncoder:
+        return DualEncoder(self.config.network, self.config.diffusion).to(self.device)
+
+    def fit(self, parts: Sequence[Conformers], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**63)))
+            model = self._new_model()
+        curve = train(model, parts, self.validation, self.config.training, rng, self.device, scratch)
+        return Fit(model, {"learning_curve": curve})
+
+    def _generate(self, model: DualEncoder, molecules: np.ndarray, seed: int) -> Conformers:
+        """Conformers sampled for ``molecules`` (indices into the chain's graphs), one batch."""
+        graphs, per_batch = self._real.graphs, self.config.sampling.batch_size
+        generator = generator_for(seed, self.device)
+        batches = []
+        for start in range(0, len(molecules), per_batch):
+            chosen = molecules[start : start + per_batch].astype(np.int64)
+            atoms = int(graphs.atom_counts()[chosen].sum())
+            template = MoleculeBatch.of(Conformers(graphs, chosen, np.zeros((atoms, 3), np.float32)), self.device)
+            batches.append(Conformers(graphs, chosen, self._langevin(model, template, generator)))
+        return Conformers.select(batches, np.arange(len(molecules))[None])
+
+    def _langevin(self, model: DualEncoder, batch: MoleculeBatch, generator: torch.Generator) -> np.ndarray:
+        failure = None
+        for clip_local in (None, CLIP_LOCAL_ON_RETRY):
+            try:
+                return langevin_sample(model, batch, self.config.sampling, generator, clip_local).cpu().numpy()
+            except FloatingPointError as error:
+                failure = error
+        raise ModelCollapseError(f"conformer sampling failed twice, the second time with local clipping: {failure}")
+
+    def sample(
+        self, model: DualEncoder, size: int, rng: np.random.Generator, scratch: Path | None = None
+    ) -> Conformers:
+        """``size`` conformers for the training molecules, in shards of ``sampling.batch_size``; with
+        ``scratch``, finished shards are kept there and an interrupted run samples only the rest."""
+        model.to(self.device)
+        molecules = np.resize(self._synthetic_molecules, size)
+        shard_size = self.config.sampling.batch_size
+        starts = range(0, size, shard_size)
+        seeds = rng.integers(2**63, size=len(starts))
+        meter = Meter("sampling", size, "conformers")
+        shards = []
+        for index, (start, seed) in enumerate(zip(starts, seeds)):
+            wanted = molecules[start : start + shard_size]
+            shard = self._load_shard(scratch, index, wanted)
+            if shard is None:
+                shard = self._generate(model, wanted, int(seed))
+                if scratch is not None:
+                    write_directory_atomic(_shard_directory(scratch, index), shard.save)
+            shards.append(shard)
+            meter.advance(len(wanted))
+        meter.close()
+        return Conformers.select(shards, np.arange(size)[None])
+
+    def _load_shard(self, scratch: Path | None, index: int, molecules: np.ndarray) -> Conformers | None:
+        """A shard an interrupted run finished, or None (also for an unreadable or foreign one)."""
+        if scratch is None or not _shard_directory(scratch, index).is_dir():
+            return None
+        try:
+            shard = Conformers.load(_shard_directory(scratch, index), like=self._real)
+        except RunDirectoryError:
+            return None
+        return shard if np.array_equal(shard.molecule, molecules) else None
+
+    def evaluate(self, model: DualEncoder) -> dict[str, np.ndarray]:
+        losses = evaluation_loss(model, self.test, self._evaluation_seed, self.device)
+        coverage = matching = np.nan
+        options = self.config.evaluation
+        if options.molecules and len(self.references):
+            molecules = np.repeat(self.references.molecule, options.per_reference)
+            generated = self._generate(model, molecules, self._evaluation_seed)
+            coverage, matching = coverage_and_matching(self.references, generated, options.delta)
+        return {
+            "test_loss": np.array([losses["loss"]]),
+            "test_loss_local": np.array([losses["loss_local"]]),
+            "test_loss_global": np.array([losses["loss_global"]]),
+            "mat_r": np.array([matching]),
+            "cov_r": np.array([coverage]),
+        }
+
+    # -- storage ----------------------------------------------------------------------------------
+    def save_model(self, model: DualEncoder, directory: Path) -> None:
+        torch.save(model.state_dict(), directory / "model.pt")
+
+    def load_model(self, directory: Path) -> DualEncoder:
+        path = directory / "model.pt"
+        model = self._new_model()
+        try:
+            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        except FileNotFoundError:
+            raise RunDirectoryError(f"missing file {path}") from None
+        except Exception:  # torch raises several types, with long messages, for damaged or foreign files
+            raise RunDirectoryError(f"corrupted file {path}: not a checkpoint of this model") from None
+        return model.eval()
