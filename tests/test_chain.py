@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from helpers import tiny_language_model, tiny_vae
+from helpers import tiny_conformers, tiny_language_model, tiny_vae
 from model_collapse.chain import run_chain
 from model_collapse.errors import RunDirectoryError, Terminated
 from model_collapse.regimes import REGIMES, parse_regime
@@ -20,6 +20,7 @@ SMALL = {
     "discrete": {"samples": 8, "outcomes": 5},
     "vae": tiny_vae(samples=8),
     "language-model": tiny_language_model(tempfile.mkdtemp(prefix="tokenizers-"), sampling={"max_new_tokens": 16}),
+    "conformer-diffusion": tiny_conformers(conformers_per_molecule=2),  # 4 molecules x 2 conformers
 }
 REGIME_SPECS = [
     "replace",

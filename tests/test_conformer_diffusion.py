@@ -137,7 +137,7 @@ REGIMES = [
 
 
 @pytest.mark.parametrize("regime", REGIMES)
-def test_every_regime_runs_and_resumes_to_the_same_numbers(config, tmp_path, regime):
+def test_every_regime_resumes_to_the_same_numbers(config, tmp_path, regime):
     straight = run_chain(ConformerDiffusion(config, [0]), parse_regime(regime), 3)
     run_chain(ConformerDiffusion(config, [0]), parse_regime(regime), 2, ChainStore(tmp_path / "chain", {}))
     resumed = run_chain(ConformerDiffusion(config, [0]), parse_regime(regime), 3, ChainStore(tmp_path / "chain", {}))
