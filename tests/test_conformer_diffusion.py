@@ -186,7 +186,7 @@ def _kill_when(process: subprocess.Popen, marker, what: str) -> None:
 def test_a_run_killed_while_sampling_or_training_resumes_with_the_same_numbers(tmp_path):
     setting = tiny_conformers(
         diffusion={"steps": 100, "beta_end": 0.09},  # long enough to be caught sampling
-        training={"steps": 400, "batch_size": 4, "evaluate_every": 100, "checkpoint_minutes": 0.001},
+        training={"steps": 200, "batch_size": 4, "evaluate_every": 50, "checkpoint_minutes": 0.001},
         sampling={"batch_size": 2},
         evaluation={"molecules": 1},
     )
