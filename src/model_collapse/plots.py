@@ -278,6 +278,7 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
                     [p[y_key] for p in curve],
                     color=colour((iteration - 1) / max(1, last - 1)),
                     label=f"iteration {iteration}",
+                    marker="o" if len(curve) == 1 else None,  # one evaluation is a point, not a line
                 )
             ax.set_title(label, fontsize=9)
             ax.set_xlabel(x_label)

@@ -1,6 +1,7 @@
-"""A neural fit's resumable state: one file in the iteration's scratch directory, replaced atomically.
+"""What neural settings keep of a fit: its resumable state while it runs (one file in the iteration's
+scratch directory, replaced atomically) and the fitted network's weights.
 
-Language models and conformer diffusion models save their whole training state there every few minutes;
+Language models and conformer diffusion models save their whole training state every few minutes;
 a fit run again with the same data, options and random generator continues from the last saved step.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_file_atomic
+from ..errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,9 @@ class TrainingCheckpoint:
 
     FILE = "training_state.pt"
 
-    def __init__(self, directory: Path | None, interval_s: float | None, fingerprint: dict):
+    def __init__(self, directory: Path | None, minutes: float | None, fingerprint: dict):
         self.path = directory / self.FILE if directory is not None else None
-        self.interval_s = interval_s
+        self.interval_s = None if minutes is None else 60 * minutes
         self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
         self.last_saved = time.monotonic()
 
@@ -57,3 +59,24 @@ class TrainingCheckpoint:
     def save(self, state: dict) -> None:
         write_file_atomic(self.path, lambda handle: torch.save({**state, "fingerprint": self.fingerprint}, handle))
         self.last_saved = time.monotonic()
+
+
+WEIGHTS = "model.pt"
+
+
+def save_weights(model: torch.nn.Module, directory: Path) -> None:
+    """A fitted network's parameters, for ``load_weights`` (the chain's model directory)."""
+    torch.save(model.state_dict(), directory / WEIGHTS)
+
+
+def load_weights(model: torch.nn.Module, directory: Path, device: torch.device) -> torch.nn.Module:
+    """``model`` (a fresh one of the right architecture) with the parameters saved in ``directory``, in
+    evaluation mode; a missing, damaged or foreign file is a RunDirectoryError naming it."""
+    path = directory / WEIGHTS
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except FileNotFoundError:
+        raise RunDirectoryError(f"missing file {path}") from None
+    except Exception:  # torch raises several types, with long messages, for damaged or foreign files
+        raise RunDirectoryError(f"corrupted file {path}: not a checkpoint of this model") from None
+    return model.eval()

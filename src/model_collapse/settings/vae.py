@@ -24,10 +24,11 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from ..errors import ModelCollapseError, RunDirectoryError
+from ..errors import ModelCollapseError
 from ..randomness import seed_rng
 from .arrays import MappedSamples, Samples, gather
 from .base import Setting
+from .checkpoints import load_weights, save_weights
 from .devices import resolve_device
 from .images import ImageSplit, load_images
 from .vae_config import VAEConfig, VAEDeclaration
@@ -228,16 +229,7 @@ class VAE(VAEDeclaration, Setting):
 
     # -- storage ----------------------------------------------------------------------------------
     def save_model(self, model: ConvVAE, directory: Path) -> None:
-        torch.save(model.state_dict(), directory / "model.pt")
+        save_weights(model, directory)
 
     def load_model(self, directory: Path) -> ConvVAE:
-        path = directory / "model.pt"
-        model = self._new_model()
-        try:
-            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-        except FileNotFoundError:
-            raise RunDirectoryError(f"missing file {path}") from None
-        except Exception:  # torch raises several types, with long messages, for damaged or foreign files
-            raise RunDirectoryError(f"corrupted file {path}: not a checkpoint of this model") from None
-        model.eval()
-        return model
+        return load_weights(self._new_model(), directory, self.device)

@@ -67,11 +67,6 @@ def molblocks(conformers: Conformers, titles: list[str] | None = None) -> np.nda
     return np.array(blocks)
 
 
-def sdf(blocks: list[str]) -> str:
-    """An SD file of mol blocks."""
-    return "".join(block.rstrip("\n") + "\n$$$$\n" for block in blocks)
-
-
 def _heavy(mol):
     return _rdkit().RemoveHs(mol, sanitize=False)
 
@@ -135,6 +130,9 @@ def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:
             options.bondLineWidth = 2
             options.includeRadicals = False  # atoms without their hydrogens are not radicals
             options.fixedBondLength = size / 7  # one scale for every picture: a stretched molecule looks it
+            options.prepareMolsBeforeDrawing = False
+            # no stereo wedges: RDKit would derive them from the geometry, drawn as large wedges where it is broken
+            mol = rdMolDraw2D.PrepareMolForDrawing(mol, kekulize=False, addChiralHs=False, wedgeBonds=False)
             drawer.DrawMolecule(mol)
         drawer.FinishDrawing()
         images.append(np.asarray(Image.open(io.BytesIO(drawer.GetDrawingText())).convert("RGB")))

@@ -53,6 +53,16 @@ class MoleculeGraphs:
         return self.bonds[span], self.bond_types[span]
 
 
+def rank_within_molecule(molecules: np.ndarray) -> np.ndarray:
+    """For each entry of ``molecules``, how many earlier entries name the same molecule (0, 1, ...)."""
+    rank = np.zeros(len(molecules), dtype=np.int64)
+    seen: dict[int, int] = {}
+    for k, molecule in enumerate(molecules.tolist()):
+        rank[k] = seen.get(molecule, 0)
+        seen[molecule] = rank[k] + 1
+    return rank
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     offsets = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -84,6 +94,13 @@ class Conformers:
         """Conformers from one (atoms, 3) array per conformer."""
         stacked = np.concatenate(positions).astype(np.float32) if len(positions) else np.empty((0, 3), np.float32)
         return cls(graphs, np.asarray(molecule, np.int64), stacked)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Conformers]) -> Conformers:
+        """The conformers of ``parts`` one after the other (parts of the same molecules)."""
+        return cls(
+            parts[0].graphs, np.concatenate([p.molecule for p in parts]), np.concatenate([p.positions for p in parts])
+        )
 
     @classmethod
     def select(cls, parts: Sequence[Conformers], rows: np.ndarray) -> Conformers:

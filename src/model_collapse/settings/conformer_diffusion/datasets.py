@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import ModelCollapseError
 from .config import ConformerConfig
-from .conformers import Conformers, MoleculeGraphs, _offsets, bundled
+from .conformers import Conformers, MoleculeGraphs, _offsets, bundled, rank_within_molecule
 
 SPLIT_SEED = 20240401  # the fixed shuffle of the bundled molecules
 
@@ -39,12 +39,8 @@ def _capped(conformers: Conformers, per_molecule: int | None) -> Conformers:
     """At most ``per_molecule`` conformers of each molecule (the first ones)."""
     if per_molecule is None:
         return conformers
-    rank = np.zeros(len(conformers), dtype=np.int64)
-    seen: dict[int, int] = {}
-    for k, molecule in enumerate(conformers.molecule.tolist()):
-        rank[k] = seen.get(molecule, 0)
-        seen[molecule] = rank[k] + 1
-    return Conformers.select([conformers], np.flatnonzero(rank < per_molecule)[None])
+    keep = rank_within_molecule(conformers.molecule) < per_molecule
+    return Conformers.select([conformers], np.flatnonzero(keep)[None])
 
 
 def _take(order: np.ndarray, count: int | None, what: str, available: int, option: str) -> np.ndarray:

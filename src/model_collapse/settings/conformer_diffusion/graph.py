@@ -25,7 +25,6 @@ import torch
 from .conformers import Conformers, MoleculeGraphs
 
 BOND_TYPE_COUNT = 22  # RDKit's BondType values, whose indices GeoDiff uses as edge types
-ANGLE_TYPE, TORSION_TYPE = BOND_TYPE_COUNT + 1, BOND_TYPE_COUNT + 2
 
 
 def pair_types(atoms: int, bonds: np.ndarray, bond_types: np.ndarray, order: int = 3) -> np.ndarray:
@@ -56,7 +55,7 @@ def _molecule_pairs(graphs: MoleculeGraphs, molecule: int, order: int) -> tuple[
 @dataclass
 class MoleculeBatch:
     """Conformers stacked atom after atom: ``graph[a]`` is the conformer of atom a, ``pairs`` every
-    ordered pair of atoms within a conformer with its ``pair_type``, ``local`` where that type is not 0."""
+    ordered pair of atoms within a conformer with its ``pair_type`` (0: not a local edge)."""
 
     atom_types: torch.Tensor  # (N,) long
     graph: torch.Tensor  # (N,) long
@@ -64,10 +63,6 @@ class MoleculeBatch:
     pairs: torch.Tensor  # (2, P) long
     pair_type: torch.Tensor  # (P,) long
     count: int  # conformers
-
-    @property
-    def local(self) -> torch.Tensor:
-        return self.pair_type > 0
 
     @classmethod
     def of(cls, conformers: Conformers, device: torch.device, order: int = 3) -> MoleculeBatch:

@@ -25,10 +25,11 @@ from ...atomic import write_directory_atomic
 from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
+from ..checkpoints import load_weights, save_weights
 from ..devices import resolve_device
 from .chemistry import coverage_and_matching, molblocks
 from .config import ConformerConfig, ConformerDeclaration
-from .conformers import Conformers
+from .conformers import Conformers, rank_within_molecule
 from .datasets import SPLIT_SEED, load_splits
 from .graph import MoleculeBatch
 from .network import DualEncoder, langevin_sample
@@ -40,14 +41,8 @@ CLIP_LOCAL_ON_RETRY = 20.0  # GeoDiff's test.py samples a diverged batch again w
 def interleaved(molecules: np.ndarray) -> np.ndarray:
     """The entries of ``molecules`` reordered as first conformers of every molecule (in order of first
     appearance), then second ones, and so on: any prefix spreads over as many molecules as it can."""
-    rank = np.zeros(len(molecules), dtype=np.int64)
-    seen: dict[int, int] = {}
-    first: dict[int, int] = {}
-    for k, molecule in enumerate(molecules.tolist()):
-        rank[k] = seen.get(molecule, 0)
-        seen[molecule] = rank[k] + 1
-        first.setdefault(molecule, k)
-    order = np.lexsort((np.array([first[m] for m in molecules.tolist()]), rank))
+    _, first, inverse = np.unique(molecules, return_index=True, return_inverse=True)
+    order = np.lexsort((first[inverse], rank_within_molecule(molecules)))  # by rank, then first appearance
     return molecules[order]
 
 
@@ -103,7 +98,8 @@ class ConformerDiffusion(ConformerDeclaration, Setting):
         return Fit(model, {"learning_curve": curve})
 
     def _generate(self, model: DualEncoder, molecules: np.ndarray, seed: int) -> Conformers:
-        """Conformers sampled for ``molecules`` (indices into the chain's graphs), one batch."""
+        """Conformers sampled for ``molecules`` (indices into the chain's graphs), ``sampling.batch_size``
+        at a time, all from one random stream."""
         graphs, per_batch = self._real.graphs, self.config.sampling.batch_size
         generator = generator_for(seed, self.device)
         batches = []
@@ -112,7 +108,7 @@ class ConformerDiffusion(ConformerDeclaration, Setting):
             atoms = int(graphs.atom_counts()[chosen].sum())
             template = MoleculeBatch.of(Conformers(graphs, chosen, np.zeros((atoms, 3), np.float32)), self.device)
             batches.append(Conformers(graphs, chosen, self._langevin(model, template, generator)))
-        return Conformers.select(batches, np.arange(len(molecules))[None])
+        return Conformers.concatenate(batches)
 
     def _langevin(self, model: DualEncoder, batch: MoleculeBatch, generator: torch.Generator) -> np.ndarray:
         failure = None
@@ -145,7 +141,7 @@ class ConformerDiffusion(ConformerDeclaration, Setting):
             shards.append(shard)
             meter.advance(len(wanted))
         meter.close()
-        return Conformers.select(shards, np.arange(size)[None])
+        return Conformers.concatenate(shards)
 
     def _load_shard(self, scratch: Path | None, index: int, molecules: np.ndarray) -> Conformers | None:
         """A shard an interrupted run finished, or None (also for an unreadable or foreign one)."""
@@ -175,15 +171,7 @@ class ConformerDiffusion(ConformerDeclaration, Setting):
 
     # -- storage ----------------------------------------------------------------------------------
     def save_model(self, model: DualEncoder, directory: Path) -> None:
-        torch.save(model.state_dict(), directory / "model.pt")
+        save_weights(model, directory)
 
     def load_model(self, directory: Path) -> DualEncoder:
-        path = directory / "model.pt"
-        model = self._new_model()
-        try:
-            model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-        except FileNotFoundError:
-            raise RunDirectoryError(f"missing file {path}") from None
-        except Exception:  # torch raises several types, with long messages, for damaged or foreign files
-            raise RunDirectoryError(f"corrupted file {path}: not a checkpoint of this model") from None
-        return model.eval()
+        return load_weights(self._new_model(), directory, self.device)

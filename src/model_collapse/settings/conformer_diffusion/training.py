@@ -66,7 +66,7 @@ def train(
     pool = sum(len(part) for part in parts)
     checkpoint = TrainingCheckpoint(
         checkpoint_directory,
-        options.checkpoint_interval_s,
+        options.checkpoint_minutes,
         {
             "options": options.model_dump(exclude={"checkpoint_minutes"}),
             "pool": pool,
@@ -98,12 +98,10 @@ def train(
         step, running, running_atoms, curve[:] = saved["step"], saved["running"], saved["running_atoms"], saved["curve"]
         log.info("training resumes at step %d of %d from %s", step, options.steps, checkpoint.path)
 
-    # The data order: a permutation of the pool per pass, from a stream of its own, so that a resumed fit
-    # finds its place by step alone.
+    # The data order: a permutation of the pool per pass, from a stream of its own, drawn pass after pass
+    # as steps need them, so that a resumed fit finds its place by step alone.
     order_rng = np.random.default_rng(order_seed)
     order = np.empty(0, dtype=np.int64)
-    for _ in range(-(-step * options.batch_size // pool) + 1):
-        order = np.concatenate([order, order_rng.permutation(pool)])
 
     meter = Meter("training", options.steps, "steps", done=step)
     model.train()

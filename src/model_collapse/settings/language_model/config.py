@@ -59,10 +59,6 @@ class TrainingSection(StrictConfig):
         10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
     )
 
-    @property
-    def checkpoint_interval_s(self) -> float | None:
-        return None if self.checkpoint_minutes is None else 60 * self.checkpoint_minutes
-
 
 class SamplingSection(StrictConfig):
     """How synthetic stories are generated."""

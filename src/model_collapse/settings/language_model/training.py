@@ -102,13 +102,13 @@ def train(
 ) -> list[dict]:
     """Train ``model`` in place; returns the learning curve (one dict per evaluation).
 
-    With ``checkpoint_directory``, the state is saved there every ``options.checkpoint_interval_s``,
+    With ``checkpoint_directory``, the state is saved there every ``options.checkpoint_minutes``,
     and a run started again with the same model initialisation, data, options and ``rng`` state
     continues from the last saved step and ends exactly as an uninterrupted run (on CPU, bit for bit).
     """
     checkpoint = TrainingCheckpoint(
         checkpoint_directory,
-        options.checkpoint_interval_s,
+        options.checkpoint_minutes,
         {
             "options": options.model_dump(exclude={"checkpoint_minutes"}),
             "blocks": len(blocks),
