@@ -27,6 +27,14 @@ from .conformers import Conformers, MoleculeGraphs
 BOND_TYPE_COUNT = 22  # RDKit's BondType values, whose indices GeoDiff uses as edge types
 
 
+def rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[index]`` along the first axis, by ``index_select``: its backward (``index_add_``) sums
+    a repeated row's gradients in one order on a CPU with several threads, where advanced indexing's
+    (``index_put_`` with accumulate) does not, so fits would differ from run to run. On CUDA both sum
+    with atomics; ``torch.use_deterministic_algorithms`` is what makes them reproducible there."""
+    return tensor.index_select(0, index)
+
+
 def pair_types(atoms: int, bonds: np.ndarray, bond_types: np.ndarray, order: int = 3) -> np.ndarray:
     """(atoms, atoms) edge types: the bond type of bonded pairs, 23 / 24 for pairs 2 / 3 bonds apart
     (up to ``order``), 0 for the rest (and the diagonal)."""
@@ -87,7 +95,7 @@ class MoleculeBatch:
     def edges(self, positions: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GeoDiff's graph at ``positions``: (2, E) pairs that are local or within ``cutoff``, their
         types and lengths (E, 1)."""
-        lengths = (positions[self.pairs[0]] - positions[self.pairs[1]]).norm(dim=-1)
+        lengths = (rows(positions, self.pairs[0]) - rows(positions, self.pairs[1])).norm(dim=-1)
         keep = (self.pair_type > 0) | (lengths <= cutoff)
         return self.pairs[:, keep], self.pair_type[keep], lengths[keep, None]
 
@@ -96,4 +104,4 @@ class MoleculeBatch:
         sums = torch.zeros(self.count, 3, dtype=positions.dtype, device=positions.device)
         sums.index_add_(0, self.graph, positions)
         atoms = torch.bincount(self.graph, minlength=self.count).clamp(min=1)[:, None]
-        return positions - (sums / atoms)[self.graph]
+        return positions - rows(sums / atoms, self.graph)

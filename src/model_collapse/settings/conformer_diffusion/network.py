@@ -1,5 +1,6 @@
 """GeoDiff's epsilon network, loss and sampler (Xu et al., ICLR 2022; ``models/epsnet/dualenc.py``), in
-plain PyTorch: message passing with ``index_add_``, no torch-scatter or torch-geometric.
+plain PyTorch: message passing with ``index_select`` and ``index_add_``, no torch-scatter or
+torch-geometric.
 
 The network predicts a score for every edge's *length* from invariant features (atom types, edge types
 and lengths), and turns edge scores into atom vectors along the edges (``along_edges``, GeoDiff's
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DiffusionSection, NetworkSection, SamplingSection
-from .graph import MoleculeBatch
+from .graph import MoleculeBatch, rows
 
 ELEMENTS = 100  # atomic numbers and edge types are embedded in tables of this size, as in GeoDiff
 GLOBAL_WEIGHT, LOCAL_WEIGHT = 2.0, 5.0  # GeoDiff's loss = 2 x global + 5 x local (per atom)
@@ -82,7 +83,7 @@ class Interaction(nn.Module):
         inside = (lengths <= self.cutoff) & (lengths >= 0)
         fade = 0.5 * (torch.cos(lengths * math.pi / self.cutoff) + 1.0) if self.smooth else torch.ones_like(lengths)
         weights = self.filter[1](shifted_softplus(self.filter[0](features))) * (fade * inside)
-        messages = self.into(h)[edges[0]] * weights  # from the edge's source to its target
+        messages = rows(self.into(h), edges[0]) * weights  # from the edge's source to its target
         gathered = torch.zeros_like(h).index_add_(0, edges[1], messages)
         return self.mix(shifted_softplus(self.out(gathered)))
 
@@ -109,7 +110,7 @@ class GINConvolution(nn.Module):
         self.activation = getattr(F, activation)
 
     def forward(self, h: torch.Tensor, edges: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        messages = self.activation(h[edges[0]] + features)
+        messages = self.activation(rows(h, edges[0]) + features)
         return self.mlp(torch.zeros_like(h).index_add_(0, edges[1], messages) + h)
 
 
@@ -133,7 +134,7 @@ class LocalEncoder(nn.Module):
 def along_edges(scores: torch.Tensor, positions: torch.Tensor, edges: torch.Tensor, lengths: torch.Tensor):
     """Atom vectors (N, 3) from edge-length scores (E, 1): each edge pushes its two atoms apart along the
     unit vector between them by its score (GeoDiff's ``eq_transform``)."""
-    direction = (positions[edges[0]] - positions[edges[1]]) / lengths
+    direction = (rows(positions, edges[0]) - rows(positions, edges[1])) / lengths
     out = torch.zeros_like(positions)
     out.index_add_(0, edges[0], direction * scores)
     out.index_add_(0, edges[1], -direction * scores)
@@ -174,14 +175,15 @@ class DualEncoder(nn.Module):
 
         features = self.global_edges(lengths, types)
         h = self.global_encoder(batch.atom_types, edges, lengths, features)
-        global_scores = self.global_scores(torch.cat([h[edges[0]] * h[edges[1]], features], dim=-1))
+        global_scores = self.global_scores(torch.cat([rows(h, edges[0]) * rows(h, edges[1]), features], dim=-1))
         global_scores = global_scores * (~local)[:, None]
 
         local_edges = edges[:, local]
         features = self.local_edges(lengths[local], types[local])
         h = self.local_encoder(batch.atom_types, local_edges, features)
         local_scores = torch.zeros_like(global_scores)
-        local_scores[local] = self.local_scores(torch.cat([h[local_edges[0]] * h[local_edges[1]], features], dim=-1))
+        pairs = rows(h, local_edges[0]) * rows(h, local_edges[1])
+        local_scores[local] = self.local_scores(torch.cat([pairs, features], dim=-1))
         return global_scores, local_scores, edges, types, lengths
 
 
@@ -199,11 +201,11 @@ def diffusion_loss(
     network's edge scores make against those of the true denoising direction of every edge length,
     (d_true - d_noisy) * sqrt(abar) / sqrt(1 - abar), weighted 2 and 5."""
     alpha_bar = model.alpha_bar[timesteps]
-    atom_alpha = alpha_bar[batch.graph][:, None]
+    atom_alpha = rows(alpha_bar, batch.graph)[:, None]
     noisy = batch.positions + noise * (1 - atom_alpha).sqrt() / atom_alpha.sqrt()
     global_scores, local_scores, edges, types, lengths = model(batch, noisy)
-    true_lengths = (batch.positions[edges[0]] - batch.positions[edges[1]]).norm(dim=-1, keepdim=True)
-    edge_alpha = alpha_bar[batch.graph[edges[0]]][:, None]
+    true_lengths = (rows(batch.positions, edges[0]) - rows(batch.positions, edges[1])).norm(dim=-1, keepdim=True)
+    edge_alpha = rows(alpha_bar, rows(batch.graph, edges[0]))[:, None]
     target = (true_lengths - lengths) * edge_alpha.sqrt() / (1 - edge_alpha).sqrt()
     local = (types > 0)[:, None]
     global_error = along_edges(global_scores - target * ~local, noisy, edges, lengths)
