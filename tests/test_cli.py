@@ -265,7 +265,7 @@ def test_list_names_every_setting_and_regime(monkeypatch):
     from model_collapse import settings
 
     # a setting whose optional dependency is missing is listed with the install hint, not a crash
-    monkeypatch.setitem(settings._LOCATIONS, "missing-extra", ("no_such_module", "Nothing", "lm", None))
+    monkeypatch.setitem(settings.registry._BUILT_IN, "missing-extra", ("no_such_module", "Nothing", "lm", None))
     result = runner.invoke(app, ["list"], env={"COLUMNS": "400"})  # rich wraps cells in a narrow terminal
     assert result.exit_code == 0
     # this checkout is installed editable (the README's command): the hint installs the extra from it

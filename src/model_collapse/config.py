@@ -225,7 +225,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         applied[key] = value
     setting, sweep = result.get("setting"), result.get("sweep", {})
     name = setting.get("name") if isinstance(setting, dict) else None
-    if not isinstance(sweep, dict) or not isinstance(name, str) or name not in SETTINGS:
+    if not isinstance(sweep, dict) or not SETTINGS.known(name):
         return result  # build_experiment names the problem
     sweep = flatten(sweep)
     config_type = SETTINGS.declared(name).Config
@@ -417,7 +417,9 @@ def _expand(config: RunConfig, config_type: type[SettingConfig]) -> tuple[list[d
     return rows, tuple(axes)
 
 
-def build_experiment(raw: Mapping[str, Any]) -> Experiment:
+def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Experiment:
+    """The experiment a config describes, validated. ``import_paths``: whether a setting named by import
+    path may be imported (the user's own config); False for a config read from a run directory."""
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as error:
@@ -425,8 +427,8 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
     name = config.setting.get("name")
     if name is None:
         raise ConfigError("setting.name: missing")
-    if name not in SETTINGS:
-        raise ConfigError(f"setting.name: unknown setting {name!r} (known: {', '.join(SETTINGS)})")
+    if not SETTINGS.known(name):
+        raise SETTINGS.unknown(name)
     regimes = []
     for index, spec in enumerate(config.regimes):
         try:
@@ -435,7 +437,13 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
             raise ConfigError(f"regimes[{index}]: {error}") from None
     if len(set(regimes)) != len(regimes):
         raise ConfigError("regimes: a regime is listed twice")
-    declared = SETTINGS.declared(name)
+    declared = SETTINGS.declared(name, import_paths)
+    for index, regime in enumerate(regimes):
+        if regime.draws_fresh_real and not declared.provides_fresh_real():
+            raise ConfigError(
+                f"regimes[{index}]: {regime.label} draws fresh real data every iteration, "
+                f"which the setting {name!r} does not provide (it has no fresh_real)"
+            )
     rows, varying = _expand(config, declared.Config)
     points = []
     for row in rows:

@@ -147,6 +147,11 @@ class Regime(ABC):
         """How many never-seen real samples iteration n >= 2 needs."""
         return 0
 
+    @property
+    def draws_fresh_real(self) -> bool:
+        """Whether the regime asks the setting for never-seen real data (``Setting.fresh_real``)."""
+        return type(self).fresh_real_size is not Regime.fresh_real_size
+
     def plan(
         self, sizes: Mapping[Source, int], iteration: int, seed_count: int, rng: np.random.Generator
     ) -> TrainingPlan:

@@ -13,8 +13,8 @@ import numpy as np
 
 from .config import ChainSpec, Experiment, build_experiment, flatten, upgrade_run_config
 from .errors import ConfigError, RunDirectoryError
-from .rundir import ChainStore, open_run
-from .settings import SETTINGS
+from .rundir import ChainStore, open_run, run_marker
+from .settings import SETTINGS, SettingUnavailable
 
 
 @dataclass
@@ -49,12 +49,28 @@ class ChainResult:
 
 
 def open_experiment(run_directory: Path) -> Experiment:
-    """The experiment a run directory records (checked to be a run, its config upgraded if older)."""
+    """The experiment a run directory records (checked to be a run, its config upgraded if older).
+
+    Nothing in the directory makes this import code: a setting it names by import path is imported only
+    if the user allowed that path (``SETTINGS.allow``) or an installed entry point names it. A setting
+    that cannot be imported is one line naming the package the run was made with."""
     raw, version = open_run(run_directory)
     try:
-        return build_experiment(upgrade_run_config(raw, version))
+        return build_experiment(upgrade_run_config(raw, version), import_paths=False)
+    except SettingUnavailable as error:
+        origin = (run_marker(run_directory).get("setting") or {}).get("origin")
+        raise SettingUnavailable(f"{run_directory}: {error}{_made_with(origin)}") from None
     except ConfigError as error:
         raise RunDirectoryError(f"{run_directory / 'config.yaml'}: {error}") from None
+
+
+def _made_with(origin: Any) -> str:
+    """What the run's marker says its setting came from, as the end of the line refusing it."""
+    if not isinstance(origin, dict) or not isinstance(origin.get("distribution"), str):
+        return ""
+    version = origin.get("version")
+    pinned = f"{origin['distribution']}=={version}" if isinstance(version, str) else origin["distribution"]
+    return f"; the run was made with {pinned}: pip install '{pinned}'"
 
 
 def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:

@@ -162,8 +162,9 @@ def _check_out_path(directory: Path) -> None:
             return
 
 
-def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
+def create_run(directory: Path, config: Mapping[str, Any], setting: Mapping[str, Any] | None = None) -> RunLock:
     """Start a run directory and return its lock, held; refuses one that already holds anything.
+    ``setting``: where the setting's code came from (its origin and version), recorded in run.json.
 
     The directory is assembled beside its final name (config, marker, lock) and renamed into place in
     one step, so a crash leaves either no run or a whole one, and of two processes starting the same
@@ -195,6 +196,7 @@ def create_run(directory: Path, config: Mapping[str, Any]) -> RunLock:
                 "tool_version": __version__,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "environment": environment(),
+                **({"setting": dict(setting)} if setting is not None else {}),
             },
         )
         try:

@@ -1,23 +1,36 @@
-"""The one protocol every setting implements: seven members.
+"""The protocol every setting implements, and the contract of the data it produces.
 
-A setting is bound to the seeds of one chain when it is constructed: it draws the real training and
-test data of those seeds (``real_train``) and then fits, samples and evaluates models for them. Cheap
-settings run all seeds of a chain at once and vectorise over them; costly ones set
-``one_seed_per_chain`` and get one seed per chain.
+What a setting author writes, for data of rows per seed (``Samples``):
 
+* ``name``, ``Config`` (a ``SettingConfig``) and ``metrics`` (a ``Metric`` per name);
+* ``__init__(config, seeds)`` drawing the real data of those seeds, and ``real_train`` returning them;
+* ``fit(parts, rng, scratch)``: one fresh model per seed on the union of ``parts``;
+* ``sample(model, size, rng, scratch)``: ``size`` synthetic samples per seed;
+* ``evaluate(model)``: one array of shape (seeds,) per metric, on held-out real data.
+
+Everything else has a default a setting may override: ``save_model``/``load_model`` keep numpy arrays
+(an array or a mapping of named arrays) or a torch module's weights (with ``new_model``);
+``fresh_real`` is needed only under the regimes that draw fresh real data (``fresh-real``), and a config
+that asks for one of them with a setting without it is refused; ``cheap``, ``one_seed_per_chain``,
+``preview_size``, ``footprint`` and ``theory`` are declarations with defaults.
+
+A setting is bound to the seeds of one chain when it is constructed. Cheap settings run all seeds of a
+chain at once and vectorise over them; costly ones set ``one_seed_per_chain`` and get one seed per chain.
 A setting knows nothing about regimes: it is handed a list of data *parts* to fit on (whole sources it
-produced earlier, or rows taken from several of them) and fits one model per seed. The data themselves
-are of a type that knows its size, how to select rows and how to save and load itself (``Samples`` in
-``arrays.py``, ``TokenCorpus`` for language models); the setting only produces and consumes them.
+produced earlier, or rows taken from several of them). The data are of a type that follows ``Data``
+below (``Samples`` in ``arrays.py``, ``TokenCorpus``, ``Conformers``); the chain only calls that
+contract, so a setting may bring a data type of its own. Every random number comes from the generator a
+method is handed, or from ``randomness.seed_rng(seed, purpose)`` with a purpose of the setting's choice.
 """
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, Protocol, TypeVar, get_args, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -91,6 +104,41 @@ def section_of(annotation: Any) -> type[StrictConfig] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, StrictConfig) else None
 
 
+D = TypeVar("D", bound="Data")
+
+
+@runtime_checkable
+class Data(Protocol):
+    """The contract of what a setting produces and fits on: the chain moves data between the regime and
+    the setting through these members alone, called on the type of the setting's ``real_train``.
+
+    Every part's first axis is the seed; ``len`` and ``select`` count samples per seed."""
+
+    # Whether ``load`` memory-maps: a batch kept for later iterations is then read back from the run
+    # directory once committed, so that an accumulated pool does not grow RAM.
+    memory_mapped: ClassVar[bool]
+
+    def __len__(self) -> int:
+        """Samples per seed."""
+        ...
+
+    @classmethod
+    def select(cls: type[D], parts: Sequence[D], rows: np.ndarray) -> D:
+        """The rows ``rows`` (shape (seeds, k): one row of indices per seed) of the concatenation of
+        ``parts``, in that order: ``len`` of the result is k."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write the data into ``directory`` (it exists and is empty)."""
+        ...
+
+    @classmethod
+    def load(cls: type[D], directory: Path, like: D) -> D:
+        """Data saved by ``save``, checked against ``like`` (the chain's real data: seeds, fields, sample
+        shape); missing, damaged or foreign files are a ``RunDirectoryError`` naming the file."""
+        ...
+
+
 @dataclass(frozen=True)
 class Footprint:
     """What one seed of a chain holds in memory, for the check made before a run starts."""
@@ -118,7 +166,7 @@ class Metric:
 class Declaration:
     """What a setting is, readable without its model code: config type, metrics, how it runs. Every
     setting class is one; the VAE and language models also have a light one of their own (see
-    ``settings/__init__.py``) that their setting class inherits."""
+    ``settings/registry.py``) that their setting class inherits."""
 
     name: ClassVar[str]
     Config: ClassVar[type[SettingConfig]]
@@ -140,6 +188,12 @@ class Declaration:
         "validation_loss",
         "validation loss (nats / token)",
     )
+
+    @classmethod
+    def provides_fresh_real(cls) -> bool:
+        """Whether the setting draws never-seen real data (``fresh_real``), which the ``fresh-real``
+        regime needs; a config that asks for it with a setting without it is refused."""
+        return True
 
     @classmethod
     def footprint(cls, config: SettingConfig) -> Footprint | None:
@@ -172,12 +226,17 @@ class Setting(Declaration, ABC):
     @property
     @abstractmethod
     def real_train(self) -> Any:
-        """The real training data of every seed (iteration 1 fits on it); its type is the data type of
-        every part this setting produces and fits on."""
+        """The real training data of every seed (iteration 1 fits on it); its type, which follows
+        ``Data``, is the type of every part this setting produces and fits on."""
 
-    @abstractmethod
     def fresh_real(self, size: int, rng: np.random.Generator) -> Any:
-        """``size`` new real training samples per seed, never seen before."""
+        """``size`` new real training samples per seed, never seen before (only the regimes that draw
+        fresh real data call it)."""
+        raise NotImplementedError(f"setting {self.name!r} draws no fresh real data")
+
+    @classmethod
+    def provides_fresh_real(cls) -> bool:
+        return cls.fresh_real is not Setting.fresh_real
 
     @abstractmethod
     def fit(self, parts: Sequence[Any], rng: np.random.Generator, scratch: Path | None = None) -> Any:
@@ -202,8 +261,61 @@ class Setting(Declaration, ABC):
         blocks (N,) for settings with ``previews_molecules``."""
         raise NotImplementedError(f"setting {self.name!r} has no preview")
 
-    @abstractmethod
-    def save_model(self, model: Any, directory: Path) -> None: ...
+    def save_model(self, model: Any, directory: Path) -> None:
+        """Keep ``model`` in ``directory`` (it exists and is empty), for ``load_model``.
 
-    @abstractmethod
-    def load_model(self, directory: Path) -> Any: ...
+        By default: a numpy array, or a mapping of names to numpy arrays, as ``model.npz``; a torch module
+        as its weights, ``model.pt`` (read back into ``new_model()``)."""
+        if _is_torch_module(model):
+            from .checkpoints import save_weights
+
+            save_weights(model, directory)
+            return
+        from .arrays import save_arrays
+
+        save_arrays(directory / MODEL_ARRAYS, _model_arrays(self.name, model))
+
+    def load_model(self, directory: Path) -> Any:
+        """The model ``save_model`` kept in ``directory``; a missing, damaged or foreign file is a
+        ``RunDirectoryError`` naming it. The default reads what the default ``save_model`` writes."""
+        from .checkpoints import WEIGHTS
+
+        if (directory / WEIGHTS).exists():
+            from .checkpoints import load_weights
+
+            return load_weights(self.new_model(), directory, getattr(self, "device", "cpu"))
+        from .arrays import load_arrays
+
+        arrays = load_arrays(directory / MODEL_ARRAYS, ())
+        return arrays[_SINGLE] if set(arrays) == {_SINGLE} else arrays
+
+    def new_model(self) -> Any:
+        """A freshly initialised torch module of this setting's architecture, into which the default
+        ``load_model`` reads saved weights (settings whose model is a torch module)."""
+        raise NotImplementedError(
+            f"setting {self.name!r} keeps a torch module: give it new_model() for the default load_model"
+        )
+
+
+MODEL_ARRAYS = "model.npz"
+_SINGLE = "model"  # the name a bare array is kept under
+
+
+def _is_torch_module(model: Any) -> bool:
+    torch = sys.modules.get("torch")  # a model can be a torch module only once torch is imported
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _model_arrays(name: str, model: Any) -> dict[str, np.ndarray]:
+    """``model`` as named numeric arrays for ``model.npz``, or a TypeError saying what to write instead."""
+    arrays = {_SINGLE: model} if isinstance(model, np.ndarray) else model
+    if (
+        isinstance(arrays, Mapping)
+        and arrays
+        and all(isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype != object for k, v in arrays.items())
+    ):
+        return dict(arrays)
+    raise TypeError(
+        f"setting {name!r}: the default save_model keeps a numpy array, a dict of numpy arrays or a torch "
+        f"module, not a {type(model).__name__}: write save_model and load_model for it"
+    )

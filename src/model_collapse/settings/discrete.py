@@ -12,7 +12,7 @@ Metrics: ``entropy`` (nats), ``zero_outcomes`` (outcomes of probability 0) and `
 kept as a running total, so an accumulate iteration costs the same however many parts the pool holds.
 
 This module is also the example of docs/architecture.md: a whole setting, registered by one line in
-``settings/__init__.py``.
+``settings/registry.py``.
 """
 
 from __future__ import annotations
