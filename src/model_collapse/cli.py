@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import distributed
-from .config import ExecutorConfig, apply_overrides, build_experiment, load_experiment
+from . import api, distributed
+from .config import apply_overrides, build_experiment
 from .errors import ConfigError, ModelCollapseError, ResourceError, Terminated
 from .regimes import REGIMES
 from .settings import SETTINGS
@@ -61,39 +59,26 @@ def _guarded(action, resume_hint: Path | None = None):
         _fail(f"{fault}{hint}", code=1)
 
 
-@contextlib.contextmanager
-def _terminate_like_ctrl_c():
-    """While a run goes, SIGTERM (a scheduler's or ``kill``'s) stops it as Ctrl-C does: workers
-    stopped, exit 143."""
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the cleanup finish
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+SETTING = typer.Option(
+    None,
+    "--setting",
+    help="The import path (package.module:Class) of a setting the run names by path: a run directory alone "
+    "never makes model-collapse import code.",
+)
 
 
-def _run_holding_the_lock(
-    directory: Path, take_lock, experiment, workers: int | None, quiet: bool, executor: ExecutorConfig
-) -> None:
-    """Run (or finish) the chains of ``experiment`` in ``directory`` while holding its lock (taken by
-    ``take_lock``: creating the run, or locking an existing one); rank 0 alone takes it under torchrun."""
-    from .sweep import run_experiment
+def _allow(setting: str | None) -> None:
+    if setting is not None:
+        _guarded(lambda: SETTINGS.allow(setting))
 
-    with _terminate_like_ctrl_c():
+
+def _execute(directory: Path, take, prepared, workers: int | None, quiet: bool) -> None:
+    """Run (or finish) ``prepared`` in ``directory`` under the lock ``take`` takes; what stops it becomes
+    one line that names the command finishing it."""
+    with api._terminate_like_ctrl_c():
         distributed.start()
-        lock = _guarded(take_lock) if distributed.is_main() else None
-        distributed.barrier()
-        try:
-            _guarded(lambda: run_experiment(directory, experiment, workers, quiet, executor), resume_hint=directory)
-        finally:
-            if lock is not None:
-                lock.release()
-        distributed.finish()
+        lock = _guarded(lambda: api.take_lock(directory, take))
+        _guarded(lambda: api.execute(directory, lock, prepared, workers, quiet), resume_hint=directory)
 
 
 @app.command()
@@ -107,19 +92,11 @@ def run(
 ) -> None:
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
-    from .sweep import estimate_memory, resolve_executor, resolve_workers
 
-    def prepare():
-        experiment = load_experiment(config, overrides or [])
-        SETTINGS[experiment.setting_name]  # its optional dependencies are installed
-        options = resolve_executor(experiment, executor)
-        estimate_memory(experiment, resolve_workers(experiment, workers))
-        return experiment, options
-
-    experiment, options = _guarded(prepare)
-    directory = out or Path("runs") / config.stem
-    create = lambda: create_run(directory, experiment.resolved())  # noqa: E731
-    _run_holding_the_lock(directory, create, experiment, workers, quiet, options)
+    prepared = _guarded(lambda: api.prepare(config, overrides or [], workers, executor))
+    directory = out or api.default_directory(config)
+    record = _guarded(lambda: api.setting_record(prepared.experiment))
+    _execute(directory, lambda: create_run(directory, prepared.experiment.resolved(), record), prepared, workers, quiet)
     err.print(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
@@ -129,36 +106,29 @@ def resume(
     workers: Optional[int] = WORKERS,
     quiet: bool = QUIET,
     executor: Optional[str] = EXECUTOR,
+    setting: Optional[str] = SETTING,
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
-    from .results import open_experiment
     from .rundir import lock_run
-    from .sweep import resolve_executor
 
-    def prepare():
-        experiment = open_experiment(run_directory)
-        SETTINGS[experiment.setting_name]  # its optional dependencies are installed
-        return experiment, resolve_executor(experiment, executor)
-
-    experiment, options = _guarded(prepare)
-    _run_holding_the_lock(run_directory, lambda: lock_run(run_directory), experiment, workers, quiet, options)
+    _allow(setting)
+    prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
+    _execute(run_directory, lambda: lock_run(run_directory), prepared, workers, quiet)
     err.print(f"done: {run_directory}")
 
 
 @app.command()
-def table(run_directory: Path = typer.Argument(..., help="A run directory.")) -> None:
+def table(run_directory: Path = typer.Argument(..., help="A run directory."), setting: Optional[str] = SETTING) -> None:
     """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration)."""
-    from .results import table as make_table
-
-    sys.stdout.write(_guarded(lambda: make_table(run_directory)))
+    _allow(setting)
+    sys.stdout.write(_guarded(lambda: api.Run(run_directory).table_csv()))
 
 
 @app.command()
-def plot(run_directory: Path = typer.Argument(..., help="A run directory.")) -> None:
+def plot(run_directory: Path = typer.Argument(..., help="A run directory."), setting: Optional[str] = SETTING) -> None:
     """Write figures (PNG and SVG) into RUN/figures."""
-    from .plots import plot_run
-
-    paths = _guarded(lambda: plot_run(run_directory))
+    _allow(setting)
+    paths = _guarded(lambda: api.Run(run_directory).plot())
     if not paths:
         _fail(f"{run_directory} has no completed iteration to plot")
     for path in paths:
@@ -169,23 +139,23 @@ def plot(run_directory: Path = typer.Argument(..., help="A run directory.")) -> 
 def status(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     chains: bool = typer.Option(True, "--chains/--summary", help="A line per chain, or the summary alone."),
+    setting: Optional[str] = SETTING,
 ) -> None:
     """How far every chain has got: done, running, failed (with the reason), stopped, not started."""
-    from .status import run_status, status_lines
-
-    found, holder = _guarded(lambda: run_status(run_directory))
-    print("\n".join(status_lines(found, holder, chains)))
+    _allow(setting)
+    found = _guarded(lambda: api.Run(run_directory).status())
+    print("\n".join(found.lines(chains)))
 
 
 @app.command()
 def report(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     out: Path | None = typer.Option(None, "--out", help="The HTML file to write (default: RUN/report.html)."),
+    setting: Optional[str] = SETTING,
 ) -> None:
     """Write one self-contained HTML page of the run: what ran, every metric's figures and table, samples."""
-    from .report import write_report
-
-    print(_guarded(lambda: write_report(run_directory, out)))
+    _allow(setting)
+    print(_guarded(lambda: api.Run(run_directory).report(out)))
 
 
 @app.command()
@@ -253,15 +223,20 @@ def theory(
 def list_() -> None:
     """List the settings (with their config fields) and the regimes."""
     console = Console()
-    settings = Table("setting", "fields (default)", "metrics", title="settings")
+    settings = Table("setting", "from", "fields (default)", "metrics", title="settings")
     for name in SETTINGS:
+        try:
+            origin = escape(SETTINGS.origin(name).describe())
+        except ConfigError as error:  # two packages register the name
+            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "")
+            continue
         try:
             cls = SETTINGS[name]
         except ConfigError as error:  # an optional dependency is missing: say how to get it
-            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "")
+            settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "")
             continue
         fields = ", ".join(f"{k}={v}" for k, v in _defaults(cls.Config).items() if k != "name")
-        settings.add_row(name, fields, ", ".join(cls.metrics))
+        settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics))
     console.print(settings)
     regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
     for name, cls in REGIMES.items():

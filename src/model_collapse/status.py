@@ -29,8 +29,38 @@ class ChainStatus:
     reason: str = ""
 
 
-def run_status(run_directory: Path) -> tuple[list[ChainStatus], str | None]:
+@dataclass
+class RunStatus:
     """Every chain's status, and who holds the run (None when no process does)."""
+
+    chains: list[ChainStatus]
+    holder: str | None
+
+    def summary(self) -> str:
+        counts = {state: sum(c.state == state for c in self.chains) for state in STATES}
+        parts = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        done = sum(c.completed for c in self.chains)
+        total = sum(c.iterations for c in self.chains)
+        who = f"; in use by {self.holder}" if self.holder else ""
+        return f"{len(self.chains)} chains: {parts}; {done} of {total} iterations committed{who}"
+
+    def lines(self, per_chain: bool = True) -> list[str]:
+        """Aligned plain lines (one per chain, then the summary): readable in a terminal, a log or grep."""
+        lines = []
+        if per_chain:
+            rows = [("chain", "state", "iterations", "reason")]
+            rows += [(c.label, c.state, f"{c.completed}/{c.iterations}", c.reason) for c in self.chains]
+            widths = [max(len(row[i]) for row in rows) for i in range(3)]
+            lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
+            lines = [line.rstrip() for line in lines]
+        return lines + [self.summary()]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def run_status(run_directory: Path) -> RunStatus:
+    """Every chain's status, and who holds the run."""
     experiment = open_experiment(run_directory)
     holder = run_in_use(run_directory)
     iterations = experiment.config.iterations
@@ -48,25 +78,4 @@ def run_status(run_directory: Path) -> tuple[list[ChainStatus], str | None]:
         else:
             state = "stopped" if completed else "not started"
         chains.append(ChainStatus(spec.label, state, completed, iterations, failure["reason"] if failure else ""))
-    return chains, holder
-
-
-def summary(chains: list[ChainStatus], holder: str | None) -> str:
-    counts = {state: sum(c.state == state for c in chains) for state in STATES}
-    parts = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    done = sum(c.completed for c in chains)
-    total = sum(c.iterations for c in chains)
-    who = f"; in use by {holder}" if holder else ""
-    return f"{len(chains)} chains: {parts}; {done} of {total} iterations committed{who}"
-
-
-def status_lines(chains: list[ChainStatus], holder: str | None, per_chain: bool = True) -> list[str]:
-    """Aligned plain lines (one per chain, then the summary): readable in a terminal, a log or grep."""
-    lines = []
-    if per_chain:
-        rows = [("chain", "state", "iterations", "reason")]
-        rows += [(c.label, c.state, f"{c.completed}/{c.iterations}", c.reason) for c in chains]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
-        lines = [line.rstrip() for line in lines]
-    return lines + [summary(chains, holder)]
+    return RunStatus(chains, holder)

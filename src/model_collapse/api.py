@@ -1,0 +1,268 @@
+"""The Python API: what the ``model-collapse`` command does, from a notebook or a script.
+
+::
+
+    import model_collapse
+
+    run = model_collapse.run("configs/quickstart.yaml", out="runs/quickstart", overrides=["seeds=20"])
+    run.table()          # a pandas DataFrame, the rows `model-collapse table` prints
+    run.plot()           # the figures, in RUN/figures
+    run.report()         # RUN/report.html
+    run.status()         # how far every chain has got
+
+    run = model_collapse.run({"setting": {"name": "gaussian", "dim": 2}, "regimes": ["replace"],
+                              "iterations": 10, "seeds": 5}, out="runs/gaussian")
+    model_collapse.open("runs/quickstart").table()
+    model_collapse.resume("runs/interrupted")
+
+A config is a YAML file's path or the same mapping as a dict. Errors are the exceptions of
+``model_collapse.errors`` (``ConfigError`` for a bad config, ``RunDirectoryError`` for a damaged run,
+``ResourceError`` when the machine runs out of something), with the one-line messages the command
+prints. The command (``cli.py``) is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelCollapseError, Terminated
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated experiment and the executor options it runs with, before anything is written."""
+
+    experiment: Any  # config.Experiment
+    options: Any  # config.ExecutorConfig
+
+
+def prepare(
+    config: str | Path | Mapping[str, Any],
+    overrides: Iterable[str] = (),
+    workers: int | None = None,
+    executor: str | None = None,
+) -> Prepared:
+    """Read and check a config (a path or a dict) with its overrides: every field, the setting's
+    dependencies, the executor (Slurm's ``sbatch --test-only``) and the memory the chains need."""
+    from .config import apply_overrides, build_experiment, load_experiment
+    from .settings import SETTINGS
+    from .sweep import estimate_memory, resolve_executor, resolve_workers
+
+    if isinstance(config, Mapping):
+        experiment = build_experiment(apply_overrides(config, overrides))
+    else:
+        experiment = load_experiment(Path(config), overrides)
+    SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+    options = resolve_executor(experiment, executor)
+    estimate_memory(experiment, resolve_workers(experiment, workers))
+    return Prepared(experiment, options)
+
+
+def default_directory(config: str | Path | Mapping[str, Any]) -> Path:
+    """Where a run goes without ``out``: ``runs/<config file's name>``, or for a dict
+    ``runs/<setting>-<time>``."""
+    if isinstance(config, Mapping):
+        setting = config.get("setting")
+        name = setting.get("name") if isinstance(setting, Mapping) else None
+        stem = str(name).replace(":", "-").replace(".", "-") if isinstance(name, str) else "run"
+        return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path("runs") / Path(config).stem
+
+
+@contextlib.contextmanager
+def _terminate_like_ctrl_c():
+    """While a run goes, SIGTERM (a scheduler's or ``kill``'s) stops it as Ctrl-C does: workers
+    stopped, what they computed committed. Signals can be handled on the main thread alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the cleanup finish
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def take_lock(directory: Path, take: Callable[[], Any]) -> Any:
+    """The run's lock, taken by ``take`` (creating the run, or locking an existing one) on rank 0 alone
+    under torchrun; the other ranks wait for it."""
+    from . import distributed
+
+    lock = take() if distributed.is_main() else None
+    distributed.barrier()
+    return lock
+
+
+def execute(directory: Path, lock: Any, prepared: Prepared, workers: int | None, quiet: bool) -> None:
+    """Run (or finish) the chains of ``prepared`` in ``directory`` and release ``lock``."""
+    from . import distributed
+    from .sweep import run_experiment
+
+    try:
+        run_experiment(directory, prepared.experiment, workers, quiet, prepared.options)
+    finally:
+        if lock is not None:
+            lock.release()
+    distributed.finish()
+
+
+def setting_record(experiment: Any) -> dict[str, Any]:
+    """What run.json records of the setting: its name as the config gives it, and where its code is from."""
+    from .settings import SETTINGS
+
+    return {"name": experiment.setting_name, "origin": SETTINGS.origin(experiment.setting_name).to_json()}
+
+
+def run(
+    config: str | Path | Mapping[str, Any],
+    out: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    workers: int | None = None,
+    quiet: bool = True,
+    executor: str | None = None,
+) -> Run:
+    """Run every chain of ``config`` (a YAML file's path, or the same mapping as a dict) into the new run
+    directory ``out`` (default: ``default_directory``); returns the finished ``Run``.
+
+    ``overrides`` are ``dotted.key=value`` strings, as on the command line; ``workers`` parallel local
+    processes (default: the config's, else one per CPU); ``executor``: ``local``, ``ray`` or ``slurm``
+    (default: the config's). Ctrl-C or SIGTERM stops the chains after committing what they computed;
+    ``resume`` finishes the run."""
+    from . import distributed
+    from .rundir import create_run
+
+    prepared = prepare(config, tuple(overrides), workers, executor)
+    directory = Path(out) if out is not None else default_directory(config)
+    record = setting_record(prepared.experiment)
+    with _terminate_like_ctrl_c():
+        distributed.start()
+        lock = take_lock(directory, lambda: create_run(directory, prepared.experiment.resolved(), record))
+        execute(directory, lock, prepared, workers, quiet)
+    return Run(directory)
+
+
+def _allow(setting: str | type | None) -> None:
+    if setting is not None:
+        from .settings import SETTINGS
+
+        SETTINGS.allow(setting)
+
+
+def prepare_resume(run_directory: Path, executor: str | None = None) -> Prepared:
+    """The experiment a run directory records, checked as ``prepare`` checks a config."""
+    from .results import open_experiment
+    from .settings import SETTINGS
+    from .sweep import resolve_executor
+
+    experiment = open_experiment(run_directory)
+    SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+    return Prepared(experiment, resolve_executor(experiment, executor))
+
+
+def resume(
+    run_directory: str | Path,
+    workers: int | None = None,
+    quiet: bool = True,
+    executor: str | None = None,
+    setting: str | type | None = None,
+) -> Run:
+    """Finish an interrupted run: committed iterations are kept, the rest computed as in one go.
+
+    ``setting``: the import path (or class) of a setting the run names by import path, which a run
+    directory alone never makes this import."""
+    from . import distributed
+    from .rundir import lock_run
+
+    directory = Path(run_directory)
+    _allow(setting)
+    prepared = prepare_resume(directory, executor)
+    with _terminate_like_ctrl_c():
+        distributed.start()
+        lock = take_lock(directory, lambda: lock_run(directory))
+        execute(directory, lock, prepared, workers, quiet)
+    return Run(directory)
+
+
+def open(run_directory: str | Path, setting: str | type | None = None) -> Run:  # noqa: A001 (model_collapse.open)
+    """An existing run directory, checked to be one (its config read and validated).
+
+    ``setting``: as for ``resume``."""
+    _allow(setting)
+    found = Run(Path(run_directory))
+    found.experiment  # noqa: B018 (checks the directory now rather than at the first table)
+    return found
+
+
+class Run:
+    """A run directory, and what the command line's ``table``, ``plot``, ``report`` and ``status`` give."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self._experiment: Any = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.directory)!r})"
+
+    @property
+    def experiment(self):
+        """The run's validated config (``config.Experiment``): points, regimes, iterations, seeds."""
+        if self._experiment is None:
+            from .results import open_experiment
+
+            self._experiment = open_experiment(self.directory)
+        return self._experiment
+
+    def table_csv(self) -> str:
+        """The tidy CSV ``model-collapse table`` prints: a row per (sweep point, regime, seed, iteration)."""
+        from .results import table
+
+        return table(self.directory)
+
+    def table(self):
+        """The tidy table as a pandas DataFrame (the ``pandas`` extra): the same rows and columns as
+        ``table_csv``, numbers read back exactly (they are written as Python's shortest round-trip text)."""
+        try:
+            import pandas
+        except ImportError:
+            from .settings import install_hint
+
+            raise ModelCollapseError(f"Run.table() needs pandas; install it with {install_hint('pandas')}") from None
+        # pandas 3 parses floats exactly by default; 2.x only when asked (an option 3 deprecates)
+        exact = {"float_precision": "round_trip"} if int(pandas.__version__.split(".")[0]) < 3 else {}
+        return pandas.read_csv(io.StringIO(self.table_csv()), **exact)
+
+    def plot(self) -> list[Path]:
+        """Write the figures (PNG and SVG) into RUN/figures; returns their paths."""
+        from .plots import plot_run
+
+        return plot_run(self.directory)
+
+    def report(self, out: str | Path | None = None) -> Path:
+        """Write the self-contained HTML report (default RUN/report.html); returns its path."""
+        from .report import write_report
+
+        return write_report(self.directory, Path(out) if out is not None else None)
+
+    def status(self):
+        """How far every chain has got (``status.RunStatus``: its ``chains`` and ``holder``; ``str`` of it
+        is what ``model-collapse status`` prints)."""
+        from .status import run_status
+
+        return run_status(self.directory)
+
+    def resume(self, workers: int | None = None, quiet: bool = True, executor: str | None = None) -> Run:
+        """Finish this run (see ``model_collapse.resume``)."""
+        return resume(self.directory, workers, quiet, executor)
