@@ -59,6 +59,23 @@ def tiny_conformers(**fields) -> dict:
     }
 
 
+def tiny_settings(tokenizer_cache: Path | str) -> dict[str, dict]:
+    """The one table of tiny configs of every shipped setting (fields by setting name), which the shared
+    suites run: every regime on every setting (test_chain.py) and the conformance checks
+    (test_conformance.py). A new setting adds its row here."""
+    return {
+        "linear-regression": {"dim": 2, "samples": 8},
+        "gaussian": {"dim": 2, "samples": 8},
+        "kde": {"samples": 8, "test_samples": 20},
+        "discrete": {"samples": 8, "outcomes": 5},
+        "vae": tiny_vae(samples=8),
+        "language-model": tiny_language_model(
+            tokenizer_cache, sampling={"max_new_tokens": 16}, training={"batch_size": 4, "evaluations_per_epoch": 1}
+        ),
+        "conformer-diffusion": tiny_conformers(conformers_per_molecule=2),  # 4 molecules x 2 conformers
+    }
+
+
 # Two chains of several seconds each (a cheap chain commits about once a second), long enough to kill or
 # signal whatever runs one in the middle of it.
 SLOW_TWO_CHAINS = {

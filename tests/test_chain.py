@@ -6,22 +6,14 @@ import tempfile
 import numpy as np
 import pytest
 
-from helpers import tiny_conformers, tiny_language_model, tiny_vae
+from helpers import tiny_settings
 from model_collapse.chain import run_chain
 from model_collapse.errors import RunDirectoryError, Terminated
 from model_collapse.regimes import REGIMES, parse_regime
 from model_collapse.rundir import ChainStore
 from model_collapse.settings import SETTINGS
 
-SMALL = {
-    "linear-regression": {"dim": 2, "samples": 8},
-    "gaussian": {"dim": 2, "samples": 8},
-    "kde": {"samples": 8, "test_samples": 20},
-    "discrete": {"samples": 8, "outcomes": 5},
-    "vae": tiny_vae(samples=8),
-    "language-model": tiny_language_model(tempfile.mkdtemp(prefix="tokenizers-"), sampling={"max_new_tokens": 16}),
-    "conformer-diffusion": tiny_conformers(conformers_per_molecule=2),  # 4 molecules x 2 conformers
-}
+SMALL = tiny_settings(tempfile.mkdtemp(prefix="tokenizers-"))
 REGIME_SPECS = [
     "replace",
     "accumulate",
@@ -57,7 +49,7 @@ def test_every_regime_is_covered():
     assert {parse_regime(s).name for s in REGIME_SPECS} == set(REGIMES)
 
 
-@pytest.mark.parametrize("setting_name", list(SETTINGS))
+@pytest.mark.parametrize("setting_name", list(SMALL))
 @pytest.mark.parametrize("regime", REGIME_SPECS)
 def test_every_regime_runs_on_every_setting(setting_name, regime):
     setting = small_setting(setting_name)
@@ -74,7 +66,7 @@ def test_every_regime_runs_on_every_setting(setting_name, regime):
             assert not np.isnan(values).any()
 
 
-@pytest.mark.parametrize("setting_name", list(SETTINGS))
+@pytest.mark.parametrize("setting_name", list(SMALL))
 def test_iteration_one_is_identical_in_every_regime_and_later_ones_differ(setting_name):
     runs = {
         spec: run_chain(small_setting(setting_name), parse_regime(spec), 3)

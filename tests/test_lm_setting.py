@@ -83,15 +83,10 @@ def test_fresh_real_documents_come_from_outside_the_training_set(config):
         setting.fresh_real(10**6, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("regime", ["accumulate", "replace"])
-def test_resumed_language_model_chain_equals_uninterrupted_chain(config, tmp_path, regime):
-    straight = run_chain(LanguageModel(config, [0]), parse_regime(regime), 3)
-    run_chain(LanguageModel(config, [0]), parse_regime(regime), 2, ChainStore(tmp_path / "chain", {}))
-    resumed = run_chain(LanguageModel(config, [0]), parse_regime(regime), 3, ChainStore(tmp_path / "chain", {}))
-    assert [r.metrics["test_cross_entropy"].tolist() for r in straight] == [
-        r.metrics["test_cross_entropy"].tolist() for r in resumed
-    ]
-    curve = json.loads((tmp_path / "chain" / "iter_0003" / "diagnostics.json").read_text())["learning_curve"]
+def test_a_committed_iteration_keeps_its_learning_curve(config, tmp_path):
+    # (resuming every regime to the same numbers: test_conformance.py)
+    run_chain(LanguageModel(config, [0]), parse_regime("replace"), 1, ChainStore(tmp_path / "chain", {}))
+    curve = json.loads((tmp_path / "chain" / "iter_0001" / "diagnostics.json").read_text())["learning_curve"]
     assert curve and all("validation_loss" in point for point in curve)
 
 

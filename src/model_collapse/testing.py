@@ -1,0 +1,520 @@
+"""The conformance suite every setting passes, built in or brought by a researcher: ``check_setting``.
+
+As scikit-learn's ``check_estimator`` holds every estimator to its protocol, ``check_setting`` holds a
+setting to what the chain relies on. Use it in a setting package's tests::
+
+    from model_collapse.testing import check_setting
+
+    def test_my_setting_conforms():
+        check_setting(MySetting, {"components": 2, "samples": 50})
+
+It runs small chains under every regime (``regimes``; a regime that draws fresh real data is skipped,
+saying so, for a setting without ``fresh_real``) and checks, in this order (``CHECKS``):
+
+* ``deterministic``: ``fit`` and ``sample`` handed generators in the same state give the same model and
+  samples, so every random number comes from the generators a setting is handed (or from
+  ``randomness.seed_rng``), never from a global random state;
+* ``metrics``: ``evaluate`` gives every declared metric, one finite value per seed, and no other;
+* ``data_contract``: the data follow ``base.Data``: ``len`` counts samples per seed, ``select`` takes the
+  rows it is asked for, in their order, from one part or across several;
+* ``data_round_trip``: real and synthetic data saved and loaded (``load(directory, like=real)``) are
+  the same data;
+* ``model_round_trip``: a saved and loaded model evaluates to the same metrics, bit for bit;
+* ``damaged_files``: a saved model or batch with any file truncated, emptied or missing is refused with
+  a ``ModelCollapseError`` of one line (what the command line prints), never another exception;
+* ``fresh_real_unseen``: ``fresh_real`` (where the setting has it) gives data that are not its
+  training data;
+* ``repeatable``: a chain run twice gives the same records, bit for bit;
+* ``repeatable_on_threads``: the same on every core, and again with two busy processes on the machine
+  (a chain alone in a process computes with every core, and nondeterministic parallel kernels, such as
+  the backward pass of advanced indexing on a CPU, show up when threads are scheduled differently); one
+  chain, under the first of ``regimes`` that keeps its history, since the fault is not the regime's;
+* ``resume``: a chain committed to a run directory after some iterations and resumed by a new setting
+  object equals the uninterrupted chain bit for bit (recomputed for ``cheap`` settings, restored from
+  the kept models and synthetic batches for costly ones).
+
+Each failure raises ``SettingCheckFailed`` naming the check, the regime and what differed. Data are
+compared through the setting itself: two data sets are the same when a fit on each, with the same
+random generator, evaluates to the same metrics, which needs nothing beyond the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .chain import run_chain
+from .errors import ModelCollapseError
+from .randomness import chain_rng
+from .regimes import Regime, parse_regime
+from .rundir import ChainStore, IterationRecord
+from .settings.base import Data, Fit, Setting, SettingConfig
+
+CHECKS = (
+    "deterministic",
+    "metrics",
+    "data_contract",
+    "data_round_trip",
+    "model_round_trip",
+    "damaged_files",
+    "fresh_real_unseen",
+    "repeatable",
+    "repeatable_on_threads",
+    "resume",
+)
+
+# Every regime, with a parameter that exercises it (a share of real data, a mix of sizes).
+REGIMES = (
+    "replace",
+    "accumulate",
+    "accumulate-subsample",
+    "replace-grown",
+    "keep-real-fraction:0.25",
+    "fresh-real:0.5",
+    "mix:0.5",
+)
+
+
+class SettingCheckFailed(AssertionError):
+    """A setting that does not do what the chain relies on: ``check`` names the check (one of
+    ``CHECKS``), the message what differed."""
+
+    def __init__(self, check: str, message: str):
+        super().__init__(f"{check}: {message}")
+        self.check = check
+
+
+@dataclass
+class CheckReport:
+    """What ``check_setting`` ran: the checks that passed (``check`` or ``check [regime]``) and those it
+    skipped, with why."""
+
+    setting: str
+    passed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        skipped = f"; skipped: {'; '.join(self.skipped)}" if self.skipped else ""
+        return f"{self.setting}: {len(self.passed)} checks passed{skipped}"
+
+
+def check_setting(
+    setting_class: type[Setting],
+    config: Mapping[str, Any] | SettingConfig,
+    *,
+    seeds: Sequence[int] | None = None,
+    iterations: int = 3,
+    regimes: Iterable[str] = REGIMES,
+    checks: Iterable[str] = CHECKS,
+) -> CheckReport:
+    """Hold ``setting_class`` to the setting protocol on ``config`` (its fields, as a mapping, or a
+    config object); raises ``SettingCheckFailed`` at the first check it fails.
+
+    ``config`` should be tiny: every check runs chains of ``iterations`` iterations (at least 2) under
+    every one of ``regimes``. ``seeds``: default (0, 1), or (0,) for a setting with one seed per chain."""
+    if not (isinstance(setting_class, type) and issubclass(setting_class, Setting)):
+        raise TypeError(f"check_setting takes a Setting subclass, got {setting_class!r}")
+    if iterations < 2:
+        raise ValueError("check_setting needs at least 2 iterations (synthetic data appear at iteration 2)")
+    unknown = set(checks) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; the checks are {', '.join(CHECKS)}")
+    wanted = [name for name in CHECKS if name in set(checks)]
+    if isinstance(config, SettingConfig):
+        point = config
+    else:
+        values = dict(config)
+        values.setdefault("name", setting_class.name)
+        point = setting_class.Config.model_validate(values)
+    if seeds is None:
+        seeds = (0,) if setting_class.one_seed_per_chain else (0, 1)
+    checker = _Checker(setting_class, point, tuple(int(s) for s in seeds), iterations)
+    report = CheckReport(setting_class.name)
+    parsed = [parse_regime(spec) for spec in regimes]
+    for name in wanted:
+        if name == "repeatable_on_threads":
+            # one chain: what it catches does not depend on the regime; one that keeps its history
+            # (several parts, rows taken across them) runs the most code
+            regime = next((r for r in parsed if r.keeps_history and not r.draws_fresh_real), parsed[0])
+            checker.repeatable_on_threads(regime)
+            report.passed.append(f"{name} [{regime.label}]")
+        elif name in _PER_REGIME:
+            for regime in parsed:
+                if regime.draws_fresh_real and not setting_class.provides_fresh_real():
+                    report.skipped.append(f"{name} [{regime.label}]: the setting has no fresh_real")
+                    continue
+                getattr(checker, name)(regime)
+                report.passed.append(f"{name} [{regime.label}]")
+        elif name == "fresh_real_unseen" and not setting_class.provides_fresh_real():
+            report.skipped.append(f"{name}: the setting has no fresh_real")
+        else:
+            getattr(checker, name)()
+            report.passed.append(name)
+    return report
+
+
+_PER_REGIME = ("repeatable", "resume")
+
+
+def _fail(check: str, message: str) -> SettingCheckFailed:
+    return SettingCheckFailed(check, message)
+
+
+class _Checker:
+    def __init__(self, setting_class: type[Setting], config: SettingConfig, seeds: tuple[int, ...], iterations: int):
+        self.setting_class, self.config, self.seeds, self.iterations = setting_class, config, seeds, iterations
+        self._straight: dict[str, list[IterationRecord]] = {}
+
+    def new(self) -> Setting:
+        return self.setting_class(self.config, self.seeds)
+
+    # -- what one iteration's pieces give -------------------------------------------------------------
+
+    def fit(self, setting: Setting, parts: Sequence[Any], scratch: Path | None = None) -> Any:
+        result = setting.fit(list(parts), chain_rng(self.seeds, 1, "fit"), scratch)
+        return result.model if isinstance(result, Fit) else result
+
+    def fingerprint(self, setting: Setting, data: Any) -> dict[str, np.ndarray]:
+        """The metrics of a model fitted on ``data`` with a fixed generator: equal data, equal metrics."""
+        return self.evaluate(setting, self.fit(setting, [data]), "data_contract")
+
+    def evaluate(self, setting: Setting, model: Any, check: str) -> dict[str, np.ndarray]:
+        metrics = setting.evaluate(model)
+        if not isinstance(metrics, Mapping):
+            raise _fail(check, f"evaluate returned a {type(metrics).__name__}, not a mapping of metric names to arrays")
+        return {name: np.asarray(value, dtype=float) for name, value in metrics.items()}
+
+    def sample(self, setting: Setting, model: Any, size: int, iteration: int = 2) -> Any:
+        return setting.sample(model, size, chain_rng(self.seeds, iteration, "sample"))
+
+    # -- checks on the pieces ------------------------------------------------------------------------
+
+    def deterministic(self) -> None:
+        setting = self.new()
+        first, second = (self.fit(setting, [setting.real_train]) for _ in range(2))
+        name = _differs(self.evaluate(setting, first, "deterministic"), self.evaluate(setting, second, "deterministic"))
+        if name:
+            raise _fail(
+                "deterministic",
+                f"two fits on the same data with generators in the same state evaluate to different {name}: "
+                "draw every random number from the generator fit is handed",
+            )
+        size = len(setting.real_train)
+        a, b = (self.fingerprint(setting, self.sample(setting, first, size)) for _ in range(2))
+        name = _differs(a, b)
+        if name:
+            raise _fail(
+                "deterministic",
+                "two samples of the same model with generators in the same state are different data: "
+                "draw every random number from the generator sample is handed",
+            )
+
+    def metrics(self) -> None:
+        setting = self.new()
+        metrics = self.evaluate(setting, self.fit(setting, [setting.real_train]), "metrics")
+        declared = set(setting.metrics)
+        if set(metrics) != declared:
+            missing, extra = sorted(declared - set(metrics)), sorted(set(metrics) - declared)
+            raise _fail("metrics", f"evaluate gave {sorted(metrics)}; missing {missing}, not declared {extra}")
+        for name, values in metrics.items():
+            if values.shape != (len(self.seeds),):
+                raise _fail(
+                    "metrics", f"{name} has shape {values.shape}, expected one value per seed, ({len(self.seeds)},)"
+                )
+            if not np.isfinite(values).all():
+                raise _fail("metrics", f"{name} = {values.tolist()} is not finite for every seed")
+
+    def data_contract(self) -> None:
+        setting = self.new()
+        real = setting.real_train
+        kind = type(real)
+        if not isinstance(real, Data):
+            missing = [m for m in ("__len__", "select", "save", "load", "memory_mapped") if not hasattr(real, m)]
+            raise _fail("data_contract", f"{kind.__name__} lacks {', '.join(missing)} of the data contract (base.Data)")
+        rows = len(real)
+        if not isinstance(rows, int) or rows < 2:
+            raise _fail("data_contract", f"len(real_train) = {rows!r}; the check needs at least 2 samples per seed")
+        seeds = len(self.seeds)
+        rng = np.random.default_rng(0)
+        k = min(rows, 4)
+        wanted = np.stack([rng.choice(rows, size=k, replace=False) for _ in range(seeds)])
+        chosen = kind.select([real], wanted)
+        if len(chosen) != k:
+            raise _fail("data_contract", f"select of {k} rows per seed gave {len(chosen)} samples per seed")
+        # the same rows one at a time, then joined by a select across those parts: equal only if select
+        # takes the rows it is given, in their order, and counts rows across parts
+        singles = [kind.select([real], wanted[:, j : j + 1]) for j in range(k)]
+        if any(len(single) != 1 for single in singles):
+            raise _fail("data_contract", "select of one row per seed did not give one sample per seed")
+        joined = kind.select(singles, np.tile(np.arange(k), (seeds, 1)))
+        if _other_data(self.fingerprint(setting, joined), self.fingerprint(setting, chosen)):
+            raise _fail(
+                "data_contract",
+                f"select(parts, rows) does not take the rows it is asked for: rows {wanted[0].tolist()} of the "
+                "real data taken at once and one at a time (then joined across parts) are different data",
+            )
+        everything = kind.select([real], np.tile(np.arange(rows), (seeds, 1)))
+        if _other_data(self.fingerprint(setting, everything), self.fingerprint(setting, real)):
+            raise _fail("data_contract", "select of every row, in order, is not the data it was taken from")
+
+    def data_round_trip(self) -> None:
+        setting = self.new()
+        real = setting.real_train
+        model = self.fit(setting, [real])
+        synthetic = self.sample(setting, model, len(real))
+        if len(synthetic) != len(real):
+            raise _fail("data_round_trip", f"sample(model, {len(real)}) gave {len(synthetic)} samples per seed")
+        for what, data in (("real", real), ("synthetic", synthetic)):
+            with tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
+                data.save(Path(directory))
+                loaded = type(real).load(Path(directory), like=real)
+                if len(loaded) != len(data):
+                    raise _fail(
+                        "data_round_trip",
+                        f"{what} data saved with {len(data)} samples per seed load with {len(loaded)}",
+                    )
+                if _other_data(self.fingerprint(setting, loaded), self.fingerprint(setting, data)):
+                    raise _fail("data_round_trip", f"{what} data saved and loaded are not the data that were saved")
+
+    def model_round_trip(self) -> None:
+        setting = self.new()
+        model = self.fit(setting, [setting.real_train])
+        before = self.evaluate(setting, model, "model_round_trip")
+        with tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
+            setting.save_model(model, Path(directory))
+            loaded = self.new().load_model(Path(directory))
+        after = self.evaluate(setting, loaded, "model_round_trip")
+        name = _differs(before, after)
+        if name:
+            raise _fail(
+                "model_round_trip",
+                f"a saved and loaded model evaluates to {name} = {after[name].tolist()}, before saving "
+                f"{before[name].tolist()}",
+            )
+
+    def damaged_files(self) -> None:
+        setting = self.new()
+        real = setting.real_train
+        model = self.fit(setting, [real])
+        synthetic = self.sample(setting, model, len(real))
+        metrics = self.evaluate(setting, model, "damaged_files")
+        fingerprint = self.fingerprint(setting, synthetic)
+        self._refuses_damage(
+            "a saved model",
+            lambda directory: setting.save_model(model, directory),
+            lambda directory: self.evaluate(setting, self.new().load_model(directory), "damaged_files"),
+            metrics,
+        )
+        self._refuses_damage(
+            "a saved batch",
+            synthetic.save,
+            lambda directory: self.fingerprint(setting, type(real).load(directory, like=real)),
+            fingerprint,
+        )
+
+    def _refuses_damage(
+        self, what: str, save: Callable[[Path], None], load: Callable[[Path], dict[str, np.ndarray]], whole: dict
+    ) -> None:
+        """Every file of what ``save`` writes, truncated, emptied or removed: ``load`` must refuse it in
+        one line, or (a file it does not need) give what the whole files give."""
+        with tempfile.TemporaryDirectory(prefix="check-setting-") as root:
+            directory = Path(root) / "saved"
+            directory.mkdir()
+            save(directory)
+            files = sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file())
+            if not files:
+                raise _fail("damaged_files", f"{what} wrote no file")
+            for relative in files:
+                for damage in ("truncated", "emptied", "missing"):
+                    copy = Path(root) / f"{damage}-{'-'.join(relative.parts)}"
+                    shutil.copytree(directory, copy)
+                    target = copy / relative
+                    if damage == "missing":
+                        target.unlink()
+                    else:
+                        content = target.read_bytes()
+                        target.write_bytes(content[: len(content) // 2] if damage == "truncated" else b"")
+                    where = f"{what} with {relative} {damage}"
+                    try:
+                        got = load(copy)
+                    except ModelCollapseError as error:
+                        if not str(error) or "\n" in str(error):
+                            raise _fail(
+                                "damaged_files", f"{where}: refused with a message of more than one line"
+                            ) from None
+                        continue
+                    except Exception as error:
+                        raise _fail(
+                            "damaged_files",
+                            f"{where} raised {type(error).__name__}: {_first_line(error)}; refuse it with "
+                            "model_collapse.errors.RunDirectoryError naming the file",
+                        ) from None
+                    finally:
+                        shutil.rmtree(copy, ignore_errors=True)
+                    if _other_data(got, whole):
+                        raise _fail(
+                            "damaged_files", f"{where} was loaded, and gives other numbers than the whole files"
+                        )
+
+    def fresh_real_unseen(self) -> None:
+        setting = self.new()
+        real = setting.real_train
+        size = max(1, len(real) // 2)
+        fresh = setting.fresh_real(size, chain_rng(self.seeds, 2, "fresh-real"))
+        if len(fresh) != size:
+            raise _fail("fresh_real_unseen", f"fresh_real({size}) gave {len(fresh)} samples per seed")
+        seen = _row_digests(real)
+        # rows compared by value where the training rows are distinct values; where values repeat (a
+        # discrete distribution) an equal value is no seen sample
+        if seen is not None and all(len(rows) == len(real) for rows in seen):
+            for seed, (old, new) in zip(self.seeds, zip(seen, _row_digests(fresh) or [])):
+                if old & new:
+                    raise _fail(
+                        "fresh_real_unseen", f"fresh_real gave {len(old & new)} training sample(s) of seed {seed}"
+                    )
+            return
+        # data of another type: at least not the training data's first rows
+        first = type(real).select([real], np.tile(np.arange(size), (len(self.seeds), 1)))
+        if not _other_data(self.fingerprint(setting, fresh), self.fingerprint(setting, first)):
+            raise _fail("fresh_real_unseen", "fresh_real gave the first rows of the training data")
+
+    # -- checks on whole chains ----------------------------------------------------------------------
+
+    def chain(
+        self, regime: Regime, store: ChainStore | None = None, iterations: int | None = None, **options
+    ) -> list[IterationRecord]:
+        return run_chain(self.new(), regime, iterations or self.iterations, store, **options)
+
+    def straight(self, regime: Regime) -> list[IterationRecord]:
+        """The chain run once, uninterrupted, on one thread (as in a worker): what the others must equal."""
+        if regime.label not in self._straight:
+            with _threads(1):
+                self._straight[regime.label] = self.chain(regime)
+        return self._straight[regime.label]
+
+    def repeatable(self, regime: Regime) -> None:
+        first = self.straight(regime)
+        with _threads(1):
+            second = self.chain(regime)
+        _same(
+            "repeatable",
+            regime,
+            "a second run (are all random numbers drawn from the generators handed in?)",
+            second,
+            first,
+        )
+
+    def repeatable_on_threads(self, regime: Regime) -> None:
+        cores = max(2, os.cpu_count() or 1)
+        with _threads(cores):
+            first = self.chain(regime)
+            with _busy_processes(2):
+                second = self.chain(regime)
+        _same(
+            "repeatable_on_threads", regime, f"a second run on {cores} threads with two busy processes", second, first
+        )
+
+    def resume(self, regime: Regime) -> None:
+        stop = max(1, self.iterations - 1)
+        straight = self.straight(regime)
+        with _threads(1):
+            with tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
+                description = {"check": regime.label}
+                store = ChainStore(Path(directory) / "chain", description)
+                self.chain(regime, store, stop, commit_interval_s=0.0)
+                how = "recomputed" if self.setting_class.cheap else "restored"
+                resumed = self.chain(regime, ChainStore(Path(directory) / "chain", description), commit_interval_s=0.0)
+                recorded = ChainStore(Path(directory) / "chain", description).records(len(self.seeds))
+        _same("resume", regime, f"the chain stopped after iteration {stop} and resumed ({how})", resumed, straight)
+        _same("resume", regime, "the records in the run directory", recorded, straight)
+
+
+def _same(check: str, regime: Regime, what: str, got: list[IterationRecord], expected: list[IterationRecord]) -> None:
+    if len(got) != len(expected):
+        raise _fail(check, f"[{regime.label}] {what} has {len(got)} iterations, expected {len(expected)}")
+    for a, b in zip(got, expected):
+        if a.train_size != b.train_size or not np.array_equal(a.real_fraction, b.real_fraction):
+            raise _fail(check, f"[{regime.label}] {what} trains iteration {a.iteration} on other data")
+        name = _differs(a.metrics, b.metrics)
+        if name:
+            got_values, expected_values = (np.asarray(r.metrics[name]).tolist() for r in (a, b))
+            raise _fail(
+                check,
+                f"[{regime.label}] {what} differs at iteration {a.iteration}: "
+                f"{name} = {got_values}, expected {expected_values}",
+            )
+
+
+def _differs(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """The first metric whose values differ (NaN equals NaN), or None."""
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b:
+            return name
+        x, y = np.asarray(a[name], dtype=float), np.asarray(b[name], dtype=float)
+        if x.shape != y.shape or not np.array_equal(x, y, equal_nan=True):
+            return name
+    return None
+
+
+def _other_data(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """Whether two fingerprints are of different data. Equal data may take different paths through a fit
+    (a whole part's cached statistics, a selection's rows), which agree to rounding, not bit for bit;
+    different data change a fit far more."""
+    return set(a) != set(b) or any(
+        a[name].shape != b[name].shape or not np.allclose(a[name], b[name], rtol=1e-9, atol=1e-12, equal_nan=True)
+        for name in a
+    )
+
+
+def _row_digests(data: Any) -> list[set[bytes]] | None:
+    """Per seed, the bytes of every row, for data of named arrays (``Samples``); None for other types."""
+    fields = getattr(data, "fields", None)
+    if not isinstance(fields, Mapping) or not all(isinstance(a, np.ndarray) for a in fields.values()):
+        return None
+    arrays = [np.ascontiguousarray(fields[name]) for name in sorted(fields)]
+    seeds, rows = arrays[0].shape[:2]
+    return [{b"".join(a[s, r].tobytes() for a in arrays) for r in range(rows)} for s in range(seeds)]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """BLAS/OpenMP pools, and torch's when it is imported, at ``count`` threads."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=count):
+        if torch is not None:
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes spinning on the CPU while the block runs, as a loaded machine has."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
