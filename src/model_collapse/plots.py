@@ -150,7 +150,7 @@ def text_samples(experiment, results: list[ChainResult]) -> dict[str, list[tuple
     """Per sweep point: (heading, texts) for real texts, then iteration 1 and the last iteration of every
     regime (first seed); empty for settings whose previews are not texts."""
     pages = {}
-    if SETTINGS.declared(experiment.setting_name).previews_molecules:
+    if SETTINGS.declared(experiment.setting_name).depicts_previews():
         return pages
     for point, chains in _first_seed_chains(results).items():
         real = _real_preview(chains)
@@ -172,31 +172,26 @@ def _text_page(setting_name: str, point: str, sections: list[tuple[str, list[str
     return "\n".join(lines) + "\n"
 
 
-def molecule_files(experiment, results: list[ChainResult]) -> dict[str, str]:
-    """Per sweep point, for settings whose previews are molecules: an SD file of the real conformers and
-    every previewed iteration of every regime (first seed), each titled with where it comes from, for a
-    molecule viewer."""
-    if not SETTINGS.declared(experiment.setting_name).previews_molecules:
-        return {}
+def preview_files(experiment, results: list[ChainResult]) -> dict[str, str]:
+    """Per sweep point, the file of previews the setting exports for another tool (an SD file of
+    molecules): the real data's and every previewed iteration's of every regime (first seed)."""
+    setting = SETTINGS.declared(experiment.setting_name)
     files = {}
     for point, chains in _first_seed_chains(results).items():
-        blocks = []
         real = _real_preview(chains)
         sections = [("real data", real)] if real is not None else []
         for label, chain in chains.items():
             sections += [(f"{label}, iteration {int(i)}", chain.preview(int(i))) for i in chain.iterations]
-        for title, preview in sections:
-            for block in [] if preview is None else preview:
-                name, _, rest = str(block).partition("\n")
-                blocks.append(f"{title}: {name}\n{rest}".rstrip("\n") + "\n$$$$\n")
-        if blocks:
-            files[f"samples_{point}.sdf"] = "".join(blocks)
+        exported = setting.export_previews([(title, preview) for title, preview in sections if preview is not None])
+        if exported is not None:
+            suffix, text = exported
+            files[f"samples_{point}{suffix}"] = text
     return files
 
 
 def _pictures(setting, preview: np.ndarray | None) -> np.ndarray | None:
-    """What a figure shows of a preview: images as they are, molecules depicted."""
-    if preview is None or not setting.previews_molecules:
+    """What a figure shows of a preview: images as they are, others as the setting depicts them."""
+    if preview is None or not setting.depicts_previews():
         return preview
     return setting.depict(preview)
 
@@ -219,12 +214,12 @@ def _real_preview(chains: dict[str, ChainResult]) -> np.ndarray | None:
 def sample_figures(experiment, results: list[ChainResult]):
     """(name, figure) for image previews: the paper's Fig. 6 layout (real images, then the last
     iteration of every regime), ``samples_<point>``, and every regime's samples over the iterations,
-    ``samples_by_iteration_<point>``. Molecules are depicted by their setting."""
+    ``samples_by_iteration_<point>``. Previews that are not images are drawn by their setting's ``depict``."""
     setting = SETTINGS.declared(experiment.setting_name)
     for point, chains in _first_seed_chains(results).items():
         last = {label: int(result.iterations.max()) for label, result in chains.items()}
         real = _real_preview(chains)
-        if real is None or (real.ndim == 1 and not setting.previews_molecules):
+        if real is None or (real.ndim == 1 and not setting.depicts_previews()):
             continue
         real = _pictures(setting, real)
         figure, axes = plt.subplots(
@@ -400,7 +395,7 @@ def plot_run(run_directory: Path) -> list[Path]:
     for point, sections in text_samples(experiment, chain_results).items():
         written.append(out / f"samples_{point}.md")
         write_atomic(written[-1], _text_page(experiment.setting_name, point, sections))
-    for name, text in molecule_files(experiment, chain_results).items():
+    for name, text in preview_files(experiment, chain_results).items():
         written.append(out / name)
         write_atomic(written[-1], text)
     return written

@@ -178,8 +178,8 @@ class Declaration:
     # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
     # every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0
-    # ... and previews that are molecules (mol blocks) are drawn with ``depict`` and written as SD files.
-    previews_molecules: ClassVar[bool] = False
+    # Previews that are neither images nor texts (molecules) are drawn with ``depict`` and may be written
+    # as a file another tool opens (``export_previews``).
     # Fits that record a learning curve (``Fit.diagnostics["learning_curve"]``, a list of dicts): the
     # keys and labels of its axes, (x key, x label, y key, y label).
     learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
@@ -207,9 +207,21 @@ class Declaration:
         return []
 
     @classmethod
-    def depict(cls, previews: np.ndarray) -> np.ndarray:
-        """Images (N, H, W, 3) uint8 of molecule previews (settings with ``previews_molecules``)."""
-        raise NotImplementedError(f"setting {cls.name!r} does not preview molecules")
+    def depict(cls, previews: np.ndarray) -> np.ndarray | None:
+        """Pictures (N, H, W, 3) uint8 of previews that are neither images nor texts (mol blocks, say), for
+        figures and the report; None (the default): previews are shown as they are."""
+        return None
+
+    @classmethod
+    def depicts_previews(cls) -> bool:
+        """Whether ``depict`` draws this setting's previews (they are then not texts)."""
+        return cls.depict.__func__ is not Declaration.depict.__func__
+
+    @classmethod
+    def export_previews(cls, sections: list[tuple[str, np.ndarray]]) -> tuple[str, str] | None:
+        """One file of previews for another tool, from (title, previews) sections (the real data, then
+        every iteration of every regime): (file suffix, text), or None (the default: no such file)."""
+        return None
 
 
 class Setting(Declaration, ABC):
@@ -257,8 +269,8 @@ class Setting(Declaration, ABC):
         """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``."""
 
     def preview(self, data: Any) -> np.ndarray:
-        """A few samples of the first seed of ``data``: uint8 images (N, H, W, C), strings (N,), or mol
-        blocks (N,) for settings with ``previews_molecules``."""
+        """A few samples of the first seed of ``data``: uint8 images (N, H, W, C), strings (N,), or any
+        array the setting's ``depict`` draws (mol blocks)."""
         raise NotImplementedError(f"setting {self.name!r} has no preview")
 
     def save_model(self, model: Any, directory: Path) -> None:

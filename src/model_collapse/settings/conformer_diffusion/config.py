@@ -138,7 +138,6 @@ class ConformerDeclaration(Declaration):
     }
     one_seed_per_chain = True
     preview_size = 6
-    previews_molecules = True
     learning_curve_axes = ("step", "training step", "validation_loss_local", "local loss on test molecules (per atom)")
 
     @classmethod
@@ -147,3 +146,14 @@ class ConformerDeclaration(Declaration):
         from .chemistry import depict
 
         return depict(molblocks)
+
+    @classmethod
+    def export_previews(cls, sections: list[tuple[str, np.ndarray]]) -> tuple[str, str] | None:
+        """An SD file of every previewed conformer, each titled with where it comes from, for a molecule
+        viewer."""
+        blocks = []
+        for title, molblocks in sections:
+            for block in molblocks:
+                name, _, rest = str(block).partition("\n")
+                blocks.append(f"{title}: {name}\n{rest}".rstrip("\n") + "\n$$$$\n")
+        return (".sdf", "".join(blocks)) if blocks else None
