@@ -1,0 +1,225 @@
+"""Settings from outside the package: by import path and by an installed distribution's entry point;
+where they come from in `list` and run.json; what a run directory may (not) make the tool import; the
+Python API over such a run."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import model_collapse
+from model_collapse.config import build_experiment
+from model_collapse.errors import ConfigError
+from model_collapse.settings import SETTINGS
+
+# A setting as a researcher writes it, against the public API alone: a Gaussian's mean refitted to its
+# own samples; no fresh_real, default save/load of its array model, a random stream of its own ("test").
+PLUGIN = """
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from model_collapse.randomness import seed_rng
+from model_collapse.settings import Metric, Samples, Setting, SettingConfig, concatenate
+
+
+class MeanConfig(SettingConfig):
+    name: str = "mean"
+    samples: PositiveInt = Field(20, description="draws per seed")
+
+
+class MeanSetting(Setting):
+    name = "mean"
+    Config = MeanConfig
+    cheap = True
+    metrics = {"error": Metric("squared error of the mean")}
+
+    def __init__(self, config, seeds):
+        super().__init__(config, seeds)
+        self._real = Samples(x=np.stack([seed_rng(s, "real").normal(size=config.samples) for s in self.seeds]))
+        self.test = np.stack([seed_rng(s, "test").normal(size=100) for s in self.seeds])
+
+    @property
+    def real_train(self):
+        return self._real
+
+    def fit(self, parts, rng, scratch=None):
+        x = concatenate(parts)["x"]
+        return np.stack([x.mean(axis=1), x.std(axis=1)], axis=1)
+
+    def sample(self, model, size, rng, scratch=None):
+        return Samples(x=model[:, :1] + model[:, 1:] * rng.standard_normal((self.seed_count, size)))
+
+    def evaluate(self, model):
+        return {"error": (model[:, 0] - self.test.mean(axis=1)) ** 2}
+"""
+
+MARKER = "imported.txt"
+
+
+@pytest.fixture()
+def plugin(tmp_path, monkeypatch):
+    """``mean_plugin`` importable from a site directory, and the distribution ``mean-plugin`` 1.2.3
+    installed there as pip installs one (a .dist-info with its entry point), for this process and for
+    the subprocesses tests start (PYTHONPATH)."""
+    site = tmp_path / "site"
+    (site / "mean_plugin").mkdir(parents=True)
+    (site / "mean_plugin" / "__init__.py").write_text(PLUGIN)
+    info = site / "mean_plugin-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mean-plugin\nVersion: 1.2.3\n")
+    (info / "top_level.txt").write_text("mean_plugin\n")
+    (info / "RECORD").write_text("")
+    (info / "entry_points.txt").write_text("[model_collapse.settings]\nmean = mean_plugin:MeanSetting\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    SETTINGS.refresh()
+    yield site
+    SETTINGS.refresh()
+
+
+def config(tmp_path: Path, name: str, **changes) -> Path:
+    raw = {"setting": {"name": name, "samples": 10}, "regimes": ["replace", "accumulate"], "iterations": 5, "seeds": 3}
+    path = tmp_path / f"{name.replace(':', '-')}.yaml"
+    path.write_text(yaml.safe_dump({**raw, **changes}))
+    return path
+
+
+def cli(*args, env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "model_collapse", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_a_registered_setting_and_its_import_path_run_to_the_same_numbers(plugin, tmp_path):
+    for name, out in (("mean", "by-name"), ("mean_plugin:MeanSetting", "by-path")):
+        result = cli("run", config(tmp_path, name), "--out", tmp_path / out, "-q", "-j", "1")
+        assert result.returncode == 0, result.stderr
+    tables = {}
+    for out in ("by-name", "by-path"):
+        result = cli("table", tmp_path / out)
+        assert result.returncode == 0, result.stderr
+        tables[out] = pd.read_csv(io.StringIO(result.stdout), dtype=str)
+    assert set(tables["by-name"]["setting"]) == {"mean"}
+    assert set(tables["by-path"]["setting"]) == {"mean_plugin:MeanSetting"}
+    pd.testing.assert_frame_equal(tables["by-name"].drop(columns="setting"), tables["by-path"].drop(columns="setting"))
+    marker = json.loads((tmp_path / "by-name" / "run.json").read_text())["setting"]
+    assert marker == {
+        "name": "mean",
+        "origin": {
+            "kind": "entry point",
+            "target": "mean_plugin:MeanSetting",
+            "distribution": "mean-plugin",
+            "version": "1.2.3",
+        },
+    }
+    marker = json.loads((tmp_path / "by-path" / "run.json").read_text())["setting"]
+    assert marker["origin"]["kind"] == "import path" and marker["origin"]["distribution"] == "mean-plugin"
+
+
+def test_list_says_where_every_setting_comes_from(plugin):
+    result = cli("list", env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    assert "built in" in lines["gaussian"]
+    assert "mean-plugin 1.2.3 (entry point mean_plugin:MeanSetting)" in lines["mean"]
+
+
+def test_a_run_directory_never_makes_the_tool_import_a_path(tmp_path, monkeypatch):
+    # a module that, imported, leaves a file: named in a run directory's config, it must stay unimported
+    (tmp_path / "payload.py").write_text(f"open({str(tmp_path / MARKER)!r}, 'w').close()\nclass S: pass\n")
+    result = cli(
+        "run", config(tmp_path, "gaussian", setting={"name": "gaussian", "dim": 2}), "--out", tmp_path / "run", "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    recorded["setting"]["name"] = "payload:S"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(recorded))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for command in ("table", "plot", "report", "status", "resume"):
+        result = cli(command, tmp_path / "run", env=env, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.count("\n") == 1 and "cannot make model-collapse import code" in result.stderr
+        assert "--setting payload:S" in result.stderr
+    assert not (tmp_path / MARKER).exists()
+    # named by the user, it is imported (and refused: it is no setting)
+    result = cli("table", tmp_path / "run", "--setting", "payload:S", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "payload:S is not a model_collapse Setting subclass" in result.stderr
+    assert (tmp_path / MARKER).exists()
+
+
+def test_a_run_by_import_path_reads_back_when_the_user_names_the_path(plugin, tmp_path):
+    result = cli("run", config(tmp_path, "mean_plugin:MeanSetting"), "--out", tmp_path / "run", "-q")
+    assert result.returncode == 0, result.stderr
+    # an installed entry point names this path: the run reads back without --setting
+    assert cli("table", tmp_path / "run").returncode == 0
+    # without the entry point, only when the user names it
+    (plugin / "mean_plugin-1.2.3.dist-info" / "entry_points.txt").unlink()
+    refused = cli("table", tmp_path / "run")
+    assert refused.returncode == 2 and "--setting mean_plugin:MeanSetting" in refused.stderr
+    named = cli("table", tmp_path / "run", "--setting", "mean_plugin:MeanSetting")
+    assert named.returncode == 0 and named.stdout.count("\n") == 1 + 2 * 3 * 5
+
+
+def test_a_run_whose_package_is_gone_names_the_package_to_install(plugin, tmp_path):
+    result = cli("run", config(tmp_path, "mean"), "--out", tmp_path / "run", "-q")
+    assert result.returncode == 0, result.stderr
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    for command in ("table", "resume", "plot", "report"):
+        result = cli(command, tmp_path / "run", env=env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "unknown setting 'mean'" in result.stderr
+        assert "the run was made with mean-plugin==1.2.3: pip install 'mean-plugin==1.2.3'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("no_such_package.module:Setting", "cannot import no_such_package.module (no_such_package is not installed)"),
+        ("model_collapse.settings.gaussian:NoSuchClass", "model_collapse.settings.gaussian has no NoSuchClass"),
+        ("model_collapse.settings.arrays:Samples", "is not a model_collapse Setting subclass"),
+        ("not a path", "unknown setting 'not a path'"),
+    ],
+)
+def test_bad_setting_names_get_one_line(tmp_path, name, message):
+    result = cli("run", config(tmp_path, name), "--out", tmp_path / "run")
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_regime_that_draws_fresh_real_data_needs_a_setting_that_has_them(plugin):
+    raw = {"setting": {"name": "mean"}, "regimes": ["replace", "fresh-real:0.5"], "iterations": 3, "seeds": 2}
+    with pytest.raises(
+        ConfigError,
+        match=r"regimes\[1\]: fresh-real:0.5 draws fresh real data every iteration, "
+        "which the setting 'mean' does not provide",
+    ):
+        build_experiment(raw)
+
+
+def test_the_python_api_runs_reads_and_resumes(plugin, tmp_path):
+    raw = {"setting": {"name": "mean", "samples": 10}, "regimes": ["replace"], "iterations": 4, "seeds": 3}
+    run = model_collapse.run(raw, out=tmp_path / "run", workers=1)
+    frame = run.table()
+    assert len(frame) == 3 * 4 and list(frame["iteration"].unique()) == [1, 2, 3, 4]
+    printed = cli("table", tmp_path / "run")
+    assert frame.equals(pd.read_csv(io.StringIO(printed.stdout)))
+    assert run.table_csv() == printed.stdout
+    assert str(run.status()).endswith("1 chains: 1 done; 4 of 4 iterations committed")
+    again = model_collapse.open(tmp_path / "run")
+    assert again.table().equals(frame)
+    assert model_collapse.resume(tmp_path / "run").table().equals(frame)  # complete: nothing to do
+    assert run.report().name == "report.html" and all(p.exists() for p in run.plot())
+    with pytest.raises(model_collapse.errors.RunDirectoryError, match="is not a directory"):
+        model_collapse.open(tmp_path / "nowhere")
