@@ -1,6 +1,7 @@
 """Helpers the tests share: config files, tiny neural settings, progress, torchrun."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -59,10 +60,14 @@ def tiny_conformers(**fields) -> dict:
     }
 
 
-def tiny_settings(tokenizer_cache: Path | str) -> dict[str, dict]:
+_TOKENIZERS = tempfile.mkdtemp(prefix="tokenizers-")  # one tokenizer cache for the test process
+
+
+def tiny_settings() -> dict[str, dict]:
     """The one table of tiny configs of every shipped setting (fields by setting name), which the shared
     suites run: every regime on every setting (test_chain.py) and the conformance checks
     (test_conformance.py). A new setting adds its row here."""
+    tokenizer_cache = _TOKENIZERS
     return {
         "linear-regression": {"dim": 2, "samples": 8},
         "gaussian": {"dim": 2, "samples": 8},

@@ -1,7 +1,6 @@
 """The chain loop: every regime on every setting, determinism, and resume after an interruption."""
 
 import json
-import tempfile
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from model_collapse.regimes import REGIMES, parse_regime
 from model_collapse.rundir import ChainStore
 from model_collapse.settings import SETTINGS
 
-SMALL = tiny_settings(tempfile.mkdtemp(prefix="tokenizers-"))
+SMALL = tiny_settings()
 REGIME_SPECS = [
     "replace",
     "accumulate",

@@ -330,3 +330,8 @@ def test_ctrl_c_stops_with_a_resume_hint_and_the_run_finishes_later(tmp_path):
     assert completed(progress) < 600
     assert invoke("resume", tmp_path / "run", "-q").exit_code == 0
     assert completed(progress) == 600
+
+
+def test_help_shows_its_examples_verbatim():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "(lists as [a,b])" in result.output

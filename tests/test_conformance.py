@@ -1,7 +1,6 @@
 """Every shipped setting passes the conformance suite (``model_collapse.testing.check_setting``) on its
 row of the one table of tiny configs; and the suite catches what it promises to catch."""
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from model_collapse.settings.discrete import Discrete
 from model_collapse.settings.gaussian import Gaussian
 from model_collapse.testing import CHECKS, SettingCheckFailed, check_setting
 
-TINY = tiny_settings(tempfile.mkdtemp(prefix="tokenizers-"))
+TINY = tiny_settings()
 
 
 def test_the_table_has_a_row_for_every_built_in_setting():

@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-OVERRIDES = typer.Argument(None, help="Config overrides, dotted.key=value (lists as [a,b]).", show_default=False)
+OVERRIDES = typer.Argument(None, help="Config overrides, dotted.key=value (lists as \\[a,b]).", show_default=False)
 WORKERS = typer.Option(None, "--workers", "-j", min=1, help="Parallel processes (default: config's, else CPU count).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 EXECUTOR = typer.Option(None, "--executor", help="Where chains run: local, ray or slurm (default: the config's).")
