@@ -17,6 +17,7 @@ import model_collapse
 from model_collapse.config import build_experiment
 from model_collapse.errors import ConfigError
 from model_collapse.settings import SETTINGS
+from model_collapse.settings.discrete import Discrete, DiscreteConfig
 
 # A setting as a researcher writes it, against the public API alone: a Gaussian's mean refitted to its
 # own samples; no fresh_real, default save/load of its array model, a random stream of its own ("test").
@@ -223,3 +224,22 @@ def test_the_python_api_runs_reads_and_resumes(plugin, tmp_path):
     assert run.report().name == "report.html" and all(p.exists() for p in run.plot())
     with pytest.raises(model_collapse.errors.RunDirectoryError, match="is not a directory"):
         model_collapse.open(tmp_path / "nowhere")
+
+
+class RenamedConfig(DiscreteConfig):
+    name: str = "renamed"
+
+
+class Renamed(Discrete):
+    """A setting defined where it is run (a notebook, a script)."""
+
+    name = "renamed"
+    Config = RenamedConfig
+
+
+def test_the_python_api_runs_a_setting_class_given_in_place_of_its_name(tmp_path):
+    raw = {"setting": {"name": Renamed, "samples": 8}, "regimes": ["replace"], "iterations": 3, "seeds": 2}
+    frame = model_collapse.run(raw, out=tmp_path / "run", workers=1).table()
+    assert set(frame["setting"]) == {f"{__name__}:Renamed"}
+    baseline = model_collapse.run({**raw, "setting": {"name": "discrete", "samples": 8}}, out=tmp_path / "base")
+    pd.testing.assert_frame_equal(frame.drop(columns="setting"), baseline.table().drop(columns="setting"))

@@ -57,6 +57,10 @@ def prepare(
     from .sweep import estimate_memory, resolve_executor, resolve_workers
 
     if isinstance(config, Mapping):
+        setting = config.get("setting")
+        if isinstance(setting, Mapping) and isinstance(setting.get("name"), type):
+            # a class (one defined in a notebook, say): run under its import path
+            config = {**config, "setting": {**setting, "name": SETTINGS.allow(setting["name"])}}
         experiment = build_experiment(apply_overrides(config, overrides))
     else:
         experiment = load_experiment(Path(config), overrides)
@@ -72,6 +76,7 @@ def default_directory(config: str | Path | Mapping[str, Any]) -> Path:
     if isinstance(config, Mapping):
         setting = config.get("setting")
         name = setting.get("name") if isinstance(setting, Mapping) else None
+        name = name.name if isinstance(name, type) and hasattr(name, "name") else name
         stem = str(name).replace(":", "-").replace(".", "-") if isinstance(name, str) else "run"
         return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return Path("runs") / Path(config).stem
@@ -136,6 +141,9 @@ def run(
 ) -> Run:
     """Run every chain of ``config`` (a YAML file's path, or the same mapping as a dict) into the new run
     directory ``out`` (default: ``default_directory``); returns the finished ``Run``.
+
+    In a dict, ``setting.name`` may be a setting class itself, which runs under its import path
+    (``module:Class``; a class defined in a notebook runs in this process alone: ``workers=1``).
 
     ``overrides`` are ``dotted.key=value`` strings, as on the command line; ``workers`` parallel local
     processes (default: the config's, else one per CPU); ``executor``: ``local``, ``ray`` or ``slurm``
