@@ -142,16 +142,20 @@ def check_setting(
     checker = _Checker(setting_class, point, tuple(int(s) for s in seeds), iterations)
     report = CheckReport(setting_class.name)
     parsed = [parse_regime(spec) for spec in regimes]
+    runnable = [r for r in parsed if setting_class.provides_fresh_real() or not r.draws_fresh_real]
     for name in wanted:
         if name == "repeatable_on_threads":
+            if not runnable:
+                report.skipped.append(f"{name}: no regime the setting can run")
+                continue
             # one chain: what it catches does not depend on the regime; one that keeps its history
             # (several parts, rows taken across them) runs the most code
-            regime = next((r for r in parsed if r.keeps_history and not r.draws_fresh_real), parsed[0])
+            regime = next((r for r in runnable if r.keeps_history), runnable[0])
             checker.repeatable_on_threads(regime)
             report.passed.append(f"{name} [{regime.label}]")
         elif name in _PER_REGIME:
             for regime in parsed:
-                if regime.draws_fresh_real and not setting_class.provides_fresh_real():
+                if regime not in runnable:
                     report.skipped.append(f"{name} [{regime.label}]: the setting has no fresh_real")
                     continue
                 getattr(checker, name)(regime)
@@ -165,10 +169,6 @@ def check_setting(
 
 
 _PER_REGIME = ("repeatable", "resume")
-
-
-def _fail(check: str, message: str) -> SettingCheckFailed:
-    return SettingCheckFailed(check, message)
 
 
 class _Checker:
@@ -192,7 +192,9 @@ class _Checker:
     def evaluate(self, setting: Setting, model: Any, check: str) -> dict[str, np.ndarray]:
         metrics = setting.evaluate(model)
         if not isinstance(metrics, Mapping):
-            raise _fail(check, f"evaluate returned a {type(metrics).__name__}, not a mapping of metric names to arrays")
+            raise SettingCheckFailed(
+                check, f"evaluate returned a {type(metrics).__name__}, not a mapping of metric names to arrays"
+            )
         return {name: np.asarray(value, dtype=float) for name, value in metrics.items()}
 
     def sample(self, setting: Setting, model: Any, size: int, iteration: int = 2) -> Any:
@@ -205,7 +207,7 @@ class _Checker:
         first, second = (self.fit(setting, [setting.real_train]) for _ in range(2))
         name = _differs(self.evaluate(setting, first, "deterministic"), self.evaluate(setting, second, "deterministic"))
         if name:
-            raise _fail(
+            raise SettingCheckFailed(
                 "deterministic",
                 f"two fits on the same data with generators in the same state evaluate to different {name}: "
                 "draw every random number from the generator fit is handed",
@@ -214,7 +216,7 @@ class _Checker:
         a, b = (self.fingerprint(setting, self.sample(setting, first, size)) for _ in range(2))
         name = _differs(a, b)
         if name:
-            raise _fail(
+            raise SettingCheckFailed(
                 "deterministic",
                 "two samples of the same model with generators in the same state are different data: "
                 "draw every random number from the generator sample is handed",
@@ -226,14 +228,16 @@ class _Checker:
         declared = set(setting.metrics)
         if set(metrics) != declared:
             missing, extra = sorted(declared - set(metrics)), sorted(set(metrics) - declared)
-            raise _fail("metrics", f"evaluate gave {sorted(metrics)}; missing {missing}, not declared {extra}")
+            raise SettingCheckFailed(
+                "metrics", f"evaluate gave {sorted(metrics)}; missing {missing}, not declared {extra}"
+            )
         for name, values in metrics.items():
             if values.shape != (len(self.seeds),):
-                raise _fail(
+                raise SettingCheckFailed(
                     "metrics", f"{name} has shape {values.shape}, expected one value per seed, ({len(self.seeds)},)"
                 )
             if not np.isfinite(values).all():
-                raise _fail("metrics", f"{name} = {values.tolist()} is not finite for every seed")
+                raise SettingCheckFailed("metrics", f"{name} = {values.tolist()} is not finite for every seed")
 
     def data_contract(self) -> None:
         setting = self.new()
@@ -241,32 +245,40 @@ class _Checker:
         kind = type(real)
         if not isinstance(real, Data):
             missing = [m for m in ("__len__", "select", "save", "load", "memory_mapped") if not hasattr(real, m)]
-            raise _fail("data_contract", f"{kind.__name__} lacks {', '.join(missing)} of the data contract (base.Data)")
+            raise SettingCheckFailed(
+                "data_contract", f"{kind.__name__} lacks {', '.join(missing)} of the data contract (base.Data)"
+            )
         rows = len(real)
         if not isinstance(rows, int) or rows < 2:
-            raise _fail("data_contract", f"len(real_train) = {rows!r}; the check needs at least 2 samples per seed")
+            raise SettingCheckFailed(
+                "data_contract", f"len(real_train) = {rows!r}; the check needs at least 2 samples per seed"
+            )
         seeds = len(self.seeds)
         rng = np.random.default_rng(0)
         k = min(rows, 4)
         wanted = np.stack([rng.choice(rows, size=k, replace=False) for _ in range(seeds)])
         chosen = kind.select([real], wanted)
         if len(chosen) != k:
-            raise _fail("data_contract", f"select of {k} rows per seed gave {len(chosen)} samples per seed")
+            raise SettingCheckFailed(
+                "data_contract", f"select of {k} rows per seed gave {len(chosen)} samples per seed"
+            )
         # the same rows one at a time, then joined by a select across those parts: equal only if select
         # takes the rows it is given, in their order, and counts rows across parts
         singles = [kind.select([real], wanted[:, j : j + 1]) for j in range(k)]
         if any(len(single) != 1 for single in singles):
-            raise _fail("data_contract", "select of one row per seed did not give one sample per seed")
+            raise SettingCheckFailed("data_contract", "select of one row per seed did not give one sample per seed")
         joined = kind.select(singles, np.tile(np.arange(k), (seeds, 1)))
         if _other_data(self.fingerprint(setting, joined), self.fingerprint(setting, chosen)):
-            raise _fail(
+            raise SettingCheckFailed(
                 "data_contract",
                 f"select(parts, rows) does not take the rows it is asked for: rows {wanted[0].tolist()} of the "
                 "real data taken at once and one at a time (then joined across parts) are different data",
             )
         everything = kind.select([real], np.tile(np.arange(rows), (seeds, 1)))
         if _other_data(self.fingerprint(setting, everything), self.fingerprint(setting, real)):
-            raise _fail("data_contract", "select of every row, in order, is not the data it was taken from")
+            raise SettingCheckFailed(
+                "data_contract", "select of every row, in order, is not the data it was taken from"
+            )
 
     def data_round_trip(self) -> None:
         setting = self.new()
@@ -274,18 +286,22 @@ class _Checker:
         model = self.fit(setting, [real])
         synthetic = self.sample(setting, model, len(real))
         if len(synthetic) != len(real):
-            raise _fail("data_round_trip", f"sample(model, {len(real)}) gave {len(synthetic)} samples per seed")
+            raise SettingCheckFailed(
+                "data_round_trip", f"sample(model, {len(real)}) gave {len(synthetic)} samples per seed"
+            )
         for what, data in (("real", real), ("synthetic", synthetic)):
             with tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
                 data.save(Path(directory))
                 loaded = type(real).load(Path(directory), like=real)
                 if len(loaded) != len(data):
-                    raise _fail(
+                    raise SettingCheckFailed(
                         "data_round_trip",
                         f"{what} data saved with {len(data)} samples per seed load with {len(loaded)}",
                     )
                 if _other_data(self.fingerprint(setting, loaded), self.fingerprint(setting, data)):
-                    raise _fail("data_round_trip", f"{what} data saved and loaded are not the data that were saved")
+                    raise SettingCheckFailed(
+                        "data_round_trip", f"{what} data saved and loaded are not the data that were saved"
+                    )
 
     def model_round_trip(self) -> None:
         setting = self.new()
@@ -297,7 +313,7 @@ class _Checker:
         after = self.evaluate(setting, loaded, "model_round_trip")
         name = _differs(before, after)
         if name:
-            raise _fail(
+            raise SettingCheckFailed(
                 "model_round_trip",
                 f"a saved and loaded model evaluates to {name} = {after[name].tolist()}, before saving "
                 f"{before[name].tolist()}",
@@ -334,7 +350,7 @@ class _Checker:
             save(directory)
             files = sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file())
             if not files:
-                raise _fail("damaged_files", f"{what} wrote no file")
+                raise SettingCheckFailed("damaged_files", f"{what} wrote no file")
             for relative in files:
                 for damage in ("truncated", "emptied", "missing"):
                     copy = Path(root) / f"{damage}-{'-'.join(relative.parts)}"
@@ -350,12 +366,12 @@ class _Checker:
                         got = load(copy)
                     except ModelCollapseError as error:
                         if not str(error) or "\n" in str(error):
-                            raise _fail(
+                            raise SettingCheckFailed(
                                 "damaged_files", f"{where}: refused with a message of more than one line"
                             ) from None
                         continue
                     except Exception as error:
-                        raise _fail(
+                        raise SettingCheckFailed(
                             "damaged_files",
                             f"{where} raised {type(error).__name__}: {_first_line(error)}; refuse it with "
                             "model_collapse.errors.RunDirectoryError naming the file",
@@ -363,7 +379,7 @@ class _Checker:
                     finally:
                         shutil.rmtree(copy, ignore_errors=True)
                     if _other_data(got, whole):
-                        raise _fail(
+                        raise SettingCheckFailed(
                             "damaged_files", f"{where} was loaded, and gives other numbers than the whole files"
                         )
 
@@ -373,21 +389,21 @@ class _Checker:
         size = max(1, len(real) // 2)
         fresh = setting.fresh_real(size, chain_rng(self.seeds, 2, "fresh-real"))
         if len(fresh) != size:
-            raise _fail("fresh_real_unseen", f"fresh_real({size}) gave {len(fresh)} samples per seed")
+            raise SettingCheckFailed("fresh_real_unseen", f"fresh_real({size}) gave {len(fresh)} samples per seed")
         seen = _row_digests(real)
         # rows compared by value where the training rows are distinct values; where values repeat (a
         # discrete distribution) an equal value is no seen sample
         if seen is not None and all(len(rows) == len(real) for rows in seen):
             for seed, (old, new) in zip(self.seeds, zip(seen, _row_digests(fresh) or [])):
                 if old & new:
-                    raise _fail(
+                    raise SettingCheckFailed(
                         "fresh_real_unseen", f"fresh_real gave {len(old & new)} training sample(s) of seed {seed}"
                     )
             return
         # data of another type: at least not the training data's first rows
         first = type(real).select([real], np.tile(np.arange(size), (len(self.seeds), 1)))
         if not _other_data(self.fingerprint(setting, fresh), self.fingerprint(setting, first)):
-            raise _fail("fresh_real_unseen", "fresh_real gave the first rows of the training data")
+            raise SettingCheckFailed("fresh_real_unseen", "fresh_real gave the first rows of the training data")
 
     # -- checks on whole chains ----------------------------------------------------------------------
 
@@ -442,14 +458,14 @@ class _Checker:
 
 def _same(check: str, regime: Regime, what: str, got: list[IterationRecord], expected: list[IterationRecord]) -> None:
     if len(got) != len(expected):
-        raise _fail(check, f"[{regime.label}] {what} has {len(got)} iterations, expected {len(expected)}")
+        raise SettingCheckFailed(check, f"[{regime.label}] {what} has {len(got)} iterations, expected {len(expected)}")
     for a, b in zip(got, expected):
         if a.train_size != b.train_size or not np.array_equal(a.real_fraction, b.real_fraction):
-            raise _fail(check, f"[{regime.label}] {what} trains iteration {a.iteration} on other data")
+            raise SettingCheckFailed(check, f"[{regime.label}] {what} trains iteration {a.iteration} on other data")
         name = _differs(a.metrics, b.metrics)
         if name:
             got_values, expected_values = (np.asarray(r.metrics[name]).tolist() for r in (a, b))
-            raise _fail(
+            raise SettingCheckFailed(
                 check,
                 f"[{regime.label}] {what} differs at iteration {a.iteration}: "
                 f"{name} = {got_values}, expected {expected_values}",
