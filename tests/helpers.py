@@ -126,3 +126,18 @@ def torchrun_command(*program: str, processes: int = 2) -> list[str]:
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
         "--master_addr", "127.0.0.1", "--master_port", str(port), *program,
     ]  # fmt: skip
+
+
+def cli(*args, cwd=None, timeout=300, **kwargs):
+    """``model-collapse ARGS`` in a process of its own (``python -m``), its output captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "model_collapse", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        **kwargs,
+    )

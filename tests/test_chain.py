@@ -11,17 +11,10 @@ from model_collapse.errors import RunDirectoryError, Terminated
 from model_collapse.regimes import REGIMES, parse_regime
 from model_collapse.rundir import ChainStore
 from model_collapse.settings import SETTINGS
+from model_collapse.testing import REGIMES as CHECKED_REGIMES
 
 SMALL = tiny_settings()
-REGIME_SPECS = [
-    "replace",
-    "accumulate",
-    "accumulate-subsample",
-    "replace-grown",
-    "keep-real-fraction:0.25",
-    "fresh-real:0.5",
-    "mix:0.5",
-]
+REGIME_SPECS = list(CHECKED_REGIMES)  # every regime, with the parameters check_setting uses
 
 
 def small_setting(name, seeds=(0, 1, 2)):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import completed, tiny_vae, write_config
+from helpers import cli, completed, tiny_vae, write_config
 from model_collapse.errors import RunDirectoryError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,17 +32,6 @@ LAUNCH_AT = (
     "import sys, time; from model_collapse.cli import app; "
     "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); sys.argv = ['model-collapse', *sys.argv[2:]]; app()"
 )
-
-
-def cli(*args, cwd=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "model_collapse", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        **kwargs,
-    )
 
 
 def start(*args, cwd=None, env=None) -> subprocess.Popen:

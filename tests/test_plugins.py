@@ -5,8 +5,6 @@ Python API over such a run."""
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +12,7 @@ import pytest
 import yaml
 
 import model_collapse
+from helpers import cli
 from model_collapse.config import build_experiment
 from model_collapse.errors import ConfigError
 from model_collapse.settings import SETTINGS
@@ -89,17 +88,6 @@ def config(tmp_path: Path, name: str, **changes) -> Path:
     path = tmp_path / f"{name.replace(':', '-')}.yaml"
     path.write_text(yaml.safe_dump({**raw, **changes}))
     return path
-
-
-def cli(*args, env=None, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "model_collapse", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 def test_a_registered_setting_and_its_import_path_run_to_the_same_numbers(plugin, tmp_path):
