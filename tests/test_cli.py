@@ -335,3 +335,16 @@ def test_ctrl_c_stops_with_a_resume_hint_and_the_run_finishes_later(tmp_path):
 def test_help_shows_its_examples_verbatim():
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "(lists as [a,b])" in result.output
+
+
+def test_the_closing_line_is_not_wrapped_when_written_to_a_pipe(tmp_path):
+    out = tmp_path / ("a-rather-long-directory-name-" * 3) / "quickstart"
+    config = write_config(tmp_path / "lr.yaml", iterations=2, seeds=2)
+    result = subprocess.run(
+        [sys.executable, "-m", "model_collapse", "run", str(config), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"done: {out}  (next: model-collapse report {out}; model-collapse table {out})\n" in result.stderr

@@ -749,3 +749,54 @@ def test_files_of_a_run_follow_the_umask(tmp_path):
     ]
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o640"}
     assert {oct(p.stat().st_mode & 0o777) for p in [run, *run.rglob("iter_*")]} == {"0o750"}
+
+
+@pytest.mark.parametrize(
+    "text, key, lines",
+    [
+        ("setting: {name: gaussian, dim: 2}\nregimes: [replace]\niterations: 3\niterations: 5\nseeds: 2\n",
+         "iterations", "line 3, column 1 and line 4, column 1"),
+        ("setting:\n  name: gaussian\n  dim: 10\n  samples: 8\n  dim: 3\nregimes: [replace]\niterations: 3\nseeds: 2\n",
+         "dim", "line 3, column 3 and line 5, column 3"),
+    ],
+    ids=["top level", "inside the setting"],
+)  # fmt: skip
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, text, key, lines):
+    (tmp_path / "twice.yaml").write_text(text)
+    line = one_line_error(cli("run", tmp_path / "twice.yaml", "--out", tmp_path / "run"))
+    assert f"the key '{key}' is given twice ({lines})" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_merges_and_keys_repeated_in_other_mappings_are_not_duplicates(tmp_path):
+    text = "base: &b {dim: 2}\nsetting:\n  <<: *b\n  name: gaussian\n  dim: 3\n"
+    text += "regimes: [replace]\niterations: 2\nseeds: 2\n"
+    (tmp_path / "merge.yaml").write_text(text)
+    result = cli("run", tmp_path / "merge.yaml", "--out", tmp_path / "run", "-q")
+    assert result.returncode == 2 and "base: unknown key" in result.stderr  # the config's own key, not a duplicate
+
+
+def test_a_duplicate_key_in_an_override_or_a_run_directory_is_refused(tmp_path):
+    path = write_config(tmp_path / "lr.yaml", BASE, iterations=2, seeds=2)
+    line = one_line_error(cli("run", path, "setting={name: gaussian, dim: 2, dim: 3}", "--out", tmp_path / "run"))
+    assert "override setting=...: the key 'dim' is given twice" in line
+    assert cli("run", path, "--out", tmp_path / "run", "-q").returncode == 0
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text() + "iterations: 7\n")
+    line = one_line_error(cli("table", tmp_path / "run"))
+    assert f"corrupted file {config}: the key 'iterations' is given twice" in line
+
+
+@pytest.mark.parametrize("depth", [50, 150, 250, 350, 500, 5000])
+def test_deep_nesting_is_one_line_at_any_depth(tmp_path, depth):
+    path = write_config(tmp_path / "lr.yaml", BASE, iterations=2, seeds=2)
+    nested = "[" * depth + "]" * depth
+    line = one_line_error(cli("run", path, f"setting.dim={nested}", "--out", tmp_path / "run"))
+    assert "setting" in line  # a wrong value (shallow) or too deep to read: one line either way
+    mapping = "{a: " * depth + "1" + "}" * depth
+    (tmp_path / "deep.yaml").write_text(
+        f"setting: {{name: gaussian, dim: {mapping}}}\nregimes: [replace]\niterations: 2\nseeds: 2\n"
+    )
+    line = one_line_error(cli("run", tmp_path / "deep.yaml", "--out", tmp_path / "run"))
+    assert "deep.yaml" in line or "setting.dim" in line
+    assert not (tmp_path / "run").exists()

@@ -33,6 +33,11 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 EXECUTOR = typer.Option(None, "--executor", help="Where chains run: local, ray or slurm (default: the config's).")
 
 
+def _say(line: str) -> None:
+    """A line for the user on stderr, as written: never wrapped (a path in it is copied whole), no markup."""
+    err.print(escape(line), highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -97,7 +102,7 @@ def run(
     directory = out or api.default_directory(config)
     record = _guarded(lambda: api.setting_record(prepared.experiment))
     _execute(directory, lambda: create_run(directory, prepared.experiment.resolved(), record), prepared, workers, quiet)
-    err.print(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
+    _say(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
 @app.command()
@@ -114,7 +119,7 @@ def resume(
     _allow(setting)
     prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
     _execute(run_directory, lambda: lock_run(run_directory), prepared, workers, quiet)
-    err.print(f"done: {run_directory}")
+    _say(f"done: {run_directory}")
 
 
 @app.command()

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-import yaml
 from pydantic import (
     ConfigDict,
     Field,
@@ -41,11 +40,12 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError, yaml_problem
+from .errors import ConfigError
 from .regimes import Regime, parse_regime
 from .rundir import ChainStore
 from .settings import SETTINGS, SettingConfig
 from .settings.base import StrictConfig, section_of
+from .yaml_text import YamlProblem, load_yaml
 
 # Which models a chain leaves once it is complete (``chain.run_chain``).
 Checkpoints = Literal["none", "last", "all"]
@@ -143,7 +143,7 @@ def _validation_error(error: ValidationError, prefix: tuple = ()) -> ConfigError
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
     except IsADirectoryError:
@@ -152,8 +152,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not a text file (not UTF-8)") from None
     except OSError as error:
         raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
+    except YamlProblem as problem:
+        raise ConfigError(f"config file {path}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return raw
@@ -211,9 +211,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {override!r} must look like dotted.key=value")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"override {override!r}: value is not valid YAML") from None
+            value = load_yaml(text)
+        except YamlProblem as problem:
+            raise ConfigError(f"override {key}=...: {problem}") from None
         *parents, leaf = key.split(".")
         node = result
         for i, part in enumerate(parents):

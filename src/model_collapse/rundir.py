@@ -54,9 +54,10 @@ import yaml
 
 from . import __version__, distributed
 from .atomic import fsync_directory, honour_umask, write_atomic, write_directory_atomic, write_file_atomic, write_json
-from .errors import RunDirectoryError, yaml_problem
+from .errors import RunDirectoryError
 from .provenance import environment
 from .settings.arrays import load_arrays
+from .yaml_text import YamlProblem, load_yaml
 
 FORMAT = "model-collapse-run"
 # 3: commits of several iterations (``iter_0001-0042``, metrics.json a list); 2: config.yaml holds the
@@ -251,11 +252,13 @@ def open_run(directory: Path) -> tuple[dict[str, Any], int]:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise RunDirectoryError(f"{directory} was written in run format {version}, this version reads {readable}")
     try:
-        config = yaml.safe_load((directory / CONFIG).read_text(encoding="utf-8"))
+        config = load_yaml((directory / CONFIG).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunDirectoryError(f"missing file {directory / CONFIG}") from None
-    except yaml.YAMLError as error:
-        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: {yaml_problem(error)}") from None
+    except UnicodeDecodeError:
+        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: not a text file (not UTF-8)") from None
+    except YamlProblem as problem:
+        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: {problem}") from None
     if not isinstance(config, dict):
         raise RunDirectoryError(f"corrupted file {directory / CONFIG}: not a mapping")
     return config, version
