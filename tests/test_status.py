@@ -92,3 +92,30 @@ def test_a_run_from_before_a_setting_gained_a_field_and_a_metric_stays_readable(
     (chain / "chain.json").write_text(json.dumps(description))
     result = invoke("status", tmp_path / "run")
     assert result.exit_code == 2 and "describes another chain than the run's config.yaml" in result.output
+
+
+def test_status_reads_the_records_and_names_a_damaged_one(tmp_path):
+    run = stopped_run(tmp_path)
+    commit = sorted((run / "chains" / "base" / "replace").glob("iter_*"))[-1]
+    (commit / "metrics.npz").write_bytes(b"not an archive")
+    result = invoke("status", run)
+    assert result.exit_code == 2, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("base / replace "))
+    assert "damaged" in line and f"corrupted file {commit / 'metrics.npz'}" in line
+    assert "1 damaged" in result.output.splitlines()[-1]
+
+
+def test_table_names_the_chains_it_has_no_rows_for_and_complete_refuses_them(tmp_path):
+    run = stopped_run(tmp_path)
+    result = CliRunner().invoke(app, ["table", str(run)])
+    assert result.exit_code == 0
+    assert result.stdout.count("\n") == 1 + 3 * 2  # header, 3 seeds x 2 iterations of the one chain
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: chain base / replace: rows of 2 of 4 iterations (stopped)",
+        "note: chain base / accumulate: no rows (not started, or its directory is missing)",
+        "note: chain base / accumulate-subsample: no rows (not started, or its directory is missing)",
+    ]
+    refused = CliRunner().invoke(app, ["table", str(run), "--complete"])
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert f"{run} is incomplete: 3 of 3 chains have not finished (model-collapse status {run})" in refused.stderr

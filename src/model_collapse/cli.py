@@ -123,10 +123,27 @@ def resume(
 
 
 @app.command()
-def table(run_directory: Path = typer.Argument(..., help="A run directory."), setting: Optional[str] = SETTING) -> None:
-    """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration)."""
+def table(
+    run_directory: Path = typer.Argument(..., help="A run directory."),
+    complete: bool = typer.Option(False, "--complete", help="Refuse a run whose chains have not all finished."),
+    setting: Optional[str] = SETTING,
+) -> None:
+    """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration). Chains without
+    every iteration are named on stderr."""
     _allow(setting)
-    sys.stdout.write(_guarded(lambda: api.Run(run_directory).table_csv()))
+    found = api.Run(run_directory)
+    text = _guarded(found.table_csv)  # a damaged record is refused here, naming its file
+    unfinished = _guarded(lambda: found.status().unfinished)
+    if complete and unfinished:
+        _fail(
+            f"{run_directory} is incomplete: {len(unfinished)} of {len(found.experiment.chains())} chains "
+            f"have not finished (model-collapse status {run_directory})"
+        )
+    sys.stdout.write(text)
+    for chain in unfinished:
+        rows = "no rows" if chain.completed == 0 else f"rows of {chain.completed} of {chain.iterations} iterations"
+        why = {"not started": "not started, or its directory is missing"}.get(chain.state, chain.state)
+        _say(f"note: chain {chain.label}: {rows} ({why}{'; ' + chain.reason if chain.reason else ''})")
 
 
 @app.command()
@@ -150,6 +167,8 @@ def status(
     _allow(setting)
     found = _guarded(lambda: api.Run(run_directory).status())
     print("\n".join(found.lines(chains)))
+    if found.damaged:
+        raise typer.Exit(2)  # as resume and table refuse such a run
 
 
 @app.command()

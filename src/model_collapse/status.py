@@ -4,9 +4,10 @@ It reads only what the chains write (their progress and committed iterations, ``
 chain failed) and whether a process holds the run's lock, so it works wherever the chains run and from
 any machine that sees the directory, while the run goes on or after it stopped.
 
-A chain is ``done`` (all iterations committed), ``failed`` (with the reason its process left), or, while
-a ``run`` or ``resume`` holds the lock, ``running`` (some iterations committed) or ``waiting``; without
-one, ``stopped`` (some committed: ``resume`` finishes it) or ``not started``.
+A chain is ``done`` (all iterations committed), ``damaged`` (a record that cannot be read, named
+with its file: ``resume`` and ``table`` refuse the run), ``failed`` (with the reason its process left),
+or, while a ``run`` or ``resume`` holds the lock, ``running`` (some iterations committed) or
+``waiting``; without one, ``stopped`` (some committed: ``resume`` finishes it) or ``not started``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RunDirectoryError
 from .results import open_experiment
 from .rundir import run_in_use
+from .settings import SETTINGS
 
-STATES = ("done", "running", "waiting", "failed", "stopped", "not started")
+STATES = ("done", "running", "waiting", "damaged", "failed", "stopped", "not started")
 
 
 @dataclass
@@ -58,6 +61,14 @@ class RunStatus:
     def __str__(self) -> str:
         return "\n".join(self.lines())
 
+    @property
+    def damaged(self) -> list[ChainStatus]:
+        return [c for c in self.chains if c.state == "damaged"]
+
+    @property
+    def unfinished(self) -> list[ChainStatus]:
+        return [c for c in self.chains if c.state != "done"]
+
 
 def run_status(run_directory: Path) -> RunStatus:
     """Every chain's status, and who holds the run."""
@@ -65,10 +76,16 @@ def run_status(run_directory: Path) -> RunStatus:
     holder = run_in_use(run_directory)
     iterations = experiment.config.iterations
     chains = []
+    metrics = SETTINGS.declared(experiment.setting_name).metrics
     for spec in experiment.chains():
         store = spec.store(run_directory, writer=False)
-        completed = min(store.completed(), iterations) if store.directory.exists() else 0
-        failure = store.failure() if store.directory.exists() else None
+        try:
+            completed = min(store.completed(), iterations) if store.directory.exists() else 0
+            store.records(len(spec.seeds), metrics, completed)  # every record whole, as table reads them
+            failure = store.failure() if store.directory.exists() else None
+        except RunDirectoryError as damage:
+            chains.append(ChainStatus(spec.label, "damaged", store.progress(), iterations, str(damage)))
+            continue
         if completed == iterations:
             state = "done"
         elif failure is not None:
