@@ -11,9 +11,9 @@ setting to what the chain relies on. Use it in a setting package's tests::
 It runs small chains under every regime (``regimes``; a regime that draws fresh real data is skipped,
 saying so, for a setting without ``fresh_real``) and checks, in this order (``CHECKS``):
 
-* ``deterministic``: ``fit`` and ``sample`` handed generators in the same state give the same model and
-  samples, so every random number comes from the generators a setting is handed (or from
-  ``randomness.seed_rng``), never from a global random state;
+* ``deterministic``: ``fit`` and ``sample`` leave numpy's and Python's global random states untouched,
+  and handed generators in the same state give the same model and samples, so every random number
+  comes from the generators a setting is handed (or from ``randomness.seed_rng``);
 * ``metrics``: ``evaluate`` gives every declared metric, one finite value per seed, and no other;
 * ``data_contract``: the data follow ``base.Data``: ``len`` counts samples per seed, ``select`` takes the
   rows it is asked for, in their order, from one part or across several;
@@ -204,7 +204,11 @@ class _Checker:
 
     def deterministic(self) -> None:
         setting = self.new()
-        first, second = (self.fit(setting, [setting.real_train]) for _ in range(2))
+        with _global_random_state_untouched("fit"):
+            first = self.fit(setting, [setting.real_train])
+        with _global_random_state_untouched("sample"):
+            self.sample(setting, first, len(setting.real_train))
+        second = self.fit(setting, [setting.real_train])
         name = _differs(self.evaluate(setting, first, "deterministic"), self.evaluate(setting, second, "deterministic"))
         if name:
             raise SettingCheckFailed(
@@ -506,6 +510,27 @@ def _row_digests(data: Any) -> list[set[bytes]] | None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else "(no message)"
+
+
+@contextlib.contextmanager
+def _global_random_state_untouched(method: str) -> Iterator[None]:
+    """Fail ``deterministic`` if the block draws from numpy's or Python's global random state (a library
+    called without a seed does), which no key of the chain's fixes."""
+    import random
+
+    numpy_before, python_before = np.random.get_state(), random.getstate()
+    yield
+    numpy_after = np.random.get_state()
+    if not (np.array_equal(numpy_after[1], numpy_before[1]) and numpy_after[2:] == numpy_before[2:]):
+        raise SettingCheckFailed(
+            "deterministic",
+            f"{method} draws from numpy's global random state (np.random.*, or a library given no seed): "
+            "draw from the generator it is handed",
+        )
+    if random.getstate() != python_before:
+        raise SettingCheckFailed(
+            "deterministic", f"{method} draws from Python's global random state (random.*): draw from the generator"
+        )
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ class IgnoringSelect(GaussianMixtureSetting):
 
 @pytest.mark.parametrize(
     "broken, check",
-    [(GlobalRandomFit, "repeatable"), (IgnoringSelect, "data_contract")],
+    [(GlobalRandomFit, "deterministic"), (IgnoringSelect, "data_contract")],
     ids=["fit-from-global-random-state", "select-ignores-rows"],
 )
 def test_broken_variants_fail_the_check_that_names_their_fault(broken, check):
