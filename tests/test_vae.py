@@ -74,7 +74,7 @@ def test_diversity_metrics_on_known_models():
     p = counts / counts.sum()
     assert -(p * np.log(p)).sum() > 2.1  # log 10 = 2.30
     # a model whose every sample is the same image: one class, no spread
-    collapsed = zeroed(setting._new_model())
+    collapsed = zeroed(setting.new_model())
     metrics = setting.evaluate(collapsed)
     assert metrics["class_entropy"][0] == 0.0
     assert metrics["sample_spread"][0] == pytest.approx(0.0, abs=1e-12)
@@ -90,7 +90,7 @@ def test_training_lowers_the_test_loss_and_evaluation_is_repeatable():
         training={"epochs": 5, "learning_rate": 2e-3},
     )
     setting = VAE(config, [0])
-    untrained = setting.evaluate(setting._new_model())["test_loss"][0]
+    untrained = setting.evaluate(setting.new_model())["test_loss"][0]
     model = setting.fit([setting.real_train], np.random.default_rng(0))
     trained = setting.evaluate(model)
     assert trained["test_loss"][0] < 0.7 * untrained

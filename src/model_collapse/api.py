@@ -101,27 +101,42 @@ def _terminate_like_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def take_lock(directory: Path, take: Callable[[], Any]) -> Any:
-    """The run's lock, taken by ``take`` (creating the run, or locking an existing one) on rank 0 alone
-    under torchrun; the other ranks wait for it."""
-    from . import distributed
-
-    lock = take() if distributed.is_main() else None
-    distributed.barrier()
-    return lock
+def _unguarded(action: Callable[[], Any], resume_hint: Path | None = None) -> Any:
+    return action()
 
 
-def execute(directory: Path, lock: Any, prepared: Prepared, workers: int | None, quiet: bool) -> None:
-    """Run (or finish) the chains of ``prepared`` in ``directory`` and release ``lock``."""
+def run_locked(
+    directory: Path,
+    take: Callable[[], Any],
+    prepared: Prepared,
+    workers: int | None,
+    quiet: bool,
+    guard: Callable[..., Any] = _unguarded,
+) -> None:
+    """Run (or finish) the chains of ``prepared`` in ``directory`` while holding its lock, taken by
+    ``take`` (creating the run, or locking an existing one) on rank 0 alone under torchrun, with SIGTERM
+    stopping it as Ctrl-C does. ``guard(action, resume_hint)`` runs taking the lock and then the chains
+    (the command line's turns what stops them into one line naming ``resume``)."""
     from . import distributed
     from .sweep import run_experiment
 
-    try:
-        run_experiment(directory, prepared.experiment, workers, quiet, prepared.options)
-    finally:
-        if lock is not None:
-            lock.release()
-    distributed.finish()
+    def lock_on_rank_0():
+        lock = take() if distributed.is_main() else None
+        distributed.barrier()
+        return lock
+
+    def chains():
+        try:
+            run_experiment(directory, prepared.experiment, workers, quiet, prepared.options)
+        finally:
+            if lock is not None:
+                lock.release()
+        distributed.finish()
+
+    with _terminate_like_ctrl_c():
+        distributed.start()
+        lock = guard(lock_on_rank_0)
+        guard(chains, directory)
 
 
 def setting_record(experiment: Any) -> dict[str, Any]:
@@ -149,16 +164,14 @@ def run(
     processes (default: the config's, else one per CPU); ``executor``: ``local``, ``ray`` or ``slurm``
     (default: the config's). Ctrl-C or SIGTERM stops the chains after committing what they computed;
     ``resume`` finishes the run."""
-    from . import distributed
     from .rundir import create_run
 
     prepared = prepare(config, tuple(overrides), workers, executor)
     directory = Path(out) if out is not None else default_directory(config)
     record = setting_record(prepared.experiment)
-    with _terminate_like_ctrl_c():
-        distributed.start()
-        lock = take_lock(directory, lambda: create_run(directory, prepared.experiment.resolved(), record))
-        execute(directory, lock, prepared, workers, quiet)
+    run_locked(
+        directory, lambda: create_run(directory, prepared.experiment.resolved(), record), prepared, workers, quiet
+    )
     return Run(directory)
 
 
@@ -191,16 +204,12 @@ def resume(
 
     ``setting``: the import path (or class) of a setting the run names by import path, which a run
     directory alone never makes this import."""
-    from . import distributed
     from .rundir import lock_run
 
     directory = Path(run_directory)
     _allow(setting)
     prepared = prepare_resume(directory, executor)
-    with _terminate_like_ctrl_c():
-        distributed.start()
-        lock = take_lock(directory, lambda: lock_run(directory))
-        execute(directory, lock, prepared, workers, quiet)
+    run_locked(directory, lambda: lock_run(directory), prepared, workers, quiet)
     return Run(directory)
 
 

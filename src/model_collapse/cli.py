@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import api, distributed
+from . import api
 from .config import apply_overrides, build_experiment
 from .errors import ConfigError, ModelCollapseError, ResourceError, Terminated
 from .regimes import REGIMES
@@ -77,15 +77,6 @@ def _allow(setting: str | None) -> None:
         _guarded(lambda: SETTINGS.allow(setting))
 
 
-def _execute(directory: Path, take, prepared, workers: int | None, quiet: bool) -> None:
-    """Run (or finish) ``prepared`` in ``directory`` under the lock ``take`` takes; what stops it becomes
-    one line that names the command finishing it."""
-    with api._terminate_like_ctrl_c():
-        distributed.start()
-        lock = _guarded(lambda: api.take_lock(directory, take))
-        _guarded(lambda: api.execute(directory, lock, prepared, workers, quiet), resume_hint=directory)
-
-
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="A YAML config (see configs/)."),
@@ -101,7 +92,8 @@ def run(
     prepared = _guarded(lambda: api.prepare(config, overrides or [], workers, executor))
     directory = out or api.default_directory(config)
     record = _guarded(lambda: api.setting_record(prepared.experiment))
-    _execute(directory, lambda: create_run(directory, prepared.experiment.resolved(), record), prepared, workers, quiet)
+    take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
+    api.run_locked(directory, take, prepared, workers, quiet, guard=_guarded)
     _say(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
@@ -118,7 +110,7 @@ def resume(
 
     _allow(setting)
     prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
-    _execute(run_directory, lambda: lock_run(run_directory), prepared, workers, quiet)
+    api.run_locked(run_directory, lambda: lock_run(run_directory), prepared, workers, quiet, guard=_guarded)
     _say(f"done: {run_directory}")
 
 
@@ -130,10 +122,12 @@ def table(
 ) -> None:
     """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration). Chains without
     every iteration are named on stderr."""
+    from .status import run_status
+
     _allow(setting)
     found = api.Run(run_directory)
     text = _guarded(found.table_csv)  # a damaged record is refused here, naming its file
-    unfinished = _guarded(lambda: found.status().unfinished)
+    unfinished = _guarded(lambda: run_status(run_directory, read_records=False).unfinished)  # read just now
     if complete and unfinished:
         _fail(
             f"{run_directory} is incomplete: {len(unfinished)} of {len(found.experiment.chains())} chains "

@@ -70,8 +70,9 @@ class RunStatus:
         return [c for c in self.chains if c.state != "done"]
 
 
-def run_status(run_directory: Path) -> RunStatus:
-    """Every chain's status, and who holds the run."""
+def run_status(run_directory: Path, read_records: bool = True) -> RunStatus:
+    """Every chain's status, and who holds the run. ``read_records``: read every committed record, so
+    that a damaged one makes its chain ``damaged`` (False for a caller that has just read them all)."""
     experiment = open_experiment(run_directory)
     holder = run_in_use(run_directory)
     iterations = experiment.config.iterations
@@ -81,7 +82,8 @@ def run_status(run_directory: Path) -> RunStatus:
         store = spec.store(run_directory, writer=False)
         try:
             completed = min(store.completed(), iterations) if store.directory.exists() else 0
-            store.records(len(spec.seeds), metrics, completed)  # every record whole, as table reads them
+            if read_records:
+                store.records(len(spec.seeds), metrics, completed)  # every record whole, as table reads them
             failure = store.failure() if store.directory.exists() else None
         except RunDirectoryError as damage:
             chains.append(ChainStatus(spec.label, "damaged", store.progress(), iterations, str(damage)))

@@ -175,11 +175,9 @@ class Declaration:
     # Iterations of milliseconds, computed the same way every time: the chain commits them in groups
     # and, on resume, recomputes them rather than keeping models and synthetic data on disk.
     cheap: ClassVar[bool] = False
-    # Settings whose samples a person looks at (images, texts) keep this many of the real data and of
-    # every iteration's model as a preview, for figures.
+    # Settings whose samples a person looks at (images, texts; others through ``depict``) keep this many
+    # of the real data and of every iteration's model as a preview, for figures.
     preview_size: ClassVar[int] = 0
-    # Previews that are neither images nor texts (molecules) are drawn with ``depict`` and may be written
-    # as a file another tool opens (``export_previews``).
     # Fits that record a learning curve (``Fit.diagnostics["learning_curve"]``, a list of dicts): the
     # keys and labels of its axes, (x key, x label, y key, y label).
     learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
@@ -290,9 +288,7 @@ class Setting(Declaration, ABC):
     def load_model(self, directory: Path) -> Any:
         """The model ``save_model`` kept in ``directory``; a missing, damaged or foreign file is a
         ``RunDirectoryError`` naming it. The default reads what the default ``save_model`` writes."""
-        from .checkpoints import WEIGHTS
-
-        if (directory / WEIGHTS).exists():
+        if type(self).new_model is not Setting.new_model:  # a torch module's weights
             from .checkpoints import load_weights
 
             return load_weights(self.new_model(), directory, getattr(self, "device", "cpu"))
@@ -302,8 +298,9 @@ class Setting(Declaration, ABC):
         return arrays[_SINGLE] if set(arrays) == {_SINGLE} else arrays
 
     def new_model(self) -> Any:
-        """A freshly initialised torch module of this setting's architecture, into which the default
-        ``load_model`` reads saved weights (settings whose model is a torch module)."""
+        """A freshly initialised torch module of this setting's architecture, on its ``device``: a setting
+        whose model is a torch module writes it, and the default ``load_model`` reads the saved weights
+        into one."""
         raise NotImplementedError(
             f"setting {self.name!r} keeps a torch module: give it new_model() for the default load_model"
         )

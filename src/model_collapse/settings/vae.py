@@ -28,7 +28,6 @@ from ..errors import ModelCollapseError
 from ..randomness import seed_rng
 from .arrays import MappedSamples, Samples, gather
 from .base import Setting
-from .checkpoints import load_weights, save_weights
 from .devices import resolve_device
 from .images import ImageSplit, load_images
 from .vae_config import VAEConfig, VAEDeclaration
@@ -160,7 +159,7 @@ class VAE(VAEDeclaration, Setting):
         return data["x"][0].transpose(0, 2, 3, 1)
 
     # -- model ------------------------------------------------------------------------------------
-    def _new_model(self) -> ConvVAE:
+    def new_model(self) -> ConvVAE:
         c = self.config
         return ConvVAE(c.image_channels, c.image_size, c.model.widths, c.model.latent_dim).to(self.device)
 
@@ -169,7 +168,7 @@ class VAE(VAEDeclaration, Setting):
         pool = sum(len(part) for part in parts)  # kept batches are memory-mapped: read a minibatch at a time
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            model = self._new_model()
+            model = self.new_model()
         generator = _generator(rng, self.device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=c.training.learning_rate)
         model.train()
@@ -226,10 +225,3 @@ class VAE(VAEDeclaration, Setting):
             "class_entropy": np.array([entropy]),
             "sample_spread": np.array([spread]),
         }
-
-    # -- storage ----------------------------------------------------------------------------------
-    def save_model(self, model: ConvVAE, directory: Path) -> None:
-        save_weights(model, directory)
-
-    def load_model(self, directory: Path) -> ConvVAE:
-        return load_weights(self._new_model(), directory, self.device)

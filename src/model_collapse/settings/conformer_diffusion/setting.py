@@ -25,7 +25,6 @@ from ...atomic import write_directory_atomic
 from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
-from ..checkpoints import load_weights, save_weights
 from ..devices import resolve_device
 from .chemistry import coverage_and_matching, molblocks
 from .config import ConformerConfig, ConformerDeclaration
@@ -87,13 +86,13 @@ class ConformerDiffusion(ConformerDeclaration, Setting):
         return molblocks(Conformers.select([data], rows[None]))
 
     # -- model ------------------------------------------------------------------------------------
-    def _new_model(self) -> DualEncoder:
+    def new_model(self) -> DualEncoder:
         return DualEncoder(self.config.network, self.config.diffusion).to(self.device)
 
     def fit(self, parts: Sequence[Conformers], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            model = self._new_model()
+            model = self.new_model()
         curve = train(model, parts, self.validation, self.config.training, rng, self.device, scratch)
         return Fit(model, {"learning_curve": curve})
 
@@ -168,10 +167,3 @@ class ConformerDiffusion(ConformerDeclaration, Setting):
             "mat_r": np.array([matching]),
             "cov_r": np.array([coverage]),
         }
-
-    # -- storage ----------------------------------------------------------------------------------
-    def save_model(self, model: DualEncoder, directory: Path) -> None:
-        save_weights(model, directory)
-
-    def load_model(self, directory: Path) -> DualEncoder:
-        return load_weights(self._new_model(), directory, self.device)
