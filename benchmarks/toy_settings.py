@@ -43,7 +43,7 @@ def engine(name: str, seeds: int, iterations: int) -> None:
     from threadpoolctl import threadpool_limits
 
     from model_collapse.chain import run_chain
-    from model_collapse.config import setting_class
+    from model_collapse.experiment import setting_class
 
     with threadpool_limits(limits=1):  # as the command line's workers run
         for spec in experiment(name, seeds, iterations).chains():
@@ -63,7 +63,7 @@ def _training(regime: str, pool: list, size: int, rng) -> np.ndarray:
 
 
 def loop(name: str, seeds: int, iterations: int) -> None:
-    from model_collapse.config import setting_class
+    from model_collapse.experiment import setting_class
 
     for spec in experiment(name, seeds, iterations).chains():
         setting = setting_class(spec.point)(spec.point, spec.seeds)  # the same real data per seed

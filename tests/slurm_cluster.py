@@ -116,7 +116,7 @@ class SlurmCluster:
         return self.environment
 
     def _daemon(self, command: list, name: str) -> None:
-        output = open(self.directory / f"{name}.out", "w")
+        output = open(self.directory / f"{name}.out", "w")  # noqa: SIM115 (the daemon writes it until stop())
         self.processes.append(
             subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **self.environment})
         )

@@ -172,7 +172,9 @@ def test_resume_keeps_the_interrupted_fits_scratch_and_nothing_older(tmp_path):
     for iteration in (2, 3, 4):  # 2: stale, left by a crash after its commit; 3: the fit interrupted; 4: stale
         (store.scratch_directory(iteration)).mkdir()
         (store.scratch_directory(iteration) / "state").write_text(str(iteration))
-    assert ChainStore(tmp_path / "chain", description).open() == 2
+    reopened = ChainStore(tmp_path / "chain", description)
+    reopened.prepare()
+    assert reopened.completed() == 2
     assert sorted(p.name for p in (tmp_path / "chain").glob("*.scratch")) == ["iter_0003.scratch"]
     seen = []
     setting = costly(small_setting("gaussian"))

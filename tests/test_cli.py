@@ -172,7 +172,7 @@ def test_a_run_of_the_earlier_format_is_read_and_resumed_with_its_numbers(tmp_pa
     resolved["setting"] = {"name": "vae", "latent_dim": 2}
     (old / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     result = invoke("table", old)
-    assert result.exit_code == 2 and "pip install model-collapse==0.1.0" in result.output
+    assert result.exit_code == 2 and "read it with the model-collapse that wrote it" in result.output
 
 
 def test_bad_config_files(tmp_path):

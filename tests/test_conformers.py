@@ -24,7 +24,7 @@ def test_the_bundled_set_holds_five_conformers_of_each_of_300_small_molecules(re
         bonds, types = graphs.bonds_of(real.molecule[k])
         x = real.positions_of(k)
         lengths = np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)
-        assert 0.9 < lengths.min() and lengths.max() < 1.9 and set(types) <= {1, 2, 3, 12}
+        assert lengths.min() > 0.9 and lengths.max() < 1.9 and set(types) <= {1, 2, 3, 12}
     assert not np.allclose(real.positions_of(0), real.positions_of(1))
 
 

@@ -357,9 +357,12 @@ def test_kill_9_at_random_moments_including_inside_a_commit(tmp_path, slow_strai
         process = start("run", path, "--out", run, "-q")
         chain = run / "chains" / "base" / "accumulate"
         if trial == 0:  # the moment an iteration is being assembled
-            wait_for(lambda: chain.is_dir() and any(p.name.endswith(".partial") for p in chain.iterdir()), interval=0)
+            wait_for(
+                lambda chain=chain: chain.is_dir() and any(p.name.endswith(".partial") for p in chain.iterdir()),
+                interval=0,
+            )
         else:
-            wait_for(lambda: completed(chain / "progress.json") >= 1)
+            wait_for(lambda chain=chain: completed(chain / "progress.json") >= 1)
             time.sleep(rng.uniform(0.0, 3.0))
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from helpers import tiny_vae, write_config
 from model_collapse.cli import app
 from model_collapse.config import load_experiment
+from model_collapse.outcome import run_spec
 from model_collapse.rundir import create_run
-from model_collapse.sweep import run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

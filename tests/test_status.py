@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from model_collapse.cli import app
 from model_collapse.config import load_experiment
-from model_collapse.rundir import create_run, lock_run
-from model_collapse.sweep import run_spec
+from model_collapse.outcome import run_spec
+from model_collapse.rundir import ChainStore, create_run, lock_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_a_chain_that_fails_says_why_in_status_until_it_runs_again(tmp_path):
     run = stopped_run(tmp_path)
     experiment = load_experiment(run / "config.yaml")
     spec = experiment.chains()[0]
-    spec.store(run).record_failure("chain base / replace: no space left on device")
+    ChainStore.of(run, spec).record_failure("chain base / replace: no space left on device")
     lines = invoke("status", run).output.splitlines()
     assert (
         lines[1]
@@ -60,7 +60,7 @@ def test_a_chain_that_fails_says_why_in_status_until_it_runs_again(tmp_path):
     )
     assert "1 failed" in lines[-1]
     assert invoke("resume", run, "-q").exit_code == 0  # the chain runs again: its old failure is history
-    assert not (spec.store(run).directory / "failure.json").exists()
+    assert not (ChainStore.of(run, spec).directory / "failure.json").exists()
 
 
 def test_a_run_from_before_a_setting_gained_a_field_and_a_metric_stays_readable(tmp_path):

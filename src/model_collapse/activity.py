@@ -1,15 +1,17 @@
-"""Progress inside one iteration, for the progress display.
+"""What a running chain tells the user: progress inside one iteration, and log messages.
 
 A language-model iteration at paper size trains for hours and samples millions of stories; a bar that
 moves once per iteration says nothing meanwhile. A setting counts such work with a ``Meter`` (training
 steps with tokens per second, sampled stories per second), which hands one line to whoever listens -
-the progress display of ``sweep.py``, in the chain's own process or through its worker's pipe - at most
+the progress display of ``runner.py``, in the chain's own process or through its worker's pipe - at most
 every ``REPORT_INTERVAL_S``. Nobody listening (the engine used as a library) costs a clock read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -76,3 +78,25 @@ class Meter:
     def close(self) -> None:
         if _listener is not None:
             _listener("")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time, so that rich's progress display (which
+    redirects it) and test runners (which capture it) see the messages."""
+
+    model_collapse = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def show_messages(quiet: bool) -> None:
+    """Send the package's log messages (a training run resuming from its checkpoint, say) to stderr:
+    notices unless ``quiet``, warnings always. Called in the driver and in every worker."""
+    logger = logging.getLogger("model_collapse")
+    if not any(getattr(handler, "model_collapse", False) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)

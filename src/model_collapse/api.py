@@ -23,25 +23,25 @@ prints. The command (``cli.py``) is a thin layer over these functions.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import signal
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ModelCollapseError, Terminated
+from .errors import ModelCollapseError
+
+if TYPE_CHECKING:  # imported when called: `import model_collapse` stays light
+    from .experiment import ExecutorConfig, Experiment
 
 
 @dataclass(frozen=True)
 class Prepared:
     """A validated experiment and the executor options it runs with, before anything is written."""
 
-    experiment: Any  # config.Experiment
-    options: Any  # config.ExecutorConfig
+    experiment: Experiment
+    options: ExecutorConfig
 
 
 def prepare(
@@ -53,8 +53,9 @@ def prepare(
     """Read and check a config (a path or a dict) with its overrides: every field, the setting's
     dependencies, the executor (Slurm's ``sbatch --test-only``) and the memory the chains need."""
     from .config import apply_overrides, build_experiment, load_experiment
+    from .memory import estimate_memory
+    from .runner import resolve_executor, resolve_workers
     from .settings import SETTINGS
-    from .sweep import estimate_memory, resolve_executor, resolve_workers
 
     if isinstance(config, Mapping):
         setting = config.get("setting")
@@ -82,25 +83,6 @@ def default_directory(config: str | Path | Mapping[str, Any]) -> Path:
     return Path("runs") / Path(config).stem
 
 
-@contextlib.contextmanager
-def _terminate_like_ctrl_c():
-    """While a run goes, SIGTERM (a scheduler's or ``kill``'s) stops it as Ctrl-C does: workers
-    stopped, what they computed committed. Signals can be handled on the main thread alone."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: let the cleanup finish
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _unguarded(action: Callable[[], Any], resume_hint: Path | None = None) -> Any:
     return action()
 
@@ -118,7 +100,8 @@ def run_locked(
     stopping it as Ctrl-C does. ``guard(action, resume_hint)`` runs taking the lock and then the chains
     (the command line's turns what stops them into one line naming ``resume``)."""
     from . import distributed
-    from .sweep import run_experiment
+    from .runner import run_experiment
+    from .signals import terminate_like_ctrl_c
 
     def lock_on_rank_0():
         lock = take() if distributed.is_main() else None
@@ -133,7 +116,7 @@ def run_locked(
                 lock.release()
         distributed.finish()
 
-    with _terminate_like_ctrl_c():
+    with terminate_like_ctrl_c():
         distributed.start()
         lock = guard(lock_on_rank_0)
         guard(chains, directory)
@@ -185,8 +168,8 @@ def _allow(setting: str | type | None) -> None:
 def prepare_resume(run_directory: Path, executor: str | None = None) -> Prepared:
     """The experiment a run directory records, checked as ``prepare`` checks a config."""
     from .results import open_experiment
+    from .runner import resolve_executor
     from .settings import SETTINGS
-    from .sweep import resolve_executor
 
     experiment = open_experiment(run_directory)
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed

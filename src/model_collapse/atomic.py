@@ -76,7 +76,12 @@ def _naming(error: OSError, path: Path) -> OSError:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    write_file_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    data = text.encode("utf-8")
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    write_file_atomic(path, write)
 
 
 def write_directory_atomic(path: Path, fill: Callable[[Path], None]) -> None:

@@ -23,19 +23,19 @@ from typing import Any, get_args
 
 import numpy as np
 
-from .config import Checkpoints
 from .errors import RunDirectoryError, Terminated
+from .experiment import Checkpoints
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real_source, synthetic_source
 from .rundir import ChainStore, IterationRecord
-from .settings import Fit, Setting
+from .settings import Data, Fit, Setting
 
 # How often a cheap chain commits at most (and at its end, and when stopped); the environment may set it
 # (a slow shared filesystem; the tests, which stop chains between commits).
 COMMIT_INTERVAL_S = float(os.environ.get("MODEL_COLLAPSE_COMMIT_INTERVAL_S", "1.0"))
 
 
-def _training_parts(kind: type, plan: TrainingPlan, pool: dict[Source, Any]) -> list[Any]:
+def _training_parts(kind: type[Data], plan: TrainingPlan, pool: dict[Source, Any]) -> list[Any]:
     parts = []
     for selection in plan.selections:
         data = [pool[source] for source in selection.sources]
@@ -96,6 +96,15 @@ class _Chain:
                 self.pool[synthetic_source(iteration)] = data
         self.model = setting.load_model(store.model_directory(completed))
 
+    def reload_kept(self, iteration: int, store: ChainStore) -> None:
+        """The batch ``iteration`` sampled, once committed, read back from the run directory when its
+        type memory-maps: an accumulated pool then does not grow RAM."""
+        source = synthetic_source(iteration)
+        kind = type(self.pool[source])
+        if kind.memory_mapped:
+            store.wait_for_commit()  # a reading rank maps the batch only once the writer has committed it
+            self.pool[source] = kind.load(store.synthetic_directory(iteration), like=self.setting.real_train)
+
     def recompute(self, store: ChainStore, last: IterationRecord) -> None:
         """A cheap chain: its iterations 1..``last.iteration`` again, checked against the last record."""
         for iteration in range(1, last.iteration + 1):
@@ -115,35 +124,105 @@ class _Chain:
                 )
 
 
-def _commit_costly(
-    setting: Setting,
-    store: ChainStore,
-    record: IterationRecord,
-    fitted: Fit,
-    kept_synthetic: Any | None,
-    save_model: bool,
-    drop_earlier_models: bool,
-) -> Any | None:
-    """Record ``record`` durably with the model, the synthetic batch the regime keeps, the model's
-    preview and the fit's details; returns the kept batch as read back from the run directory when its
-    type memory-maps (so that an accumulated pool does not grow RAM), else None."""
-    iteration = record.iteration
-    preview = None
-    if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
-        samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
-        preview = setting.preview(samples)
-    store.commit(
-        [record],
-        save_model=(lambda directory: setting.save_model(fitted.model, directory)) if save_model else None,
-        save_synthetic=kept_synthetic.save if kept_synthetic is not None else None,
-        drop_earlier_models=drop_earlier_models,
-        preview=preview,
-        diagnostics=fitted.diagnostics,
-    )
-    if kept_synthetic is None or not type(kept_synthetic).memory_mapped:
-        return None
-    store.wait_for_commit()  # a reading rank maps the batch only once the writer has committed it
-    return type(kept_synthetic).load(store.synthetic_directory(iteration), like=setting.real_train)
+def _saves_model(checkpoints: str, final: bool, resumes_from_model: bool) -> bool:
+    """Whether an iteration's commit holds its model (the one policy for what is kept): every one
+    under ``all``, the last under ``last``, and a costly chain's latest until the chain is complete,
+    to resume from. A commit that holds a model drops the earlier ones, but under ``all``."""
+    return checkpoints == "all" or (final and checkpoints == "last") or (resumes_from_model and not final)
+
+
+class _Uncommitted:
+    """A chain without a run directory (a library call, a test): nothing is kept."""
+
+    def start(self, chain: _Chain, iterations: int) -> list[IterationRecord]:
+        """The records of the iterations already committed, after which the chain resumes."""
+        return []
+
+    def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
+        pass
+
+    def interrupted(self) -> None:
+        pass
+
+
+class _CheapCommits(_Uncommitted):
+    """A cheap chain: records committed in groups, at most every ``interval_s`` (and at the end, and
+    when stopped), models only as ``checkpoints`` asks; resumed by recomputing."""
+
+    def __init__(self, setting: Setting, store: ChainStore, checkpoints: str, interval_s: float) -> None:
+        self.setting, self.store, self.checkpoints, self.interval_s = setting, store, checkpoints, interval_s
+        self.pending: list[IterationRecord] = []
+        self.last_commit = time.monotonic()
+
+    def start(self, chain: _Chain, iterations: int) -> list[IterationRecord]:
+        records = _open(self.store, self.setting, iterations)
+        if 0 < len(records) < iterations:
+            chain.recompute(self.store, records[-1])
+        return records
+
+    def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
+        self.pending.append(record)
+        save_model = _saves_model(self.checkpoints, final, resumes_from_model=False)
+        if save_model or final or time.monotonic() - self.last_commit >= self.interval_s:
+            self._commit_pending(fitted.model if save_model else None)
+
+    def interrupted(self) -> None:
+        # iterations computed whole since the last commit; one already on disk (a commit interrupted
+        # after its rename) is not committed twice
+        if not self.pending:
+            return
+        done = self.store.completed()
+        self.pending = [record for record in self.pending if record.iteration > done]
+        if self.pending:
+            self._commit_pending(None)
+
+    def _commit_pending(self, model: Any | None) -> None:
+        setting = self.setting
+        save = (lambda directory: setting.save_model(model, directory)) if model is not None else None
+        self.store.commit(self.pending, save_model=save, drop_earlier_models=self.checkpoints != "all")
+        self.pending, self.last_commit = [], time.monotonic()
+
+
+class _CostlyCommits(_Uncommitted):
+    """A costly chain: every iteration committed with its model, the synthetic batch the regime keeps,
+    the model's preview and the fit's details; resumed from them."""
+
+    def __init__(self, setting: Setting, store: ChainStore, checkpoints: str, chain: _Chain) -> None:
+        self.setting, self.store, self.checkpoints, self.chain = setting, store, checkpoints, chain
+
+    def start(self, chain: _Chain, iterations: int) -> list[IterationRecord]:
+        records = _open(self.store, self.setting, iterations)
+        if 0 < len(records) < iterations:
+            chain.restore(self.store, len(records))
+        return records
+
+    def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
+        setting, iteration = self.setting, record.iteration
+        kept = new_synthetic if new_synthetic is not None and self.chain.regime.keeps_history else None
+        preview = None
+        if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
+            samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
+            preview = setting.preview(samples)
+        save_model = _saves_model(self.checkpoints, final, resumes_from_model=True)
+        self.store.commit(
+            [record],
+            save_model=(lambda directory: setting.save_model(fitted.model, directory)) if save_model else None,
+            save_synthetic=kept.save if kept is not None else None,
+            drop_earlier_models=self.checkpoints != "all",
+            preview=preview,
+            diagnostics=fitted.diagnostics,
+        )
+        if kept is not None:
+            self.chain.reload_kept(iteration, self.store)
+
+
+def _open(store: ChainStore, setting: Setting, iterations: int) -> list[IterationRecord]:
+    """Prepare the chain's directory; the records of its completed iterations (at most ``iterations``)."""
+    store.prepare()
+    records = store.records(setting.seed_count, setting.metrics, min(store.completed(), iterations))
+    if setting.preview_size:
+        store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
+    return records
 
 
 def run_chain(
@@ -163,60 +242,27 @@ def run_chain(
     if checkpoints not in get_args(Checkpoints):
         raise ValueError(f"checkpoints must be one of {', '.join(get_args(Checkpoints))}, got {checkpoints!r}")
     chain = _Chain(setting, regime)
-    records: list[IterationRecord] = []
-    completed = 0
-    if store is not None:
-        completed = min(store.open(), iterations)
-        records = store.records(setting.seed_count, setting.metrics, completed)
-        if 0 < completed < iterations:
-            if setting.cheap:
-                chain.recompute(store, records[-1])
-            else:
-                chain.restore(store, completed)
-        if setting.preview_size:
-            store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
-
-    def scratch(iteration: int):  # where a long sample or fit of this iteration may keep its progress
-        return store.scratch_directory(iteration) if store is not None else None
-
-    pending: list[IterationRecord] = []  # a cheap chain's records not yet committed
-    last_commit = time.monotonic()
-
-    def commit_pending(model: Any = None) -> None:
-        nonlocal pending, last_commit
-        save = (lambda directory: setting.save_model(model, directory)) if model is not None else None
-        store.commit(pending, save_model=save, drop_earlier_models=checkpoints != "all")
-        pending, last_commit = [], time.monotonic()
-
+    commits: _Uncommitted
+    if store is None:
+        commits = _Uncommitted()
+    elif setting.cheap:
+        commits = _CheapCommits(setting, store, checkpoints, commit_interval_s)
+    else:
+        commits = _CostlyCommits(setting, store, checkpoints, chain)
+    records = commits.start(chain, iterations)
     try:
-        for iteration in range(completed + 1, iterations + 1):
+        for iteration in range(len(records) + 1, iterations + 1):
             started = time.perf_counter()
-            fitted, plan, new_synthetic = chain.advance(iteration, scratch(iteration))
+            scratch = store.scratch_directory(iteration) if store is not None else None
+            fitted, plan, new_synthetic = chain.advance(iteration, scratch)
             metrics = setting.evaluate(fitted.model)
             seconds = time.perf_counter() - started
             record = IterationRecord(iteration, plan.train_size, plan.real_fraction, metrics, seconds)
+            commits.commit(record, fitted, new_synthetic, final=iteration == iterations)
             records.append(record)
-            final = iteration == iterations
-            if store is not None and setting.cheap:
-                pending.append(record)
-                keep = checkpoints == "all" or (checkpoints == "last" and final)
-                if keep or final or time.monotonic() - last_commit >= commit_interval_s:
-                    commit_pending(fitted.model if keep else None)
-            elif store is not None:
-                kept = new_synthetic if new_synthetic is not None and regime.keeps_history else None
-                save_model = checkpoints != "none" or not final
-                mapped = _commit_costly(setting, store, record, fitted, kept, save_model, checkpoints != "all")
-                if mapped is not None:
-                    chain.pool[synthetic_source(iteration)] = mapped
             if on_iteration is not None:
                 on_iteration(record)
     except (KeyboardInterrupt, Terminated):
-        if pending:
-            # iterations computed whole since the last commit; one already on disk (a commit
-            # interrupted after its rename) is not committed twice
-            done = store.completed()
-            pending = [r for r in pending if r.iteration > done]
-            if pending:
-                commit_pending()
+        commits.interrupted()
         raise
     return records

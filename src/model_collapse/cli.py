@@ -1,24 +1,21 @@
-"""The ``model-collapse`` command."""
+"""The ``model-collapse`` command: a thin layer over the Python API (``api.py``).
+
+Each command imports what it needs when it runs, so that ``--help`` (and a typo) costs typer alone:
+no numpy, no pydantic, no setting.
+"""
 
 from __future__ import annotations
 
 import csv
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from . import api
-from .config import apply_overrides, build_experiment
-from .errors import ConfigError, ModelCollapseError, ResourceError, Terminated
-from .regimes import REGIMES
-from .settings import SETTINGS
-from .settings.base import section_of
-from .sweep import ChainFailed, describe_fault
+from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, Terminated, describe_fault
 
 app = typer.Typer(
     add_completion=False,
@@ -74,17 +71,19 @@ SETTING = typer.Option(
 
 def _allow(setting: str | None) -> None:
     if setting is not None:
+        from .settings import SETTINGS
+
         _guarded(lambda: SETTINGS.allow(setting))
 
 
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="A YAML config (see configs/)."),
-    overrides: Optional[list[str]] = OVERRIDES,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
-    workers: Optional[int] = WORKERS,
+    overrides: list[str] | None = OVERRIDES,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<config name>)."),
+    workers: int | None = WORKERS,
     quiet: bool = QUIET,
-    executor: Optional[str] = EXECUTOR,
+    executor: str | None = EXECUTOR,
 ) -> None:
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
@@ -100,10 +99,10 @@ def run(
 @app.command()
 def resume(
     run_directory: Path = typer.Argument(..., help="A run directory."),
-    workers: Optional[int] = WORKERS,
+    workers: int | None = WORKERS,
     quiet: bool = QUIET,
-    executor: Optional[str] = EXECUTOR,
-    setting: Optional[str] = SETTING,
+    executor: str | None = EXECUTOR,
+    setting: str | None = SETTING,
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
     from .rundir import lock_run
@@ -118,7 +117,7 @@ def resume(
 def table(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     complete: bool = typer.Option(False, "--complete", help="Refuse a run whose chains have not all finished."),
-    setting: Optional[str] = SETTING,
+    setting: str | None = SETTING,
 ) -> None:
     """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration). Chains without
     every iteration are named on stderr."""
@@ -141,7 +140,7 @@ def table(
 
 
 @app.command()
-def plot(run_directory: Path = typer.Argument(..., help="A run directory."), setting: Optional[str] = SETTING) -> None:
+def plot(run_directory: Path = typer.Argument(..., help="A run directory."), setting: str | None = SETTING) -> None:
     """Write figures (PNG and SVG) into RUN/figures."""
     _allow(setting)
     paths = _guarded(lambda: api.Run(run_directory).plot())
@@ -155,7 +154,7 @@ def plot(run_directory: Path = typer.Argument(..., help="A run directory."), set
 def status(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     chains: bool = typer.Option(True, "--chains/--summary", help="A line per chain, or the summary alone."),
-    setting: Optional[str] = SETTING,
+    setting: str | None = SETTING,
 ) -> None:
     """How far every chain has got: done, running, failed (with the reason), stopped, not started."""
     _allow(setting)
@@ -169,7 +168,7 @@ def status(
 def report(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     out: Path | None = typer.Option(None, "--out", help="The HTML file to write (default: RUN/report.html)."),
-    setting: Optional[str] = SETTING,
+    setting: str | None = SETTING,
 ) -> None:
     """Write one self-contained HTML page of the run: what ran, every metric's figures and table, samples."""
     _allow(setting)
@@ -205,11 +204,14 @@ def compare(
 
 @app.command()
 def theory(
-    setting: str = typer.Argument(..., help="A setting with closed forms: linear-regression, gaussian or discrete."),
-    overrides: Optional[list[str]] = OVERRIDES,
+    setting: str = typer.Argument(..., help="A setting with closed forms (model-collapse list shows which)."),
+    overrides: list[str] | None = OVERRIDES,
 ) -> None:
     """Print the closed-form expectations as CSV (setting, regime, metric, kind, iteration, value)."""
     from . import theory as closed_forms
+    from .config import apply_overrides, build_experiment
+    from .regimes import REGIMES
+    from .settings import SETTINGS
 
     raw: dict = {"setting": {"name": setting}, "regimes": list(REGIMES), "iterations": 10, "seeds": 1}
     experiment = _guarded(lambda: build_experiment(apply_overrides(raw, overrides or [])))
@@ -231,7 +233,8 @@ def theory(
                         ]
                     )
     if not rows:  # decided before a line is printed, so that the error is the only output
-        _fail(f"no closed form is known for setting {setting!r}")
+        known = ", ".join(name for name in SETTINGS if _states_theory(name))
+        _fail(f"no closed form is known for setting {setting!r} (settings with closed forms: {known})")
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["setting", "regime", *experiment.varying, "metric", "kind", "iteration", "value"])
     writer.writerows(rows)
@@ -240,31 +243,47 @@ def theory(
 @app.command(name="list")
 def list_() -> None:
     """List the settings (with their config fields) and the regimes."""
+    from rich.table import Table
+
+    from .regimes import REGIMES
+    from .settings import SETTINGS
+
     console = Console()
-    settings = Table("setting", "from", "fields (default)", "metrics", title="settings")
+    settings = Table("setting", "from", "fields (default)", "metrics", "closed forms", title="settings")
     for name in SETTINGS:
         try:
             origin = escape(SETTINGS.origin(name).describe())
         except ConfigError as error:  # two packages register the name
-            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "")
+            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "", "")
             continue
         try:
             cls = SETTINGS[name]
         except ConfigError as error:  # an optional dependency is missing: say how to get it
-            settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "")
+            settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "", "")
             continue
         fields = ", ".join(f"{k}={v}" for k, v in _defaults(cls.Config).items() if k != "name")
-        settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics))
+        settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics), "yes" if _states_theory(name) else "")
     console.print(settings)
     regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
-    for name, cls in REGIMES.items():
-        parameter = f"{cls.parameter}={cls.default}" if cls.parameter else ""
-        regimes.add_row(name, parameter, (cls.__doc__ or "").strip())
+    for name, regime in REGIMES.items():
+        parameter = f"{regime.parameter}={regime.default}" if regime.parameter else ""
+        regimes.add_row(name, parameter, (regime.__doc__ or "").strip())
     console.print(regimes)
+
+
+def _states_theory(name: str) -> bool:
+    from .theory import has_theory
+
+    try:
+        return has_theory(name)
+    except ModelCollapseError:  # a setting that cannot be imported here
+        return False
 
 
 def _defaults(config_type, prefix: str = "") -> dict[str, object]:
     """A config's fields, dotted inside sections, with their defaults."""
+    from .settings.base import section_of
+
     defaults: dict[str, object] = {}
     for key, field in config_type.model_fields.items():
         section = section_of(field.annotation)

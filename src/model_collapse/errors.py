@@ -1,5 +1,11 @@
-"""The errors a user can cause. The CLI prints them as one line and exits with code 2."""
+"""The errors a user or the machine can cause, each printed by the command as one line: bad input
+(``ConfigError``, ``RunDirectoryError``) exits with code 2, a fault of the machine (``ResourceError``)
+and a chain stopped by a bug (``ChainFailed``) with 1."""
 
+from __future__ import annotations
+
+import errno
+from pathlib import Path
 from typing import Any
 
 
@@ -18,6 +24,23 @@ class RunDirectoryError(ModelCollapseError):
 class ResourceError(ModelCollapseError):
     """The machine ran out of something (disk space, memory) or a worker was killed: the run
     directory is intact and ``resume`` continues it."""
+
+
+class ChainFailed(Exception):
+    """A chain stopped on an unexpected error (a bug); its traceback has been printed."""
+
+
+def describe_fault(error: BaseException, where: Path) -> ModelCollapseError | None:
+    """The one-line error for a failure that is the user's or the machine's, not the code's: the
+    tool's own errors, a full disk (naming the file, else ``where``), memory running out. None for
+    anything else."""
+    if isinstance(error, ModelCollapseError):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceError(f"no space left on the device while writing {error.filename or where}")
+    if isinstance(error, MemoryError):
+        return ResourceError("out of memory (lower seeds, setting sizes or --workers)")
+    return None
 
 
 class Terminated(BaseException):

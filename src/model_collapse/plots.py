@@ -15,7 +15,10 @@ during training, one line per iteration, one panel per regime.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import matplotlib
 
@@ -113,15 +116,16 @@ def finish_axes(ax, log_scale: bool, means: list[np.ndarray], iterations: np.nda
     ax.grid(alpha=0.3)
 
 
+def _save_as(figure, kind: str, handle: BinaryIO) -> None:
+    figure.savefig(handle, format=kind, dpi=130, bbox_inches="tight")
+
+
 def save_figure(figure, directory: Path, name: str) -> list[Path]:
     """PNG and SVG, each written whole or not at all (a full disk leaves the old figure, not an empty one)."""
     paths = [directory / f"{name}.png", directory / f"{name}.svg"]
     try:
         for path in paths:
-            write_file_atomic(
-                path,
-                lambda handle, path=path: figure.savefig(handle, format=path.suffix[1:], dpi=130, bbox_inches="tight"),
-            )
+            write_file_atomic(path, partial(_save_as, figure, path.suffix[1:]))
     finally:
         plt.close(figure)
     return paths
@@ -138,7 +142,12 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return grid
 
 
-def _show(ax, images: np.ndarray, title: str) -> None:
+def _show(ax, images: np.ndarray | None, title: str) -> None:
+    if images is None:  # a chain stopped before its preview was kept
+        ax.text(0.5, 0.5, "no preview", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
+        return
     grid = image_grid(images, columns=min(8, int(np.ceil(np.sqrt(len(images))))))  # about square
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
     ax.set_title(title, fontsize=9)
@@ -149,7 +158,7 @@ def _show(ax, images: np.ndarray, title: str) -> None:
 def text_samples(experiment, results: list[ChainResult]) -> dict[str, list[tuple[str, list[str]]]]:
     """Per sweep point: (heading, texts) for real texts, then iteration 1 and the last iteration of every
     regime (first seed); empty for settings whose previews are not texts."""
-    pages = {}
+    pages: dict[str, list[tuple[str, list[str]]]] = {}
     if SETTINGS.declared(experiment.setting_name).depicts_previews():
         return pages
     for point, chains in _first_seed_chains(results).items():
@@ -179,7 +188,7 @@ def preview_files(experiment, results: list[ChainResult]) -> dict[str, str]:
     files = {}
     for point, chains in _first_seed_chains(results).items():
         real = _real_preview(chains)
-        sections = [("real data", real)] if real is not None else []
+        sections = [("real data", real)]
         for label, chain in chains.items():
             sections += [(f"{label}, iteration {int(i)}", chain.preview(int(i))) for i in chain.iterations]
         exported = setting.export_previews([(title, preview) for title, preview in sections if preview is not None])
@@ -290,96 +299,140 @@ MAX_COLUMNS = 5
 MAX_POINTS_BY_REGIME = 10
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What the figures of a run share: its sweep points and regimes, their colours and panels."""
+
+    experiment: Any
+    results: list[ChainResult]
+    points: list[str]
+    titles: dict[str, str]
+    regimes: list[str]
+    colours: dict[str, Any]
+    by_key: dict[tuple[str, str], ChainResult]
+    band: str
+    columns: int
+    block: int  # rows of panels per regime (per figure for the combined one)
+
+    @classmethod
+    def of(cls, experiment, chain_results: list[ChainResult]) -> _Layout:
+        results = merge_seeds(chain_results)
+        points = list(dict.fromkeys(r.spec.point_name for r in results))
+        regimes = list(dict.fromkeys(r.spec.regime.label for r in results))
+        columns = min(len(points), MAX_COLUMNS)
+        return cls(
+            experiment,
+            results,
+            points,
+            {r.spec.point_name: r.spec.point_title for r in results},
+            regimes,
+            {label: plt.cm.tab10(i % 10) for i, label in enumerate(regimes)},
+            {(r.spec.point_name, r.spec.regime.label): r for r in results},
+            band_text(max(len(r.spec.seeds) for r in results)),
+            columns,
+            -(-len(points) // columns),
+        )
+
+
 def metric_figures(experiment, chain_results: list[ChainResult]):
     """(name, figure) for every metric: ``<metric>_by_regime`` (a block of rows per regime, one panel per
     sweep point; up to MAX_POINTS_BY_REGIME points) and ``<metric>`` (every regime in one panel per sweep
     point), and ``real_fraction``."""
-    results = merge_seeds(chain_results)
-    setting = SETTINGS.declared(experiment.setting_name)
-    points = list(dict.fromkeys(r.spec.point_name for r in results))
-    titles = {r.spec.point_name: r.spec.point_title for r in results}
-    regimes = list(dict.fromkeys(r.spec.regime.label for r in results))
-    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(regimes)}
-    by_key = {(r.spec.point_name, r.spec.regime.label): r for r in results}
-    band = band_text(max(len(r.spec.seeds) for r in results))
-
-    columns = min(len(points), MAX_COLUMNS)
-    block = -(-len(points) // columns)  # rows of panels per regime (per figure for the combined one)
-    for metric, info in setting.metrics.items() if len(points) <= MAX_POINTS_BY_REGIME else ():
-        figure, axes = plt.subplots(
-            len(regimes) * block,
-            columns,
-            figsize=(max(5.2, 3.6 * columns), max(3.6, 2.8 * len(regimes) * block)),
-            squeeze=False,
-            sharex=True,
-            layout="constrained",
-        )
-        for row, regime in enumerate(regimes):
-            for k, point in enumerate(points):
-                ax = axes[row * block + k // columns][k % columns]
-                result = by_key.get((point, regime))
-                if result is None:
-                    ax.set_visible(False)
-                    continue
-                mean, note = draw_mean(ax, result, result.metrics[metric], colours[regime], f"simulation: {band}")
-                _draw_theory(ax, result, metric, "black", with_label=True)
-                _draw_reference(ax, result, metric, with_label=True)
-                bottom = row == len(regimes) - 1 and k + columns >= len(points)
-                finish_axes(ax, info.log_scale, [mean], result.iterations, bottom_row=bottom)
-                note_left_out(ax, [note] if note else [])
-                ax.set_title(f"{regime}  |  {titles[point]}" if titles[point] else regime, fontsize=9)
-                if k % columns == 0:
-                    ax.set_ylabel(info.label, fontsize=9)
-            for k in range(len(points), block * columns):  # the unused end of the regime's last row
-                axes[row * block + k // columns][k % columns].set_visible(False)
-        figure_legend(figure)
-        figure.suptitle(f"{experiment.setting_name}: {metric}")
-        yield f"{metric}_by_regime", figure
-
+    layout = _Layout.of(experiment, chain_results)
+    metrics = SETTINGS.declared(experiment.setting_name).metrics
+    if len(layout.points) <= MAX_POINTS_BY_REGIME:
+        for metric, info in metrics.items():
+            yield f"{metric}_by_regime", _by_regime_figure(layout, metric, info)
     for metric, label, log_scale in [
-        *((m, i.label, i.log_scale) for m, i in setting.metrics.items()),
+        *((m, i.label, i.log_scale) for m, i in metrics.items()),
         ("real_fraction", "real fraction of the training set", False),
     ]:
-        # wide and tall enough for the title and a metric's long axis label when there is one sweep point
-        figure, axes = plt.subplots(
-            block, columns, figsize=(max(5.6, 4.2 * columns), 3.8 * block), squeeze=False, layout="constrained"
+        yield metric, _combined_figure(layout, metric, label, log_scale)
+
+
+def _by_regime_figure(layout: _Layout, metric: str, info):
+    """One layout.block of rows per regime, one panel per sweep point."""
+    figure, axes = plt.subplots(
+        len(layout.regimes) * layout.block,
+        layout.columns,
+        figsize=(max(5.2, 3.6 * layout.columns), max(3.6, 2.8 * len(layout.regimes) * layout.block)),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
+    for row, regime in enumerate(layout.regimes):
+        for k, point in enumerate(layout.points):
+            ax = axes[row * layout.block + k // layout.columns][k % layout.columns]
+            result = layout.by_key.get((point, regime))
+            if result is None:
+                ax.set_visible(False)
+                continue
+            mean, note = draw_mean(
+                ax, result, result.metrics[metric], layout.colours[regime], f"simulation: {layout.band}"
+            )
+            _draw_theory(ax, result, metric, "black", with_label=True)
+            _draw_reference(ax, result, metric, with_label=True)
+            bottom = row == len(layout.regimes) - 1 and k + layout.columns >= len(layout.points)
+            finish_axes(ax, info.log_scale, [mean], result.iterations, bottom_row=bottom)
+            note_left_out(ax, [note] if note else [])
+            ax.set_title(f"{regime}  |  {layout.titles[point]}" if layout.titles[point] else regime, fontsize=9)
+            if k % layout.columns == 0:
+                ax.set_ylabel(info.label, fontsize=9)
+        for k in range(len(layout.points), layout.block * layout.columns):  # the unused end of the regime's last row
+            axes[row * layout.block + k // layout.columns][k % layout.columns].set_visible(False)
+    figure_legend(figure)
+    figure.suptitle(f"{layout.experiment.setting_name}: {metric}")
+    return figure
+
+
+def _combined_figure(layout: _Layout, metric: str, label: str, log_scale: bool):
+    """Every regime in one panel per sweep point."""
+    # wide and tall enough for the title and a metric's long axis label when there is one sweep point
+    figure, axes = plt.subplots(
+        layout.block,
+        layout.columns,
+        figsize=(max(5.6, 4.2 * layout.columns), 3.8 * layout.block),
+        squeeze=False,
+        layout="constrained",
+    )
+    for k in range(len(layout.points), layout.block * layout.columns):
+        axes[k // layout.columns][k % layout.columns].set_visible(False)
+    for k, point in enumerate(layout.points):
+        ax = axes[k // layout.columns][k % layout.columns]
+        means, notes, iterations, referenced = [], [], [], False
+        for regime in layout.regimes:
+            result = layout.by_key.get((point, regime))
+            if result is None:
+                continue
+            values = result.real_fraction if metric == "real_fraction" else result.metrics[metric]
+            mean, note = draw_mean(ax, result, values, layout.colours[regime], regime)
+            if metric != "real_fraction":
+                _draw_theory(ax, result, metric, layout.colours[regime], with_label=False)
+                if not referenced:  # real data are the same for every regime of a point
+                    referenced = _draw_reference(ax, result, metric, with_label=False)
+            means.append(mean)
+            iterations.append(result.iterations)
+            notes += [f"{regime}: {note}"] if note else []
+        finish_axes(
+            ax, log_scale, means, np.concatenate(iterations), bottom_row=k + layout.columns >= len(layout.points)
         )
-        for k in range(len(points), block * columns):
-            axes[k // columns][k % columns].set_visible(False)
-        for k, point in enumerate(points):
-            ax = axes[k // columns][k % columns]
-            means, notes, iterations, referenced = [], [], [], False
-            for regime in regimes:
-                result = by_key.get((point, regime))
-                if result is None:
-                    continue
-                values = result.real_fraction if metric == "real_fraction" else result.metrics[metric]
-                mean, note = draw_mean(ax, result, values, colours[regime], regime)
-                if metric != "real_fraction":
-                    _draw_theory(ax, result, metric, colours[regime], with_label=False)
-                    if not referenced:  # real data are the same for every regime of a point
-                        referenced = _draw_reference(ax, result, metric, with_label=False)
-                means.append(mean)
-                iterations.append(result.iterations)
-                notes += [f"{regime}: {note}"] if note else []
-            finish_axes(ax, log_scale, means, np.concatenate(iterations), bottom_row=k + columns >= len(points))
-            note_left_out(ax, notes)
-            if titles[point]:
-                ax.set_title(titles[point], fontsize=9)
-            if k % columns == 0:
-                ax.set_ylabel(label, fontsize=9)
-        curves = (c for r in results for c in theory.curves(r.spec.point, r.spec.regime.name, 1))
-        kinds = {c.kind for c in curves if c.metric == metric}
-        theory_lines = [Line2D([], [], color="grey", ls=_STYLES[k], lw=1, label=f"theory ({k})") for k in sorted(kinds)]
-        regime_lines = [Line2D([], [], color=colours[r], lw=1.5, label=r) for r in regimes]
-        if metric != "real_fraction" and any(reference(r, metric) is not None for r in results):
-            theory_lines.append(Line2D([], [], color="grey", ls="-.", lw=1, label=_REFERENCE))
-        figure.legend(
-            handles=regime_lines + theory_lines, loc="outside lower center", ncols=4, fontsize=7, title=band,
-            title_fontsize=7,
-        )  # fmt: skip
-        figure.suptitle(f"{experiment.setting_name}: {metric} by regime")
-        yield metric, figure
+        note_left_out(ax, notes)
+        if layout.titles[point]:
+            ax.set_title(layout.titles[point], fontsize=9)
+        if k % layout.columns == 0:
+            ax.set_ylabel(label, fontsize=9)
+    curves = (c for r in layout.results for c in theory.curves(r.spec.point, r.spec.regime.name, 1))
+    kinds = {c.kind for c in curves if c.metric == metric}
+    theory_lines = [Line2D([], [], color="grey", ls=_STYLES[k], lw=1, label=f"theory ({k})") for k in sorted(kinds)]
+    regime_lines = [Line2D([], [], color=layout.colours[r], lw=1.5, label=r) for r in layout.regimes]
+    if metric != "real_fraction" and any(reference(r, metric) is not None for r in layout.results):
+        theory_lines.append(Line2D([], [], color="grey", ls="-.", lw=1, label=_REFERENCE))
+    figure.legend(
+        handles=regime_lines + theory_lines, loc="outside lower center", ncols=4, fontsize=7, title=layout.band,
+        title_fontsize=7,
+    )  # fmt: skip
+    figure.suptitle(f"{layout.experiment.setting_name}: {metric} by regime")
+    return figure
 
 
 def plot_run(run_directory: Path) -> list[Path]:

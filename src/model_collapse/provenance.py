@@ -3,6 +3,7 @@ commit, the interpreter, the numerical libraries and the machine. The report sho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -10,10 +11,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 # The libraries whose versions decide a run's numbers (and speed), where installed.
-LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "transformers", "tokenizers", "datasets", "matplotlib")
+LIBRARIES = (
+    "numpy", "scipy", "scikit-learn", "torch", "transformers", "tokenizers", "datasets", "rdkit", "matplotlib",
+)  # fmt: skip
 
 
 def _git_commit() -> str | None:
@@ -40,10 +43,8 @@ def _git_commit() -> str | None:
 def environment() -> dict[str, Any]:
     versions = {}
     for name in LIBRARIES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):  # not installed here
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return {
         "tool_version": __version__,
         "tool_commit": _git_commit(),

@@ -116,7 +116,9 @@ class Regime(ABC):
                 raise ValueError(f"regime {self.name!r} takes no parameter")
             self.value = None
         else:
-            self.value = float(self.default if value is None else value)
+            chosen = self.default if value is None else value
+            assert chosen is not None, f"regime {self.name!r} has a parameter without a default"
+            self.value = float(chosen)
             if not np.isfinite(self.value):
                 raise ValueError(f"regime {self.name!r}: {self.parameter} must be a finite number, got {value}")
             self._check(self.value)

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import ChainSpec, Experiment, build_experiment, flatten, upgrade_run_config
+from .config import build_experiment, flatten, upgrade_run_config
 from .errors import ConfigError, RunDirectoryError
+from .experiment import ChainSpec, Experiment
 from .rundir import ChainStore, open_run, run_marker
 from .settings import SETTINGS, SettingUnavailable
 
@@ -78,7 +79,7 @@ def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
     metrics = list(SETTINGS.declared(experiment.setting_name).metrics)
     results = []
     for spec in experiment.chains():
-        store = spec.store(run_directory, writer=False)
+        store = ChainStore.of(run_directory, spec, writer=False)
         if not store.directory.exists():
             continue
         records = store.records(len(spec.seeds), metrics)

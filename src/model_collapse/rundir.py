@@ -47,17 +47,21 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
-from . import __version__, distributed
+from . import distributed
+from ._version import __version__
+from .arrayio import load_array, load_arrays
 from .atomic import fsync_directory, honour_umask, write_atomic, write_directory_atomic, write_file_atomic, write_json
 from .errors import RunDirectoryError
 from .provenance import environment
-from .settings.arrays import load_arrays
 from .yaml_text import YamlProblem, load_yaml
+
+if TYPE_CHECKING:
+    from .experiment import ChainSpec
 
 FORMAT = "model-collapse-run"
 # 3: commits of several iterations (``iter_0001-0042``, metrics.json a list); 2: config.yaml holds the
@@ -71,20 +75,6 @@ LOCK = "run.lock"
 _COMMIT = re.compile(r"iter_(\d+)(?:-(\d+))?(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)
-
-
-def load_array(path: Path) -> np.ndarray:
-    """An .npy file written by this tool; anything else is a RunDirectoryError naming the file (and
-    never a hint to load it with pickles enabled)."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise RunDirectoryError(f"missing file {path}") from None
-    except Exception:  # numpy raises several types for a damaged file, some suggesting allow_pickle
-        raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
-    if not isinstance(array, np.ndarray):
-        raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote")
-    return array
 
 
 def read_json(path: Path) -> Any:
@@ -122,9 +112,9 @@ class RunLock:
             raise RunDirectoryError(
                 f"{self.path.parent} is in use by {holder}; wait for it to end or stop it, then try again"
             ) from None
-        holder = f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:2])})\n".encode()
-        os.pwrite(fd, holder, 0)  # written before trimmed, so that a contender reading it sees a whole name
-        os.ftruncate(fd, len(holder))
+        name = f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:2])})\n".encode()
+        os.pwrite(fd, name, 0)  # written before trimmed, so that a contender reading it sees a whole name
+        os.ftruncate(fd, len(name))
         self._fd = fd
         return self
 
@@ -351,10 +341,16 @@ class ChainStore:
         """The chain at ``relative`` inside ``run_directory``, refused if that path leads outside it."""
         return cls(inside(run_directory, relative), description, writer, defaults)
 
-    def open(self) -> int:
-        """Create or check the chain directory for writing; returns the last completed iteration (0 if none)."""
+    @classmethod
+    def of(cls, run_directory: Path, spec: ChainSpec, writer: bool = True) -> ChainStore:
+        """The directory of the chain ``spec`` in ``run_directory``."""
+        return cls.at(run_directory, spec.relative_directory, spec.description(), writer, spec.defaults())
+
+    def prepare(self) -> None:
+        """Create or check the chain directory for writing (nothing for a reader): the remains of an
+        interrupted commit are cleared, and an earlier failure's record."""
         if not self.writer:
-            return self.completed() if self.directory.exists() else 0
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         if not (self.directory / "chain.json").exists():
             write_json(self.directory / "chain.json", self.description)
@@ -370,7 +366,6 @@ class ChainStore:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-        return completed
 
     FAILURE = "failure.json"
 
@@ -518,7 +513,7 @@ class ChainStore:
 
         def fill(partial: Path) -> None:
             with open(partial / RECORDS, "wb") as handle:
-                np.savez(handle, **records_to_arrays(records))
+                np.savez(handle, **records_to_arrays(records))  # type: ignore[arg-type]  # (numpy's stubs)
             if save_model is not None:
                 (partial / "model").mkdir()
                 save_model(partial / "model")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import RunDirectoryError
 from .results import open_experiment
-from .rundir import run_in_use
+from .rundir import ChainStore, run_in_use
 from .settings import SETTINGS
 
 STATES = ("done", "running", "waiting", "damaged", "failed", "stopped", "not started")
@@ -79,7 +79,7 @@ def run_status(run_directory: Path, read_records: bool = True) -> RunStatus:
     chains = []
     metrics = SETTINGS.declared(experiment.setting_name).metrics
     for spec in experiment.chains():
-        store = spec.store(run_directory, writer=False)
+        store = ChainStore.of(run_directory, spec, writer=False)
         try:
             completed = min(store.completed(), iterations) if store.directory.exists() else 0
             if read_records:

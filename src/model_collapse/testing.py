@@ -49,7 +49,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -123,20 +123,7 @@ def check_setting(
 
     ``config`` should be tiny: every check runs chains of ``iterations`` iterations (at least 2) under
     every one of ``regimes``. ``seeds``: default (0, 1), or (0,) for a setting with one seed per chain."""
-    if not (isinstance(setting_class, type) and issubclass(setting_class, Setting)):
-        raise TypeError(f"check_setting takes a Setting subclass, got {setting_class!r}")
-    if iterations < 2:
-        raise ValueError("check_setting needs at least 2 iterations (synthetic data appear at iteration 2)")
-    unknown = set(checks) - set(CHECKS)
-    if unknown:
-        raise ValueError(f"unknown checks {sorted(unknown)}; the checks are {', '.join(CHECKS)}")
-    wanted = [name for name in CHECKS if name in set(checks)]
-    if isinstance(config, SettingConfig):
-        point = config
-    else:
-        values = dict(config)
-        values.setdefault("name", setting_class.name)
-        point = setting_class.Config.model_validate(values)
+    wanted, point = _arguments(setting_class, config, iterations, checks)
     if seeds is None:
         seeds = (0,) if setting_class.one_seed_per_chain else (0, 1)
     checker = _Checker(setting_class, point, tuple(int(s) for s in seeds), iterations)
@@ -169,6 +156,24 @@ def check_setting(
 
 
 _PER_REGIME = ("repeatable", "resume")
+
+
+def _arguments(
+    setting_class: type[Setting], config: Mapping[str, Any] | SettingConfig, iterations: int, checks: Iterable[str]
+) -> tuple[list[str], SettingConfig]:
+    """``check_setting``'s arguments, checked: the checks to run in their order, and the config."""
+    if not (isinstance(setting_class, type) and issubclass(setting_class, Setting)):
+        raise TypeError(f"check_setting takes a Setting subclass, got {setting_class!r}")
+    if iterations < 2:
+        raise ValueError("check_setting needs at least 2 iterations (synthetic data appear at iteration 2)")
+    unknown = set(checks) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; the checks are {', '.join(CHECKS)}")
+    if isinstance(config, SettingConfig):
+        return [name for name in CHECKS if name in set(checks)], config
+    values = dict(config)
+    values.setdefault("name", setting_class.name)
+    return [name for name in CHECKS if name in set(checks)], setting_class.Config.model_validate(values)
 
 
 class _Checker:
@@ -448,14 +453,13 @@ class _Checker:
     def resume(self, regime: Regime) -> None:
         stop = max(1, self.iterations - 1)
         straight = self.straight(regime)
-        with _threads(1):
-            with tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
-                description = {"check": regime.label}
-                store = ChainStore(Path(directory) / "chain", description)
-                self.chain(regime, store, stop, commit_interval_s=0.0)
-                how = "recomputed" if self.setting_class.cheap else "restored"
-                resumed = self.chain(regime, ChainStore(Path(directory) / "chain", description), commit_interval_s=0.0)
-                recorded = ChainStore(Path(directory) / "chain", description).records(len(self.seeds))
+        with _threads(1), tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
+            description = {"check": regime.label}
+            store = ChainStore(Path(directory) / "chain", description)
+            self.chain(regime, store, stop, commit_interval_s=0.0)
+            how = "recomputed" if self.setting_class.cheap else "restored"
+            resumed = self.chain(regime, ChainStore(Path(directory) / "chain", description), commit_interval_s=0.0)
+            recorded = ChainStore(Path(directory) / "chain", description).records(len(self.seeds))
         _same("resume", regime, f"the chain stopped after iteration {stop} and resumed ({how})", resumed, straight)
         _same("resume", regime, "the records in the run directory", recorded, straight)
 
@@ -518,9 +522,9 @@ def _global_random_state_untouched(method: str) -> Iterator[None]:
     called without a seed does), which no key of the chain's fixes."""
     import random
 
-    numpy_before, python_before = np.random.get_state(), random.getstate()
+    numpy_before, python_before = cast(tuple, np.random.get_state()), random.getstate()
     yield
-    numpy_after = np.random.get_state()
+    numpy_after = cast(tuple, np.random.get_state())
     if not (np.array_equal(numpy_after[1], numpy_before[1]) and numpy_after[2:] == numpy_before[2:]):
         raise SettingCheckFailed(
             "deterministic",

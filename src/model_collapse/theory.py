@@ -1,26 +1,24 @@
 """Closed forms that figures overlay on simulations, and the ``theory`` command prints.
 
-Each setting that has closed forms states them in its own module (``Declaration.theory``: linear
-regression, Gaussians, discrete distributions); this module only holds the curve type and asks the
+Each setting that has closed forms states them in its own module (``Setting.theory``: linear
+regression, Gaussians, discrete distributions) as ``settings.Curve`` s; this module only asks the
 setting, so that adding a setting with theory touches that setting alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .settings import SETTINGS, Curve, SettingConfig
 
-import numpy as np
-
-from .settings import SETTINGS, SettingConfig
-
-
-@dataclass(frozen=True)
-class Curve:
-    metric: str
-    values: np.ndarray  # one value per iteration 1..N
-    kind: str  # "expected" (the expectation) or "bound" (an upper bound)
+__all__ = ["Curve", "curves", "has_theory"]
 
 
 def curves(config: SettingConfig, regime_name: str, iterations: int) -> list[Curve]:
     """The closed forms known for a setting under a regime (empty when there are none)."""
     return SETTINGS.declared(config.name).theory(config, regime_name, iterations)
+
+
+def has_theory(name: str) -> bool:
+    """Whether the setting ``name`` states closed forms (overrides ``Setting.theory``)."""
+    from .settings.base import _overrides
+
+    return _overrides(SETTINGS.declared(name), "theory")

@@ -11,36 +11,39 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..config import ChainSpec, ExecutorConfig
 from ..errors import ConfigError
-from . import POLL_INTERVAL_S, STOP_GRACE_S
+from ..experiment import ChainSpec, ExecutorConfig
+from ..outcome import Outcome, run_chain_spec
+from ..rundir import ChainStore
+from . import POLL_INTERVAL_S, STOP_GRACE_S, Progress, Work
 
 
-def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
+def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> Outcome:
     """One chain, in a Ray worker, as a local worker runs it (so with the same numbers)."""
-    from ..sweep import run_spec_alone
-
-    run_spec_alone(Path(run_directory), spec, iterations, checkpoints)
+    return run_chain_spec(Path(run_directory), spec, iterations, checkpoints)
 
 
-def run_with_ray(
-    run_directory: Path,
-    specs: Sequence[ChainSpec],
-    todo: list[int],
-    iterations: int,
-    checkpoints: str,
-    options: ExecutorConfig,
-    advance: Callable[[int, int], None],
-) -> None:
-    try:
-        import ray
-        from ray import exceptions as ray_errors
-    except ImportError:
-        raise ConfigError("executor ray needs Ray: pip install 'model-collapse[ray]'") from None
+class RayExecutor:
+    def __init__(self, options: ExecutorConfig) -> None:
+        self.options = options
+
+    def check(self) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("executor ray needs Ray: pip install 'model-collapse[ray]'") from None
+
+    def run(self, work: Work, progress: Progress) -> None:
+        _run_with_ray(work, self.options, progress)
+
+
+def _run_with_ray(work: Work, options: ExecutorConfig, progress: Progress) -> None:
+    import ray
+    from ray import exceptions as ray_errors
+
+    run_directory, specs, iterations = work.run_directory, work.specs, work.iterations
     started_here = not ray.is_initialized()
     if started_here:
         try:
@@ -60,17 +63,18 @@ def run_with_ray(
         max_retries=options.max_retries,
         retry_exceptions=False,
     )
-    running = {task.remote(str(run_directory.resolve()), specs[i], iterations, checkpoints): i for i in todo}
-    stores = {i: specs[i].store(run_directory, writer=False) for i in todo}
+    where = str(run_directory.resolve())
+    running = {task.remote(where, specs[i], iterations, work.checkpoints): i for i in work.todo}
+    stores = {i: ChainStore.of(run_directory, specs[i], writer=False) for i in work.todo}
     try:
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_INTERVAL_S)
             for index in running.values():
-                advance(index, min(stores[index].progress(), iterations))
+                progress.reached(index, min(stores[index].progress(), iterations))
             for ref in ready:
                 index = running.pop(ref)
-                _collect(ray, ray_errors, ref, run_directory, specs[index], options)
-                advance(index, iterations)
+                _outcome(ray, ray_errors, ref, options).raise_for(run_directory, specs[index])
+                progress.reached(index, iterations)
     finally:
         if running:
             _stop(ray, list(running))
@@ -78,23 +82,13 @@ def run_with_ray(
             ray.shutdown()
 
 
-def _collect(ray, ray_errors, ref, run_directory: Path, spec: ChainSpec, options: ExecutorConfig) -> None:
-    """The end of a chain's task: nothing when it finished, else its error in one line."""
-    from ..sweep import chain_crash, chain_error, describe_fault
-
+def _outcome(ray, ray_errors, ref, options: ExecutorConfig) -> Outcome:
+    """How a chain's task ended: as the chain reported it, or its worker's death."""
     try:
-        ray.get(ref)
-    except ray_errors.RayTaskError as error:
-        cause = error.cause
-        fault = describe_fault(cause, run_directory) if cause is not None else None
-        if fault is not None:
-            raise chain_error(run_directory, spec, type(fault).__name__, str(fault)) from None
-        text = "".join(traceback.format_exception(cause)) if cause else str(error)
-        raise chain_crash(run_directory, spec, text) from None
+        return ray.get(ref)
     except ray_errors.RayError as error:  # the worker or its node died, max_retries + 1 times
         retries = f"executor.max_retries: {options.max_retries}"
-        reason = f"its Ray worker died with no reruns left ({retries}; {type(error).__name__})"
-        raise chain_error(run_directory, spec, "ResourceError", reason) from None
+        return Outcome.died(f"its Ray worker died with no reruns left ({retries}; {type(error).__name__})")
 
 
 def _stop(ray, refs: list) -> None:

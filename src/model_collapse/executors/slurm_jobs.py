@@ -20,19 +20,22 @@ CPUs, ``executor.gpus_per_chain`` GPUs and ``executor.memory_gb_per_chain`` GB f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .. import distributed
+from .. import activity, distributed
 from ..atomic import write_json
-from ..config import ChainSpec, ExecutorConfig
-from ..errors import ConfigError, ModelCollapseError, RunDirectoryError
-from . import POLL_INTERVAL_S
+from ..errors import ConfigError, RunDirectoryError
+from ..experiment import ChainSpec, ExecutorConfig
+from ..outcome import Outcome, run_chain_spec
+from ..rundir import ChainStore
+from . import POLL_INTERVAL_S, Progress, Work
 
 # How often the driver asks slurmctld for the jobs' states (progress is read from files far more often).
 SQUEUE_INTERVAL_S = 5.0
@@ -49,32 +52,27 @@ JOBS_FILE = "jobs.json"
 class ChainJob:
     """One chain as the call of a Slurm job (of each of its tasks under data parallelism).
 
-    It returns None when the chain is complete, or the one-line error that stopped it as (class name,
-    message); anything else raises, and submitit hands its traceback to the driver. ``checkpoint`` is
-    submitit's hook on a time limit or preemption: the same call, resubmitted, resumes the chain."""
+    It returns the chain's ``Outcome`` (from each task under data parallelism), which submitit pickles
+    for the driver. ``checkpoint`` is submitit's hook on a time limit or preemption: the same call,
+    resubmitted, resumes the chain."""
 
     def __init__(self, run_directory: Path, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
         self.run_directory, self.spec, self.iterations, self.checkpoints = run_directory, spec, iterations, checkpoints
 
-    def __call__(self) -> tuple[str, str] | None:
+    def __call__(self) -> Outcome:
         import submitit
 
-        from ..sweep import describe_fault, run_spec_alone, show_messages
-
-        show_messages(quiet=False)  # notices go to the job's log
+        activity.show_messages(quiet=False)  # notices go to the job's log
         if submitit.JobEnvironment().num_tasks > 1:
             # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, from Slurm's task variables
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             distributed.start()
-        try:
-            run_spec_alone(self.run_directory, self.spec, self.iterations, self.checkpoints)
-        except (ModelCollapseError, OSError, MemoryError) as error:
-            fault = describe_fault(error, self.run_directory)
-            if fault is None:
-                raise
-            return type(fault).__name__, str(fault)
-        distributed.finish()
-        return None
+        outcome = run_chain_spec(self.run_directory, self.spec, self.iterations, self.checkpoints)
+        if outcome.traceback is not None:
+            sys.stderr.write(outcome.traceback)  # into the job's log too
+        if outcome.complete:
+            distributed.finish()
+        return outcome
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -82,18 +80,21 @@ class ChainJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def run_with_slurm(
-    run_directory: Path,
-    specs: Sequence[ChainSpec],
-    todo: list[int],
-    iterations: int,
-    checkpoints: str,
-    options: ExecutorConfig,
-    advance: Callable[[int, int], None],
-    describe: Callable[[int, str], None],
-) -> None:
+class SlurmExecutor:
+    def __init__(self, options: ExecutorConfig) -> None:
+        self.options = options
+
+    def check(self) -> None:
+        check_submission(self.options)
+
+    def run(self, work: Work, progress: Progress) -> None:
+        _run_with_slurm(work, self.options, progress)
+
+
+def _run_with_slurm(work: Work, options: ExecutorConfig, progress: Progress) -> None:
     import submitit
 
+    run_directory, specs, todo, iterations = work.run_directory, work.specs, work.todo, work.iterations
     run = run_directory.resolve()  # as the jobs see it, from wherever they start
     folder = run / "slurm"
     refuse_while_earlier_jobs_run(folder)
@@ -101,12 +102,12 @@ def run_with_slurm(
     executor.update_parameters(**sbatch_parameters(options, f"model-collapse:{run.name}"))
     try:
         with executor.batch():
-            jobs = {i: executor.submit(ChainJob(run, specs[i], iterations, checkpoints)) for i in todo}
+            jobs = {i: executor.submit(ChainJob(run, specs[i], iterations, work.checkpoints)) for i in todo}
     except Exception as error:  # submitit wraps sbatch's refusal (a controller down, say) in its own errors
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ConfigError(f"executor slurm: sbatch refused the jobs: {message}") from None
     write_json(folder / JOBS_FILE, [job.job_id for job in jobs.values()])
-    stores = {i: specs[i].store(run_directory, writer=False) for i in todo}
+    stores = {i: ChainStore.of(run_directory, specs[i], writer=False) for i in todo}
     states: dict[str, str] = {}
     asked = float("-inf")
     try:
@@ -116,13 +117,14 @@ def run_with_slurm(
                 asked = time.monotonic()
             for index, job in list(jobs.items()):
                 state = states.get(job.job_id, "")
-                describe(index, "" if state in ("RUNNING", "COMPLETING", "") else f"Slurm job {job.job_id} {state}")
-                advance(index, min(stores[index].progress(), iterations))
+                waiting = state not in ("RUNNING", "COMPLETING", "")
+                progress.doing(index, f"Slurm job {job.job_id} {state}" if waiting else "")
+                progress.reached(index, min(stores[index].progress(), iterations))
                 if job.paths.result_pickle.exists() or state in FINAL_STATES:
                     del jobs[index]
-                    describe(index, "")
-                    _collect(job, state, run, specs[index], options)
-                    advance(index, iterations)
+                    progress.doing(index, "")
+                    _outcome(job, state, options).raise_for(run, specs[index])
+                    progress.reached(index, iterations)
             time.sleep(POLL_INTERVAL_S)
     finally:
         for job in jobs.values():
@@ -231,27 +233,24 @@ def refuse_while_earlier_jobs_run(folder: Path) -> None:
         )
 
 
-def _collect(job, state: str, run_directory: Path, spec: ChainSpec, options: ExecutorConfig) -> None:
-    """The end of a chain's job: nothing when the chain is complete, else its error in one line."""
+def _outcome(job, state: str, options: ExecutorConfig) -> Outcome:
+    """How a chain's job ended: the first outcome among its tasks that is not complete (one task per
+    rank of a data-parallel chain), else complete; or why the job left none."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from ..sweep import chain_crash, chain_error
-
     if not _result_written(job):
-        reason = f"its Slurm job {job.job_id} ended {state or 'unseen'} with no result (log: {job.paths.stdout})"
-        raise chain_error(run_directory, spec, "ResourceError", reason)
-    try:  # every task's outcome (one per rank of a data-parallel chain): the first error is the chain's
-        outcome = next((result for result in job.results() if result is not None), None)
+        ended = f"ended {state or 'unseen'} with no result (log: {job.paths.stdout})"
+        return Outcome.died(f"its Slurm job {job.job_id} {ended}")
+    try:
+        outcomes = job.results()
     except UncompletedJobError:
         limit = f"executor.max_retries: {options.max_retries}"
-        reason = (
+        return Outcome.died(
             f"its Slurm job {job.job_id} reached its time limit more than {limit} times (raise executor.time_minutes)"
         )
-        raise chain_error(run_directory, spec, "ResourceError", reason) from None
-    except FailedJobError as error:
-        raise chain_crash(run_directory, spec, str(error)) from None
-    if outcome is not None:
-        raise chain_error(run_directory, spec, *outcome)
+    except FailedJobError as error:  # the job failed outside the chain (its setup, submitit itself)
+        return Outcome.crashed(str(error))
+    return next((outcome for outcome in outcomes if not outcome.complete), Outcome())
 
 
 def _result_written(job, wait_s: float = 10.0) -> bool:
@@ -260,10 +259,8 @@ def _result_written(job, wait_s: float = 10.0) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         folder = job.paths.folder
-        try:
+        with contextlib.suppress(OSError):
             os.listdir(folder)  # refreshes an NFS client's view of the folder
-        except OSError:
-            pass
         if job.paths.result_pickle.exists():
             return True
         if time.monotonic() >= deadline:

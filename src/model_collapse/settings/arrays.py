@@ -9,12 +9,13 @@ on the type of the setting's real data, so it never needs to know which type tha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..arrayio import load_array, load_arrays, save_array, save_arrays
 from ..errors import RunDirectoryError
 
 SAMPLES_FILE = "samples.npz"
@@ -95,7 +96,7 @@ class MappedSamples(Samples):
             save_array(directory / f"{name}.npy", array)
 
     @classmethod
-    def load(cls, directory: Path, like: Samples) -> MappedSamples:
+    def load(cls, directory: Path, like: Samples) -> Samples:
         if (
             not any((directory / f"{name}.npy").exists() for name in like.fields)
             and (directory / SAMPLES_FILE).exists()
@@ -167,43 +168,6 @@ class RunningTotal:
             total = statistics if total is None else self.combine(total, statistics)
         self._parts, self._total = list(parts), total
         return total
-
-
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
-    """Arrays from an .npz file; a missing, unreadable or foreign file is a RunDirectoryError."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except FileNotFoundError:
-        raise RunDirectoryError(f"missing file {path}") from None
-    except Exception:  # numpy raises several types for a damaged archive, some suggesting allow_pickle
-        raise RunDirectoryError(f"corrupted file {path}: not an array archive this tool wrote") from None
-    missing = [name for name in required if name not in arrays]
-    if missing:
-        raise RunDirectoryError(f"corrupted file {path}: not from this setting (it lacks {', '.join(missing)})")
-    return arrays
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """One array as an .npy file, which ``load_array`` can memory-map."""
-    with open(path, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(array))
-
-
-def load_array(path: Path, mapped: bool = False) -> np.ndarray:
-    """An array from an .npy file, memory-mapped if ``mapped``; a missing, damaged or foreign file (a
-    pickled object array included) is a RunDirectoryError naming it."""
-    try:
-        return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
-    except FileNotFoundError:
-        raise RunDirectoryError(f"missing file {path}") from None
-    except Exception:  # numpy raises several types for a damaged header, some suggesting allow_pickle
-        raise RunDirectoryError(f"corrupted file {path}: not an array file this tool wrote") from None
 
 
 def samples_from(path: Path, arrays: dict[str, np.ndarray]) -> Samples:

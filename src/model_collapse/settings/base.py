@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar, get_args, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -158,15 +158,28 @@ class Fit:
 
 
 @dataclass(frozen=True)
+class Curve:
+    """A closed form of a metric over iterations 1..N, which figures overlay on the simulation."""
+
+    metric: str
+    values: np.ndarray  # one value per iteration 1..N
+    kind: str  # "expected" (the expectation) or "bound" (an upper bound)
+
+
+@dataclass(frozen=True)
 class Metric:
     label: str  # axis label for figures
     log_scale: bool = False  # figures use a log axis for it, as the paper does
 
 
-class Declaration:
+C = TypeVar("C", bound=SettingConfig)
+
+
+class Declaration(Generic[C]):
     """What a setting is, readable without its model code: config type, metrics, how it runs. Every
     setting class is one; the VAE and language models also have a light one of their own (see
-    ``settings/registry.py``) that their setting class inherits."""
+    ``settings/registry.py``) that their setting class inherits. ``C``, the type of its ``Config``, is
+    for type checkers (``class Gaussian(Setting[GaussianConfig])``); a plain ``Setting`` works alike."""
 
     name: ClassVar[str]
     Config: ClassVar[type[SettingConfig]]
@@ -194,13 +207,13 @@ class Declaration:
         return True
 
     @classmethod
-    def footprint(cls, config: SettingConfig) -> Footprint | None:
+    def footprint(cls, config: C) -> Footprint | None:
         """Memory per seed, for settings whose chains hold their data in RAM (None: not estimated)."""
         return None
 
     @classmethod
-    def theory(cls, config: SettingConfig, regime_name: str, iterations: int) -> list:
-        """Closed forms of the metrics under a regime, as ``theory.Curve`` s over iterations 1..N
+    def theory(cls, config: C, regime_name: str, iterations: int) -> list[Curve]:
+        """Closed forms of the metrics under a regime, as ``Curve`` s over iterations 1..N
         (none by default)."""
         return []
 
@@ -213,7 +226,7 @@ class Declaration:
     @classmethod
     def depicts_previews(cls) -> bool:
         """Whether ``depict`` draws this setting's previews (they are then not texts)."""
-        return cls.depict.__func__ is not Declaration.depict.__func__
+        return _overrides(cls, "depict")
 
     @classmethod
     def export_previews(cls, sections: list[tuple[str, np.ndarray]]) -> tuple[str, str] | None:
@@ -222,9 +235,14 @@ class Declaration:
         return None
 
 
-class Setting(Declaration, ABC):
-    def __init__(self, config: SettingConfig, seeds: Sequence[int]):
-        self.config = config
+def _overrides(cls: type, method: str) -> bool:
+    """Whether ``cls`` defines its own ``method`` rather than ``Declaration``'s default."""
+    return getattr(cls, method).__func__ is not getattr(Declaration, method).__func__
+
+
+class Setting(Declaration[C], ABC):
+    def __init__(self, config: C, seeds: Sequence[int]):
+        self.config: C = config
         self.seeds = tuple(int(s) for s in seeds)
         if self.one_seed_per_chain and len(self.seeds) != 1:
             raise ValueError(f"the {self.name} setting runs one seed per chain, got {len(self.seeds)}")
@@ -281,7 +299,7 @@ class Setting(Declaration, ABC):
 
             save_weights(model, directory)
             return
-        from .arrays import save_arrays
+        from ..arrayio import save_arrays
 
         save_arrays(directory / MODEL_ARRAYS, _model_arrays(self.name, model))
 
@@ -291,8 +309,9 @@ class Setting(Declaration, ABC):
         if type(self).new_model is not Setting.new_model:  # a torch module's weights
             from .checkpoints import load_weights
 
-            return load_weights(self.new_model(), directory, getattr(self, "device", "cpu"))
-        from .arrays import load_arrays
+            device: Any = getattr(self, "device", "cpu")  # where a neural setting keeps its models
+            return load_weights(self.new_model(), directory, device)
+        from ..arrayio import load_arrays
 
         arrays = load_arrays(directory / MODEL_ARRAYS, ())
         return arrays[_SINGLE] if set(arrays) == {_SINGLE} else arrays

@@ -57,6 +57,7 @@ class TrainingCheckpoint:
         )
 
     def save(self, state: dict) -> None:
+        assert self.path is not None, "saving a training state needs a directory"  # due() says when
         write_file_atomic(self.path, lambda handle: torch.save({**state, "fingerprint": self.fingerprint}, handle))
         self.last_saved = time.monotonic()
 
@@ -69,7 +70,7 @@ def save_weights(model: torch.nn.Module, directory: Path) -> None:
     torch.save(model.state_dict(), directory / WEIGHTS)
 
 
-def load_weights(model: torch.nn.Module, directory: Path, device: torch.device) -> torch.nn.Module:
+def load_weights(model: torch.nn.Module, directory: Path, device: torch.device | str) -> torch.nn.Module:
     """``model`` (a fresh one of the right architecture) with the parameters saved in ``directory``, in
     evaluation mode; a missing, damaged or foreign file is a RunDirectoryError naming it."""
     path = directory / WEIGHTS

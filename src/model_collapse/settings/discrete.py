@@ -25,10 +25,11 @@ import numpy as np
 from pydantic import Field, PositiveInt
 from scipy.special import entr
 
+from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Footprint, Metric, Setting, SettingConfig
+from .arrays import RunningTotal, Samples, check_shape
+from .base import Curve, Footprint, Metric, Setting, SettingConfig
 
 
 class DiscreteConfig(SettingConfig):
@@ -37,7 +38,7 @@ class DiscreteConfig(SettingConfig):
     samples: PositiveInt = Field(100, title="n", description="n, draws per seed (real, and synthetic per iteration)")
 
 
-class Discrete(Setting):
+class Discrete(Setting[DiscreteConfig]):
     name = "discrete"
     Config = DiscreteConfig
     cheap = True
@@ -53,11 +54,9 @@ class Discrete(Setting):
         return Footprint(rows=config.samples, bytes_per_row=24, fixed_bytes=8 * 4 * config.outcomes)
 
     @classmethod
-    def theory(cls, config: DiscreteConfig, regime_name: str, iterations: int) -> list:
+    def theory(cls, config: DiscreteConfig, regime_name: str, iterations: int) -> list[Curve]:
         """Under replace each refit keeps a pair of draws distinct with probability 1 - 1/n, so
         E[simpson_diversity] at iteration t is (1 - 1/n)^t (1 - 1/K)."""
-        from ..theory import Curve
-
         if regime_name != "replace":
             return []
         t = np.arange(1, iterations + 1, dtype=float)

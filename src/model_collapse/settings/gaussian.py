@@ -31,9 +31,10 @@ import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
 from scipy.special import digamma
 
+from ..arrayio import load_arrays, save_arrays
 from ..randomness import seed_rng
-from .arrays import RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Footprint, Metric, Setting, SettingConfig
+from .arrays import RunningTotal, Samples, check_shape
+from .base import Curve, Footprint, Metric, Setting, SettingConfig
 
 
 class GaussianConfig(SettingConfig):
@@ -62,7 +63,7 @@ class GaussianModel:
 
 def _triangle(stacked: np.ndarray) -> np.ndarray:
     """The (B, d, d) factor R of a QR decomposition of (B, m, d) rows, zero-padded when m < d."""
-    r = np.linalg.qr(stacked, mode="r")
+    r: np.ndarray = np.linalg.qr(stacked, mode="r")  # type: ignore[assignment]  # (mode "r": R alone)
     d = stacked.shape[2]
     if r.shape[1] < d:
         r = np.concatenate([r, np.zeros((r.shape[0], d - r.shape[1], d))], axis=1)
@@ -112,6 +113,10 @@ class GaussianDraws(Samples):
             self._fields = {"x": self._rows_from_summary() if self._summary is not None else self._rows()}
         return self._fields
 
+    @fields.setter
+    def fields(self, fields: dict[str, np.ndarray]) -> None:
+        self._fields = fields
+
     @property
     def seed_count(self) -> int:
         return self._model.mean.shape[0]
@@ -125,6 +130,7 @@ class GaussianDraws(Samples):
         return model.mean[:, None, :] + z @ model.root  # rows z^T root have covariance root^T root
 
     def _rows_from_summary(self) -> np.ndarray:
+        assert self._summary is not None
         n, mean, r = self._summary
         k = min(n - 1, mean.shape[1])
         g = self._rng.standard_normal((self.seed_count, n, k))
@@ -170,7 +176,7 @@ def expected_log_det_step(dim: int, samples: int) -> float:
     return float(np.sum(digamma((samples - i) / 2)) + dim * np.log(2) - dim * np.log(samples))
 
 
-class Gaussian(Setting):
+class Gaussian(Setting[GaussianConfig]):
     name = "gaussian"
     Config = GaussianConfig
     cheap = True
@@ -189,15 +195,13 @@ class Gaussian(Setting):
         return Footprint(rows=config.samples, bytes_per_row=24 * d, fixed_bytes=8 * 6 * d * d)
 
     @classmethod
-    def theory(cls, config: GaussianConfig, regime_name: str, iterations: int) -> list:
+    def theory(cls, config: GaussianConfig, regime_name: str, iterations: int) -> list[Curve]:
         """Under replace, with T samples of N(mu_0, Sigma_0) per fit (MLE mean, biased covariance):
         E tr(Sigma_t)/tr(Sigma_0) = ((T-1)/T)^t, E det(Sigma_t)/det(Sigma_0) = (prod_{i<=d} (T-i)/T)^t,
         E log(det(Sigma_t)/det(Sigma_0)) = t (sum_{i<=d} psi((T-i)/2) + d log 2 - d log T) (each fit
         multiplies the determinant by an independent det(W/T), see ``expected_log_det_step``) and
         E ||mu_t - mu_0||^2 = tr(Sigma_0) (1 - ((T-1)/T)^t); under accumulate
         E ||mu_t - mu_0||^2 <= (pi^2/6) tr(Sigma_0) / T (Kazdan et al. 2024, Collapse or Thrive?)."""
-        from ..theory import Curve
-
         n = np.arange(1, iterations + 1, dtype=float)
         T, d, trace0 = config.samples, config.dim, config.dim * config.variance
         shrink = (T - 1) / T
@@ -206,7 +210,7 @@ class Gaussian(Setting):
                 Curve("trace_ratio", shrink**n, "expected"),
                 Curve("mean_sq_error", trace0 * (1 - shrink**n), "expected"),
             ]
-            if T > d:
+            if d < T:
                 result.append(Curve("det_ratio", np.prod((T - np.arange(1, d + 1)) / T) ** n, "expected"))
                 result.append(Curve("log_det_ratio", expected_log_det_step(d, T) * n, "expected"))
             return result

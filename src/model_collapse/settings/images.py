@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -127,10 +129,14 @@ def download_mnist(data_dir: Path) -> None:
             if hashlib.md5(payload).hexdigest() != md5:
                 problems.append(f"{mirror}: {name} has the wrong checksum")
                 continue
-            write_file_atomic(data_dir / name, lambda handle, payload=payload: handle.write(payload))
+            write_file_atomic(data_dir / name, partial(_write_bytes, payload))
             break
         else:
             raise ConfigError(f"setting.download: cannot fetch MNIST's {name} ({'; '.join(problems)})")
+
+
+def _write_bytes(payload: bytes, handle: BinaryIO) -> None:
+    handle.write(payload)
 
 
 def _mnist(data_dir: Path, image_size: int) -> tuple[ImageSplit, ImageSplit]:
@@ -144,7 +150,7 @@ def _mnist(data_dir: Path, image_size: int) -> tuple[ImageSplit, ImageSplit]:
                 f"setting.data_dir: {data_dir} lacks MNIST's {', '.join(missing)} (or .gz), directly "
                 "or under MNIST/raw/; get the four files from an MNIST mirror"
             )
-        images, labels = (read_idx(path) for path in paths)
+        images, labels = (read_idx(path) for path in paths if path is not None)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ConfigError(
                 f"setting.data_dir: MNIST {split} files disagree: images {images.shape}, labels {labels.shape}"
@@ -187,7 +193,7 @@ def _celeba(data_dir: Path, image_size: int, test_size: int) -> tuple[ImageSplit
                     image = image.convert("RGB")
                     left, top = (image.width - CELEBA_CROP) // 2, (image.height - CELEBA_CROP) // 2
                     image = image.crop((left, top, left + CELEBA_CROP, top + CELEBA_CROP))
-                    image = image.resize((image_size, image_size), Image.BILINEAR)
+                    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
                     images[i] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
             except OSError as error:
                 raise ConfigError(f"setting.data_dir: cannot read CelebA image {path}: {error}") from None
@@ -205,16 +211,16 @@ def _folder(data_dir: Path, channels: int, image_size: int, test_size: int) -> t
             f"setting.data_dir: {data_dir} holds {len(files)} images, need more than test_samples={test_size}"
         )
     mode = "L" if channels == 1 else "RGB"
-    images = []
+    arrays = []
     for path in files:
         try:
             with Image.open(path) as image:
-                image = image.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+                image = image.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.uint8)
         except OSError as error:
             raise ConfigError(f"setting.data_dir: cannot read image {path}: {error}") from None
-        images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-    images = np.stack(images)[np.random.default_rng(0).permutation(len(files))]
+        arrays.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+    images = np.stack(arrays)[np.random.default_rng(0).permutation(len(files))]
     return ImageSplit(images[:-test_size], None), ImageSplit(images[-test_size:], None)
 
 
@@ -243,4 +249,5 @@ def load_images(
     if dataset == "celeba":
         return _celeba(directory, image_size, test_size)
     train, test = _mnist(directory, image_size)
-    return train, ImageSplit(test.images[:test_size], test.labels[:test_size])
+    labels = test.labels[:test_size] if test.labels is not None else None
+    return train, ImageSplit(test.images[:test_size], labels)

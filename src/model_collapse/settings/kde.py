@@ -24,9 +24,10 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from scipy.special import gammaln, logsumexp
 from sklearn import datasets
 
+from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import RunningTotal, Samples, check_shape, concatenate, gather, load_arrays, save_arrays
+from .arrays import RunningTotal, Samples, check_shape, concatenate, gather
 from .base import Footprint, Metric, Setting, SettingConfig
 
 DIMENSIONS = {"moons": 2, "circles": 2, "blobs": 2, "swiss-roll": 3}
@@ -134,7 +135,7 @@ class KDEModel:
         return sum(len(part) for part in self.parts)
 
 
-class KDE(Setting):
+class KDE(Setting[KDEConfig]):
     name = "kde"
     Config = KDEConfig
     cheap = True

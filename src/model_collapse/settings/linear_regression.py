@@ -24,10 +24,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
 
+from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
-from .arrays import SAMPLES_FILE, RunningTotal, Samples, check_shape, load_arrays, save_arrays
-from .base import Footprint, Metric, Setting, SettingConfig
+from .arrays import SAMPLES_FILE, RunningTotal, Samples, check_shape
+from .base import Curve, Footprint, Metric, Setting, SettingConfig
 
 
 class LinearRegressionConfig(SettingConfig):
@@ -61,7 +62,8 @@ class DesignLabels(Samples):
         save_arrays(directory / SAMPLES_FILE, {"y": self["y"]})
 
     @classmethod
-    def load(cls, directory: Path, like: DesignLabels) -> Samples:
+    def load(cls, directory: Path, like: Samples) -> Samples:
+        assert isinstance(like, DesignLabels), "labels are loaded like the chain's real labels"
         path = directory / SAMPLES_FILE
         arrays = load_arrays(path, ["y"])
         y = check_shape(path, arrays["y"], (like.seed_count, None))
@@ -73,7 +75,7 @@ class DesignLabels(Samples):
         return Samples(y=y, row=row)
 
 
-class LinearRegression(Setting):
+class LinearRegression(Setting[LinearRegressionConfig]):
     name = "linear-regression"
     Config = LinearRegressionConfig
     cheap = True
@@ -86,7 +88,7 @@ class LinearRegression(Setting):
         return Footprint(rows=T, bytes_per_row=32, fixed_bytes=8 * (2 * T * d + 3 * d * d + T))
 
     @classmethod
-    def theory(cls, config: LinearRegressionConfig, regime_name: str, iterations: int) -> list:
+    def theory(cls, config: LinearRegressionConfig, regime_name: str, iterations: int) -> list[Curve]:
         """The paper's closed forms (Gerstgrasser et al. 2024, Theorems 1-2): with c = sigma^2 d / (T - d - 1),
         the expected test error of iteration n is c n under replace, c sum_{i<=n} 1/i^2 (<= c pi^2/6) under
         accumulate, and c H_n under replace-grown.
@@ -94,13 +96,11 @@ class LinearRegression(Setting):
         With T < d - 1 the minimum-norm fit w_n = X^+ y keeps only the row space of X: the part of w*
         outside it, of expected squared norm d - T, is never learned, and the part inside follows the
         same recursions with c' = sigma^2 T / (d - T - 1) in place of c (same derivation, projected)."""
-        from ..theory import Curve
-
         n = np.arange(1, iterations + 1, dtype=float)
         T, d = config.samples, config.dim
-        if T > d + 1:
+        if d + 1 < T:
             c, floor = expected_error_of_real_fit(d, T, config.noise_variance), 0.0
-        elif T < d - 1:
+        elif d - 1 > T:
             c, floor = expected_variance_of_min_norm_fit(d, T, config.noise_variance), float(d - T)
         else:
             return []  # the expected error is infinite
@@ -131,7 +131,7 @@ class LinearRegression(Setting):
         self.gram = self.design_t @ self.design  # (S, d, d)
         # T > d + 1: the paper's setting, X^T X invertible with a finite expected inverse; else minimum-norm
         # fits (see the module's docstring)
-        self.well_posed = T > d + 1
+        self.well_posed = d + 1 < T
         if self.well_posed:
             self.gram_inverse = np.linalg.inv(self.gram)
         else:

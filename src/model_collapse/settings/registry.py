@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import ConfigError
+from .base import Declaration, Setting
 
 ENTRY_POINT_GROUP = "model_collapse.settings"
 
@@ -154,7 +155,7 @@ def load_target(target: str, what: str):
     return obj
 
 
-class Registry(Mapping[str, type]):
+class Registry(Mapping[str, "type[Setting]"]):
     """Setting classes by the name a config uses. Iterating lists the registered names (built in, then
     installed); ``resolve`` also takes import paths."""
 
@@ -224,7 +225,7 @@ class Registry(Mapping[str, type]):
             "or an import path, package.module:SettingClass)"
         )
 
-    def resolve(self, name: str, import_paths: bool = True) -> type:
+    def resolve(self, name: str, import_paths: bool = True) -> type[Setting]:
         """The setting class ``name`` names. ``import_paths``: whether an import path may be imported
         (False for a name read from a run directory, unless an installed entry point names that path)."""
         if name in _BUILT_IN:
@@ -245,10 +246,10 @@ class Registry(Mapping[str, type]):
                 raise self.unknown(name)
         return self._resolved[name]
 
-    def __getitem__(self, name: str) -> type:
+    def __getitem__(self, name: str) -> type[Setting]:
         return self.resolve(name)
 
-    def declared(self, name: str, import_paths: bool = True) -> type:
+    def declared(self, name: str, import_paths: bool = True) -> type[Declaration]:
         """What a setting is (``Config``, ``metrics``, ``one_seed_per_chain``, ``preview_size``), without
         importing the model code of a built-in setting that has a light declaration."""
         if name in _BUILT_IN:

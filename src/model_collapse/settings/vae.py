@@ -47,12 +47,13 @@ class ConvVAE(nn.Module):
         flat = widths[-1] * self.side**2
         self.to_latent = nn.Linear(flat, 2 * latent_dim)
         self.from_latent = nn.Linear(latent_dim, flat)
-        decoder = []
-        for width_in, width in zip(widths[::-1], [*widths[-2::-1], None]):
-            if width is None:
+        decoder: list[nn.Module] = []
+        widths_out: list[int | None] = [*widths[-2::-1], None]  # None: the image's channels
+        for width_in, width_out in zip(widths[::-1], widths_out):
+            if width_out is None:
                 decoder.append(nn.ConvTranspose2d(width_in, channels, 4, stride=2, padding=1))
             else:
-                decoder += [nn.ConvTranspose2d(width_in, width, 4, stride=2, padding=1), nn.SiLU()]
+                decoder += [nn.ConvTranspose2d(width_in, width_out, 4, stride=2, padding=1), nn.SiLU()]
         self.decoder = nn.Sequential(*decoder)
         self.top_width = widths[-1]
 
@@ -118,7 +119,7 @@ def _real_images(
     return RealImages(train, test, features, real_spread, classifier)
 
 
-class VAE(VAEDeclaration, Setting):
+class VAE(VAEDeclaration, Setting[VAEConfig]):
     def __init__(self, config: VAEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)

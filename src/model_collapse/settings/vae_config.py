@@ -71,7 +71,7 @@ class VAEConfig(SettingConfig):
         return self.channels or CHANNELS[self.dataset]
 
 
-class VAEDeclaration(Declaration):
+class VAEDeclaration(Declaration[VAEConfig]):
     """The VAE setting's declaration; ``vae.VAE`` inherits it."""
 
     name = "vae"

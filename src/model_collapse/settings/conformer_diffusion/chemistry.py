@@ -10,6 +10,7 @@ RMSDs, COV-R the share of references whose best match is within delta.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -100,8 +101,8 @@ def coverage_and_matching(references: Conformers, generated: Conformers, delta: 
             [generated.positions_of(int(k)) for k in theirs],
         )
         best.extend(table.min(axis=1))
-    best = np.asarray(best)
-    return float((best <= delta).mean()), float(best.mean())
+    distances = np.asarray(best)
+    return float((distances <= delta).mean()), float(distances.mean())
 
 
 def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:
@@ -126,7 +127,7 @@ def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:
             for atom_index, (x, y, _) in enumerate(flat):
                 conformer.SetAtomPosition(atom_index, (float(x), float(y), 0.0))
             conformer.Set3D(False)
-            options = drawer.drawOptions()
+            options: Any = drawer.drawOptions()  # (RDKit's stubs type its fields as the options object)
             options.bondLineWidth = 2
             options.includeRadicals = False  # atoms without their hydrogens are not radicals
             options.fixedBondLength = size / 7  # one scale for every picture: a stretched molecule looks it

@@ -123,7 +123,7 @@ class ConformerConfig(SettingConfig):
         return self
 
 
-class ConformerDeclaration(Declaration):
+class ConformerDeclaration(Declaration[ConformerConfig]):
     """The conformer-diffusion setting's declaration; ``setting.ConformerDiffusion`` inherits it."""
 
     name = "conformer-diffusion"

@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...arrayio import load_array, save_array
 from ...errors import RunDirectoryError
-from ..arrays import load_array, save_array
 
 BUNDLED = "drugs_like.npz"
 
@@ -112,7 +112,7 @@ class Conformers:
             local = int(row - starts[part])
             molecules.append(parts[part].molecule[local])
             positions.append(parts[part].positions_of(local))
-        return cls.from_ensembles(parts[0].graphs, molecules, positions)
+        return cls.from_ensembles(parts[0].graphs, np.asarray(molecules, dtype=np.int64), positions)
 
     def subset(self, molecules: np.ndarray) -> Conformers:
         """The conformers of the molecules ``molecules`` (indices into ``graphs``), in their order."""

@@ -43,7 +43,7 @@ def _capped(conformers: Conformers, per_molecule: int | None) -> Conformers:
     return Conformers.select([conformers], np.flatnonzero(keep)[None])
 
 
-def _take(order: np.ndarray, count: int | None, what: str, available: int, option: str) -> np.ndarray:
+def _take(order: np.ndarray, count: int | None, what: Path | str, available: int, option: str) -> np.ndarray:
     if count is not None and count > available:
         raise ModelCollapseError(f"setting.{option}: {what} has {available} molecules, asked for {count}")
     return order[: count if count is not None else available]
@@ -77,6 +77,7 @@ def _drugs_like_splits(samples, test_molecules, per_molecule, reference_molecule
 def _geom_splits(config: ConformerConfig) -> MoleculeSplits:
     from .geom import read_records
 
+    assert config.data_dir is not None, "GEOM files are read from setting.data_dir"  # the config checks it
     folder = Path(config.data_dir).expanduser()
     files = {"train": config.train_file, "validation": config.validation_file, "test": config.test_file}
     records = {split: read_records(folder / name) for split, name in files.items()}

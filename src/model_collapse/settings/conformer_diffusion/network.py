@@ -155,6 +155,7 @@ class DualEncoder(nn.Module):
         self.local_encoder = LocalEncoder(hidden, network.local_convolutions, activation)
         self.local_scores = MLP([2 * hidden, hidden, hidden // 2, 1], activation)
         abar = np.cumprod(1.0 - diffusion.betas())
+        self.alpha_bar: torch.Tensor
         self.register_buffer("alpha_bar", torch.tensor(abar, dtype=torch.float32), persistent=False)
 
     def global_parameters(self) -> list[nn.Parameter]:

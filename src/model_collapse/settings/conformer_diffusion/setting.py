@@ -49,7 +49,7 @@ def _shard_directory(scratch: Path, index: int) -> Path:
     return scratch / f"samples_{index:05d}"
 
 
-class ConformerDiffusion(ConformerDeclaration, Setting):
+class ConformerDiffusion(ConformerDeclaration, Setting[ConformerConfig]):
     def __init__(self, config: ConformerConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 EVALUATION_BATCH = 256
 
 
-def generator_for(seed: int, device: torch.device) -> torch.Generator:
+def generator_for(seed: int | np.integer, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
@@ -92,7 +93,8 @@ def train(
     saved = checkpoint.load()
     if saved is not None:
         model.load_state_dict(saved["model"])
-        for holder, state in zip([*optimisers, *schedules], saved["optimisers"] + saved["schedules"]):
+        holders: list[Any] = [*optimisers, *schedules]
+        for holder, state in zip(holders, saved["optimisers"] + saved["schedules"]):
             holder.load_state_dict(state)
         generator.set_state(saved["generator"])
         step, running, running_atoms, curve[:] = saved["step"], saved["running"], saved["running_atoms"], saved["curve"]

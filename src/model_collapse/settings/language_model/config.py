@@ -126,7 +126,7 @@ class LanguageModelConfig(SettingConfig):
         return self
 
 
-class LanguageModelDeclaration(Declaration):
+class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
     """The language-model setting's declaration; ``setting.LanguageModel`` inherits it."""
 
     name = "language-model"

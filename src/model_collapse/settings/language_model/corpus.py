@@ -23,13 +23,14 @@ import gzip
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 
 from ...errors import ModelCollapseError
 
 SPLITS = ("train", "validation")
-BUNDLED = "moby-dick"
+BUNDLED: Final = "moby-dick"
 _BUNDLED_FILE = "moby_dick.txt.gz"
 _VALIDATION_EVERY = 20
 
@@ -44,6 +45,8 @@ def _bundled(split: str) -> list[str]:
 
 def _text_file(path: Path, separator: str | None) -> list[str]:
     text = path.read_text(encoding="utf-8")
+    pieces: list[str]
+    current: list[str]
     if separator is None:
         pieces = text.splitlines()
     else:
@@ -115,7 +118,7 @@ def _tinystories(split: str) -> list[str]:
 def load_documents(
     source: str,
     split: str,
-    files: Mapping[str, str] | None = None,
+    files: Mapping[str, str | None] | None = None,
     separator: str | None = None,
     data_dir: str | None = None,
 ) -> list[str]:
@@ -128,9 +131,10 @@ def load_documents(
         return _tinystories_copy(Path(data_dir).expanduser(), split) if data_dir else _tinystories(split)
     if source != "files":
         raise ValueError(f"unknown corpus source {source!r}")
-    if not files or split not in files:
+    named = files.get(split) if files else None
+    if named is None:
         raise ModelCollapseError(f"corpus source 'files' needs a file for the {split} split")
-    path = Path(files[split]).expanduser()
+    path = Path(named).expanduser()
     if not path.is_file():
         raise ModelCollapseError(f"corpus file {path} does not exist")
     documents = _table_file(path) if path.suffix in (".jsonl", ".parquet") else _text_file(path, separator)

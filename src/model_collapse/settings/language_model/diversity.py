@@ -44,10 +44,10 @@ def diversity(stories: Sequence[np.ndarray]) -> dict[str, float]:
     else:
         result["unigram_entropy"] = float("nan")
     result["mean_length"] = float(np.mean([len(s) for s in stories])) if stories else float("nan")
-    repeated = []
+    repeated: list[float] = []
     for story in stories:
-        grams = _ngrams(story, 4)
-        if len(grams):
-            repeated.append(1 - len(np.unique(grams, axis=0)) / len(grams))
+        four = _ngrams(story, 4)
+        if len(four):
+            repeated.append(1 - len(np.unique(four, axis=0)) / len(four))
     result["repeated_4grams"] = float(np.mean(repeated)) if repeated else float("nan")
     return result

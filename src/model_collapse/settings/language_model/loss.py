@@ -16,6 +16,8 @@ The result equals the straightforward loss and its gradients to floating-point r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -25,8 +27,8 @@ IGNORE = -100  # targets that are not predicted (padding, document boundaries)
 def _chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, gradients: bool):
     """Summed loss over unmasked targets, and (if asked) its gradients wrt ``hidden`` and ``weight``."""
     loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if gradients else None
-    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if gradients else None
+    grad_hidden: Any = torch.empty_like(hidden) if gradients else None
+    grad_weight: Any = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if gradients else None
     for start in range(0, hidden.shape[0], rows):
         chunk = hidden[start : start + rows]
         target = targets[start : start + rows]
@@ -79,7 +81,7 @@ class CausalLanguageModelLoss(nn.Module):
     returns the summed next-token cross-entropy over unmasked targets and their count. A module of its
     own, so that ``DistributedDataParallel`` and ``torch.compile`` can wrap the whole computation."""
 
-    def __init__(self, model: nn.Module, rows: int = 1024):
+    def __init__(self, model: Any, rows: int = 1024):  # a transformers causal LM
         super().__init__()
         head = model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:

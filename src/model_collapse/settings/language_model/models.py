@@ -69,10 +69,14 @@ def model_config(preset: str, vocab_size: int, special_token_id: int, **override
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r} (known: {', '.join(PRESETS)})")
     family, fields = PRESETS[preset]
-    ids = {"bos_token_id": special_token_id, "eos_token_id": special_token_id, "pad_token_id": special_token_id}
+    ids: dict[str, Any] = {
+        "bos_token_id": special_token_id,
+        "eos_token_id": special_token_id,
+        "pad_token_id": special_token_id,
+    }
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **{**fields, **overrides})
-    defaults = {"max_position_embeddings": 2048, "tie_word_embeddings": False}
+    defaults: dict[str, Any] = {"max_position_embeddings": 2048, "tie_word_embeddings": False}
     fields = {**defaults, **fields, **overrides}
     fields.setdefault("num_key_value_heads", fields["num_attention_heads"])
     return LlamaConfig(vocab_size=vocab_size, **ids, **fields)

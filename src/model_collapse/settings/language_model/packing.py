@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ...arrayio import load_array, save_array
 from ...errors import RunDirectoryError
-from ..arrays import load_array, save_array
 
 TOKEN_DTYPE = np.uint16  # vocabularies up to 65,536 tokens; the paper's is 8,000
 
@@ -33,7 +33,7 @@ class TokenCorpus:
     offsets: np.ndarray  # (documents + 1,) start of each document in ``tokens``
 
     @classmethod
-    def from_documents(cls, documents: Sequence[Sequence[int]]) -> TokenCorpus:
+    def from_documents(cls, documents: Sequence[Sequence[int] | np.ndarray]) -> TokenCorpus:
         lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
         offsets = np.zeros(len(documents) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -82,7 +82,7 @@ class TokenCorpus:
     def select(cls, parts: Sequence[TokenCorpus], rows: np.ndarray) -> TokenCorpus:
         """The documents ``rows[0]`` (one seed per chain) of the concatenation of ``parts``."""
         starts = np.cumsum([0] + [len(p) for p in parts])
-        documents = []
+        documents: list[Any] = []
         for row in rows[0]:
             part = int(np.searchsorted(starts, row, side="right")) - 1
             documents.append(parts[part].document(int(row - starts[part])))
@@ -138,7 +138,7 @@ class PackedBlocks:
             position += 1
         return tokens, owner
 
-    def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, targets) of the given blocks, each (len(indices), block_size); targets are -100
         where the next token belongs to another document or is padding."""
         size = self.block_size

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -157,7 +159,7 @@ def stream_stories(
             if 8 * int(idle.sum()) >= len(story):
                 keep = torch.nonzero(~idle)[:, 0]
                 story, history, fed, known, mask = story[keep], history[keep], fed[keep], known[keep], mask[keep]
-                if use_cache:
+                if cache is not None:
                     cache.batch_select_indices(keep)
         if mask.shape[1] > int(fed.max()) + COMPACT_SLACK:
             mask, cache = _compact(mask, cache, fed)
@@ -184,8 +186,9 @@ def _compact(
     width = max(1, int(fed.max()))
     mask = mask[:, -width:]
     if cache is not None:
+        layers: list[Any] = list(cache.layers)  # key-value layers: the sampler's models have no other kind
         cache = DynamicCache(
-            ddp_cache_data=[(layer.keys[:, :, -width:], layer.values[:, :, -width:]) for layer in cache.layers]
+            ddp_cache_data=[(layer.keys[:, :, -width:], layer.values[:, :, -width:]) for layer in layers]
         )
     return mask, cache
 
@@ -201,7 +204,7 @@ def _recompute_last_logits(model, history: torch.Tensor, fed: torch.Tensor) -> t
     ).logits[:, -1]
 
 
-def story_prompts(first_tokens: Sequence[int] | None, count: int, bos: int) -> torch.Tensor:
+def story_prompts(first_tokens: Sequence[int] | np.ndarray | None, count: int, bos: int) -> torch.Tensor:
     """(count, 2) prompts BOS + a real story's first token, or (count, 1) BOS alone when none given."""
     if first_tokens is None:
         return torch.full((count, 1), bos, dtype=torch.long)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def _load_shard(scratch: Path | None, index: int, stories: int) -> TokenCorpus |
     return shard if len(shard) == stories and int(shard.offsets[-1]) == len(shard.tokens) else None
 
 
-class LanguageModel(LanguageModelDeclaration, Setting):
+class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig]):
     def __init__(self, config: LanguageModelConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
@@ -165,7 +166,9 @@ class LanguageModel(LanguageModelDeclaration, Setting):
                 if scratch is not None and rank == 0:
                     write_directory_atomic(_shard_directory(scratch, index), shard.save)
         meter.close()
-        return TokenCorpus.concatenate([shards[index] for index in range(len(seeds))])
+        ordered = [shards[index] for index in range(len(seeds))]
+        assert all(shard is not None for shard in ordered)  # each shard sampled here or read back
+        return TokenCorpus.concatenate(cast(list[TokenCorpus], ordered))
 
     def _sample_shard(
         self,
@@ -221,7 +224,7 @@ class LanguageModel(LanguageModelDeclaration, Setting):
 
     def load_model(self, directory: Path):
         try:
-            model = AutoModelForCausalLM.from_pretrained(directory)
+            model: Any = AutoModelForCausalLM.from_pretrained(directory)
         except Exception as error:  # transformers raises several types, some with long messages
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise RunDirectoryError(f"{directory} holds no usable checkpoint: {first}") from None

@@ -23,6 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,7 +122,8 @@ def train(
     steps_per_epoch = -(-len(blocks) // options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     warmup_steps = max(1, round(options.warmup_fraction * total_steps))
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for parameter in model.parameters():
         (decay if parameter.dim() >= 2 else no_decay).append(parameter)  # no decay on biases and norms
     optimiser = torch.optim.AdamW(
@@ -136,7 +138,7 @@ def train(
     dtype = _autocast_dtype(options.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     rank, world = rank_and_world()
-    forward = _loss_module(model, device)
+    forward: Any = _loss_module(model, device)
     forward = DistributedDataParallel(forward) if world > 1 else forward
     forward = torch.compile(forward) if options.compile else forward
     evaluate_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
@@ -153,7 +155,8 @@ def train(
         if on_evaluation is not None:
             on_evaluation(point)
 
-    step, running, running_count = 0, 0.0, 0
+    step, running = 0, 0.0
+    running_count: float = 0  # tokens, summed over the ranks
     resume_at = 0
     saved = checkpoint.load()
     if saved is not None:
@@ -188,9 +191,9 @@ def train(
                 for a in blocks.batch(mine if len(mine) else batch[:1])
             )
             loss, count = _loss(forward, inputs, targets, dtype)
-            count = global_sum(count * weight, device)
+            tokens = global_sum(count * weight, device)
             optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss * weight * world / max(count, 1)).backward()
+            scaler.scale(loss * weight * world / max(tokens, 1)).backward()
             loss = loss * weight
             scaler.unscale_(optimiser)
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.gradient_clip)
@@ -200,7 +203,7 @@ def train(
             step += 1
             meter.advance(1, amount=len(batch) * blocks.block_size)
             running += global_sum(loss.item(), device)
-            running_count += count
+            running_count += tokens
             if step % evaluate_every == 0 or step == total_steps:
                 evaluate(step, running / max(running_count, 1))
                 running, running_count = 0.0, 0

@@ -1,0 +1,239 @@
+"""What an experiment is, once its config is read: the run's options (``RunConfig``), its chains
+(``ChainSpec``: a sweep point, a regime, seeds) and the whole (``Experiment``). ``config.py`` builds
+these from YAML; the run directory (``rundir.py``), the chain runner and the readers take them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .executors import EXECUTORS
+from .regimes import Regime
+from .settings import SETTINGS, SettingConfig
+from .settings.base import StrictConfig, section_of
+from .validation import validation_error
+
+# Which models a chain leaves once it is complete (``chain.run_chain``).
+Checkpoints = Literal["none", "last", "all"]
+
+
+class ExecutorConfig(StrictConfig):
+    """Where the chains run (``executors/``); every executor gives the same table."""
+
+    name: str = Field(
+        "local", description="local processes, one Ray task per chain, or one Slurm job per chain (a job array)"
+    )
+    cpus_per_chain: PositiveFloat = Field(1.0, description="CPUs reserved per chain (slurm: whole, split among tasks)")
+    gpus_per_chain: NonNegativeFloat = Field(0.0, description="GPUs per chain (ray: fractions share one)")
+    max_retries: NonNegativeInt = Field(
+        3, description="ray: reruns of a chain whose worker died; slurm: requeues of a job at its time limit"
+    )
+    address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
+    partition: str | None = Field(None, description="slurm: the partition (default: the cluster's)")
+    time_minutes: PositiveInt = Field(
+        60, description="slurm: a job's time limit; a chain still running then is requeued and resumes"
+    )
+    memory_gb_per_chain: PositiveFloat | None = Field(
+        None, description="slurm: memory per job (default: the cluster's)"
+    )
+    tasks_per_chain: PositiveInt = Field(
+        1, description="slurm: data-parallel ranks of a neural chain, one task each (elsewhere: one process)"
+    )
+    max_parallel_chains: PositiveInt | None = Field(None, description="slurm: jobs of the array running at once")
+    sbatch: dict[str, str | int] = Field(
+        default_factory=dict, description="slurm: further sbatch options (account, qos, constraint, ...)"
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="slurm: shell lines each job runs first (module load, source venv)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in EXECUTORS:
+            raise ValueError(f"choose one of {', '.join(EXECUTORS)}, not {name!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _fits_the_executor(self) -> ExecutorConfig:
+        if self.name == "slurm":
+            for key in ("cpus_per_chain", "gpus_per_chain"):
+                if getattr(self, key) != int(getattr(self, key)):
+                    raise ValueError(f"{key}: Slurm reserves whole CPUs and GPUs, not {getattr(self, key)}")
+            if self.cpus_per_chain % self.tasks_per_chain:
+                raise ValueError(
+                    f"cpus_per_chain: {self.cpus_per_chain:g} CPUs do not split evenly among "
+                    f"tasks_per_chain: {self.tasks_per_chain} tasks"
+                )
+        return self
+
+    def named(self, name: str) -> ExecutorConfig:
+        """These options for the executor ``name`` (``--executor``), checked again for it."""
+        try:
+            return ExecutorConfig.model_validate({**self.model_dump(), "name": name})
+        except ValidationError as error:
+            raise validation_error(error, ("executor",)) from None
+
+
+class RunConfig(StrictConfig):
+    model_config = ConfigDict(frozen=False)
+
+    setting: dict[str, Any]
+    sweep: dict[str, Any] = Field(
+        default_factory=dict, description="setting keys (dotted for sections) to lists of values to sweep over"
+    )
+    regimes: list[Any] = Field(min_length=1)
+    iterations: PositiveInt
+    seeds: PositiveInt = Field(description="how many seeds; the seeds are 0..seeds-1")
+    workers: PositiveInt | None = Field(None, description="parallel processes for a sweep (default: CPU count)")
+    checkpoints: Checkpoints = Field(
+        "last", description="models left once a chain is complete: none, the last one, or every iteration's"
+    )
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+
+def dotted_value(data: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """One chain of a run: a sweep point, a regime and its seeds (all of them, or one)."""
+
+    point: SettingConfig
+    varying: tuple[str, ...]  # the (dotted) setting keys the sweep varies (they name the chain's directory)
+    regime: Regime
+    seeds: tuple[int, ...]
+
+    @property
+    def point_name(self) -> str:
+        values = self.point.model_dump(mode="json")
+        return safe_name("_".join(f"{key}-{_token(dotted_value(values, key))}" for key in self.varying)) or "base"
+
+    @property
+    def point_title(self) -> str:
+        """The sweep point in the paper's words, as figure panels name it: ``T = 32``, ``d = 10, T = 100``
+        (a field's ``title`` is its symbol; fields without one go by their key); empty without a sweep."""
+        values = self.point.model_dump(mode="json")
+        return ", ".join(f"{_symbol(type(self.point), key)} = {dotted_value(values, key)}" for key in self.varying)
+
+    @property
+    def title(self) -> str:
+        """The chain in the paper's words (``T = 32 / replace``, ``replace / seed 0``): reports, trackers."""
+        seed = f"seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
+        return " / ".join(part for part in (self.point_title, self.regime.label, seed) if part)
+
+    @property
+    def label(self) -> str:
+        seeds = f" / seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
+        return f"{self.point_name} / {self.regime.label}{seeds}"
+
+    @property
+    def relative_directory(self) -> Path:
+        path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
+        if SETTINGS.declared(self.point.name).one_seed_per_chain:
+            path = path / f"seed-{self.seeds[0]}"
+        return path
+
+    def description(self) -> dict[str, Any]:
+        return {"setting": self.point.model_dump(mode="json"), "regime": self.regime.label, "seeds": list(self.seeds)}
+
+    def defaults(self) -> dict[str, Any]:
+        """The description of a chain whose setting holds every default: a chain started before its
+        setting gained a field is still this chain if the field holds its default (``rundir.ChainStore``)."""
+        return {"setting": type(self.point).model_construct().model_dump(mode="json")}  # type: ignore[call-arg]
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _symbol(config_type: type[StrictConfig], dotted: str) -> str:
+    """The symbol a (dotted) setting key goes by: its field's ``title`` if it has one, else the key."""
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        inner = section_of(config_type.model_fields[section].annotation)
+        assert inner is not None, f"{section} is not a section"  # the key named a field of the config
+        config_type = inner
+    return config_type.model_fields[leaf].title or dotted
+
+
+def _token(value: Any) -> str:
+    """A sweep value as part of a directory name: as written when a plain token, else a slug and a hash.
+
+    ``100``, ``0.5`` and ``scott`` stay; ``../../victim``, a path or text with slashes become a readable
+    slug plus a hash of the value, so that none names a directory outside the run and distinct values
+    stay distinct."""
+    text = str(value)
+    if _PLAIN.fullmatch(text) and len(text) <= 40:
+        return text
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", text)[-40:].strip("-.")  # a path's last parts say most
+    return f"{slug}-{_short_hash(text)}" if slug else _short_hash(text)
+
+
+def safe_name(name: str, limit: int = 120) -> str:
+    """``name`` cut to a length every filesystem takes, a hash of the whole keeping it distinct."""
+    return name if len(name) <= limit else f"{name[: limit - 9]}-{_short_hash(name)}"
+
+
+def setting_class(point: SettingConfig):
+    """The setting class of a sweep point (imports its model code: PyTorch for neural settings)."""
+    return SETTINGS[point.name]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config: RunConfig
+    points: tuple[SettingConfig, ...]
+    varying: tuple[str, ...]
+    regimes: tuple[Regime, ...]
+
+    @property
+    def setting_name(self) -> str:
+        return self.points[0].name
+
+    def chains(self) -> list[ChainSpec]:
+        seeds = tuple(range(self.config.seeds))
+        batches: Sequence[tuple[int, ...]] = (
+            [(s,) for s in seeds] if SETTINGS.declared(self.setting_name).one_seed_per_chain else [seeds]
+        )
+        specs = [
+            ChainSpec(point, self.varying, regime, batch)
+            for point in self.points
+            for regime in self.regimes
+            for batch in batches
+        ]
+        return specs
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data, every default filled in (written to the run directory)."""
+        data = self.config.model_dump(exclude={"sweep"})
+        data["setting"] = self.points[0].model_dump(mode="json")  # a swept key holds its first value
+        data["regimes"] = [regime.label for regime in self.regimes]
+        sweep: dict[str, list] = {}
+        for key in self.varying:
+            values = [dotted_value(point.model_dump(mode="json"), key) for point in self.points]
+            sweep[key] = [value for i, value in enumerate(values) if value not in values[:i]]
+        return {"setting": data.pop("setting"), **({"sweep": sweep} if sweep else {}), **data}

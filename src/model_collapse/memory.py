@@ -1,0 +1,83 @@
+"""The memory a run will need, estimated before anything is written, from the settings' footprints
+(``Setting.footprint``) and the regimes' sizes: a config that cannot fit is refused in one line."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+from .experiment import Experiment
+from .regimes import Regime
+from .settings import SETTINGS
+
+# What the main process keeps per chain (its spec, progress bar, record of iterations) and per seed.
+_BYTES_PER_CHAIN = 4096
+_BYTES_PER_SEED = 64
+
+
+def estimate_memory(experiment: Experiment, workers: int) -> None:
+    """Refuse, before anything is written, a config whose chains cannot fit in this machine's memory.
+
+    ``seeds=1000000000``, ``mix:1e9`` or ``setting.dim=100000`` would otherwise fail hours in. The
+    estimate is what a chain holds at its largest iteration (the setting's footprint, the regime's
+    synthetic sizes) plus every chain's bookkeeping, computed from counts: nothing that large is built."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    config = experiment.config
+    declared = SETTINGS.declared(experiment.setting_name)
+    seeds_per_chain = 1 if declared.one_seed_per_chain else config.seeds
+    chains = len(experiment.points) * len(experiment.regimes) * (config.seeds // seeds_per_chain)
+    bookkeeping = chains * _BYTES_PER_CHAIN + config.seeds * _BYTES_PER_SEED
+    worst, worst_case = 0, None
+    for point in experiment.points:
+        footprint = declared.footprint(point)
+        if footprint is None:
+            continue
+        for regime in experiment.regimes:
+            rows = footprint.rows + peak_synthetic_rows(regime, config.iterations, footprint.rows)
+            need = seeds_per_chain * (footprint.fixed_bytes + rows * footprint.bytes_per_row)
+            if need > worst:
+                worst, worst_case = need, (point, regime)
+    parallel = max(1, min(workers, chains))
+    if worst * parallel + bookkeeping <= total:
+        return
+    where = f"seeds={config.seeds}, iterations={config.iterations}"
+    if worst_case is None or bookkeeping > worst * parallel:
+        raise ConfigError(
+            f"{where}: {chains} chains would need about {_bytes(bookkeeping)} of memory to track, "
+            f"this machine has {_bytes(total)}"
+        )
+    point, regime = worst_case
+    sizes = ", ".join(
+        f"setting.{k}={v}" for k, v in point.model_dump().items() if isinstance(v, int) and not isinstance(v, bool)
+    )
+    at_once = f" x {parallel} chains at once (--workers)" if parallel > 1 else ""
+    raise ConfigError(
+        f"{where}, {sizes}, regime {regime.label}: a chain would hold about {_bytes(worst)} in memory{at_once}, "
+        f"this machine has {_bytes(total)}"
+    )
+
+
+def peak_synthetic_rows(regime: Regime, iterations: int, real_size: int) -> int:
+    """Rows per seed besides the real data at the largest iteration: every batch so far for a regime
+    that keeps its history, else the largest single iteration's (sizes never shrink with n)."""
+    if iterations < 2:
+        return 0
+
+    def rows(i: int) -> int:
+        return regime.synthetic_size(i, real_size) + regime.fresh_real_size(i, real_size)
+
+    if regime.keeps_history:
+        return (
+            (iterations - 1) * rows(iterations)
+            if rows(2) == rows(iterations)
+            else sum(rows(i) for i in range(2, iterations + 1))
+        )
+    return rows(iterations)
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} PiB"

@@ -1,0 +1,118 @@
+"""One chain of a run, wherever it runs (this process, a local worker, a Ray task, a Slurm job), and
+what stopped it, as the one line the run ends with.
+
+``run_chain_spec`` runs a chain and returns an ``Outcome`` instead of raising: it crosses a pipe, Ray
+or a pickle file back to the driver, which raises it with ``Outcome.raise_for``. This is the one place
+where a failure becomes its message: a user's error as it is, a fault of the machine (a full disk,
+memory running out, a worker killed) as a ``ResourceError``, a bug as its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import distributed
+from .chain import run_chain
+from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, describe_fault
+from .experiment import ChainSpec, setting_class
+from .rundir import ChainStore, IterationRecord
+
+_ERRORS = {cls.__name__: cls for cls in (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a chain's run ended: complete, a one-line error (``error``: its class name), or a bug
+    (``traceback``). ``exception`` is the bug itself when the chain ran in this process (it is not
+    pickled), so that it is raised with its own traceback."""
+
+    error: str | None = None
+    message: str = ""
+    traceback: str | None = None
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.traceback is None
+
+    @classmethod
+    def of(cls, error: Exception, run_directory: Path) -> Outcome:
+        fault = describe_fault(error, run_directory)
+        if fault is not None:
+            return cls(type(fault).__name__, str(fault))
+        text = "".join(traceback.format_exception(error))
+        return cls(message=f"{type(error).__name__}: {error}", traceback=text, exception=error)
+
+    @classmethod
+    def died(cls, reason: str) -> Outcome:
+        """A chain whose process or job ended without a word (killed, lost with its node)."""
+        return cls("ResourceError", reason)
+
+    @classmethod
+    def crashed(cls, traceback_text: str) -> Outcome:
+        """A bug reported by its traceback alone (a Slurm job's)."""
+        lines = [line.strip() for line in traceback_text.splitlines() if line.strip()]
+        return cls(message=lines[-1] if lines else "it failed", traceback=traceback_text)
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "exception"}
+
+    def raise_for(self, run_directory: Path, spec: ChainSpec) -> None:
+        """Nothing if complete; else record why in the chain's directory (``model-collapse status``
+        shows it) and raise the chain's error."""
+        if self.complete:
+            return
+        ChainStore.of(run_directory, spec, writer=False).record_failure(self.message)
+        if self.error is not None:
+            raise _ERRORS.get(self.error, ModelCollapseError)(f"chain {spec.label}: {self.message}")
+        if self.exception is not None:
+            raise self.exception
+        text = self.traceback or ""
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        raise ChainFailed(f"chain {spec.label} failed (traceback above)")
+
+
+def run_spec(
+    run_directory: Path,
+    spec: ChainSpec,
+    iterations: int,
+    checkpoints: str,
+    on_iteration: Callable[[IterationRecord], None] | None = None,
+) -> None:
+    """Run (or finish) the chain ``spec`` in its directory of ``run_directory``; errors are raised."""
+    setting = setting_class(spec.point)(spec.point, spec.seeds)
+    store = ChainStore.of(run_directory, spec, writer=distributed.is_main())
+    if store.writer:
+        store.prepare()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
+    distributed.barrier()
+    run_chain(setting, spec.regime, iterations, store, checkpoints=checkpoints, on_iteration=on_iteration)
+
+
+def run_chain_spec(
+    run_directory: Path,
+    spec: ChainSpec,
+    iterations: int,
+    checkpoints: str,
+    on_iteration: Callable[[IterationRecord], None] | None = None,
+    one_thread: bool = True,
+) -> Outcome:
+    """``run_spec``, its ending as an ``Outcome`` (Ctrl-C and SIGTERM still raise). ``one_thread``: on
+    one BLAS/OpenMP thread, as in a worker, where the parallelism is across chains and a cheap chain's
+    numbers must not depend on where it ran; the setting's module (and with it PyTorch) is imported
+    first, so that the limit covers its thread pools."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        if not one_thread:
+            run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
+        else:
+            setting_class(spec.point)
+            with threadpool_limits(limits=1):
+                run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
+    except Exception as error:
+        return Outcome.of(error, run_directory)
+    return Outcome()

@@ -1,0 +1,113 @@
+"""Running the unfinished chains of an experiment into its run directory, with the executor its config
+(or ``--executor``) names (``executors/``), behind one progress display.
+
+Each chain is independent and resumable on its own, so a run interrupted anywhere is finished by
+running the same function again: chains already complete are skipped, others resume where they stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import activity, distributed
+from .errors import ConfigError
+from .executors import EXECUTORS, Work, executor_class
+from .experiment import ChainSpec, ExecutorConfig, Experiment
+from .rundir import ChainStore
+from .settings import SETTINGS
+
+
+def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
+    """Iterations each chain has completed (0 for a chain not started), checked on disk.
+
+    The iterations must form an unbroken sequence and a finished chain's records be whole (every metric,
+    every seed), so that a damaged chain is named now rather than later by ``table``."""
+    done = []
+    for spec in specs:
+        store = ChainStore.of(run_directory, spec, writer=False)
+        completed = min(store.completed(), iterations)
+        if completed == iterations:
+            store.records(len(spec.seeds), SETTINGS.declared(spec.point.name).metrics, completed)
+        done.append(completed)
+    return done
+
+
+def resolve_workers(experiment: Experiment, workers: int | None) -> int:
+    """Parallel processes: the command line's, else the config's, else one per CPU."""
+    return workers or experiment.config.workers or os.cpu_count() or 1
+
+
+def resolve_executor(experiment: Experiment, executor: str | None) -> ExecutorConfig:
+    """The config's executor section, its name replaced by the command line's ``--executor`` if given,
+    checked by the executor (Slurm asks the cluster) before anything is written."""
+    options = experiment.config.executor
+    if executor is not None:
+        if executor not in EXECUTORS:
+            raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+        options = options.named(executor)
+    executor_class(options.name)(options).check()
+    return options
+
+
+class _ProgressBars:
+    """The progress display: a bar for all chains, one per unfinished chain with what it is doing."""
+
+    def __init__(self, display: Progress, specs: Sequence[ChainSpec], done: list[int], iterations: int) -> None:
+        self.display = display
+        self.overall = display.add_task("all chains", total=len(specs) * iterations, completed=sum(done), activity="")
+        self.bars = {
+            i: display.add_task(spec.label, total=iterations, completed=done[i], activity="")
+            for i, spec in enumerate(specs)
+            if done[i] < iterations
+        }
+        self.reached_at = dict(enumerate(done))
+
+    def reached(self, chain: int, iteration: int) -> None:
+        self.display.update(self.bars[chain], completed=iteration)
+        self.display.advance(self.overall, iteration - self.reached_at[chain])
+        self.reached_at[chain] = iteration
+
+    def doing(self, chain: int, activity: str) -> None:
+        self.display.update(self.bars[chain], activity=activity)
+
+
+def _display(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[activity]}"),  # what a long iteration is doing (activity.py)
+        console=console,
+        transient=False,
+    )
+
+
+def run_experiment(
+    run_directory: Path,
+    experiment: Experiment,
+    workers: int | None = None,
+    quiet: bool = False,
+    options: ExecutorConfig | None = None,
+) -> None:
+    """Run the unfinished chains of ``experiment`` with the executor of ``options`` (from
+    ``resolve_executor``; default: the config's), locally in at most ``workers`` processes."""
+    options = options or experiment.config.executor
+    specs = experiment.chains()
+    iterations = experiment.config.iterations
+    workers = resolve_workers(experiment, workers)
+    if distributed.world_size() > 1:
+        workers, quiet = 1, quiet or not distributed.is_main()  # ranks run the chains together, one at a time
+    done = completed_iterations(run_directory, specs, iterations)
+    todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
+    cheap = SETTINGS.declared(experiment.setting_name).cheap
+    work = Work(run_directory, specs, todo, iterations, experiment.config.checkpoints, workers, quiet, cheap)
+    activity.show_messages(quiet)
+    with _display(Console(stderr=True, quiet=quiet)) as display:
+        executor_class(options.name)(options).run(work, _ProgressBars(display, specs, done, iterations))
