@@ -22,7 +22,7 @@ FLOORS = {
     # the protocol, the settings and the regimes: what a chain is made of
     "settings": 1, "settings.": 1, "regimes": 1,
     # what an experiment is; closed forms
-    "experiment": 2, "theory": 2,
+    "experiment": 2, "theory": 2, "reference": 2,
     # reading configs, the run directory, the memory estimate
     "config": 3, "rundir": 3, "memory": 3,
     # the chain; reading runs back

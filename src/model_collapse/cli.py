@@ -241,13 +241,23 @@ def theory(
 
 
 @app.command(name="list")
-def list_() -> None:
+def list_(
+    markdown: bool = typer.Option(
+        False, "--markdown", help="Print the config reference as Markdown: every field, its default and meaning."
+    ),
+) -> None:
     """List the settings (with their config fields) and the regimes."""
     from rich.table import Table
 
     from .regimes import REGIMES
     from .settings import SETTINGS
 
+    if markdown:
+        from .reference import settings_markdown
+
+        names = [name for name in SETTINGS if _guarded(lambda name=name: SETTINGS.declared(name)) is not None]
+        sys.stdout.write(settings_markdown(names))
+        return
     console = Console()
     settings = Table("setting", "from", "fields (default)", "metrics", "closed forms", title="settings")
     for name in SETTINGS:

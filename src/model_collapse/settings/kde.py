@@ -49,16 +49,20 @@ def draw_real(config: KDEConfig, size: int, random_state: int, centres: np.ndarr
 
 class KDEConfig(SettingConfig):
     name: Literal["kde"] = "kde"
-    dataset: Literal["moons", "circles", "blobs", "swiss-roll"] = "moons"
+    dataset: Literal["moons", "circles", "blobs", "swiss-roll"] = Field(
+        "moons", description="the real data: scikit-learn's make_moons, make_circles, make_blobs or make_swiss_roll"
+    )
     samples: PositiveInt = Field(100, title="T", description="T, real training samples per seed")
-    bandwidth: PositiveFloat | Literal["scott", "silverman"] = Field(0.1, title="h")
-    kernel: Literal["gaussian", "tophat"] = "gaussian"
+    bandwidth: PositiveFloat | Literal["scott", "silverman"] = Field(
+        0.1, title="h", description="h, the kernel width: a number, or scott / silverman (from each fit's data)"
+    )
+    kernel: Literal["gaussian", "tophat"] = Field("gaussian", description="the KDE's kernel")
     noise: float = Field(0.05, ge=0, description="noise of moons, circles and swiss-roll")
     factor: float = Field(0.8, gt=0, lt=1, description="inner over outer radius of circles (scikit-learn's default)")
     centres: list[tuple[float, float]] | None = Field(
         None, min_length=1, description="blob centres (null: three per seed, uniform in [-10, 10]^2)"
     )
-    test_samples: PositiveInt = 500
+    test_samples: PositiveInt = Field(500, description="fresh real samples the test NLL is measured on")
 
     @field_validator("centres")
     @classmethod

@@ -17,23 +17,27 @@ from .images import CHANNELS
 class VAEModel(StrictConfig):
     """The convolutional VAE: encoder stages, latent size and the pixel likelihood."""
 
-    latent_dim: PositiveInt = 16
+    latent_dim: PositiveInt = Field(16, description="the latent space's dimension")
     widths: tuple[PositiveInt, ...] = Field((32, 64), min_length=1, description="channels of each stride-2 conv stage")
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        "bernoulli", description="the decoder's likelihood: bernoulli (pixels in [0, 1]) or gaussian (decoder_std)"
+    )
     decoder_std: PositiveFloat = Field(0.1, description="pixel noise of the gaussian likelihood")
 
 
 class VAETraining(StrictConfig):
     """AdamW at a constant learning rate for a number of epochs, as the paper's VAE code does."""
 
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 64
-    learning_rate: PositiveFloat = 1e-3
+    epochs: PositiveInt = Field(20, description="epochs per fit")
+    batch_size: PositiveInt = Field(64, description="images per optimiser step")
+    learning_rate: PositiveFloat = Field(1e-3, description="AdamW's learning rate (constant)")
 
 
 class VAEConfig(SettingConfig):
     name: Literal["vae"] = "vae"
-    dataset: Literal["digits", "mnist", "celeba", "folder"] = "digits"
+    dataset: Literal["digits", "mnist", "celeba", "folder"] = Field(
+        "digits", description="the images: scikit-learn's digits (offline), MNIST, CelebA, or a folder of image files"
+    )
     data_dir: str | None = Field(
         None, description="where mnist/celeba live (or are downloaded to), or the image folder"
     )
@@ -41,11 +45,13 @@ class VAEConfig(SettingConfig):
     channels: Literal[1, 3] | None = Field(
         None, description="1 (grey) or 3 (RGB); set by the data set except for folder"
     )
-    image_size: PositiveInt = 16
+    image_size: PositiveInt = Field(16, description="the side images are resized to (divisible by 2^len(model.widths))")
     samples: PositiveInt | None = Field(None, description="T: real training images (default: the whole training split)")
-    test_samples: PositiveInt = 300
+    test_samples: PositiveInt = Field(300, description="held-out real images the test metrics use")
     evaluation_samples: PositiveInt = Field(1000, description="images sampled to measure class entropy and spread")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
+    )
     model: VAEModel = Field(default_factory=VAEModel)
     training: VAETraining = Field(default_factory=VAETraining)
 

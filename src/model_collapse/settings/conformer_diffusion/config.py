@@ -24,17 +24,21 @@ class NetworkSection(StrictConfig):
     local_convolutions: PositiveInt = Field(2, description="GIN convolutions (GeoDiff: 4)")
     cutoff: PositiveFloat = Field(10.0, description="radius of the global graph (A)")
     smooth_cutoff: bool = Field(True, description="SchNet filters fade to 0 at the cutoff with a cosine")
-    activation: Literal["relu", "silu", "softplus"] = "relu"
+    activation: Literal["relu", "silu", "softplus"] = Field(
+        "relu", description="the networks' activation (GeoDiff: relu)"
+    )
 
 
 class DiffusionSection(StrictConfig):
     """The noise schedule: ``steps`` betas from ``beta_start`` to ``beta_end``. Fewer steps need a larger
     ``beta_end`` for the largest noise to stay about 10 A (GeoDiff: 1,000 steps, sigmoid 1e-7 -> 9e-3)."""
 
-    steps: PositiveInt = 50
-    beta_schedule: Literal["sigmoid", "linear", "quad"] = "sigmoid"
-    beta_start: PositiveFloat = 1e-7
-    beta_end: float = Field(0.18, gt=0, lt=1)
+    steps: PositiveInt = Field(50, description="diffusion steps")
+    beta_schedule: Literal["sigmoid", "linear", "quad"] = Field(
+        "sigmoid", description="how betas grow from beta_start to beta_end (GeoDiff: sigmoid)"
+    )
+    beta_start: PositiveFloat = Field(1e-7, description="the first step's beta")
+    beta_end: float = Field(0.18, gt=0, lt=1, description="the last step's beta")
 
     @model_validator(mode="after")
     def _increasing(self):
@@ -58,11 +62,13 @@ class TrainingSection(StrictConfig):
 
     steps: PositiveInt = Field(300, description="optimiser steps per fit (the paper: 41,000)")
     batch_size: PositiveInt = Field(32, description="conformers per step")
-    learning_rate: PositiveFloat = 1e-3
-    betas: tuple[float, float] = (0.95, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
+    learning_rate: PositiveFloat = Field(1e-3, description="Adam's learning rate (GeoDiff: 1e-3)")
+    betas: tuple[float, float] = Field((0.95, 0.999), description="Adam's betas (GeoDiff: 0.95, 0.999)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay")
     gradient_clip: PositiveFloat = Field(30000.0, description="maximum gradient norm (GeoDiff's Drugs value)")
-    scheduler_factor: float = Field(0.6, gt=0, lt=1)
+    scheduler_factor: float = Field(
+        0.6, gt=0, lt=1, description="the learning rate's factor when the validation loss plateaus (GeoDiff: 0.6)"
+    )
     scheduler_patience: NonNegativeInt = Field(10, description="evaluations without improvement before decaying")
     evaluate_every: PositiveInt = Field(25, description="steps between evaluations of the validation loss")
     validation_conformers: PositiveInt = Field(
@@ -78,7 +84,7 @@ class SamplingSection(StrictConfig):
 
     step_lr: PositiveFloat = Field(1e-6, description="step size at noise 0.01 A (1e-5 diverges)")
     global_start_sigma: PositiveFloat = Field(0.5, description="the global score joins below this noise (A)")
-    w_global: float = Field(1.0, ge=0)
+    w_global: float = Field(1.0, ge=0, description="weight of the global score in sampling (GeoDiff: 1.0)")
     clip: PositiveFloat = Field(1000.0, description="maximum norm of an atom's global score")
     batch_size: PositiveInt = Field(64, description="conformers sampled at once (a resumable shard)")
 
@@ -99,15 +105,17 @@ class ConformerConfig(SettingConfig):
     data_dir: str | None = Field(
         None, description="geom: the folder with train_data_40k.pkl, val_data_5k.pkl, test_data_1k.pkl"
     )
-    train_file: str = "train_data_40k.pkl"
-    validation_file: str = "val_data_5k.pkl"
-    test_file: str = "test_data_1k.pkl"
+    train_file: str = Field("train_data_40k.pkl", description="GEOM: the training pickle in data_dir")
+    validation_file: str = Field("val_data_5k.pkl", description="GEOM: the validation pickle in data_dir")
+    test_file: str = Field("test_data_1k.pkl", description="GEOM: the test pickle in data_dir")
     samples: PositiveInt | None = Field(
         40, description="training molecules (null: all); their conformers are the real training data"
     )
     test_molecules: PositiveInt | None = Field(40, description="held-out molecules of test_loss (null: all)")
     conformers_per_molecule: PositiveInt | None = Field(None, description="keep at most this many (null: all)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
+    )
     network: NetworkSection = Field(default_factory=NetworkSection)
     diffusion: DiffusionSection = Field(default_factory=DiffusionSection)
     training: TrainingSection = Field(default_factory=TrainingSection)

@@ -15,7 +15,10 @@ from .models import PRESETS, positions
 class ModelSection(StrictConfig):
     """The architecture: a preset of ``models.py`` and what may be changed in it."""
 
-    preset: str = "gpt2-tiny"
+    preset: str = Field(
+        "gpt2-tiny",
+        description="the architecture (models.py): gpt2-9m, llama-12m, llama-42m, llama-126m, gpt2-tiny, llama-tiny",
+    )
     dropout: float | None = Field(
         None,
         ge=0,
@@ -44,17 +47,19 @@ class TrainingSection(StrictConfig):
     """How each iteration's model is trained (AdamW, warmup then cosine decay) and evaluated."""
 
     batch_size: PositiveInt = Field(32, description="blocks per optimiser step (and per evaluation batch)")
-    learning_rate: PositiveFloat = 5e-4
+    learning_rate: PositiveFloat = Field(5e-4, description="AdamW's peak learning rate")
     final_learning_rate_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to this fraction of the peak")
-    warmup_fraction: float = Field(0.02, ge=0, le=1)
-    weight_decay: float = Field(0.1, ge=0)
-    gradient_clip: PositiveFloat = 1.0
-    epochs: PositiveInt = 1
-    evaluations_per_epoch: PositiveInt = 10
+    warmup_fraction: float = Field(
+        0.02, ge=0, le=1, description="share of the steps of linear warm-up, before the cosine decay"
+    )
+    weight_decay: float = Field(0.1, ge=0, description="AdamW's weight decay (not on biases and norms)")
+    gradient_clip: PositiveFloat = Field(1.0, description="the gradient norm is clipped to this")
+    epochs: PositiveInt = Field(1, description="epochs per fit")
+    evaluations_per_epoch: PositiveInt = Field(10, description="validation-loss points of the learning curve per epoch")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 (else fp16) autocast on GPU, fp32 on CPU"
     )
-    compile: bool = False
+    compile: bool = Field(False, description="train through torch.compile")
     checkpoint_minutes: float | None = Field(
         10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
     )
@@ -63,13 +68,15 @@ class TrainingSection(StrictConfig):
 class SamplingSection(StrictConfig):
     """How synthetic stories are generated."""
 
-    temperature: PositiveFloat = 1.0
-    top_k: PositiveInt | None = None
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: PositiveFloat = Field(1.0, description="sampling temperature")
+    top_k: PositiveInt | None = Field(None, description="sample among the k likeliest tokens (none: all)")
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="nucleus sampling: the smallest set of tokens with this probability (none: all)"
+    )
     prompt: Literal["first-token", "bos"] = Field(
         "first-token", description="BOS and a real story's first token (the paper's), or BOS alone"
     )
-    max_new_tokens: PositiveInt = 256
+    max_new_tokens: PositiveInt = Field(256, description="tokens sampled per story at most (a story also ends at EOS)")
     batch_size: PositiveInt = Field(256, description="stories sampled at once (continuous batching)")
     evaluation_stories: NonNegativeInt = Field(
         100, description="stories sampled at each evaluation to measure their diversity (0: none)"
@@ -78,18 +85,27 @@ class SamplingSection(StrictConfig):
 
 class LanguageModelConfig(SettingConfig):
     name: Literal["language-model"] = "language-model"
-    corpus: Literal["tinystories", "files", "moby-dick"] = BUNDLED
-    train_file: str | None = None
-    validation_file: str | None = None
+    corpus: Literal["tinystories", "files", "moby-dick"] = Field(
+        BUNDLED, description="the text: the bundled moby-dick (offline), tinystories (Hugging Face), or your files"
+    )
+    train_file: str | None = Field(None, description="corpus files: the training text")
+    validation_file: str | None = Field(None, description="corpus files: the validation text")
     separator: str | None = Field(None, description="a line that separates documents in .txt files")
     data_dir: str | None = Field(
         None, description="tinystories: a local copy of the Hugging Face data set (data/*.parquet); else the Hub"
     )
     samples: PositiveInt | None = Field(None, description="T: real training documents (default: the whole split)")
-    validation_documents: PositiveInt | None = None
-    vocab_size: PositiveInt = 8000
-    tokenizer_cache: str = "~/.cache/model-collapse/tokenizers"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    validation_documents: PositiveInt | None = Field(None, description="validation documents used (default: all)")
+    vocab_size: PositiveInt = Field(
+        8000, description="the byte-level BPE tokenizer's vocabulary, trained on the real training text"
+    )
+    tokenizer_cache: str = Field(
+        "~/.cache/model-collapse/tokenizers",
+        description="where trained tokenizers are kept, keyed by their corpus and size",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)

@@ -1,0 +1,67 @@
+"""The config reference of settings, as Markdown, from their config classes: every field (dotted inside
+sections) with its default and description, and every metric with its label. ``model-collapse list
+--markdown`` prints it; the README's copy is checked against it (``tests/test_cli.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .settings import SETTINGS
+from .settings.base import StrictConfig, section_of
+
+BEGIN = "<!-- begin: model-collapse list --markdown -->"
+END = "<!-- end: model-collapse list --markdown -->"
+
+
+def fields(config_type: type[StrictConfig], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, pydantic field) of every field of a config, sections expanded."""
+    for key, field in config_type.model_fields.items():
+        section = section_of(field.annotation)
+        if section is not None:
+            yield from fields(section, f"{prefix}{key}.")
+        elif f"{prefix}{key}" != "name":
+            yield f"{prefix}{key}", field
+
+
+def _default(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"`{text}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _text(text: str) -> str:
+    return text.replace("*", "\\*").replace("_", "\\_")
+
+
+def settings_markdown(names: Iterable[str]) -> str:
+    """One section per setting: its fields' table and its metrics."""
+    parts = []
+    for name in names:
+        declared = SETTINGS.declared(name)
+        rows = [
+            f"| `{key}` | {_default(field)} | {_cell(field.description or '')} |"
+            for key, field in fields(declared.Config)
+        ]
+        metrics = "; ".join(f"`{metric}`: {_text(info.label)}" for metric, info in declared.metrics.items())
+        parts.append(
+            "\n".join(
+                [
+                    f"<details><summary><code>{name}</code></summary>",
+                    "",
+                    "| field | default | |",
+                    "|---|---|---|",
+                    *rows,
+                    "",
+                    f"Metrics: {metrics}.",
+                    "",
+                    "</details>",
+                ]
+            )
+        )
+    return "\n\n".join(parts) + "\n"
