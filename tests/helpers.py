@@ -141,3 +141,12 @@ def cli(*args, cwd=None, timeout=300, **kwargs):
         cwd=cwd,
         **kwargs,
     )
+
+
+def invoke(*args, env: dict | None = None):
+    """The command in this process (typer's runner): its exit code, stdout and stderr, as a user sees them."""
+    from typer.testing import CliRunner
+
+    from model_collapse.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)

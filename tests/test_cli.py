@@ -16,15 +16,11 @@ import yaml
 from typer.testing import CliRunner
 
 import helpers
-from helpers import completed
+from helpers import completed, invoke
 from model_collapse.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 BASE = {

@@ -23,7 +23,7 @@ from model_collapse.errors import ModelCollapseError
 from model_collapse.regimes import parse_regime
 from model_collapse.rundir import ChainStore
 from model_collapse.settings import SETTINGS
-from model_collapse.settings.conformer_diffusion.config import ConformerConfig
+from model_collapse.settings.conformer_diffusion.config import ConformerDiffusionConfig
 from model_collapse.settings.conformer_diffusion.conformers import Conformers, MoleculeGraphs, bundled
 from model_collapse.settings.conformer_diffusion.graph import MoleculeBatch, pair_types
 from model_collapse.settings.conformer_diffusion.network import DualEncoder, along_edges
@@ -34,8 +34,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture()
-def config() -> ConformerConfig:
-    return ConformerConfig.model_validate(tiny_conformers())
+def config() -> ConformerDiffusionConfig:
+    return ConformerDiffusionConfig.model_validate(tiny_conformers())
 
 
 def test_pair_types_mark_bonds_angles_and_torsions():
@@ -58,7 +58,7 @@ def _scores(model: DualEncoder, batch: MoleculeBatch) -> torch.Tensor:
 def test_scores_turn_and_move_with_the_molecule_and_follow_its_atoms():
     real = bundled()
     torch.manual_seed(0)
-    model = DualEncoder(ConformerConfig().network, ConformerConfig().diffusion).double().eval()
+    model = DualEncoder(ConformerDiffusionConfig().network, ConformerDiffusionConfig().diffusion).double().eval()
     batch = MoleculeBatch.of(Conformers.select([real], np.array([[0, 7, 12]])), CPU)
     batch.positions = batch.positions.double()
     scores = _scores(model, batch)
@@ -88,7 +88,7 @@ def test_scores_turn_and_move_with_the_molecule_and_follow_its_atoms():
 
 def test_the_loss_falls_while_training_on_a_few_molecules():
     real = bundled().subset(np.arange(10))
-    options = ConformerConfig.model_validate(
+    options = ConformerDiffusionConfig.model_validate(
         {"network": {"hidden_dim": 16}, "training": {"steps": 60, "evaluate_every": 20, "validation_conformers": 50}}
     )
     torch.manual_seed(0)
@@ -318,7 +318,7 @@ def _write_geom(folder, monkeypatch, real: Conformers) -> None:
 def test_geom_pickles_of_either_pyg_layout_become_the_chains_molecules(tmp_path, monkeypatch):
     real = bundled()
     _write_geom(tmp_path / "geom", monkeypatch, real)
-    config = ConformerConfig.model_validate(
+    config = ConformerDiffusionConfig.model_validate(
         tiny_conformers(dataset="geom", data_dir=str(tmp_path / "geom"), samples=4, test_molecules=2)
     )
     setting = ConformerDiffusion(config, [0])

@@ -7,17 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from model_collapse.cli import app
+from helpers import invoke
 from model_collapse.results import confidence_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = ["replace", "accumulate", "accumulate-subsample"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from helpers import tiny_vae, write_config
-from model_collapse.cli import app
+from helpers import invoke, tiny_vae, write_config
 from model_collapse.config import load_experiment
 from model_collapse.outcome import run_spec
 from model_collapse.rundir import create_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def run(out: Path, config: Path | str, *overrides: str) -> Path:

@@ -370,3 +370,26 @@ def test_mapped_samples_load_memory_mapped_and_refuse_what_does_not_fit(tmp_path
     np.save(tmp_path / "x.npy", np.array([object()], dtype=object))
     with pytest.raises(RunDirectoryError, match="corrupted file"):
         MappedSamples.load(tmp_path, like=MappedSamples(x=images))
+
+
+def test_the_gaussians_singularity_shortcut_decides_as_the_svd_does():
+    """``singular`` skips the SVD of seeds its bound shows far from singular; near and at rank
+    deficiency (n <= d, data at scales from 1e-8 to 1e8 and means far from 0) it must agree with it."""
+    from model_collapse.settings.gaussian import _solve_each, singular
+
+    rng = np.random.default_rng(0)
+    decided = []
+    for _ in range(200):
+        d, seeds = int(rng.integers(1, 12)), 40
+        n = int(rng.integers(max(1, d - 2), d + 5))
+        x = rng.standard_normal((seeds, n, d)) * 10 ** rng.uniform(-8, 8)
+        x += rng.standard_normal((seeds, 1, d)) * 10 ** rng.uniform(-3, 9)
+        mean = x.mean(axis=1)
+        r = np.linalg.qr(x - mean[:, None], mode="r")
+        root = np.concatenate([r, np.zeros((seeds, d - r.shape[1], d))], axis=1) / np.sqrt(n)
+        solved = _solve_each(root.transpose(0, 2, 1), mean, d)
+        exact = singular(mean, root)
+        assert np.array_equal(singular(mean, root, None if solved is None else solved[:, :, :d]), exact)
+        decided.append(exact)
+    decided = np.concatenate(decided)
+    assert decided.any() and not decided.all()  # both kinds of seed were decided

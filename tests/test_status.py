@@ -7,16 +7,13 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
+from helpers import invoke
 from model_collapse.cli import app
 from model_collapse.config import load_experiment
 from model_collapse.outcome import run_spec
 from model_collapse.rundir import ChainStore, create_run, lock_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def stopped_run(tmp_path: Path) -> Path:

@@ -75,7 +75,7 @@ def _naming(error: OSError, path: Path) -> OSError:
     return error if error.filename is not None else OSError(error.errno, error.strerror, str(path))
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     data = text.encode("utf-8")
 
     def write(handle: BinaryIO) -> None:
@@ -104,4 +104,4 @@ def write_directory_atomic(path: Path, fill: Callable[[Path], None]) -> None:
 def write_json(path: Path, value: Any, compact: bool = False) -> None:
     # Compact output goes through json's C encoder; indented output is pure Python and, for a
     # per-iteration record of thousands of seeds, costs as much as the fsyncs that make it durable.
-    write_atomic(path, json.dumps(value, indent=None if compact else 1, allow_nan=True) + "\n")
+    write_text_atomic(path, json.dumps(value, indent=None if compact else 1, allow_nan=True) + "\n")

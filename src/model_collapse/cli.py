@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import api
-from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, Terminated, describe_fault
+from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, Terminated, one_line_error
 
 app = typer.Typer(
     add_completion=False,
@@ -55,7 +55,7 @@ def _guarded(action, resume_hint: Path | None = None):
     except Terminated:
         _fail(f"terminated{hint}", code=143)
     except (OSError, MemoryError) as error:
-        fault = describe_fault(error, resume_hint or Path.cwd())
+        fault = one_line_error(error, resume_hint or Path.cwd())
         if fault is None:
             raise
         _fail(f"{fault}{hint}", code=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
+from .atomic import write_text_atomic
 from .errors import ConfigError, RunDirectoryError
 from .plots import draw_mean, figure_legend, finish_axes, note_left_out, plt, save_figure
 from .report import _metric_table, data_uri, render, table_iterations
@@ -124,7 +124,7 @@ def write_comparison(runs: list[Path], out: Path, metrics: list[str] | None = No
             }
         )
     page = out / "compare.html"
-    write_atomic(
+    write_text_atomic(
         page,
         render(
             "compare.html.j2",

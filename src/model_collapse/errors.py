@@ -30,7 +30,7 @@ class ChainFailed(Exception):
     """A chain stopped on an unexpected error (a bug); its traceback has been printed."""
 
 
-def describe_fault(error: BaseException, where: Path) -> ModelCollapseError | None:
+def one_line_error(error: BaseException, where: Path) -> ModelCollapseError | None:
     """The one-line error for a failure that is the user's or the machine's, not the code's: the
     tool's own errors, a full disk (naming the file, else ``where``), memory running out. None for
     anything else."""

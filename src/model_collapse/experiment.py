@@ -216,14 +216,14 @@ class Experiment:
 
     def chains(self) -> list[ChainSpec]:
         seeds = tuple(range(self.config.seeds))
-        batches: Sequence[tuple[int, ...]] = (
+        seed_groups: Sequence[tuple[int, ...]] = (
             [(s,) for s in seeds] if SETTINGS.declared(self.setting_name).one_seed_per_chain else [seeds]
         )
         specs = [
-            ChainSpec(point, self.varying, regime, batch)
+            ChainSpec(point, self.varying, regime, group)
             for point in self.points
             for regime in self.regimes
-            for batch in batches
+            for group in seed_groups
         ]
         return specs
 

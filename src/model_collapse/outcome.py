@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import distributed
 from .chain import run_chain
-from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, describe_fault
+from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, one_line_error
 from .experiment import ChainSpec, setting_class
 from .rundir import ChainStore, IterationRecord
 
@@ -41,7 +41,7 @@ class Outcome:
 
     @classmethod
     def of(cls, error: Exception, run_directory: Path) -> Outcome:
-        fault = describe_fault(error, run_directory)
+        fault = one_line_error(error, run_directory)
         if fault is not None:
             return cls(type(fault).__name__, str(fault))
         text = "".join(traceback.format_exception(error))

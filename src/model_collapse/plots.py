@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from . import theory  # noqa: E402
-from .atomic import write_atomic, write_file_atomic
+from .atomic import write_file_atomic, write_text_atomic
 from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
@@ -447,8 +447,8 @@ def plot_run(run_directory: Path) -> list[Path]:
             written += save_figure(figure, out, name)
     for point, sections in text_samples(experiment, chain_results).items():
         written.append(out / f"samples_{point}.md")
-        write_atomic(written[-1], _text_page(experiment.setting_name, point, sections))
+        write_text_atomic(written[-1], _text_page(experiment.setting_name, point, sections))
     for name, text in preview_files(experiment, chain_results).items():
         written.append(out / name)
-        write_atomic(written[-1], text)
+        write_text_atomic(written[-1], text)
     return written

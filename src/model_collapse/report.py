@@ -20,7 +20,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from . import theory
-from .atomic import write_atomic
+from .atomic import write_text_atomic
 from .errors import RunDirectoryError
 from .plots import learning_curve_figures, metric_figures, plt, reference, sample_figures, text_samples
 from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds
@@ -188,5 +188,5 @@ def write_report(run_directory: Path, out: Path | None = None) -> Path:
         raise RunDirectoryError(f"--out {out} is a directory; name the HTML file to write")
     if not out.parent.is_dir():
         raise RunDirectoryError(f"--out {out}: the directory {out.parent} does not exist")
-    write_atomic(out, build_report(run_directory))
+    write_text_atomic(out, build_report(run_directory))
     return out

@@ -55,7 +55,14 @@ import yaml
 from . import distributed
 from ._version import __version__
 from .arrayio import load_array, load_arrays
-from .atomic import fsync_directory, honour_umask, write_atomic, write_directory_atomic, write_file_atomic, write_json
+from .atomic import (
+    fsync_directory,
+    honour_umask,
+    write_directory_atomic,
+    write_file_atomic,
+    write_json,
+    write_text_atomic,
+)
 from .errors import RunDirectoryError
 from .provenance import environment
 from .yaml_text import YamlProblem, load_yaml
@@ -178,7 +185,7 @@ def create_run(directory: Path, config: Mapping[str, Any], setting: Mapping[str,
     try:
         honour_umask(staging, directory=True)
         lock.acquire()  # the lock follows the file through the rename below
-        write_atomic(staging / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
+        write_text_atomic(staging / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
         write_json(
             staging / MARKER,
             {

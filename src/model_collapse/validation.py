@@ -9,7 +9,7 @@ from pydantic_core import ErrorDetails
 from .errors import ConfigError
 
 
-def _describe(error: ErrorDetails, prefix: tuple = ()) -> str:
+def _problem(error: ErrorDetails, prefix: tuple = ()) -> str:
     where = (*prefix, *error["loc"])
     if error["type"] == "moved":  # keys of the earlier flat layout: say where each lives now
         at = "".join(f"{part}." for part in where)
@@ -28,4 +28,4 @@ def _describe(error: ErrorDetails, prefix: tuple = ()) -> str:
 
 
 def validation_error(error: ValidationError, prefix: tuple = ()) -> ConfigError:
-    return ConfigError("; ".join(_describe(e, prefix) for e in error.errors()))
+    return ConfigError("; ".join(_problem(e, prefix) for e in error.errors()))

@@ -295,7 +295,7 @@ class Setting(Declaration[C], ABC):
         By default: a numpy array, or a mapping of names to numpy arrays, as ``model.npz``; a torch module
         as its weights, ``model.pt`` (read back into ``new_model()``)."""
         if _is_torch_module(model):
-            from .checkpoints import save_weights
+            from .training_state import save_weights
 
             save_weights(model, directory)
             return
@@ -307,7 +307,7 @@ class Setting(Declaration[C], ABC):
         """The model ``save_model`` kept in ``directory``; a missing, damaged or foreign file is a
         ``RunDirectoryError`` naming it. The default reads what the default ``save_model`` writes."""
         if type(self).new_model is not Setting.new_model:  # a torch module's weights
-            from .checkpoints import load_weights
+            from .training_state import load_weights
 
             device: Any = getattr(self, "device", "cpu")  # where a neural setting keeps its models
             return load_weights(self.new_model(), directory, device)

@@ -59,7 +59,7 @@ _BUILT_IN = {
         "conformer_diffusion.setting",
         "ConformerDiffusion",
         "molecules",
-        ("conformer_diffusion.config", "ConformerDeclaration"),
+        ("conformer_diffusion.config", "ConformerDiffusionDeclaration"),
     ),
 }
 

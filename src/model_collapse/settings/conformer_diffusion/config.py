@@ -97,7 +97,7 @@ class EvaluationSection(StrictConfig):
     delta: PositiveFloat = Field(1.25, description="COV-R threshold (A): 1.25 for Drugs, 0.5 for QM9")
 
 
-class ConformerConfig(SettingConfig):
+class ConformerDiffusionConfig(SettingConfig):
     name: Literal["conformer-diffusion"] = "conformer-diffusion"
     dataset: Literal["drugs-like", "geom"] = Field(
         "drugs-like", description="drugs-like: 300 molecules bundled with the package; geom: GeoDiff's pickles"
@@ -131,11 +131,11 @@ class ConformerConfig(SettingConfig):
         return self
 
 
-class ConformerDeclaration(Declaration[ConformerConfig]):
+class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
     """The conformer-diffusion setting's declaration; ``setting.ConformerDiffusion`` inherits it."""
 
     name = "conformer-diffusion"
-    Config = ConformerConfig
+    Config = ConformerDiffusionConfig
     metrics = {
         # GeoDiff's loss on held-out molecules, per atom, with the same noise at every iteration
         "test_loss": Metric("test loss (per atom)"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ModelCollapseError
-from .config import ConformerConfig
+from .config import ConformerDiffusionConfig
 from .conformers import Conformers, MoleculeGraphs, _offsets, bundled, rank_within_molecule
 
 SPLIT_SEED = 20240401  # the fixed shuffle of the bundled molecules
@@ -49,7 +49,7 @@ def _take(order: np.ndarray, count: int | None, what: Path | str, available: int
     return order[: count if count is not None else available]
 
 
-def load_splits(config: ConformerConfig) -> MoleculeSplits:
+def load_splits(config: ConformerDiffusionConfig) -> MoleculeSplits:
     if config.dataset == "geom":
         return _geom_splits(config)
     return _drugs_like_splits(config.samples, config.test_molecules, config.conformers_per_molecule,
@@ -74,7 +74,7 @@ def _drugs_like_splits(samples, test_molecules, per_molecule, reference_molecule
     )
 
 
-def _geom_splits(config: ConformerConfig) -> MoleculeSplits:
+def _geom_splits(config: ConformerDiffusionConfig) -> MoleculeSplits:
     from .geom import read_records
 
     assert config.data_dir is not None, "GEOM files are read from setting.data_dir"  # the config checks it

@@ -27,7 +27,7 @@ from ...randomness import seed_rng
 from ..base import Fit, Setting
 from ..devices import resolve_device
 from .chemistry import coverage_and_matching, molblocks
-from .config import ConformerConfig, ConformerDeclaration
+from .config import ConformerDiffusionConfig, ConformerDiffusionDeclaration
 from .conformers import Conformers, rank_within_molecule
 from .datasets import SPLIT_SEED, load_splits
 from .graph import MoleculeBatch
@@ -49,8 +49,8 @@ def _shard_directory(scratch: Path, index: int) -> Path:
     return scratch / f"samples_{index:05d}"
 
 
-class ConformerDiffusion(ConformerDeclaration, Setting[ConformerConfig]):
-    def __init__(self, config: ConformerConfig, seeds: Sequence[int]):
+class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusionConfig]):
+    def __init__(self, config: ConformerDiffusionConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
         splits = load_splits(config)

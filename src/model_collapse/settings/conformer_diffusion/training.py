@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ...activity import Meter
-from ..checkpoints import TrainingCheckpoint
+from ..training_state import TrainingState
 from .config import TrainingSection
 from .conformers import Conformers
 from .graph import MoleculeBatch
@@ -65,7 +65,7 @@ def train(
 ) -> list[dict]:
     """Train ``model`` in place on the conformers of ``parts``; returns the learning curve."""
     pool = sum(len(part) for part in parts)
-    checkpoint = TrainingCheckpoint(
+    checkpoint = TrainingState(
         checkpoint_directory,
         options.checkpoint_minutes,
         {

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ...activity import Meter
 from ...distributed import global_sum, rank_and_world
-from ..checkpoints import TrainingCheckpoint
+from ..training_state import TrainingState
 from .config import TrainingSection
 from .loss import CausalLanguageModelLoss
 from .packing import PackedBlocks
@@ -107,7 +107,7 @@ def train(
     and a run started again with the same model initialisation, data, options and ``rng`` state
     continues from the last saved step and ends exactly as an uninterrupted run (on CPU, bit for bit).
     """
-    checkpoint = TrainingCheckpoint(
+    checkpoint = TrainingState(
         checkpoint_directory,
         options.checkpoint_minutes,
         {

@@ -20,7 +20,7 @@ from ..errors import RunDirectoryError
 log = logging.getLogger(__name__)
 
 
-class TrainingCheckpoint:
+class TrainingState:
     """The whole state of a training run at a step, in one file replaced atomically.
 
     Model, optimiser, schedule, loss scaler, torch's random state (dropout), the loss since the last
