@@ -150,3 +150,13 @@ def invoke(*args, env: dict | None = None):
     from model_collapse.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+NEURAL = ("vae", "language-model", "conformer-diffusion")
+
+
+def setting_params(names) -> list:
+    """Setting names as pytest parameters, the neural ones in the slow lane (seconds per chain each)."""
+    import pytest
+
+    return [pytest.param(name, marks=pytest.mark.slow) if name in NEURAL else name for name in names]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import tiny_settings
+from helpers import setting_params, tiny_settings
 from model_collapse.chain import run_chain
 from model_collapse.errors import RunDirectoryError, Terminated
 from model_collapse.regimes import REGIMES, parse_regime
@@ -41,7 +41,7 @@ def test_every_regime_is_covered():
     assert {parse_regime(s).name for s in REGIME_SPECS} == set(REGIMES)
 
 
-@pytest.mark.parametrize("setting_name", list(SMALL))
+@pytest.mark.parametrize("setting_name", setting_params(SMALL))
 @pytest.mark.parametrize("regime", REGIME_SPECS)
 def test_every_regime_runs_on_every_setting(setting_name, regime):
     setting = small_setting(setting_name)
@@ -58,7 +58,7 @@ def test_every_regime_runs_on_every_setting(setting_name, regime):
             assert not np.isnan(values).any()
 
 
-@pytest.mark.parametrize("setting_name", list(SMALL))
+@pytest.mark.parametrize("setting_name", setting_params(SMALL))
 def test_iteration_one_is_identical_in_every_regime_and_later_ones_differ(setting_name):
     runs = {
         spec: run_chain(small_setting(setting_name), parse_regime(spec), 3)

@@ -206,6 +206,7 @@ def test_run_refuses_an_existing_run_and_resume_refuses_foreign_directories(tmp_
     assert result.exit_code == 2 and "corrupted file" in result.output and "metrics.npz" in result.output
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     config = write_config(
         tmp_path / "slow.yaml",
@@ -293,6 +294,7 @@ def test_shipped_configs_validate(config):
     assert experiment.chains()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_a_resume_hint_and_the_run_finishes_later(tmp_path):
     config = write_config(
         tmp_path / "slow.yaml",

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import tiny_settings
+from helpers import setting_params, tiny_settings
 from model_collapse.settings import SETTINGS, Samples, Setting, SettingUnavailable, registry
 from model_collapse.settings.discrete import Discrete
 from model_collapse.settings.gaussian import Gaussian
@@ -19,7 +19,7 @@ def test_the_table_has_a_row_for_every_built_in_setting():
     assert set(TINY) == set(registry._BUILT_IN)
 
 
-@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("name", setting_params(TINY))
 def test_every_shipped_setting_conforms(name):
     try:
         setting_class = SETTINGS[name]

@@ -168,6 +168,7 @@ def _kill_when(process: subprocess.Popen, marker, what: str) -> None:
     process.wait()
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_sampling_or_training_resumes_with_the_same_numbers(tmp_path):
     setting = tiny_conformers(
         diffusion={"steps": 100, "beta_end": 0.09},  # long enough to be caught sampling
@@ -209,6 +210,7 @@ def test_a_run_killed_while_sampling_or_training_resumes_with_the_same_numbers(t
     pd.testing.assert_frame_equal(_table(tmp_path / "training"), straight)
 
 
+@pytest.mark.slow
 def test_run_and_plot_from_the_command_line(tmp_path):
     config = write_config(
         tmp_path / "conformers.yaml",

@@ -35,6 +35,7 @@ def ray_chain_workers() -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_ray_gives_the_local_executors_table(tmp_path):
     overrides = ["seeds=20", "iterations=6", "sweep.samples=[50,100]"]
     config = ROOT / "configs" / "quickstart.yaml"
@@ -46,6 +47,7 @@ def test_ray_gives_the_local_executors_table(tmp_path):
     assert status.strip() == "6 chains: 6 done; 36 of 36 iterations committed"
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_is_rerun_and_the_chain_resumes_to_the_same_table(tmp_path):
     config = tmp_path / "slow.yaml"
     config.write_text(yaml.safe_dump(SLOW_TWO_CHAINS))
@@ -77,6 +79,7 @@ def test_bad_executor_choices_get_one_line_before_anything_is_written(tmp_path):
     assert result.returncode == 2 and "executor.gpus_per_chain" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_error_in_a_chain_comes_back_from_its_ray_task_in_one_line(tmp_path):
     run = tmp_path / "run"
     failed = cli("run", failing_at_iteration_2(tmp_path), "--out", run, "-q", "--executor", "ray", timeout=300)

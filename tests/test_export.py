@@ -33,6 +33,7 @@ def expected(run: Path, regime: str) -> tuple[np.ndarray, np.ndarray]:
     return interval.mean, np.stack([interval.low, interval.high])
 
 
+@pytest.mark.slow
 def test_mlflow_holds_one_run_per_chain_with_the_tables_numbers(run, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -80,6 +81,7 @@ def wandb_records(run_file: Path) -> list:
     return records
 
 
+@pytest.mark.slow
 def test_wandb_offline_holds_one_run_per_chain_with_the_tables_numbers(run, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.chdir(tmp_path)

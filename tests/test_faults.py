@@ -117,6 +117,7 @@ def slow_straight(tmp_path_factory):
 
 
 # -- data loss ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_swept_path_cannot_lead_the_run_outside_its_directory(tmp_path):
     from PIL import Image
 
@@ -177,6 +178,7 @@ def test_resume_rebuilds_a_rolled_back_record_and_never_deletes_a_committed_iter
     assert "iter_0011) is missing" in one_line_error(cli("table", run))
 
 
+@pytest.mark.slow
 def test_two_runs_released_together_never_mix_in_one_directory(tmp_path):
     lr = config(tmp_path / "lr.yaml", iterations=5)
     gaussian = config(tmp_path / "g.yaml", setting={"name": "gaussian", "dim": 2, "samples": 10}, iterations=5)
@@ -203,6 +205,7 @@ def test_two_runs_released_together_never_mix_in_one_directory(tmp_path):
         assert not list(tmp_path.glob(".run*.creating-*")), "a loser's staging directory was left behind"
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_running_run_gets_one_line_naming_the_holder(tmp_path, slow_straight):
     path, expected = slow_straight
     run = tmp_path / "run"
@@ -301,6 +304,7 @@ def two_chains_running(tmp_path, path):
     return run, process, workers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_workers_die_with_the_main_process_and_the_run_resumes(tmp_path, slow_straight, how):
     path, expected = slow_straight
@@ -315,6 +319,7 @@ def test_workers_die_with_the_main_process_and_the_run_resumes(tmp_path, slow_st
     assert table(run) == expected
 
 
+@pytest.mark.slow
 def test_stopped_workers_commit_what_they_computed(tmp_path, slow_straight):
     path, expected = slow_straight
     run = tmp_path / "run"
@@ -331,6 +336,7 @@ def test_stopped_workers_commit_what_they_computed(tmp_path, slow_straight):
     assert table(run) == expected
 
 
+@pytest.mark.slow
 def test_a_killed_worker_gives_one_line_and_the_run_resumes(tmp_path, slow_straight):
     path, expected = slow_straight
     run, process, workers = two_chains_running(tmp_path, path)
@@ -349,6 +355,7 @@ def test_a_killed_worker_gives_one_line_and_the_run_resumes(tmp_path, slow_strai
     assert cli("status", run, "--summary").stdout.strip() == "2 chains: 2 done; 1200 of 1200 iterations committed"
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_including_inside_a_commit(tmp_path, slow_straight):
     path, expected = slow_straight
     rng = random.Random(8)
@@ -387,6 +394,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_the_run_resumes_once_there_is_room(tmp_path, small_disk):
     path = config(
         tmp_path / "lr.yaml", setting={"name": "linear-regression", "dim": 5, "samples": 50}, iterations=60, seeds=4000
@@ -662,6 +670,7 @@ def unfinished_vae(vae_run, tmp_path) -> tuple[Path, Path]:
     return run, chain
 
 
+@pytest.mark.slow
 def test_a_costly_chain_resumes_from_what_it_kept_and_names_what_is_damaged(vae_run, tmp_path):
     run, chain = unfinished_vae(vae_run, tmp_path)
     assert cli("resume", run, "-q").returncode == 0
@@ -679,6 +688,7 @@ def test_a_costly_chain_resumes_from_what_it_kept_and_names_what_is_damaged(vae_
     assert "iter_0002/synthetic/x.npy" in line and "shape" in line
 
 
+@pytest.mark.slow
 def test_a_vae_chain_kept_before_batches_were_memory_mapped_resumes(vae_run, tmp_path):
     """Earlier versions kept a VAE's synthetic batch as samples.npz: such a run still resumes, the same."""
     run, chain = unfinished_vae(vae_run, tmp_path)
@@ -689,6 +699,7 @@ def test_a_vae_chain_kept_before_batches_were_memory_mapped_resumes(vae_run, tmp
     assert table(run) == table(vae_run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["iter_0002/model/model.pt", "iter_0002/synthetic/x.npy"])
 def test_random_bytes_in_a_kept_file_are_called_corrupted_never_a_pickle(vae_run, tmp_path, name):
     run, chain = unfinished_vae(vae_run, tmp_path)
@@ -700,6 +711,7 @@ def test_random_bytes_in_a_kept_file_are_called_corrupted_never_a_pickle(vae_run
 # -- neural settings: previews, and reading runs without PyTorch ---------------------------------
 
 
+@pytest.mark.slow
 def test_table_and_plot_of_a_vae_run_work_without_pytorch(vae_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(vae_run, run)
@@ -715,6 +727,7 @@ def test_table_and_plot_of_a_vae_run_work_without_pytorch(vae_run, tmp_path):
     assert (run / "figures" / "samples_base.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content",
     [np.zeros((4, 8, 8), np.uint8), np.zeros((4, 8, 8, 1), np.float32), np.zeros((4, 8, 8, 2), np.uint8)],

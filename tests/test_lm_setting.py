@@ -119,6 +119,7 @@ def test_bad_language_model_configs(tmp_path):
             build_experiment(raw)
 
 
+@pytest.mark.slow
 def test_run_table_and_text_samples_from_the_command_line(tmp_path, monkeypatch):
     config = {
         "setting": tiny_language_model(tmp_path / "tokenizers"),
@@ -161,6 +162,7 @@ def test_accumulated_synthetic_corpora_are_read_from_disk_not_kept_in_ram(config
     assert seen[2][0] is np.ndarray and seen[2][1] is np.memmap and seen[2][2] is np.ndarray
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbers(tmp_path):
     import io
     import os
@@ -229,6 +231,7 @@ def test_a_run_killed_mid_training_resumes_at_the_saved_step_with_the_same_numbe
     pd.testing.assert_frame_equal(killed, straight)
 
 
+@pytest.mark.slow
 def test_a_run_under_torchrun_with_two_processes(tmp_path):
     """Two gloo ranks run the chains together; rank 0 writes the run directory, once."""
     import io

@@ -96,6 +96,7 @@ def small_corpus():
     return tokenizer, encode(train_documents), encode(validation_documents)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_validation_loss_and_is_deterministic(small_corpus):
     tokenizer, train_corpus, validation_corpus = small_corpus
     eos = tokenizer.eos_token_id
@@ -303,6 +304,7 @@ distributed.finish()
 """
 
 
+@pytest.mark.slow
 def test_data_parallel_training_over_two_processes_equals_one_process(tmp_path):
     """torchrun with 2 CPU processes (gloo) follows the single-process optimisation."""
     import subprocess

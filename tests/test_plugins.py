@@ -116,6 +116,7 @@ def test_a_registered_setting_and_its_import_path_run_to_the_same_numbers(plugin
     assert marker["origin"]["kind"] == "import path" and marker["origin"]["distribution"] == "mean-plugin"
 
 
+@pytest.mark.slow
 def test_list_says_where_every_setting_comes_from(plugin):
     result = cli("list", env={**os.environ, "COLUMNS": "300"})
     assert result.returncode == 0, result.stderr
@@ -124,6 +125,7 @@ def test_list_says_where_every_setting_comes_from(plugin):
     assert "mean-plugin 1.2.3 (entry point mean_plugin:MeanSetting)" in lines["mean"]
 
 
+@pytest.mark.slow
 def test_a_run_directory_never_makes_the_tool_import_a_path(tmp_path, monkeypatch):
     # a module that, imported, leaves a file: named in a run directory's config, it must stay unimported
     (tmp_path / "payload.py").write_text(f"open({str(tmp_path / MARKER)!r}, 'w').close()\nclass S: pass\n")

@@ -74,6 +74,7 @@ def assert_renders(seen: dict, page: Path, figures: int) -> None:
     assert (shot < 200).mean() > 0.02, "the page looks blank"
 
 
+@pytest.mark.slow
 def test_report_of_a_swept_run_renders_in_chromium_with_every_figure(tmp_path, browser):
     out = run(
         tmp_path / "gauss", ROOT / "configs" / "gaussian.yaml", "seeds=6", "iterations=4", "sweep.samples=[10,32]"
@@ -93,6 +94,7 @@ def test_report_of_a_swept_run_renders_in_chromium_with_every_figure(tmp_path, b
     assert "tool_commit" not in text and "numpy" in text  # the environment the run recorded
 
 
+@pytest.mark.slow
 def test_report_of_an_image_run_shows_its_sample_grids(tmp_path, browser):
     config = write_config(
         tmp_path / "vae.yaml",
@@ -142,6 +144,7 @@ def test_bad_report_arguments_get_one_line(tmp_path):
         assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_compare_overlays_runs_per_regime_in_one_page(tmp_path, browser):
     small = run(tmp_path / "T100", ROOT / "configs" / "quickstart.yaml", "seeds=8", "iterations=5")
     large = run(

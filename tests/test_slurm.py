@@ -19,6 +19,8 @@ import yaml
 from helpers import FAILING_AT_ITERATION_2, SLOW_TWO_CHAINS, completed, failing_at_iteration_2, tiny_language_model
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 
+pytestmark = pytest.mark.slow  # a real single-node cluster, started per module
+
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("submitit", reason="the slurm executor's tests need submitit (pip install -e '.[slurm]')")
 

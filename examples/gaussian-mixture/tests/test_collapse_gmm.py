@@ -52,6 +52,7 @@ def test_broken_variants_fail_the_check_that_names_their_fault(broken, check):
     assert str(failure.value).startswith(f"{check}: ")
 
 
+@pytest.mark.slow
 def test_replace_loses_the_mixture_and_accumulate_keeps_it():
     from model_collapse.chain import run_chain
     from model_collapse.regimes import parse_regime
