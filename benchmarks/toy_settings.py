@@ -14,7 +14,7 @@ seeds and iterations given here) is run three ways, each in a fresh process, sid
 It prints wall-clock seconds and peak memory (max RSS) of each, the loop/cli speed ratio (target >= 5x)
 and the cli/engine memory ratio (target <= 1.5x), and the run directory's size.
 
-    python benchmarks/toy_settings.py [--seeds 100] [--iterations 100] [--only linear_regression gaussian kde]
+    python benchmarks/toy_settings.py [--seeds 100] [--iterations 100] [--only gaussian_small kde ...]
 """
 
 from __future__ import annotations
@@ -30,13 +30,23 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("linear_regression", "gaussian", "kde")
+SETTINGS = ("linear_regression", "gaussian", "gaussian_small", "kde")
+# name -> (shipped config, overrides): gaussian_small is the Gaussian config at one sweep point, T = 100
+# (d = 10, three regimes), a sweep small enough that start-up and per-iteration overheads show.
+CONFIGS = {"gaussian_small": ("gaussian", ["setting.samples=100"])}
+
+
+def config_of(name: str) -> tuple[str, list[str]]:
+    return CONFIGS.get(name, (name, []))
 
 
 def experiment(name: str, seeds: int, iterations: int):
     from model_collapse.config import load_experiment
 
-    return load_experiment(ROOT / "configs" / f"{name}.yaml", [f"seeds={seeds}", f"iterations={iterations}"])
+    config, overrides = config_of(name)
+    return load_experiment(
+        ROOT / "configs" / f"{config}.yaml", [*overrides, f"seeds={seeds}", f"iterations={iterations}"]
+    )
 
 
 def engine(name: str, seeds: int, iterations: int) -> None:
@@ -80,7 +90,7 @@ def loop(name: str, seeds: int, iterations: int) -> None:
                     _ = np.sum((w - w_true) ** 2)
                     labels = X @ w + sigma * rng.standard_normal(len(X))
                     pool = _grown(regime, pool, np.column_stack([X, labels]))
-            elif name == "gaussian":
+            elif name.startswith("gaussian"):
                 real = setting.real_train["x"][b]
                 pool = [real]
                 for _ in range(iterations):
@@ -105,7 +115,7 @@ def loop(name: str, seeds: int, iterations: int) -> None:
 def measure(command: list[str]) -> tuple[float, float]:
     """Wall-clock seconds and peak memory (MiB) of a command run in its own process."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -142,9 +152,10 @@ def main() -> None:
     for name in args.only:
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch) / "run"
-            config = [f"seeds={args.seeds}", f"iterations={args.iterations}"]
+            file, overrides = config_of(name)
+            config = [*overrides, f"seeds={args.seeds}", f"iterations={args.iterations}"]
             cli = measure(
-                [sys.executable, "-m", "model_collapse", "run", f"configs/{name}.yaml", *config, "--out", str(out)]
+                [sys.executable, "-m", "model_collapse", "run", f"configs/{file}.yaml", *config, "--out", str(out)]
                 + ["-q", "-j", "1"]
             )
             size = size_of(out)

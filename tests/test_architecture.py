@@ -162,3 +162,18 @@ def test_the_command_starts_without_numpy_torch_or_the_settings(arguments):
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert "HEAVY=\n" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("arguments", [["list"], ["list", "--markdown"]])
+def test_listing_the_settings_imports_no_model_code(arguments):
+    """``list`` reads the settings' declarations: numpy and pydantic, never PyTorch, RDKit or matplotlib."""
+    probe = (
+        "import sys\n"
+        "from model_collapse.cli import main\n"
+        f"sys.argv = ['model-collapse', *{arguments!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'rdkit', 'matplotlib', 'transformers') if m in sys.modules]\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "HEAVY=\n" in result.stderr, result.stderr[-2000:]

@@ -266,8 +266,11 @@ def list_(
         except ConfigError as error:  # two packages register the name
             settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "", "")
             continue
-        try:
-            cls = SETTINGS[name]
+        try:  # the declaration alone: listing imports no model code (PyTorch, RDKit)
+            missing = SETTINGS.unavailable(name)
+            if missing is not None:
+                raise missing
+            cls = SETTINGS.declared(name)
         except ConfigError as error:  # an optional dependency is missing: say how to get it
             settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "", "")
             continue

@@ -22,7 +22,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from scipy.special import gammaln, logsumexp
-from sklearn import datasets
 
 from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
@@ -38,6 +37,8 @@ CHUNK_ELEMENTS = 2**22
 
 def draw_real(config: KDEConfig, size: int, random_state: int, centres: np.ndarray | None = None) -> np.ndarray:
     """``size`` points of the configured scikit-learn toy distribution (``centres``: the blobs')."""
+    from sklearn import datasets  # (here: scikit-learn takes most of a second to import)
+
     if config.dataset == "moons":
         return datasets.make_moons(size, noise=config.noise, random_state=random_state)[0]
     if config.dataset == "circles":

@@ -21,6 +21,7 @@ imported because the user installed that package.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -61,6 +62,13 @@ _BUILT_IN = {
         "molecules",
         ("conformer_diffusion.config", "ConformerDiffusionDeclaration"),
     ),
+}
+
+# What each extra installs that its settings import (the names pyproject.toml's extras install).
+_EXTRA_MODULES = {
+    "images": ("torch", "PIL"),
+    "lm": ("torch", "transformers", "tokenizers", "datasets"),
+    "molecules": ("torch", "rdkit", "PIL"),
 }
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
@@ -256,6 +264,17 @@ class Registry(Mapping[str, "type[Setting]"]):
             module, cls, extra, declaration = _BUILT_IN[name]
             return _built_in(*(declaration or (module, cls)), name, extra)
         return self.resolve(name, import_paths)
+
+    def unavailable(self, name: str) -> SettingUnavailable | None:
+        """Why the built-in setting ``name`` cannot run here (a module of its extra is not installed),
+        found without importing anything; None when it can, or when ``name`` is not built in."""
+        if name not in _BUILT_IN:
+            return None
+        extra = _BUILT_IN[name][2]
+        for module in _EXTRA_MODULES.get(extra or "", ()):
+            if importlib.util.find_spec(module) is None:
+                return SettingUnavailable(f"setting {name!r} needs {module}; install it with {install_hint(extra)}")
+        return None
 
     def known(self, name: object) -> bool:
         """Whether ``name`` names a setting: built in, registered or an import path (not imported here)."""
