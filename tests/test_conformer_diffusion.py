@@ -381,6 +381,13 @@ def test_bad_geom_files_get_one_line_and_run_nothing_they_name(tmp_path, monkeyp
     empty = Data(atom_type=none, pos=torch.zeros(0, 3), edge_index=torch.zeros(2, 0, dtype=torch.long), edge_type=none)
     train.write_bytes(pickle.dumps([empty]))
     refused("record 0 is a molecule without atoms")
+    unlaid = Data(atom_type=none)
+    unlaid._store.__dict__["_mapping"] = 7  # a state whose fields are not a mapping
+    train.write_bytes(pickle.dumps([unlaid]))
+    refused("record 0 is not laid out as a PyG Data record")
+    wrong = Data(atom_type=torch.ones(2, dtype=torch.long), pos="two atoms", edge_index=none, edge_type=none)
+    train.write_bytes(pickle.dumps([wrong]))
+    refused("record 0 has a field of the wrong kind")
     train.write_bytes(pickle.dumps([]))
     refused("train_data_40k.pkl: holds no conformers")
     train.unlink()

@@ -336,3 +336,29 @@ def test_data_parallel_training_over_two_processes_equals_one_process(tmp_path):
         assert a["step"] == b["step"]
         assert a["validation_loss"] == pytest.approx(b["validation_loss"], rel=1e-4)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_a_training_state_holding_objects_is_refused_in_one_line_and_never_run(tmp_path, caplog):
+    """A ``training_state.pt`` someone else wrote, holding a pickled payload: refused (never unpickled),
+    said in one line without torch's advice to load it with ``weights_only=False``."""
+    import os
+    import pickle
+
+    from model_collapse.settings.training_state import TrainingState
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    state = TrainingState(tmp_path, 10.0, {"run": 1})
+    torch.save({"fingerprint": state.fingerprint, "model": Payload()}, tmp_path / TrainingState.FILE)
+    with caplog.at_level("WARNING", logger="model_collapse"):
+        assert state.load() is None
+    assert not (tmp_path / "ran").exists()
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert "refused training state" in message and "weights_only" not in message and "\n" not in message
+    (tmp_path / TrainingState.FILE).write_bytes(pickle.dumps([1, 2])[:5])  # truncated: another one line
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="model_collapse"):
+        assert state.load() is None
+    assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()

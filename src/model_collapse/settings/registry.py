@@ -271,7 +271,9 @@ class Registry(Mapping[str, "type[Setting]"]):
         if name not in _BUILT_IN:
             return None
         extra = _BUILT_IN[name][2]
-        for module in _EXTRA_MODULES.get(extra or "", ()):
+        if extra is None:
+            return None
+        for module in _EXTRA_MODULES.get(extra, ()):
             if importlib.util.find_spec(module) is None:
                 return SettingUnavailable(f"setting {name!r} needs {module}; install it with {install_hint(extra)}")
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 
@@ -41,11 +42,19 @@ class TrainingState:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's message advises weights_only=False: never, for this file
+            log.warning(
+                "refused training state %s: it holds objects other than tensors and plain data, which are "
+                "never unpickled; training from the start",
+                self.path,
+            )
+            return None
         except Exception as error:  # torch raises many types for a truncated or foreign file
-            log.warning("ignoring unreadable training checkpoint %s (%s); training from the start", self.path, error)
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            log.warning("ignoring unreadable training state %s (%s); training from the start", self.path, reason)
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring training checkpoint %s of another run; training from the start", self.path)
+            log.warning("ignoring training state %s of another run; training from the start", self.path)
             return None
         return state
 

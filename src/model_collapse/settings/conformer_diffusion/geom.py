@@ -25,16 +25,22 @@ from ...errors import ModelCollapseError
 
 
 class _Record:
-    """Stands in for PyG's ``Data`` and ``GlobalStorage``: keeps whatever state the pickle sets."""
+    """Stands in for PyG's ``Data`` and ``GlobalStorage``: keeps whatever state the pickle sets, and has
+    no method of its own that a state could shadow (``_attributes`` reads it)."""
 
     def __setstate__(self, state):
         self.__dict__.update(state if isinstance(state, dict) else {})
 
-    def attributes(self) -> dict:
-        store = self.__dict__.get("_store")
-        if isinstance(store, _Record):  # PyG 2.x
-            return dict(store.__dict__.get("_mapping", {}))
-        return {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
+
+def _attributes(record: _Record) -> dict | None:
+    """A record's fields (PyG 2.x keeps them in ``_store._mapping``, 1.x in the record itself), or None
+    when the state is not laid out as either."""
+    state = record.__dict__
+    store = state.get("_store")
+    if isinstance(store, _Record):  # PyG 2.x
+        mapping = store.__dict__.get("_mapping", {})
+        return dict(mapping) if isinstance(mapping, dict) else None
+    return {key: value for key, value in state.items() if isinstance(key, str) and not key.startswith("_")}
 
 
 class _Marker:
@@ -110,7 +116,16 @@ def read_records(path: Path) -> list[dict]:
         raise ModelCollapseError(f"{path}: not a GeoDiff pickle ({type(error).__name__}: {error})"[:300]) from None
     if not isinstance(loaded, list) or not all(isinstance(r, _Record) for r in loaded):
         raise ModelCollapseError(f"{path}: not a GeoDiff pickle (expected a list of PyG Data records)")
-    return [_record(path, index, r.attributes()) for index, r in enumerate(loaded)]
+    records = []
+    for index, record in enumerate(loaded):
+        attributes = _attributes(record)
+        if attributes is None:
+            raise ModelCollapseError(f"{path}: record {index} is not laid out as a PyG Data record")
+        try:
+            records.append(_record(path, index, attributes))
+        except (TypeError, ValueError, AttributeError) as error:  # fields of the wrong kind
+            raise ModelCollapseError(f"{path}: record {index} has a field of the wrong kind ({error})"[:300]) from None
+    return records
 
 
 def _array(value) -> np.ndarray:
