@@ -96,3 +96,21 @@ def test_the_band_is_students_t_interval_of_the_mean_over_finite_seeds():
     assert interval.nonfinite(values, np.arange(1, 4)) == "-inf for 4 of 5 seeds at iteration 3"
     one_seed = confidence_interval(np.ones((4, 1)))
     assert np.isnan(one_seed.low).all() and one_seed.band_text == "1 seed: no interval"
+
+
+@pytest.mark.parametrize("sweep", [None, {"model.latent_dim": [2, 3]}])
+def test_sample_and_learning_curve_titles_name_a_sweep_point_only_when_there_is_a_sweep(tmp_path, sweep):
+    import model_collapse
+    from helpers import tiny_vae
+    from model_collapse.plots import learning_curve_figures, sample_figures
+
+    config = {"setting": tiny_vae(), "regimes": ["replace"], "iterations": 2, "seeds": 1}
+    if sweep:
+        config["sweep"] = sweep
+    model_collapse.run(config, out=tmp_path / "run", workers=1)
+    experiment, chains = load_run(tmp_path / "run")
+    titles = [figure._suptitle.get_text() for figures in (sample_figures, learning_curve_figures)
+              for _, figure in figures(experiment, chains)]  # fmt: skip
+    assert titles and not any("base" in title for title in titles), titles
+    if sweep:
+        assert any("(" in title and "=" in title for title in titles), titles

@@ -174,8 +174,14 @@ def text_samples(experiment, results: list[ChainResult]) -> dict[str, list[tuple
     return pages
 
 
-def _text_page(setting_name: str, point: str, sections: list[tuple[str, list[str]]]) -> str:
-    lines = [f"# {setting_name}: samples ({point})"]
+def _about(chains: dict[str, ChainResult]) -> str:
+    """A figure title's sweep point, `` (T = 32)``; nothing for a run without a sweep (its one point)."""
+    title = next(iter(chains.values())).spec.point_title
+    return f" ({title})" if title else ""
+
+
+def _text_page(setting_name: str, about: str, sections: list[tuple[str, list[str]]]) -> str:
+    lines = [f"# {setting_name}: samples{about}"]
     for heading, texts in sections:
         lines += ["", f"## {heading}", "", *(f"{i + 1}. {' '.join(t.split())}" for i, t in enumerate(texts))]
     return "\n".join(lines) + "\n"
@@ -237,7 +243,7 @@ def sample_figures(experiment, results: list[ChainResult]):
         _show(axes[0][0], real, "real data")
         for ax, (label, chain) in zip(axes[0][1:], chains.items()):
             _show(ax, _pictures(setting, chain.preview(last[label])), f"{label}, iteration {last[label]}")
-        figure.suptitle(f"{experiment.setting_name}: samples ({point})")
+        figure.suptitle(f"{experiment.setting_name}: samples{_about(chains)}")
         yield f"samples_{point}", figure
 
         iterations = sorted({int(i) for i in np.linspace(1, max(last.values()), min(6, max(last.values())))})
@@ -255,7 +261,7 @@ def sample_figures(experiment, results: list[ChainResult]):
                     axes[row][column].set_visible(False)
                     continue
                 _show(axes[row][column], images, f"{label}, iteration {iteration}")
-        figure.suptitle(f"{experiment.setting_name}: samples by iteration ({point})")
+        figure.suptitle(f"{experiment.setting_name}: samples by iteration{_about(chains)}")
         yield f"samples_by_iteration_{point}", figure
 
 
@@ -289,7 +295,7 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(y_label)
         axes[0][0].legend(fontsize=7)
-        figure.suptitle(f"{experiment.setting_name}: learning curves ({point})")
+        figure.suptitle(f"{experiment.setting_name}: learning curves{_about(chains)}")
         yield f"learning_curves_{point}", figure
 
 
@@ -445,9 +451,11 @@ def plot_run(run_directory: Path) -> list[Path]:
     for figures in (metric_figures, sample_figures, learning_curve_figures):
         for name, figure in figures(experiment, chain_results):
             written += save_figure(figure, out, name)
+    titles = {result.spec.point_name: result.spec.point_title for result in chain_results}
     for point, sections in text_samples(experiment, chain_results).items():
         written.append(out / f"samples_{point}.md")
-        write_text_atomic(written[-1], _text_page(experiment.setting_name, point, sections))
+        about = f" ({titles[point]})" if titles.get(point) else ""
+        write_text_atomic(written[-1], _text_page(experiment.setting_name, about, sections))
     for name, text in preview_files(experiment, chain_results).items():
         written.append(out / name)
         write_text_atomic(written[-1], text)
