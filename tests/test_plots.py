@@ -114,3 +114,7 @@ def test_sample_and_learning_curve_titles_name_a_sweep_point_only_when_there_is_
     assert titles and not any("base" in title for title in titles), titles
     if sweep:
         assert any("(" in title and "=" in title for title in titles), titles
+    else:  # a neural run's mean is no "simulation" beside a closed form: the setting has none
+        by_regime = dict(metric_figures(experiment, chains))["test_loss_by_regime"]
+        legend = [text.get_text() for text in by_regime.legends[0].get_texts()]
+        assert legend == ["1 seed: no interval"], legend

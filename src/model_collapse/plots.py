@@ -319,6 +319,7 @@ class _Layout:
     band: str
     columns: int
     block: int  # rows of panels per regime (per figure for the combined one)
+    mean_label: str  # "simulation: " beside closed forms; nothing for a setting without any (a neural run)
 
     @classmethod
     def of(cls, experiment, chain_results: list[ChainResult]) -> _Layout:
@@ -337,6 +338,7 @@ class _Layout:
             band_text(max(len(r.spec.seeds) for r in results)),
             columns,
             -(-len(points) // columns),
+            "simulation: " if theory.has_theory(experiment.setting_name) else "",
         )
 
 
@@ -374,7 +376,7 @@ def _by_regime_figure(layout: _Layout, metric: str, info):
                 ax.set_visible(False)
                 continue
             mean, note = draw_mean(
-                ax, result, result.metrics[metric], layout.colours[regime], f"simulation: {layout.band}"
+                ax, result, result.metrics[metric], layout.colours[regime], f"{layout.mean_label}{layout.band}"
             )
             _draw_theory(ax, result, metric, "black", with_label=True)
             _draw_reference(ax, result, metric, with_label=True)
