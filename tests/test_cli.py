@@ -358,3 +358,17 @@ def test_the_readmes_config_reference_is_what_list_markdown_prints():
     assert copied == settings_markdown(built_in).strip(), "run `model-collapse list --markdown` and paste it"
     printed = invoke("list", "--markdown")
     assert printed.exit_code == 0 and settings_markdown(built_in).strip() in printed.stdout
+
+
+def test_a_sweep_too_large_for_one_run_is_refused_at_once_and_repeats_are_still_found(tmp_path):
+    """A million sweep points (two axes of 1,000) are counted, not built: one line, at once, nothing
+    written; the check for repeated values stays exact (1 and 1.0 are one value) on a long axis."""
+    config = write_config(tmp_path / "lr.yaml")
+    thousand = "[" + ",".join(str(i) for i in range(1, 1001)) + "]"
+    started = time.monotonic()
+    result = invoke("run", config, f"sweep.samples={thousand}", f"sweep.dim={thousand}", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "1,000,000 sweep points (samples: 1,000 x dim: 1,000)" in result.output
+    assert time.monotonic() - started < 10 and not (tmp_path / "run").exists()
+    repeated = "[" + ",".join(str(i) for i in range(1, 5001)) + ",2500.0]"
+    result = invoke("run", config, f"sweep.samples={repeated}", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "sweep.samples: the value 2500.0 is listed twice" in result.output

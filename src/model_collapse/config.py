@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, get_origin
@@ -144,6 +145,24 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
     del data[leaf]
 
 
+# Sweep points one run may hold: a run tracks every chain in one process, and a sweep this large is
+# better split (a typo such as a range of a million values is refused at once, not after minutes).
+MAX_SWEEP_POINTS = 10_000
+
+
+def _first_repeat(values: list) -> tuple[Any] | None:
+    """The first value equal to an earlier one (as ``==`` says, so 1 and 1.0 are one), or None."""
+    try:
+        seen: set = set()
+        for value in values:
+            if value in seen:
+                return (value,)
+            seen.add(value)
+        return None
+    except TypeError:  # unhashable values (lists swept as values): compare pairwise
+        return next(((value,) for i, value in enumerate(values) if value in values[:i]), None)
+
+
 def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str, list]:
     """The sweep as dotted setting keys to their values, checked.
 
@@ -155,6 +174,14 @@ def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str
         if isinstance(value, list) and field is not None and not _takes_a_list(field):
             problems.append(f"setting.{key}: a list of values is a sweep; write it as sweep: {{{key}: {value}}}")
     axes = flatten(config.sweep)
+    sizes = {key: len(values) for key, values in axes.items() if isinstance(values, list)}
+    points = math.prod(sizes.values())
+    if points > MAX_SWEEP_POINTS:  # counted before anything is expanded, validated or compared
+        shape = " x ".join(f"{key}: {size:,}" for key, size in sizes.items())
+        raise ConfigError(
+            f"sweep: {points:,} sweep points ({shape}), more than the {MAX_SWEEP_POINTS:,} one run holds; "
+            "split the sweep into several runs"
+        )
     for key, values in axes.items():
         if key == "name":
             problems.append("sweep.name: a run has one setting")
@@ -168,8 +195,8 @@ def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str
         elif not values:
             problems.append(f"sweep.{key}: an empty list sweeps over nothing")
         else:
-            repeated = [value for i, value in enumerate(values) if value in values[:i]]
-            if repeated:
+            repeated = _first_repeat(values)
+            if repeated is not None:
                 problems.append(f"sweep.{key}: the value {repeated[0]!r} is listed twice")
     if problems:
         raise ConfigError("; ".join(problems))
