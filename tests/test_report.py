@@ -3,6 +3,7 @@
 
 import html
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,14 @@ def test_compare_refuses_what_it_cannot_overlay_in_one_line(tmp_path):
         assert result.exit_code == 2 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_the_metric_tables_show_every_iteration_of_a_short_run_and_say_what_a_long_ones_leave_out(tmp_path):
+    short = run(tmp_path / "short", ROOT / "configs" / "quickstart.yaml", "seeds=3", "iterations=6")
+    page = Path(invoke("report", short).stdout.strip()).read_text()
+    assert re.findall(r"<th>iteration (\d+)</th>", page)[:6] == ["1", "2", "3", "4", "5", "6"]
+    assert "are shown; the figures show every one" not in page
+    long = run(tmp_path / "long", ROOT / "configs" / "quickstart.yaml", "seeds=3", "iterations=20")
+    page = Path(invoke("report", long).stdout.strip()).read_text()
+    assert re.findall(r"<th>iteration (\d+)</th>", page)[:5] == ["1", "6", "10", "15", "20"]
+    assert "Iterations 1, 6, 10, 15, 20 of 1–20 are shown; the figures show every one." in page

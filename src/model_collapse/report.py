@@ -70,9 +70,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.3g} h"
 
 
+# A metric's table shows every iteration of a run up to this long; of a longer one, five spread out.
+TABLE_EVERY_ITERATION = 12
+
+
 def table_iterations(last: int) -> list[int]:
-    """The iterations a metric's table shows: the first, three in between and the last."""
+    """The iterations a metric's table shows: every one up to ``TABLE_EVERY_ITERATION``, else the first,
+    three in between and the last."""
+    if last <= TABLE_EVERY_ITERATION:
+        return list(range(1, last + 1))
     return sorted({int(round(i)) for i in np.linspace(1, last, 5)})
+
+
+def table_note(shown: list[int], last: int) -> str:
+    """What a table shows of the iterations, when it leaves some out."""
+    if len(shown) == last:
+        return ""
+    return f"Iterations {', '.join(map(str, shown))} of 1–{last} are shown; the figures show every one."
 
 
 def _metric_table(metric: str, results: list[ChainResult], iterations: list[int]) -> list[dict[str, Any]]:
@@ -151,6 +165,7 @@ def build_report(run_directory: Path) -> str:
                     "label": label,
                     "figures": [figures[name] for name in (metric, f"{metric}_by_regime") if name in figures],
                     "iterations": shown,
+                    "shown": table_note(shown, max(shown)),
                     "rows": _metric_table(metric, results, shown),
                 }
             )
