@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -372,3 +373,17 @@ def test_a_sweep_too_large_for_one_run_is_refused_at_once_and_repeats_are_still_
     repeated = "[" + ",".join(str(i) for i in range(1, 5001)) + ",2500.0]"
     result = invoke("run", config, f"sweep.samples={repeated}", "--out", tmp_path / "run")
     assert result.exit_code == 2 and "sweep.samples: the value 2500.0 is listed twice" in result.output
+
+
+def test_list_finds_a_settings_missing_extra_from_the_packages_own_extras():
+    """``list`` says which extra a setting lacks without importing it, from the extras pyproject.toml
+    declares (as the installed metadata lists them); here every extra is installed."""
+    tomllib = pytest.importorskip("tomllib")
+    from model_collapse.settings import SETTINGS, registry
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    for name, (_, _, extra, _) in registry._BUILT_IN.items():
+        assert SETTINGS.unavailable(name) is None
+        if extra is not None:
+            declared = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in extras["optional-dependencies"][extra]]
+            assert registry._extra_distributions(extra) == declared

@@ -134,7 +134,7 @@ def _saves_model(checkpoints: str, final: bool, resumes_from_model: bool) -> boo
 class _Uncommitted:
     """A chain without a run directory (a library call, a test): nothing is kept."""
 
-    def start(self, chain: _Chain, iterations: int) -> list[IterationRecord]:
+    def start(self, iterations: int) -> list[IterationRecord]:
         """The records of the iterations already committed, after which the chain resumes."""
         return []
 
@@ -149,15 +149,16 @@ class _CheapCommits(_Uncommitted):
     """A cheap chain: records committed in groups, at most every ``interval_s`` (and at the end, and
     when stopped), models only as ``checkpoints`` asks; resumed by recomputing."""
 
-    def __init__(self, setting: Setting, store: ChainStore, checkpoints: str, interval_s: float) -> None:
-        self.setting, self.store, self.checkpoints, self.interval_s = setting, store, checkpoints, interval_s
+    def __init__(self, chain: _Chain, store: ChainStore, checkpoints: str, interval_s: float) -> None:
+        self.chain, self.store, self.checkpoints, self.interval_s = chain, store, checkpoints, interval_s
+        self.setting = chain.setting
         self.pending: list[IterationRecord] = []
         self.last_commit = time.monotonic()
 
-    def start(self, chain: _Chain, iterations: int) -> list[IterationRecord]:
+    def start(self, iterations: int) -> list[IterationRecord]:
         records = _open(self.store, self.setting, iterations)
         if 0 < len(records) < iterations:
-            chain.recompute(self.store, records[-1])
+            self.chain.recompute(self.store, records[-1])
         return records
 
     def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
@@ -187,13 +188,14 @@ class _CostlyCommits(_Uncommitted):
     """A costly chain: every iteration committed with its model, the synthetic batch the regime keeps,
     the model's preview and the fit's details; resumed from them."""
 
-    def __init__(self, setting: Setting, store: ChainStore, checkpoints: str, chain: _Chain) -> None:
-        self.setting, self.store, self.checkpoints, self.chain = setting, store, checkpoints, chain
+    def __init__(self, chain: _Chain, store: ChainStore, checkpoints: str) -> None:
+        self.chain, self.store, self.checkpoints = chain, store, checkpoints
+        self.setting = chain.setting
 
-    def start(self, chain: _Chain, iterations: int) -> list[IterationRecord]:
+    def start(self, iterations: int) -> list[IterationRecord]:
         records = _open(self.store, self.setting, iterations)
         if 0 < len(records) < iterations:
-            chain.restore(self.store, len(records))
+            self.chain.restore(self.store, len(records))
         return records
 
     def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
@@ -246,10 +248,10 @@ def run_chain(
     if store is None:
         commits = _Uncommitted()
     elif setting.cheap:
-        commits = _CheapCommits(setting, store, checkpoints, commit_interval_s)
+        commits = _CheapCommits(chain, store, checkpoints, commit_interval_s)
     else:
-        commits = _CostlyCommits(setting, store, checkpoints, chain)
-    records = commits.start(chain, iterations)
+        commits = _CostlyCommits(chain, store, checkpoints)
+    records = commits.start(iterations)
     try:
         for iteration in range(len(records) + 1, iterations + 1):
             started = time.perf_counter()

@@ -249,14 +249,12 @@ def list_(
     """List the settings (with their config fields) and the regimes."""
     from rich.table import Table
 
+    from .reference import config_fields, settings_markdown
     from .regimes import REGIMES
     from .settings import SETTINGS
 
     if markdown:
-        from .reference import settings_markdown
-
-        names = [name for name in SETTINGS if _guarded(lambda name=name: SETTINGS.declared(name)) is not None]
-        sys.stdout.write(settings_markdown(names))
+        sys.stdout.write(_guarded(lambda: settings_markdown(list(SETTINGS))))
         return
     console = Console()
     settings = Table("setting", "from", "fields (default)", "metrics", "closed forms", title="settings")
@@ -274,7 +272,7 @@ def list_(
         except ConfigError as error:  # an optional dependency is missing: say how to get it
             settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "", "")
             continue
-        fields = ", ".join(f"{k}={v}" for k, v in _defaults(cls.Config).items() if k != "name")
+        fields = ", ".join(f"{k}={f.get_default(call_default_factory=True)}" for k, f in config_fields(cls.Config))
         settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics), "yes" if _states_theory(name) else "")
     console.print(settings)
     regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
@@ -291,20 +289,6 @@ def _states_theory(name: str) -> bool:
         return has_theory(name)
     except ModelCollapseError:  # a setting that cannot be imported here
         return False
-
-
-def _defaults(config_type, prefix: str = "") -> dict[str, object]:
-    """A config's fields, dotted inside sections, with their defaults."""
-    from .settings.base import section_of
-
-    defaults: dict[str, object] = {}
-    for key, field in config_type.model_fields.items():
-        section = section_of(field.annotation)
-        if section is not None:
-            defaults.update(_defaults(section, f"{prefix}{key}."))
-        else:
-            defaults[f"{prefix}{key}"] = field.get_default(call_default_factory=True)
-    return defaults
 
 
 def main() -> None:

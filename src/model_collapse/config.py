@@ -33,7 +33,7 @@ from .errors import ConfigError
 from .experiment import ChainSpec, Experiment, RunConfig
 from .regimes import Regime, parse_regime
 from .settings import SETTINGS, SettingConfig
-from .settings.base import StrictConfig, section_of
+from .settings.base import field_of
 from .validation import validation_error
 from .yaml_text import YamlProblem, load_yaml
 
@@ -76,19 +76,6 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[leaf] = value
 
 
-def _field(config_type: type[StrictConfig], dotted: str):
-    """The pydantic field a dotted key names inside a config with sections, or None."""
-    *sections, leaf = dotted.split(".")
-    current = config_type
-    for part in sections:
-        field = current.model_fields.get(part)
-        section = section_of(field.annotation) if field is not None else None
-        if section is None:
-            return None
-        current = section
-    return current.model_fields.get(leaf)
-
-
 def _takes_a_list(field) -> bool:
     return get_origin(field.annotation) in (list, tuple)
 
@@ -128,7 +115,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         if not key.startswith("setting."):
             continue
         key = key.removeprefix("setting.")
-        field = _field(config_type, key)
+        field = field_of(config_type, key)
         sweep.pop(key, None)
         if isinstance(value, list) and field is not None and not _takes_a_list(field):
             sweep[key] = value
@@ -170,7 +157,7 @@ def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str
     setting for a field that takes one value is named with its place in ``sweep:``."""
     problems = []
     for key, value in flatten(config.setting).items():
-        field = _field(config_type, key)
+        field = field_of(config_type, key)
         if isinstance(value, list) and field is not None and not _takes_a_list(field):
             problems.append(f"setting.{key}: a list of values is a sweep; write it as sweep: {{{key}: {value}}}")
     axes = flatten(config.sweep)
@@ -185,7 +172,7 @@ def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str
     for key, values in axes.items():
         if key == "name":
             problems.append("sweep.name: a run has one setting")
-        elif _field(config_type, key) is None:
+        elif field_of(config_type, key) is None:
             if key in config_type.moved:
                 problems.append(f"sweep.{key}: moved to sweep.{config_type.moved[key]}")
             else:

@@ -27,7 +27,7 @@ from pydantic import (
 from .executors import EXECUTORS
 from .regimes import Regime
 from .settings import SETTINGS, SettingConfig
-from .settings.base import StrictConfig, section_of
+from .settings.base import StrictConfig, field_of
 from .validation import validation_error
 
 # Which models a chain leaves once it is complete (``chain.run_chain``).
@@ -172,12 +172,7 @@ def _short_hash(text: str) -> str:
 
 def _symbol(config_type: type[StrictConfig], dotted: str) -> str:
     """The symbol a (dotted) setting key goes by: its field's ``title`` if it has one, else the key."""
-    *sections, leaf = dotted.split(".")
-    for section in sections:
-        inner = section_of(config_type.model_fields[section].annotation)
-        assert inner is not None, f"{section} is not a section"  # the key named a field of the config
-        config_type = inner
-    return config_type.model_fields[leaf].title or dotted
+    return field_of(config_type, dotted).title or dotted  # (a sweep key names a field: config.py checks)
 
 
 def _token(value: Any) -> str:

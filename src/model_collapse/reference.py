@@ -15,12 +15,12 @@ BEGIN = "<!-- begin: model-collapse list --markdown -->"
 END = "<!-- end: model-collapse list --markdown -->"
 
 
-def fields(config_type: type[StrictConfig], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def config_fields(config_type: type[StrictConfig], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, pydantic field) of every field of a config, sections expanded."""
     for key, field in config_type.model_fields.items():
         section = section_of(field.annotation)
         if section is not None:
-            yield from fields(section, f"{prefix}{key}.")
+            yield from config_fields(section, f"{prefix}{key}.")
         elif f"{prefix}{key}" != "name":
             yield f"{prefix}{key}", field
 
@@ -46,7 +46,7 @@ def settings_markdown(names: Iterable[str]) -> str:
         declared = SETTINGS.declared(name)
         rows = [
             f"| `{key}` | {_default(field)} | {_cell(field.description or '')} |"
-            for key, field in fields(declared.Config)
+            for key, field in config_fields(declared.Config)
         ]
         metrics = "; ".join(f"`{metric}`: {_text(info.label)}" for metric, info in declared.metrics.items())
         parts.append(

@@ -19,6 +19,4 @@ def curves(config: SettingConfig, regime_name: str, iterations: int) -> list[Cur
 
 def has_theory(name: str) -> bool:
     """Whether the setting ``name`` states closed forms (overrides ``Setting.theory``)."""
-    from .settings.base import _overrides
-
-    return _overrides(SETTINGS.declared(name), "theory")
+    return SETTINGS.declared(name).states_theory()

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from .. import activity
@@ -83,7 +82,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(connection: Any, parent: int, run_directory: Path, spec: ChainSpec, work: Work) -> None:
+def _worker(connection: Any, parent: int, spec: ChainSpec, work: Work) -> None:
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     signal.signal(signal.SIGTERM, raise_terminated)  # the parent's way of stopping the chain (see _stop)
@@ -99,7 +98,7 @@ def _worker(connection: Any, parent: int, run_directory: Path, spec: ChainSpec, 
 
     try:
         with activity.listening(lambda line: connection.send(("activity", line))):
-            outcome = run_chain_spec(run_directory, spec, work.iterations, work.checkpoints, report)
+            outcome = run_chain_spec(work.run_directory, spec, work.iterations, work.checkpoints, report)
     except BaseException:  # Terminated: stopped by the parent, which is on its way out; nothing to report
         os._exit(143)
     connection.send(("outcome", outcome))
@@ -123,7 +122,7 @@ def _run_in_processes(work: Work, progress: Progress, workers: int) -> None:
                 reader, writer = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_worker,
-                    args=(writer, os.getpid(), work.run_directory, work.specs[index], light),
+                    args=(writer, os.getpid(), work.specs[index], light),
                     name=f"chain-{index}",
                 )
                 process.start()

@@ -104,6 +104,19 @@ def section_of(annotation: Any) -> type[StrictConfig] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, StrictConfig) else None
 
 
+def field_of(config_type: type[StrictConfig], dotted: str) -> Any:
+    """The pydantic field a dotted key (``training.learning_rate``) names inside a config with sections,
+    or None when it names none."""
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        field = config_type.model_fields.get(part)
+        section = section_of(field.annotation) if field is not None else None
+        if section is None:
+            return None
+        config_type = section
+    return config_type.model_fields.get(leaf)
+
+
 D = TypeVar("D", bound="Data")
 
 
@@ -222,6 +235,11 @@ class Declaration(Generic[C]):
         """Pictures (N, H, W, 3) uint8 of previews that are neither images nor texts (mol blocks, say), for
         figures and the report; None (the default): previews are shown as they are."""
         return None
+
+    @classmethod
+    def states_theory(cls) -> bool:
+        """Whether the setting states closed forms (overrides ``theory``)."""
+        return _overrides(cls, "theory")
 
     @classmethod
     def depicts_previews(cls) -> bool:

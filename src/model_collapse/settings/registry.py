@@ -21,7 +21,6 @@ imported because the user installed that package.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import re
 import sys
@@ -62,13 +61,6 @@ _BUILT_IN = {
         "molecules",
         ("conformer_diffusion.config", "ConformerDiffusionDeclaration"),
     ),
-}
-
-# What each extra installs that its settings import (the names pyproject.toml's extras install).
-_EXTRA_MODULES = {
-    "images": ("torch", "PIL"),
-    "lm": ("torch", "transformers", "tokenizers", "datasets"),
-    "molecules": ("torch", "rdkit", "PIL"),
 }
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
@@ -273,9 +265,12 @@ class Registry(Mapping[str, "type[Setting]"]):
         extra = _BUILT_IN[name][2]
         if extra is None:
             return None
-        for module in _EXTRA_MODULES.get(extra, ()):
-            if importlib.util.find_spec(module) is None:
-                return SettingUnavailable(f"setting {name!r} needs {module}; install it with {install_hint(extra)}")
+        for distribution in _extra_distributions(extra):
+            try:
+                metadata.distribution(distribution)
+            except metadata.PackageNotFoundError:
+                hint = install_hint(extra)
+                return SettingUnavailable(f"setting {name!r} needs {distribution}; install it with {hint}")
         return None
 
     def known(self, name: object) -> bool:
@@ -291,6 +286,18 @@ class Registry(Mapping[str, "type[Setting]"]):
 
     def __len__(self) -> int:
         return len(_BUILT_IN) + len(self._entry_points)
+
+
+def _extra_distributions(extra: str) -> list[str]:
+    """The distributions an extra of this package installs, as its installed metadata lists them (the
+    extras of pyproject.toml); none when the package runs uninstalled."""
+    try:
+        requires = metadata.requires("model-collapse") or []
+    except metadata.PackageNotFoundError:
+        return []
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    names = (re.match(r"[A-Za-z0-9_.-]+", requirement) for requirement in requires if marker.search(requirement))
+    return [name.group(0) for name in names if name is not None]
 
 
 def _provider(entry: metadata.EntryPoint) -> str:
