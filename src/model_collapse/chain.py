@@ -23,6 +23,7 @@ from typing import Any, get_args
 
 import numpy as np
 
+from .curation import Curator, metrics_for
 from .errors import RunDirectoryError, Terminated
 from .experiment import Checkpoints
 from .randomness import chain_rng
@@ -53,19 +54,26 @@ class _Chain:
         self.setting, self.regime = setting, regime
         self.pool: dict[Source, Any] = {REAL: setting.real_train}
         self.model: Any = None
+        self.curator = Curator.of(setting)
+        self.curated: dict[str, np.ndarray] = {}  # the last iteration's curation metrics (with a curator)
 
     def advance(self, iteration: int, scratch: Any = None) -> tuple[Fit, TrainingPlan, Any | None]:
         """Sample from the last model what ``iteration`` needs, fit its model; returns the fit, the plan
         and the new synthetic batch (None at iteration 1)."""
         setting, regime, seeds = self.setting, self.regime, self.setting.seeds
         real = setting.real_train
-        new_synthetic = None
+        new_synthetic, curated = None, self.curator.nothing if self.curator is not None else dict
         if iteration > 1:
             if not regime.keeps_history:
                 self.pool = {REAL: real}
             size = regime.synthetic_size(iteration, len(real))
             if size:
-                new_synthetic = setting.sample(self.model, size, chain_rng(seeds, iteration, "sample"), scratch)
+                rng = chain_rng(seeds, iteration, "sample")
+                if self.curator is None:
+                    new_synthetic = setting.sample(self.model, size, rng, scratch)
+                else:
+                    curation_rng = chain_rng(seeds, iteration, "curation")
+                    new_synthetic, curated = self.curator.draw(self.model, size, rng, curation_rng, scratch)
                 self.pool[synthetic_source(iteration)] = new_synthetic
             size = regime.fresh_real_size(iteration, len(real))
             if size:
@@ -77,7 +85,12 @@ class _Chain:
         result = setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch)
         fitted = result if isinstance(result, Fit) else Fit(result, None)
         self.model = fitted.model
+        self.curated = curated()  # after the fit: scoring a batch of one candidate each may draw its rows
         return fitted, plan, new_synthetic
+
+    def evaluate(self) -> dict[str, np.ndarray]:
+        """The last model's metrics, and its iteration's curation metrics."""
+        return {**self.setting.evaluate(self.model), **self.curated}
 
     def restore(self, store: ChainStore, completed: int) -> None:
         """A costly chain: the model of the last completed iteration, and the synthetic batches the
@@ -109,7 +122,7 @@ class _Chain:
         """A cheap chain: its iterations 1..``last.iteration`` again, checked against the last record."""
         for iteration in range(1, last.iteration + 1):
             self.advance(iteration)
-        again = self.setting.evaluate(self.model)
+        again = self.evaluate()
         for name, recorded in last.metrics.items():
             now = np.asarray(again[name], dtype=float)
             differs = ~((now == recorded) | (np.isnan(now) & np.isnan(recorded)))
@@ -221,7 +234,8 @@ class _CostlyCommits(_Uncommitted):
 def _open(store: ChainStore, setting: Setting, iterations: int) -> list[IterationRecord]:
     """Prepare the chain's directory; the records of its completed iterations (at most ``iterations``)."""
     store.prepare()
-    records = store.records(setting.seed_count, setting.metrics, min(store.completed(), iterations))
+    metrics = metrics_for(type(setting), setting.config)
+    records = store.records(setting.seed_count, metrics, min(store.completed(), iterations))
     if setting.preview_size:
         store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
     return records
@@ -257,7 +271,7 @@ def run_chain(
             started = time.perf_counter()
             scratch = store.scratch_directory(iteration) if store is not None else None
             fitted, plan, new_synthetic = chain.advance(iteration, scratch)
-            metrics = setting.evaluate(fitted.model)
+            metrics = chain.evaluate()
             seconds = time.perf_counter() - started
             record = IterationRecord(iteration, plan.train_size, plan.real_fraction, metrics, seconds)
             commits.commit(record, fitted, new_synthetic, final=iteration == iterations)

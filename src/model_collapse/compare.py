@@ -20,13 +20,14 @@ from .errors import ConfigError, RunDirectoryError
 from .plots import draw_mean, figure_legend, finish_axes, note_left_out, plt, save_figure
 from .report import _metric_table, data_uri, render, table_iterations
 from .results import BAND_LEVEL, ChainResult, band_text, load_run, merge_seeds
-from .settings import SETTINGS
+from .settings import Metric
 
 
 @dataclass
 class ComparedRun:
     label: str
     setting_name: str
+    metrics: dict[str, Metric]
     results: list[ChainResult]  # merged over seeds
 
 
@@ -43,13 +44,13 @@ def _load(runs: list[Path], labels: list[str] | None) -> list[ComparedRun]:
         experiment, chain_results = load_run(run)
         if not chain_results:
             raise RunDirectoryError(f"{run} has no completed iteration to compare")
-        compared.append(ComparedRun(name, experiment.setting_name, merge_seeds(chain_results)))
+        compared.append(ComparedRun(name, experiment.setting_name, experiment.metrics, merge_seeds(chain_results)))
     return compared
 
 
 def shared_metrics(compared: list[ComparedRun], wanted: list[str] | None) -> dict[str, str]:
     """The metrics every run records (name -> axis label), in the first run's order, or those asked for."""
-    declared = [SETTINGS.declared(c.setting_name).metrics for c in compared]
+    declared = [c.metrics for c in compared]
     shared = {name: info.label for name, info in declared[0].items() if all(name in d for d in declared[1:])}
     if not wanted:
         if not shared:
@@ -70,7 +71,7 @@ def comparison_figure(compared: list[ComparedRun], metric: str, label: str):
     regimes = list(dict.fromkeys(r.spec.regime.label for c in compared for r in c.results))
     lines = list(dict.fromkeys(_line_label(c, r.spec.point_title) for c in compared for r in c.results))
     colours = {line: plt.cm.tab10(i % 10) for i, line in enumerate(lines)}
-    log_scale = any(SETTINGS.declared(c.setting_name).metrics[metric].log_scale for c in compared)
+    log_scale = any(c.metrics[metric].log_scale for c in compared)
     figure, axes = plt.subplots(
         1, len(regimes), figsize=(max(5.6, 4.4 * len(regimes)), 3.9), squeeze=False, sharey=False, layout="constrained"
     )

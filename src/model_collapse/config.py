@@ -29,11 +29,12 @@ from typing import Any, get_origin
 
 from pydantic import ValidationError
 
+from .curation import check_curation
 from .errors import ConfigError
 from .experiment import ChainSpec, Experiment, RunConfig
 from .regimes import Regime, parse_regime
 from .settings import SETTINGS, SettingConfig
-from .settings.base import field_of
+from .settings.configs import field_of
 from .validation import validation_error
 from .yaml_text import YamlProblem, load_yaml
 
@@ -241,6 +242,11 @@ def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Exper
             points.append(declared.Config.model_validate(row))
         except ValidationError as error:
             raise validation_error(error, ("setting",)) from None
+    checked: list[Any] = []
+    for point in points:  # each curation once, not each sweep point
+        if point.curation not in checked:
+            check_curation(declared, point, import_functions=import_paths)
+            checked.append(point.curation)
     names: dict[str, SettingConfig] = {}
     for point in points:  # distinct values whose directory names would coincide (after cutting long ones)
         name = ChainSpec(point, varying, regimes[0], (0,)).point_name

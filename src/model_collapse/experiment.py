@@ -24,10 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from .curation import metrics_for
 from .executors import EXECUTORS
 from .regimes import Regime
-from .settings import SETTINGS, SettingConfig
-from .settings.base import StrictConfig, field_of
+from .settings import SETTINGS, Metric, SettingConfig
+from .settings.configs import StrictConfig, field_of
 from .validation import validation_error
 
 # Which models a chain leaves once it is complete (``chain.run_chain``).
@@ -154,6 +155,11 @@ class ChainSpec:
             path = path / f"seed-{self.seeds[0]}"
         return path
 
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """What the chain records every iteration: its setting's metrics, and curation's if it curates."""
+        return metrics_for(SETTINGS.declared(self.point.name), self.point)
+
     def description(self) -> dict[str, Any]:
         return {"setting": self.point.model_dump(mode="json"), "regime": self.regime.label, "seeds": list(self.seeds)}
 
@@ -208,6 +214,13 @@ class Experiment:
     @property
     def setting_name(self) -> str:
         return self.points[0].name
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """What the run's chains record (a chain without curation in a run where others curate reads NaN
+        for curation's metrics)."""
+        declared = SETTINGS.declared(self.setting_name)
+        return {name: info for point in self.points for name, info in metrics_for(declared, point).items()}
 
     def chains(self) -> list[ChainSpec]:
         seeds = tuple(range(self.config.seeds))

@@ -34,6 +34,8 @@ def estimate_memory(experiment: Experiment, workers: int) -> None:
             continue
         for regime in experiment.regimes:
             rows = footprint.rows + peak_synthetic_rows(regime, config.iterations, footprint.rows)
+            if point.curation is not None:  # the candidates of the largest batch, before all but 1 in m go
+                rows += (point.curation.candidates - 1) * regime.synthetic_size(config.iterations, footprint.rows)
             need = seeds_per_chain * (footprint.fixed_bytes + rows * footprint.bytes_per_row)
             if need > worst:
                 worst, worst_case = need, (point, regime)

@@ -347,7 +347,7 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
     sweep point; up to MAX_POINTS_BY_REGIME points) and ``<metric>`` (every regime in one panel per sweep
     point), and ``real_fraction``."""
     layout = _Layout.of(experiment, chain_results)
-    metrics = SETTINGS.declared(experiment.setting_name).metrics
+    metrics = experiment.metrics
     if len(layout.points) <= MAX_POINTS_BY_REGIME:
         for metric, info in metrics.items():
             yield f"{metric}_by_regime", _by_regime_figure(layout, metric, info)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .settings import SETTINGS
-from .settings.base import StrictConfig, section_of
+from .settings.configs import StrictConfig, section_of
 
 BEGIN = "<!-- begin: model-collapse list --markdown -->"
 END = "<!-- end: model-collapse list --markdown -->"
@@ -18,6 +18,8 @@ END = "<!-- end: model-collapse list --markdown -->"
 def config_fields(config_type: type[StrictConfig], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, pydantic field) of every field of a config, sections expanded."""
     for key, field in config_type.model_fields.items():
+        if not prefix and key == "curation":
+            continue  # every setting's: listed once, in its own table (``curation_markdown``)
         section = section_of(field.annotation)
         if section is not None:
             yield from config_fields(section, f"{prefix}{key}.")

@@ -25,7 +25,6 @@ from .errors import RunDirectoryError
 from .plots import learning_curve_figures, metric_figures, plt, reference, sample_figures, text_samples
 from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds
 from .rundir import CONFIG, open_run, run_marker
-from .settings import SETTINGS
 
 FIGURE_DPI = 100
 
@@ -146,7 +145,6 @@ def _chains(experiment, chain_results: list[ChainResult]) -> list[dict[str, Any]
 def build_report(run_directory: Path) -> str:
     experiment, chain_results = load_run(run_directory)
     marker = run_marker(run_directory)
-    setting = SETTINGS.declared(experiment.setting_name)
     iterations = experiment.config.iterations
     chains = _chains(experiment, chain_results)
     unfinished = sum(c["completed"] < iterations for c in chains)
@@ -156,7 +154,7 @@ def build_report(run_directory: Path) -> str:
         results = merge_seeds(chain_results)
         shown = table_iterations(max(int(r.iterations.max()) for r in results))
         figures = {name: _png(figure) for name, figure in metric_figures(experiment, chain_results)}  # one at a time
-        labels = {name: info.label for name, info in setting.metrics.items()}
+        labels = {name: info.label for name, info in experiment.metrics.items()}
         labels["real_fraction"] = "real fraction of the training set"
         for metric, label in labels.items():
             sections.append(

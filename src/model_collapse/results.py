@@ -15,7 +15,7 @@ from .config import build_experiment, flatten, upgrade_run_config
 from .errors import ConfigError, RunDirectoryError
 from .experiment import ChainSpec, Experiment
 from .rundir import ChainStore, open_run, run_marker
-from .settings import SETTINGS, SettingUnavailable
+from .settings import SettingUnavailable
 
 
 @dataclass
@@ -76,7 +76,7 @@ def _made_with(origin: Any) -> str:
 
 def load_run(run_directory: Path) -> tuple[Experiment, list[ChainResult]]:
     experiment = open_experiment(run_directory)
-    metrics = list(SETTINGS.declared(experiment.setting_name).metrics)
+    metrics = list(experiment.metrics)
     results = []
     for spec in experiment.chains():
         store = ChainStore.of(run_directory, spec, writer=False)

@@ -32,7 +32,7 @@ def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterat
         store = ChainStore.of(run_directory, spec, writer=False)
         completed = min(store.completed(), iterations)
         if completed == iterations:
-            store.records(len(spec.seeds), SETTINGS.declared(spec.point.name).metrics, completed)
+            store.records(len(spec.seeds), spec.metrics, completed)
         done.append(completed)
     return done
 

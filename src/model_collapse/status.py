@@ -18,7 +18,6 @@ from pathlib import Path
 from .errors import RunDirectoryError
 from .results import open_experiment
 from .rundir import ChainStore, run_in_use
-from .settings import SETTINGS
 
 STATES = ("done", "running", "waiting", "damaged", "failed", "stopped", "not started")
 
@@ -77,7 +76,7 @@ def run_status(run_directory: Path, read_records: bool = True) -> RunStatus:
     holder = run_in_use(run_directory)
     iterations = experiment.config.iterations
     chains = []
-    metrics = SETTINGS.declared(experiment.setting_name).metrics
+    metrics = experiment.metrics
     for spec in experiment.chains():
         store = ChainStore.of(run_directory, spec, writer=False)
         try:

@@ -13,8 +13,15 @@ __all__ = ["Curve", "curves", "has_theory"]
 
 
 def curves(config: SettingConfig, regime_name: str, iterations: int) -> list[Curve]:
-    """The closed forms known for a setting under a regime (empty when there are none)."""
-    return SETTINGS.declared(config.name).theory(config, regime_name, iterations)
+    """The closed forms known for a setting under a regime (empty when there are none).
+
+    A curated config (more than one candidate per sample) has only those of a setting whose ``theory``
+    reads its curation (``Declaration.theory_of_curation``): the plain loop's do not hold for it."""
+    declared = SETTINGS.declared(config.name)
+    curated = config.curation is not None and config.curation.candidates > 1
+    if curated and not declared.theory_of_curation:
+        return []
+    return declared.theory(config, regime_name, iterations)
 
 
 def has_theory(name: str) -> bool:

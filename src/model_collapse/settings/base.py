@@ -11,7 +11,8 @@ What a setting author writes, for data of rows per seed (``Samples``):
 Everything else has a default a setting may override: ``save_model``/``load_model`` keep numpy arrays
 (an array or a mapping of named arrays) or a torch module's weights (with ``new_model``);
 ``fresh_real`` is needed only under the regimes that draw fresh real data (``fresh-real``), and a config
-that asks for one of them with a setting without it is refused; ``cheap``, ``one_seed_per_chain``,
+that asks for one of them with a setting without it is refused; ``score`` (with ``scores``) only for a
+config's ``curation`` to rank samples by the setting's own scores; ``cheap``, ``one_seed_per_chain``,
 ``preview_size``, ``footprint`` and ``theory`` are declarations with defaults.
 
 A setting is bound to the seeds of one chain when it is constructed. Cheap settings run all seeds of a
@@ -30,92 +31,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_args, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
-from pydantic_core import PydanticCustomError
 
-
-def _admits_bool(annotation: Any) -> bool:
-    if annotation is bool:
-        return True
-    return any(_admits_bool(argument) for argument in get_args(annotation))
-
-
-class StrictConfig(BaseModel):
-    """A config model that refuses what pydantic would quietly coerce: unknown keys, infinite or NaN
-    numbers, and booleans where a number is expected (``iterations: true`` is not 1).
-
-    ``moved`` maps keys of an earlier config layout to their place now (``learning_rate`` ->
-    ``training.learning_rate``): such a key is refused with a message naming where it went."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    moved: ClassVar[dict[str, str]] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            # keys of the earlier layout (also a key that is now a section, ``model``, holding a plain value)
-            moves = [
-                (key, cls.moved[key])
-                for key, value in data.items()
-                if key in cls.moved and (key not in cls.model_fields or not isinstance(value, dict))
-            ]
-            if moves:
-                raise PydanticCustomError("moved", "keys moved: {moves}", {"moves": moves})
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key)
-                if isinstance(value, bool) and field is not None and not _admits_bool(field.annotation):
-                    raise PydanticCustomError(
-                        "boolean_for_number",
-                        "expected {kind}, got the boolean {value}",
-                        {"key": key, "kind": _kind(field.annotation), "value": str(value).lower()},
-                    )
-        return data
-
-
-def _kind(annotation: Any) -> str:
-    """What a field takes, in words, for the message refusing a boolean in it."""
-    text = str(annotation)
-    if "int" in text or "float" in text:
-        return "a number"
-    return "a string" if "str" in text else "a value that is not a boolean"
-
-
-class SettingConfig(StrictConfig):
-    """Base of every setting's typed config. Unknown keys are errors, never ignored.
-
-    Data fields sit at the top; a setting with many options groups the rest into sections (``model``,
-    ``training``, ``sampling``), each a ``StrictConfig`` of its own that the code receives as is."""
-
-    name: str
-
-
-def section_of(annotation: Any) -> type[StrictConfig] | None:
-    """The section type a field holds, or None for a plain field."""
-    return annotation if isinstance(annotation, type) and issubclass(annotation, StrictConfig) else None
-
-
-def field_of(config_type: type[StrictConfig], dotted: str) -> Any:
-    """The pydantic field a dotted key (``training.learning_rate``) names inside a config with sections,
-    or None when it names none."""
-    *sections, leaf = dotted.split(".")
-    for part in sections:
-        field = config_type.model_fields.get(part)
-        section = section_of(field.annotation) if field is not None else None
-        if section is None:
-            return None
-        config_type = section
-    return config_type.model_fields.get(leaf)
-
+from .configs import SettingConfig
 
 D = TypeVar("D", bound="Data")
 
@@ -206,6 +126,13 @@ class Declaration(Generic[C]):
     preview_size: ClassVar[int] = 0
     # Fits that record a learning curve (``Fit.diagnostics["learning_curve"]``, a list of dicts): the
     # keys and labels of its axes, (x key, x label, y key, y label).
+    # Whether ``theory`` reads a config's ``curation`` (and returns only what holds under it); without
+    # it, a curated config (candidates > 1) has no closed forms.
+    theory_of_curation: ClassVar[bool] = False
+    # The scores ``Setting.score`` computes for a batch of samples, which a config's ``curation.score``
+    # may name: ``likelihood`` (under the model that drew them), ``oracle`` (under the real data's
+    # distribution), or scores of the setting's own. Higher is better.
+    scores: ClassVar[tuple[str, ...]] = ()
     learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
         "epoch",
         "epoch",
@@ -301,6 +228,11 @@ class Setting(Declaration[C], ABC):
     @abstractmethod
     def evaluate(self, model: Any) -> dict[str, np.ndarray]:
         """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``."""
+
+    def score(self, name: str, model: Any, samples: Any) -> np.ndarray:
+        """The score ``name`` (one of ``scores``) of every sample: an array (seeds, len(samples)), higher
+        is better, -inf for a sample the score rules out. ``model`` drew ``samples``."""
+        raise NotImplementedError(f"setting {self.name!r} computes no score {name!r}")
 
     def preview(self, data: Any) -> np.ndarray:
         """A few samples of the first seed of ``data``: uint8 images (N, H, W, C), strings (N,), or any

@@ -47,6 +47,7 @@ class Discrete(Setting[DiscreteConfig]):
         "zero_outcomes": Metric("outcomes of probability 0"),
         "simpson_diversity": Metric("Simpson diversity  1 - sum p^2"),
     }
+    scores = ("likelihood", "oracle")
 
     @classmethod
     def footprint(cls, config: DiscreteConfig) -> Footprint:
@@ -102,6 +103,14 @@ class Discrete(Setting[DiscreteConfig]):
             "zero_outcomes": (model == 0).sum(axis=1).astype(float),
             "simpson_diversity": 1 - (model**2).sum(axis=1),
         }
+
+    def score(self, name: str, model: np.ndarray, samples: Samples) -> np.ndarray:
+        """log p(outcome): ``likelihood`` under the fit that drew it, ``oracle`` under the uniform truth."""
+        x = samples["x"].astype(np.int64)
+        if name == "oracle":
+            return np.full(x.shape, -np.log(self.config.outcomes))
+        with np.errstate(divide="ignore"):
+            return np.log(np.take_along_axis(model, x, axis=1))
 
     def save_model(self, model: np.ndarray, directory: Path) -> None:
         save_arrays(directory / "model.npz", {"probabilities": model})

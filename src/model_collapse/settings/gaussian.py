@@ -181,6 +181,22 @@ def singular(mean: np.ndarray, root: np.ndarray, inverse: np.ndarray | None = No
     return result
 
 
+def log_density(x: np.ndarray, mean: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """log N(x; mean, root^T root) of rows x (seeds, n, d): (seeds, n). A singular fit's density is taken on
+    its support (through the pseudo-inverse and pseudo-determinant of ``root``), so that its samples still
+    rank by their distance from the mean."""
+    _, values, right = np.linalg.svd(
+        root
+    )  # root = U diag(values) V^T, so x - mean = z root gives |z| = |(x - mean) V / values|
+    support = values > values[:, :1] * root.shape[-1] * np.finfo(root.dtype).eps
+    with np.errstate(divide="ignore"):
+        inverse = np.where(support, 1 / values, 0.0)
+    standardised = ((x - mean[:, None, :]) @ right.transpose(0, 2, 1)) * inverse[:, None, :]
+    log_pseudo_det = 2 * np.log(np.where(support, values, 1.0)).sum(axis=1)
+    constant = support.sum(axis=1) * np.log(2 * np.pi) + log_pseudo_det
+    return -0.5 * (np.sum(standardised**2, axis=-1) + constant[:, None])
+
+
 def _solve_each(transposed_roots: np.ndarray, errors: np.ndarray, d: int) -> np.ndarray | None:
     """root^-T [I | e] per seed, or None when some root is exactly singular (LAPACK refuses the batch)."""
     rhs = np.concatenate([np.broadcast_to(np.eye(d), (len(errors), d, d)), errors[:, :, None]], axis=2)
@@ -200,6 +216,27 @@ def expected_log_det_step(dim: int, samples: int) -> float:
     return float(np.sum(digamma((samples - i) / 2)) + dim * np.log(2) - dim * np.log(samples))
 
 
+def central_variance_factor(dim: int, samples: int, candidates: int) -> float:
+    """E[v]: the factor by which keeping the T likeliest of m T draws of N(0, I_d) shrinks their second
+    moment, against T plain draws.
+
+    The likeliest are those of smallest |z|^2. Given the (T+1)-th smallest value r^2, the T kept are
+    independent draws of N(0, I_d) restricted to |z|^2 < r^2, whose covariance is v(r) I with
+    v(r) = P(chi2_{d+2} < r^2) / P(chi2_d < r^2) (as x f_d(x) = d f_{d+2}(x)); and u = P(chi2_d < r^2), the
+    CDF at an order statistic, follows Beta(T + 1, m T - T). Since Beta(T + 1, N - T)'s density over u is
+    N / T times Beta(T, N - T)'s, E[v] = (N / T) E[P(chi2_{d+2} < F_d^-1(u))] with u ~ Beta(T, N - T),
+    which Gauss-Legendre quadrature over u's quantiles computes to about 1e-10."""
+    if candidates == 1:
+        return 1.0
+    from scipy import stats
+
+    total = candidates * samples
+    nodes, weights = np.polynomial.legendre.leggauss(400)
+    quantiles = stats.beta.ppf((nodes + 1) / 2, samples, total - samples)
+    inner = stats.chi2.cdf(stats.chi2.ppf(quantiles, dim), dim + 2)
+    return float(total / samples * np.sum(weights * inner) / 2)
+
+
 class Gaussian(Setting[GaussianConfig]):
     name = "gaussian"
     Config = GaussianConfig
@@ -211,6 +248,8 @@ class Gaussian(Setting[GaussianConfig]):
         "log_det_ratio": Metric("log det(Sigma_hat) - log det(Sigma_0)"),
         "test_nll": Metric("test NLL on real data (nats)"),
     }
+    scores = ("likelihood", "oracle")
+    theory_of_curation = True
 
     @classmethod
     def footprint(cls, config: GaussianConfig) -> Footprint:
@@ -220,12 +259,19 @@ class Gaussian(Setting[GaussianConfig]):
 
     @classmethod
     def theory(cls, config: GaussianConfig, regime_name: str, iterations: int) -> list[Curve]:
-        """Under replace, with T samples of N(mu_0, Sigma_0) per fit (MLE mean, biased covariance):
-        E tr(Sigma_t)/tr(Sigma_0) = ((T-1)/T)^t, E det(Sigma_t)/det(Sigma_0) = (prod_{i<=d} (T-i)/T)^t,
+        """Without curation (or with one candidate per sample), under replace, with T samples of
+        N(mu_0, Sigma_0) per fit (MLE mean, biased covariance): E tr(Sigma_t)/tr(Sigma_0) = ((T-1)/T)^t,
+        E det(Sigma_t)/det(Sigma_0) = (prod_{i<=d} (T-i)/T)^t,
         E log(det(Sigma_t)/det(Sigma_0)) = t (sum_{i<=d} psi((T-i)/2) + d log 2 - d log T) (each fit
         multiplies the determinant by an independent det(W/T), see ``expected_log_det_step``) and
         E ||mu_t - mu_0||^2 = tr(Sigma_0) (1 - ((T-1)/T)^t); under accumulate
-        E ||mu_t - mu_0||^2 <= (pi^2/6) tr(Sigma_0) / T (Kazdan et al. 2024, Collapse or Thrive?)."""
+        E ||mu_t - mu_0||^2 <= (pi^2/6) tr(Sigma_0) / T (Kazdan et al. 2024, Collapse or Thrive?).
+
+        Under replace with curation that keeps the likeliest T of m T samples (``score: likelihood``,
+        ``keep: top``, no noise), see ``_curated_theory``."""
+        curation = config.curation
+        if curation is not None and curation.candidates > 1:
+            return cls._curated_theory(config, regime_name, iterations)
         n = np.arange(1, iterations + 1, dtype=float)
         T, d, trace0 = config.samples, config.dim, config.dim * config.variance
         shrink = (T - 1) / T
@@ -241,6 +287,23 @@ class Gaussian(Setting[GaussianConfig]):
         if regime_name == "accumulate":
             return [Curve("mean_sq_error", np.full(iterations, np.pi**2 / 6 * trace0 / T), "bound")]
         return []
+
+    @classmethod
+    def _curated_theory(cls, config: GaussianConfig, regime_name: str, iterations: int) -> list[Curve]:
+        """Replace, keeping the T likeliest of m T draws: each kept batch is mean + z root with z the T
+        smallest of m T standard normals (``central_variance_factor``: E[z z^T] = v I), so each synthetic
+        fit multiplies the covariance by the independent S_z, E S_z = (1 - 1/T) E[v] I, and moves the mean
+        by zbar root, E[zbar zbar^T] = E[v] / T I. Hence E tr(Sigma_n) / tr(Sigma_0) = s (s E[v])^(n-1)
+        with s = (T-1)/T, and E ||mu_n - mu_0||^2 = tr(Sigma_0) / T + (E[v] / T) sum_{k<n} E tr(Sigma_k)."""
+        curation = config.curation
+        assert curation is not None
+        if regime_name != "replace" or (curation.scored_by, curation.keep, curation.noise) != ("likelihood", "top", 0):
+            return []
+        T, d, trace0 = config.samples, config.dim, config.dim * config.variance
+        shrink, factor = (T - 1) / T, central_variance_factor(d, T, curation.candidates)
+        trace = shrink * (shrink * factor) ** np.arange(iterations, dtype=float)
+        mean_sq_error = trace0 / T + trace0 * factor / T * np.concatenate([[0.0], np.cumsum(trace[:-1])])
+        return [Curve("trace_ratio", trace, "expected"), Curve("mean_sq_error", mean_sq_error, "expected")]
 
     def __init__(self, config: GaussianConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
@@ -296,6 +359,14 @@ class Gaussian(Setting[GaussianConfig]):
             "log_det_ratio": log_det_ratio,
             "test_nll": nll,
         }
+
+    def score(self, name: str, model: GaussianModel, samples: Samples) -> np.ndarray:
+        """``likelihood``: log density under the fit that drew the samples; ``oracle``: under N(0, sigma^2 I)."""
+        x = samples["x"]
+        if name == "likelihood":
+            return log_density(x, model.mean, model.root)
+        d, variance = self.config.dim, self.config.variance
+        return -0.5 * (np.sum(x**2, axis=-1) / variance + d * np.log(2 * np.pi * variance))
 
     def save_model(self, model: GaussianModel, directory: Path) -> None:
         save_arrays(directory / "model.npz", {"mean": model.mean, "root": model.root})  # Sigma_hat = root^T root

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from scipy.special import gammaln, logsumexp
 
 from ..arrayio import load_arrays, save_arrays
@@ -64,6 +64,12 @@ class KDEConfig(SettingConfig):
         None, min_length=1, description="blob centres (null: three per seed, uniform in [-10, 10]^2)"
     )
     test_samples: PositiveInt = Field(500, description="fresh real samples the test NLL is measured on")
+
+    @model_validator(mode="after")
+    def _oracle_has_a_density(self) -> KDEConfig:
+        if self.curation is not None and self.curation.score == "oracle" and self.dataset != "blobs" and not self.noise:
+            raise ValueError(f"curation.score: oracle needs noise > 0: without it {self.dataset} has no density")
+        return self
 
     @field_validator("centres")
     @classmethod
@@ -124,6 +130,49 @@ def log_normaliser(kernel: str, bandwidth: float, dim: int) -> float:
     return 0.5 * dim * np.log(np.pi) - gammaln(0.5 * dim + 1) + dim * np.log(bandwidth)  # a d-ball's volume
 
 
+def _curve_points(config: KDEConfig, count: int) -> np.ndarray:
+    """``count`` evenly spaced points of each noiseless curve of moons or circles, as the generator spaces
+    them (two curves, half the samples each), or the swiss roll's spiral in its (x, z) plane."""
+    if config.dataset == "moons":
+        t = (np.arange(count) + 0.5) * np.pi / count
+        return np.concatenate([np.stack([np.cos(t), np.sin(t)], 1), np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1)])
+    if config.dataset == "circles":
+        t = np.arange(count) * 2 * np.pi / count
+        outer = np.stack([np.cos(t), np.sin(t)], 1)
+        return np.concatenate([outer, config.factor * outer])
+    t = 1.5 * np.pi * (1 + 2 * (np.arange(count) + 0.5) / count)  # swiss roll: t uniform on [1.5 pi, 4.5 pi]
+    return np.stack([t * np.cos(t), t * np.sin(t)], 1)
+
+
+def true_log_density(config: KDEConfig, x: np.ndarray, centres: np.ndarray | None) -> np.ndarray:
+    """log p(x) under the distribution the real data are drawn from (rows x of one seed: (n, d)).
+
+    Blobs: an equal mixture of N(c, I) over the centres. Moons, circles and the swiss roll: a curve (or a
+    surface) with its parameter uniform, plus N(0, noise^2 I): the curve's Gaussian mixture, integrated
+    by the midpoint rule on points ``noise / 8`` apart at most (the generators space their points evenly,
+    so this is their limit); the swiss roll's height, uniform on [0, 21], integrates in closed form."""
+    from scipy.special import log_ndtr
+
+    if config.dataset == "blobs":
+        assert centres is not None
+        sums = log_kernel_sums(centres[None], x[None], 1.0, "gaussian")[0]
+        return sums - np.log(len(centres)) - log_normaliser("gaussian", 1.0, x.shape[-1])
+    sigma = config.noise
+    length = {"moons": np.pi, "circles": 2 * np.pi, "swiss-roll": 100.0}[config.dataset]  # the longest curve
+    curve = _curve_points(config, max(512, int(np.ceil(8 * length / sigma))))
+    plane = x if config.dataset != "swiss-roll" else x[:, [0, 2]]
+    sums = log_kernel_sums(curve[None], plane[None], sigma, "gaussian")[0]
+    log_plane = sums - np.log(len(curve)) - log_normaliser("gaussian", sigma, 2)
+    if config.dataset != "swiss-roll":
+        return log_plane
+    y = x[:, 1]
+    # P(height + noise lands at y) / 21 = (Phi((21 - y) / sigma) - Phi(-y / sigma)) / 21, in logs
+    upper, lower = log_ndtr((21 - y) / sigma), log_ndtr(-y / sigma)
+    with np.errstate(divide="ignore"):
+        log_height = upper + np.log1p(-np.exp(np.minimum(lower - upper, 0.0))) - np.log(21.0)
+    return log_plane + log_height
+
+
 class KDEModel:
     """The kernel density of a training set, per seed: the training set (kept as its parts, so that
     their kernel sums are reused), the bandwidth and the kernel."""
@@ -145,6 +194,7 @@ class KDE(Setting[KDEConfig]):
     Config = KDEConfig
     cheap = True
     metrics = {"test_nll": Metric("test NLL on real data (nats)", log_scale=True)}
+    scores = ("likelihood", "oracle")
 
     @classmethod
     def footprint(cls, config: KDEConfig) -> Footprint:
@@ -211,6 +261,15 @@ class KDE(Setting[KDEConfig]):
         dim = self.test.shape[-1]
         log_density = sums - np.log(model.size) - log_normaliser(model.kernel, model.bandwidth, dim)
         return {"test_nll": -log_density.mean(axis=1)}
+
+    def score(self, name: str, model: KDEModel, samples: Samples) -> np.ndarray:
+        """``likelihood``: log density under the KDE that drew the samples; ``oracle``: under the real
+        data's distribution (``true_log_density``)."""
+        x = samples["x"]
+        if name == "likelihood":
+            sums = log_kernel_sums(model.points, x, model.bandwidth, model.kernel)
+            return sums - np.log(model.size) - log_normaliser(model.kernel, model.bandwidth, x.shape[-1])
+        return np.stack([true_log_density(self.config, rows, c) for rows, c in zip(x, self.centres)])
 
     def save_model(self, model: KDEModel, directory: Path) -> None:
         bandwidth = np.full(self.seed_count, model.bandwidth)

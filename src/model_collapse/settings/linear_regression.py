@@ -80,6 +80,7 @@ class LinearRegression(Setting[LinearRegressionConfig]):
     Config = LinearRegressionConfig
     cheap = True
     metrics = {"test_error": Metric("test error  ||w_hat - w*||^2", log_scale=True)}
+    scores = ("likelihood", "oracle")
 
     @classmethod
     def footprint(cls, config: LinearRegressionConfig) -> Footprint:
@@ -205,6 +206,14 @@ class LinearRegression(Setting[LinearRegressionConfig]):
 
     def evaluate(self, model: np.ndarray) -> dict[str, np.ndarray]:
         return {"test_error": np.sum((model - self.true_weight) ** 2, axis=1)}
+
+    def score(self, name: str, model: np.ndarray, samples: Samples) -> np.ndarray:
+        """The log-likelihood of each label on its design row: ``likelihood`` under the fit that drew it
+        (y ~ N(x w_hat, sigma^2)), ``oracle`` under the truth (y ~ N(x w*, sigma^2))."""
+        weight = model if name == "likelihood" else self.true_weight
+        rows = self.design[np.arange(self.seed_count)[:, None], samples["row"]]  # (S, n, d)
+        residual = samples["y"] - (rows @ weight[:, :, None])[:, :, 0]
+        return -0.5 * ((residual / self.sigma) ** 2 + np.log(2 * np.pi * self.sigma**2))
 
     # -- storage ----------------------------------------------------------------------------------
     def save_model(self, model: np.ndarray, directory: Path) -> None:

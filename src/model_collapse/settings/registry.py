@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .base import Declaration, Setting
@@ -124,11 +125,9 @@ def _distribution_of(module: str) -> tuple[str | None, str | None]:
         return names[0], None
 
 
-def load_target(target: str, what: str):
-    """The setting class an import path names; one line for anything that goes wrong, naming ``what``
-    (the setting's name as the config wrote it)."""
-    from .base import Setting
-
+def import_object(target: str, what: str) -> Any:
+    """The object an import path (``package.module:name``) names; one line for anything that goes
+    wrong, starting with ``what`` (``setting 'pkg.mod:Cls'``)."""
     module_name, _, attribute = target.partition(":")
     here = str(Path.cwd())
     if here not in sys.path:
@@ -140,16 +139,22 @@ def load_target(target: str, what: str):
     except ImportError as error:
         missing = error.name or module_name
         raise SettingUnavailable(
-            f"setting {what!r}: cannot import {module_name} ({missing} is not installed); "
-            "install the package that provides it"
+            f"{what}: cannot import {module_name} ({missing} is not installed); install the package that provides it"
         ) from None
     except Exception as error:  # the package's own code failed while importing
         failure = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-        raise ConfigError(f"setting {what!r}: importing {module_name} failed: {failure}") from None
+        raise ConfigError(f"{what}: importing {module_name} failed: {failure}") from None
     for part in attribute.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"setting {what!r}: {module_name} has no {attribute}")
+            raise ConfigError(f"{what}: {module_name} has no {attribute}")
         obj = getattr(obj, part)
+    return obj
+
+
+def load_target(target: str, what: str):
+    """The setting class an import path names; one line for anything that goes wrong, naming ``what``
+    (the setting's name as the config wrote it)."""
+    obj = import_object(target, f"setting {what!r}")
     if not (isinstance(obj, type) and issubclass(obj, Setting)):
         raise ConfigError(f"setting {what!r}: {target} is not a model_collapse Setting subclass")
     return obj

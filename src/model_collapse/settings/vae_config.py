@@ -10,7 +10,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import Declaration, Metric, SettingConfig, StrictConfig
+from .base import Declaration, Metric
+from .configs import SettingConfig, StrictConfig
 from .images import CHANNELS
 
 

@@ -12,7 +12,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from ..base import Declaration, Metric, SettingConfig, StrictConfig
+from ..base import Declaration, Metric
+from ..configs import SettingConfig, StrictConfig
 
 
 class NetworkSection(StrictConfig):

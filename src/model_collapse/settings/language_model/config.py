@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from ..base import Declaration, Metric, SettingConfig, StrictConfig
+from ..base import Declaration, Metric
+from ..configs import SettingConfig, StrictConfig
 from .corpus import BUNDLED
 from .models import PRESETS, positions
 

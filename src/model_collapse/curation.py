@@ -1,0 +1,194 @@
+"""Curation between sampling and the regime: draw more candidates than the regime asks for, score them,
+keep some (the ``curation`` section of a setting's config, ``settings/configs.py``).
+
+With ``candidates: m`` a chain draws m T samples per seed where its regime asks for T, scores every
+candidate (higher is better) and keeps T:
+
+* ``top``: the T best of the m T (ties: the earlier drawn first): Alemohammad et al.'s sampling bias
+  with ``score: likelihood``, a perfect verifier's choice with ``oracle``;
+* ``threshold``: T drawn uniformly from the candidates scoring at least ``threshold``, each verdict
+  flipped with probability ``flip`` (Feng et al.'s imperfect verifier); a seed with fewer than T
+  accepted keeps all of them and the best of the rest, and its ``acceptance_rate`` shows it;
+* ``weighted``: the candidates are m per kept sample (sample t's are t, t + T, ..., t + (m-1) T), and one
+  of each m is drawn with probability proportional to exp(score / temperature), by the Gumbel-max trick:
+  the Bradley-Terry / Plackett-Luce choice among m of Ferbach et al. A setting whose samples belong to
+  fixed slots (linear regression's design rows) keeps one sample per slot this way.
+
+``noise`` adds N(0, noise^2) to the scores every choice sees; the recorded scores are the true ones. The
+choice's random numbers come from ``chain_rng(seeds, iteration, "curation")``, so a curated chain
+resumes exactly. With one candidate nothing is chosen: the batch is the plain loop's, bit for bit, and
+it is scored after the fit, for the record alone.
+
+A reward or verifier is a user's function ``function(samples, **options)`` of a batch of candidates (the
+setting's data type: ``Samples`` for the array settings, ``samples["x"]`` of shape (seeds, n, d)) that
+returns an array of shape (seeds, n). It is imported only when a chain runs (and when a config is
+checked), never when a run is read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .settings import CurationConfig, Metric, Setting, SettingConfig
+from .settings.base import Declaration
+from .settings.registry import import_object
+
+# What every curated chain records per iteration (NaN at iteration 1, which samples nothing).
+CURATION_METRICS = {
+    "kept_score_mean": Metric("mean score of the kept samples"),
+    "kept_score_q10": Metric("10th percentile of the kept samples' scores"),
+    "kept_score_median": Metric("median score of the kept samples"),
+    "kept_score_q90": Metric("90th percentile of the kept samples' scores"),
+    "candidate_score_mean": Metric("mean score of all candidates"),
+    "acceptance_rate": Metric("share of candidates accepted"),
+}
+
+
+def metrics_for(declared: type[Declaration], point: SettingConfig) -> dict[str, Metric]:
+    """The metrics a chain of ``point`` records: the setting's, and curation's when it curates."""
+    return {**declared.metrics, **(CURATION_METRICS if point.curation is not None else {})}
+
+
+def check_curation(declared: type[Declaration], point: SettingConfig, import_functions: bool = True) -> None:
+    """Refuse a curation the setting cannot score, or a function that cannot be imported or called."""
+    curation = point.curation
+    if curation is None:
+        return
+    if curation.score is not None and curation.score not in declared.scores:
+        offered = ", ".join(declared.scores) if declared.scores else "none of its own (use reward or verifier)"
+        raise ConfigError(
+            f"setting.curation.score: the {declared.name} setting has no score {curation.score!r}; it scores {offered}"
+        )
+    if curation.score is None and import_functions:
+        _function(curation)
+
+
+def _function(curation: CurationConfig) -> Callable[..., Any]:
+    key, path = curation.scorer_key, curation.scored_by
+    function = import_object(path, f"setting.curation.{key} {path!r}")
+    if not callable(function):
+        raise ConfigError(f"setting.curation.{key} {path!r}: a {type(function).__name__}, not a function")
+    return function
+
+
+class Curator:
+    """The curation of one chain's synthetic batches."""
+
+    def __init__(self, setting: Setting, curation: CurationConfig):
+        self.setting, self.curation = setting, curation
+        self.what = f"setting.curation.{curation.scorer_key} {curation.scored_by!r}"
+        self._function = None if curation.score is not None else _function(curation)
+
+    @classmethod
+    def of(cls, setting: Setting) -> Curator | None:
+        curation = setting.config.curation
+        return cls(setting, curation) if curation is not None else None
+
+    def nothing(self) -> dict[str, np.ndarray]:
+        """The curation metrics of an iteration that sampled nothing."""
+        return {name: np.full(self.setting.seed_count, np.nan) for name in CURATION_METRICS}
+
+    def draw(
+        self, model: Any, size: int, sample_rng: np.random.Generator, rng: np.random.Generator, scratch: Any = None
+    ) -> tuple[Any, Callable[[], dict[str, np.ndarray]]]:
+        """``size`` curated samples per seed from ``model``, and the function giving their metrics (to
+        call after the fit: with one candidate, scoring must not change what the fit sees)."""
+        m = self.curation.candidates
+        drawn = self.setting.sample(model, m * size, sample_rng, scratch)
+        if m == 1:
+            return drawn, lambda: self._metrics(self._scores(model, drawn), None, rng)
+        scores = self._scores(model, drawn)
+        rows, accepted = self._choose(scores, size, rng)
+        kept = type(self.setting.real_train).select([drawn], rows)
+        metrics = self._metrics(scores, rows, None, accepted)
+        return kept, lambda: metrics
+
+    def _scores(self, model: Any, samples: Any) -> np.ndarray:
+        if self._function is None:
+            values = self.setting.score(self.curation.scored_by, model, samples)
+        else:
+            try:
+                values = self._function(samples, **self.curation.options)
+            except Exception as error:  # the user's function: its failure is one line naming it
+                message = (str(error).splitlines() or [""])[0]
+                raise ConfigError(f"{self.what} raised {type(error).__name__}: {message}") from None
+        return self._checked(values, len(samples))
+
+    def _checked(self, values: Any, count: int) -> np.ndarray:
+        expected = (self.setting.seed_count, count)
+        try:
+            scores = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.what} returned a {type(values).__name__}, not an array of numbers") from None
+        if scores.shape != expected:
+            raise ConfigError(
+                f"{self.what} returned scores of shape {scores.shape}, expected (seeds, candidates) = {expected}"
+            )
+        bad = np.isnan(scores) | (scores == np.inf)
+        if bad.any():
+            seed, row = (int(i[0]) for i in np.nonzero(bad))
+            raise ConfigError(
+                f"{self.what} returned {scores[seed, row]} for candidate {row} of seed {self.setting.seeds[seed]}: "
+                "scores are numbers, or -inf for a candidate ruled out"
+            )
+        return scores
+
+    def _seen(self, scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noise = self.curation.noise
+        return scores + noise * rng.standard_normal(scores.shape) if noise else scores
+
+    def _verdicts(self, seen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        assert self.curation.threshold is not None
+        accepted = seen >= self.curation.threshold
+        if self.curation.flip:
+            accepted ^= rng.random(seen.shape) < self.curation.flip
+        return accepted
+
+    def _choose(self, scores: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """The rows kept of each seed's candidates (seeds, size), in the order drawn, and the verdicts
+        (under ``threshold``)."""
+        seen, keep = self._seen(scores, rng), self.curation.keep
+        if keep == "top":
+            return np.sort(np.argsort(-seen, axis=1, kind="stable")[:, :size], axis=1), None
+        if keep == "threshold":
+            accepted = self._verdicts(seen, rng)
+            # accepted first, in random order; then the rest, best first
+            order = np.lexsort((np.where(accepted, rng.random(seen.shape), -seen), ~accepted), axis=1)
+            return np.sort(order[:, :size], axis=1), accepted
+        seeds, m = seen.shape[0], self.curation.candidates
+        keys = seen / self.curation.temperature + rng.gumbel(size=seen.shape)
+        chosen = np.argmax(keys.reshape(seeds, m, size), axis=1)  # which of its m candidates each sample is
+        return chosen * size + np.arange(size), None
+
+    def _metrics(
+        self,
+        scores: np.ndarray,
+        rows: np.ndarray | None,
+        rng: np.random.Generator | None,
+        accepted: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The iteration's record: the kept samples' scores (all of them when ``rows`` is None: one
+        candidate each) and the share accepted."""
+        kept = scores if rows is None else np.take_along_axis(scores, rows, axis=1)
+        if accepted is None and self.curation.keep == "threshold":
+            assert rng is not None  # (one candidate: the verdicts are the record's alone)
+            accepted = self._verdicts(self._seen(scores, rng), rng)
+        acceptance = (
+            accepted.mean(axis=1)
+            if accepted is not None
+            else np.full(len(scores), kept.shape[1] / scores.shape[1], dtype=float)
+        )
+        with np.errstate(invalid="ignore"):  # -inf scores: the mean is -inf, a quantile may be NaN
+            quantiles = np.quantile(kept, [0.1, 0.5, 0.9], axis=1)
+            return {
+                "kept_score_mean": kept.mean(axis=1),
+                "kept_score_q10": quantiles[0],
+                "kept_score_median": quantiles[1],
+                "kept_score_q90": quantiles[2],
+                "candidate_score_mean": scores.mean(axis=1),
+                "acceptance_rate": acceptance,
+            }
