@@ -350,15 +350,16 @@ def test_the_closing_line_is_not_wrapped_when_written_to_a_pipe(tmp_path):
 
 
 def test_the_readmes_config_reference_is_what_list_markdown_prints():
-    from model_collapse.reference import BEGIN, END, settings_markdown
+    from model_collapse.reference import BEGIN, END, curation_markdown, reference_markdown, settings_markdown
     from model_collapse.settings import SETTINGS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     copied = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
     built_in = [name for name in SETTINGS if SETTINGS.origin(name).kind == "built in"]
-    assert copied == settings_markdown(built_in).strip(), "run `model-collapse list --markdown` and paste it"
+    assert copied == reference_markdown(built_in).strip(), "run `model-collapse list --markdown` and paste it"
     printed = invoke("list", "--markdown")
     assert printed.exit_code == 0 and settings_markdown(built_in).strip() in printed.stdout
+    assert printed.stdout.endswith(curation_markdown())  # after every setting, installed ones included
 
 
 def test_a_sweep_too_large_for_one_run_is_refused_at_once_and_repeats_are_still_found(tmp_path):

@@ -249,20 +249,23 @@ def list_(
     """List the settings (with their config fields) and the regimes."""
     from rich.table import Table
 
-    from .reference import config_fields, settings_markdown
+    from .curation import offered_scores
+    from .reference import config_fields, reference_markdown
     from .regimes import REGIMES
     from .settings import SETTINGS
 
     if markdown:
-        sys.stdout.write(_guarded(lambda: settings_markdown(list(SETTINGS))))
+        sys.stdout.write(_guarded(lambda: reference_markdown(list(SETTINGS))))
         return
     console = Console()
-    settings = Table("setting", "from", "fields (default)", "metrics", "closed forms", title="settings")
+    settings = Table(
+        "setting", "from", "fields (default)", "metrics", "closed forms", "curation scores", title="settings"
+    )
     for name in SETTINGS:
         try:
             origin = escape(SETTINGS.origin(name).describe())
         except ConfigError as error:  # two packages register the name
-            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "", "")
+            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "", "", "")
             continue
         try:  # the declaration alone: listing imports no model code (PyTorch, RDKit)
             missing = SETTINGS.unavailable(name)
@@ -270,10 +273,12 @@ def list_(
                 raise missing
             cls = SETTINGS.declared(name)
         except ConfigError as error:  # an optional dependency is missing: say how to get it
-            settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "", "")
+            settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "", "", "")
             continue
         fields = ", ".join(f"{k}={f.get_default(call_default_factory=True)}" for k, f in config_fields(cls.Config))
-        settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics), "yes" if _states_theory(name) else "")
+        theory = "yes" if _states_theory(name) else ""
+        scores = ", ".join(offered_scores(cls))
+        settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics), theory, scores)
     console.print(settings)
     regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
     for name, regime in REGIMES.items():

@@ -14,6 +14,11 @@ candidate (higher is better) and keeps T:
   the Bradley-Terry / Plackett-Luce choice among m of Ferbach et al. A setting whose samples belong to
   fixed slots (linear regression's design rows) keeps one sample per slot this way.
 
+Besides a setting's own scores (``Setting.scores``), ``score: importance`` is log p(x) - log q(x), the
+``oracle`` minus the ``likelihood``, for any setting that has both: with ``keep: weighted`` and
+temperature 1, each kept sample is a sampling-importance-resampling draw from the real distribution
+among its m candidates (exact as m grows): a perfect verifier, which ``noise`` makes imperfect.
+
 ``noise`` adds N(0, noise^2) to the scores every choice sees; the recorded scores are the true ones. The
 choice's random numbers come from ``chain_rng(seeds, iteration, "curation")``, so a curated chain
 resumes exactly. With one candidate nothing is chosen: the batch is the plain loop's, bit for bit, and
@@ -48,6 +53,17 @@ CURATION_METRICS = {
 }
 
 
+# The score the engine derives from a setting's oracle and likelihood.
+IMPORTANCE = "importance"
+
+
+def offered_scores(declared: type[Declaration]) -> tuple[str, ...]:
+    """The scores a config may rank a setting's samples by: its own, and ``importance`` with both
+    ``oracle`` and ``likelihood``."""
+    derived = (IMPORTANCE,) if {"oracle", "likelihood"} <= set(declared.scores) else ()
+    return (*declared.scores, *derived)
+
+
 def metrics_for(declared: type[Declaration], point: SettingConfig) -> dict[str, Metric]:
     """The metrics a chain of ``point`` records: the setting's, and curation's when it curates."""
     return {**declared.metrics, **(CURATION_METRICS if point.curation is not None else {})}
@@ -58,8 +74,8 @@ def check_curation(declared: type[Declaration], point: SettingConfig, import_fun
     curation = point.curation
     if curation is None:
         return
-    if curation.score is not None and curation.score not in declared.scores:
-        offered = ", ".join(declared.scores) if declared.scores else "none of its own (use reward or verifier)"
+    if curation.score is not None and curation.score not in offered_scores(declared):
+        offered = ", ".join(offered_scores(declared)) or "none of its own (use reward or verifier)"
         raise ConfigError(
             f"setting.curation.score: the {declared.name} setting has no score {curation.score!r}; it scores {offered}"
         )
@@ -71,7 +87,9 @@ def _function(curation: CurationConfig) -> Callable[..., Any]:
     key, path = curation.scorer_key, curation.scored_by
     function = import_object(path, f"setting.curation.{key} {path!r}")
     if not callable(function):
-        raise ConfigError(f"setting.curation.{key} {path!r}: a {type(function).__name__}, not a function")
+        raise ConfigError(
+            f"setting.curation.{key} {path!r}: the {type(function).__name__} {function!r}, not a function"
+        )
     return function
 
 
@@ -108,7 +126,10 @@ class Curator:
         return kept, lambda: metrics
 
     def _scores(self, model: Any, samples: Any) -> np.ndarray:
-        if self._function is None:
+        if self._function is None and self.curation.scored_by == IMPORTANCE:
+            oracle, likelihood = (self.setting.score(name, model, samples) for name in ("oracle", "likelihood"))
+            values = np.asarray(oracle, dtype=float) - np.asarray(likelihood, dtype=float)
+        elif self._function is None:
             values = self.setting.score(self.curation.scored_by, model, samples)
         else:
             try:

@@ -8,8 +8,9 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .curation import offered_scores
 from .settings import SETTINGS
-from .settings.configs import StrictConfig, section_of
+from .settings.configs import CurationConfig, StrictConfig, section_of
 
 BEGIN = "<!-- begin: model-collapse list --markdown -->"
 END = "<!-- end: model-collapse list --markdown -->"
@@ -41,16 +42,26 @@ def _text(text: str) -> str:
     return text.replace("*", "\\*").replace("_", "\\_")
 
 
+def _rows(config_type: type[StrictConfig], prefix: str = "") -> list[str]:
+    return [
+        f"| `{prefix}{key}` | {_default(field)} | {_cell(field.description or '')} |"
+        for key, field in config_fields(config_type)
+    ]
+
+
+def reference_markdown(names: Iterable[str]) -> str:
+    """The whole reference: the settings ``names``, then the ``curation`` section."""
+    return settings_markdown(names) + "\n" + curation_markdown()
+
+
 def settings_markdown(names: Iterable[str]) -> str:
-    """One section per setting: its fields' table and its metrics."""
+    """One section per setting: its fields' table, its metrics, the scores curation may rank by."""
     parts = []
     for name in names:
         declared = SETTINGS.declared(name)
-        rows = [
-            f"| `{key}` | {_default(field)} | {_cell(field.description or '')} |"
-            for key, field in config_fields(declared.Config)
-        ]
+        rows = _rows(declared.Config)
         metrics = "; ".join(f"`{metric}`: {_text(info.label)}" for metric, info in declared.metrics.items())
+        scores = ", ".join(f"`{score}`" for score in offered_scores(declared)) or "none (reward or verifier only)"
         parts.append(
             "\n".join(
                 [
@@ -62,8 +73,28 @@ def settings_markdown(names: Iterable[str]) -> str:
                     "",
                     f"Metrics: {metrics}.",
                     "",
+                    f"Curation scores: {scores}.",
+                    "",
                     "</details>",
                 ]
             )
         )
     return "\n\n".join(parts) + "\n"
+
+
+def curation_markdown() -> str:
+    """The ``curation`` section every setting's config has."""
+    return (
+        "\n".join(
+            [
+                "<details><summary><code>curation</code> (a section of every setting)</summary>",
+                "",
+                "| field | default | |",
+                "|---|---|---|",
+                *_rows(CurationConfig, "curation."),
+                "",
+                "</details>",
+            ]
+        )
+        + "\n"
+    )

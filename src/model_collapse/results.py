@@ -157,15 +157,17 @@ class Interval:
 
     def nonfinite(self, values: np.ndarray, iterations: np.ndarray) -> str | None:
         """How many seeds are left out of the mean where most are, e.g. ``-inf for 40 of 100 seeds at
-        iteration 12``; None when every value is finite."""
-        missing = self.seeds - self.finite
+        iteration 12``; None when every value is finite. An iteration NaN for every seed was not measured
+        (curation's at iteration 1, which samples nothing; a metric a setting gained later) and is no fault."""
+        measured = ~np.isnan(values).all(axis=1)
+        missing = np.where(measured, self.seeds - self.finite, 0)
         if not missing.any():
             return None
         i = int(np.argmax(missing))
         left_out = values[i][~np.isfinite(values[i])]
         kinds = {"+inf": np.isposinf(left_out), "-inf": np.isneginf(left_out), "undefined": np.isnan(left_out)}
         what = " / ".join(name for name, found in kinds.items() if found.any())
-        where = "at every iteration" if (missing == missing[i]).all() else f"at iteration {iterations[i]}"
+        where = "at every iteration" if (missing[measured] == missing[i]).all() else f"at iteration {iterations[i]}"
         return f"{what} for {missing[i]} of {self.seeds} seeds {where}"
 
 

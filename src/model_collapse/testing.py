@@ -20,6 +20,8 @@ saying so, for a setting without ``fresh_real``) and checks, in this order (``CH
 * ``data_round_trip``: real and synthetic data saved and loaded (``load(directory, like=real)``) are
   the same data;
 * ``model_round_trip``: a saved and loaded model evaluates to the same metrics, bit for bit;
+* ``scores``: every score the setting declares (``Setting.scores``, for a config's ``curation``) gives
+  one number per seed and sample, higher better, never NaN or +inf, the same numbers twice;
 * ``damaged_files``: a saved model or batch with any file truncated, emptied or missing is refused with
   a ``ModelCollapseError`` of one line (what the command line prints), never another exception;
 * ``fresh_real_unseen``: ``fresh_real`` (where the setting has it) gives data that are not its
@@ -67,6 +69,7 @@ CHECKS = (
     "data_contract",
     "data_round_trip",
     "model_round_trip",
+    "scores",
     "damaged_files",
     "fresh_real_unseen",
     "repeatable",
@@ -327,6 +330,25 @@ class _Checker:
                 f"a saved and loaded model evaluates to {name} = {after[name].tolist()}, before saving "
                 f"{before[name].tolist()}",
             )
+
+    def scores(self) -> None:
+        setting = self.new()
+        model = self.fit(setting, [setting.real_train])
+        samples = self.sample(setting, model, len(setting.real_train))
+        expected = (len(self.seeds), len(samples))
+        for name in setting.scores:
+            try:
+                first, second = (np.asarray(setting.score(name, model, samples), dtype=float) for _ in range(2))
+            except NotImplementedError as error:
+                raise SettingCheckFailed(
+                    "scores", f"{name!r} is declared in scores, but score raises: {error}"
+                ) from None
+            if first.shape != expected:
+                raise SettingCheckFailed("scores", f"score {name!r} has shape {first.shape}, expected {expected}")
+            if np.isnan(first).any() or (first == np.inf).any():
+                raise SettingCheckFailed("scores", f"score {name!r} gives NaN or +inf (-inf rules a sample out)")
+            if not np.array_equal(first, second):
+                raise SettingCheckFailed("scores", f"score {name!r} gives other numbers the second time")
 
     def damaged_files(self) -> None:
         setting = self.new()

@@ -118,7 +118,8 @@ class CurationConfig(StrictConfig):
     score: str | None = Field(
         None,
         description="a score the setting computes: likelihood (under the model that drew the candidates), "
-        "oracle (under the real data's distribution) or one of its own (model-collapse list shows them)",
+        "oracle (under the real data's distribution), importance (oracle - likelihood) or one of its own "
+        "(model-collapse list shows them)",
     )
     reward: str | None = Field(
         None, description="a function package.module:function of a batch of candidates: one reward per candidate"
