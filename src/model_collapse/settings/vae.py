@@ -8,6 +8,13 @@ parts, in nats per image; and two numbers that make a collapse to few modes visi
 real data (log 10 = 2.30 for ten balanced digit classes; NaN for data without labels), and
 ``sample_spread``, the total variance of samples over that of real test images in a PCA feature space
 fitted on real data (1 = as spread out as real data, 0 = a single image).
+
+The image papers' metrics (Alemohammad et al., Bertrand et al., Gillman et al.) are computed every
+iteration against the held-out real images, in the feature space of a judge trained once on the real
+training images (``ImageJudge``): the Fréchet distance and k-NN precision, recall, density and coverage
+(``image_metrics.py``). The judge is a one-hidden-layer classifier (scikit-learn's MLP, seeded, so every
+process trains the same one) where the data set has labels, whose hidden activations are the features
+and whose confidence is the curation score ``confidence``; without labels the features are the PCA's.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
 from torch import nn
 
 from ..errors import ModelCollapseError
@@ -29,6 +37,7 @@ from ..randomness import seed_rng
 from .arrays import MappedSamples, Samples, gather
 from .base import Setting
 from .devices import resolve_device
+from .image_metrics import frechet_distance, gaussian_statistics, precision_recall_density_coverage
 from .images import ImageSplit, load_images
 from .vae_config import VAEConfig, VAEDeclaration
 
@@ -94,6 +103,46 @@ def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).float().div_(255)
 
 
+# The judge's training images at most (a few seconds on a CPU for MNIST's 10,000).
+JUDGE_IMAGES = 10000
+
+
+@dataclass(frozen=True)
+class ImageJudge:
+    """The feature space of the image metrics and the curation score ``confidence``: a classifier with
+    one hidden layer of 64 ReLU units trained on real training images (features: its hidden
+    activations), or, for images without labels, the PCA of the real data (and no confidence)."""
+
+    classifier: MLPClassifier | None
+    pca: PCA
+
+    @classmethod
+    def train(cls, train: ImageSplit, pca: PCA) -> ImageJudge:
+        if train.labels is None:
+            return cls(None, pca)
+        flat = train.images[:JUDGE_IMAGES].reshape(min(len(train.images), JUDGE_IMAGES), -1) / 255
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a judge needs no last decimal of its loss
+            classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0)
+            classifier.fit(flat, train.labels[:JUDGE_IMAGES])
+        return cls(classifier, pca)
+
+    def features(self, flat: np.ndarray) -> np.ndarray:
+        """Features of (N, pixels) images in [0, 1]."""
+        if self.classifier is None:
+            return self.pca.transform(flat)
+        return np.maximum(flat @ self.classifier.coefs_[0] + self.classifier.intercepts_[0], 0.0)
+
+    def confidence(self, flat: np.ndarray) -> np.ndarray:
+        """The classifier's probability of its most likely class, per image."""
+        assert self.classifier is not None  # (configs ask for confidence only with labelled data sets)
+        return self.classifier.predict_proba(flat).max(axis=1)
+
+
 @dataclass(frozen=True)
 class RealImages:
     train: ImageSplit
@@ -101,6 +150,9 @@ class RealImages:
     features: PCA  # feature space for sample_spread, fitted on real training images
     real_spread: float  # total variance of real test images in that space
     classifier: LogisticRegression | None  # for class_entropy, where the data set has labels
+    judge: ImageJudge  # the image metrics' feature space
+    test_statistics: tuple[np.ndarray, np.ndarray]  # of the real test images' judge features
+    test_features: np.ndarray
 
 
 @functools.lru_cache(maxsize=4)
@@ -116,7 +168,11 @@ def _real_images(
     if train.labels is not None:
         limit = min(len(flat), 10000)
         classifier = LogisticRegression(max_iter=300).fit(flat[:limit], train.labels[:limit])
-    return RealImages(train, test, features, real_spread, classifier)
+    judge = ImageJudge.train(train, features)
+    test_features = judge.features(test.images.reshape(len(test.images), -1) / 255)
+    return RealImages(
+        train, test, features, real_spread, classifier, judge, gaussian_statistics(test_features), test_features
+    )
 
 
 class VAE(VAEDeclaration, Setting[VAEConfig]):
@@ -141,6 +197,7 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
         self._reserve = train.images[size:]  # real images the chain never trains on: source of fresh real data
         self.test = real.test.images
         self.features, self.real_spread, self.classifier = real.features, real.real_spread, real.classifier
+        self.judge, self.test_statistics, self.test_features = real.judge, real.test_statistics, real.test_features
         self._evaluation_seed = int(seed_rng(self.seeds[0], "evaluate").integers(2**63))
 
     # -- data -------------------------------------------------------------------------------------
@@ -219,10 +276,20 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
             p = counts[counts > 0] / counts.sum()
             entropy = float(-(p * np.log(p)).sum())
         spread = self.features.transform(samples).var(axis=0).sum() / self.real_spread
+        features = self.judge.features(samples)
+        distance = frechet_distance(self.test_statistics, gaussian_statistics(features))
+        neighbours = precision_recall_density_coverage(self.test_features, features)
         return {
             "test_loss": np.array([reconstruction + kl]),
             "test_reconstruction": np.array([reconstruction]),
             "test_kl": np.array([kl]),
             "class_entropy": np.array([entropy]),
             "sample_spread": np.array([spread]),
+            "frechet_distance": np.array([distance]),
+            **{name: np.array([value]) for name, value in neighbours.items()},
         }
+
+    def score(self, name: str, model: ConvVAE, samples: Samples) -> np.ndarray:
+        """``confidence``: the judge's probability of its most likely class for each image."""
+        images = samples["x"][0]
+        return self.judge.confidence(images.reshape(len(images), -1) / 255)[None]

@@ -48,8 +48,10 @@ class VAEConfig(SettingConfig):
     )
     image_size: PositiveInt = Field(16, description="the side images are resized to (divisible by 2^len(model.widths))")
     samples: PositiveInt | None = Field(None, description="T: real training images (default: the whole training split)")
-    test_samples: PositiveInt = Field(300, description="held-out real images the test metrics use")
-    evaluation_samples: PositiveInt = Field(1000, description="images sampled to measure class entropy and spread")
+    test_samples: int = Field(300, gt=5, description="held-out real images the test metrics use")
+    evaluation_samples: int = Field(
+        1000, gt=5, description="images sampled for class entropy, spread and the k-NN metrics (k = 5)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
     )
@@ -69,6 +71,14 @@ class VAEConfig(SettingConfig):
             raise ValueError(f"image_size ({self.image_size}) must be divisible by 2^len(model.widths) = {stride}")
         if self.dataset == "folder" and self.channels is None:
             raise ValueError("channels must be given (1 or 3) for dataset 'folder'")
+        if (
+            self.curation is not None
+            and self.curation.score == "confidence"
+            and self.dataset not in ("digits", "mnist")
+        ):
+            raise ValueError(
+                f"curation.score: confidence needs a labelled data set (digits, mnist), not {self.dataset}"
+            )
         if self.dataset != "folder" and self.channels not in (None, CHANNELS[self.dataset]):
             raise ValueError(f"channels: {self.dataset} images have {CHANNELS[self.dataset]} channel(s)")
         return self
@@ -89,6 +99,12 @@ class VAEDeclaration(Declaration[VAEConfig]):
         "test_kl": Metric("test KL (nats / image)"),
         "class_entropy": Metric("entropy of sample classes (nats)"),
         "sample_spread": Metric("sample spread / real spread"),
+        "frechet_distance": Metric("Fréchet distance to real test images (judge features)", log_scale=True),
+        "precision": Metric("precision (k = 5, judge features)"),
+        "recall": Metric("recall (k = 5, judge features)"),
+        "density": Metric("density (k = 5, judge features)"),
+        "coverage": Metric("coverage (k = 5, judge features)"),
     }
+    scores = ("confidence",)
     one_seed_per_chain = True
     preview_size = 64
