@@ -331,3 +331,31 @@ def test_language_model_metrics_include_the_diversity_of_its_samples_beside_real
     assert 1 <= first["mean_length"][0] <= 1 + 12  # a first token and at most max_new_tokens
     assert set(fitted.diagnostics["reference"]) == set(NAMES)
     assert fitted.diagnostics["reference"]["mean_length"] <= 1 + 12  # real stories cut to the samples' length
+
+
+def test_the_likelihood_score_is_each_documents_mean_log_probability_per_token(config):
+    import torch
+
+    setting = LanguageModel(config, [0])
+    model = setting.fit([setting.real_train], np.random.default_rng(0)).model
+    stories = setting.sample(model, 11, np.random.default_rng(1))  # 11: batches of 8, padded unevenly
+    scores = setting.score("likelihood", model, stories)
+    assert scores.shape == (1, 11) and (scores < 0).all()
+    for i in range(11):  # one document at a time, no padding: the same number
+        ids = torch.tensor([[setting.eos, *stories.document(i).tolist(), setting.eos]])
+        with torch.no_grad():
+            logits = model(input_ids=ids[:, :-1]).logits.float()
+        expected = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None]).mean().item()
+        assert scores[0, i] == pytest.approx(expected, abs=1e-5)
+    curated = run_chain(
+        LanguageModel(
+            LanguageModel.Config.model_validate(
+                {**config.model_dump(), "curation": {"candidates": 2, "score": "likelihood"}}
+            ),
+            [0],
+        ),
+        parse_regime("replace"),
+        2,
+    )
+    kept, candidates = curated[1].metrics["kept_score_mean"][0], curated[1].metrics["candidate_score_mean"][0]
+    assert kept > candidates  # the likelier half of the candidates was kept

@@ -161,3 +161,4 @@ class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
     }
     one_seed_per_chain = True
     preview_size = 8
+    scores = ("likelihood",)

@@ -218,6 +218,32 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig]):
         stories = self._sample_shard(model, prompts, new_tokens, generator)
         return diversity([stories.document(i) for i in range(len(stories))])
 
+    @torch.no_grad()
+    def score(self, name: str, model, samples: TokenCorpus) -> np.ndarray:
+        """``likelihood``: each document's mean log-probability per token under the model that wrote
+        it, predicting its tokens and its EOS after the EOS that opens it (as training reads documents):
+        minus the log of its perplexity. A document longer than the context is scored on its first
+        ``max_position_embeddings`` predictions."""
+        limit, eos = model.config.max_position_embeddings, self.eos
+        model.to(self.device).eval()
+        scores = np.empty(len(samples))
+        batch = min(self.config.training.batch_size, 8)  # logits of (batch, length, vocabulary) floats
+        for start in range(0, len(samples), batch):
+            indices = range(start, min(start + batch, len(samples)))
+            documents = [np.concatenate([[eos], samples.document(i), [eos]])[: limit + 1] for i in indices]
+            width = max(len(d) for d in documents)
+            ids = np.full((len(documents), width), eos, dtype=np.int64)
+            predicted = np.zeros((len(documents), width - 1), dtype=bool)
+            for row, document in enumerate(documents):
+                ids[row, : len(document)] = document
+                predicted[row, : len(document) - 1] = True
+            tokens = torch.from_numpy(ids).to(self.device)
+            # right padding: a causal model's earlier positions never see it, and it is not predicted
+            logits = model(input_ids=tokens[:, :-1]).logits.float()
+            chosen = torch.log_softmax(logits, dim=-1).gather(2, tokens[:, 1:, None])[:, :, 0].cpu().numpy()
+            scores[start : start + len(documents)] = np.where(predicted, chosen, 0).sum(1) / predicted.sum(1)
+        return scores[None]
+
     # -- storage ----------------------------------------------------------------------------------
     def save_model(self, model, directory: Path) -> None:
         model.save_pretrained(directory)
