@@ -51,9 +51,26 @@ def test_every_panel_of_the_quickstart_has_readable_y_ticks(quickstart):
 
 
 def test_a_log_axis_only_where_the_means_span_more_than_a_decade(quickstart):
+    assert quickstart["test_error"].axes[0].get_yscale() == "log"  # replace's error grows over tenfold in 12 iterations
+    assert quickstart["real_fraction"].axes[0].get_yscale() == "linear"  # 1/n from 1 to 0.08: within a decade
+
+
+def test_by_regime_panels_share_the_y_axis_of_their_sweep_point(quickstart):
+    """Accumulate's wobble must not fill its panel as replace's rise fills its own."""
     replace, accumulate = quickstart["test_error_by_regime"].axes[:2]
-    assert replace.get_yscale() == "log"  # replace's error grows more than tenfold over 12 iterations
-    assert accumulate.get_yscale() == "linear"  # accumulate's stays within a decade
+    assert replace.get_ylim() == accumulate.get_ylim() and accumulate.get_yscale() == "log"
+    figure = quickstart["test_error_by_regime"]
+    assert not any(ax.get_ylabel() for ax in figure.axes) and figure.get_supylabel()  # one label, not stacked
+
+
+def test_under_five_seeds_every_seed_is_a_thin_line_and_there_is_no_band(tmp_path):
+    few = figures(run(tmp_path, "quickstart.yaml", "seeds=3", "iterations=4"))
+    panel = few["test_error_by_regime"].axes[0]
+    assert not panel.collections  # no band
+    widths = [line.get_linewidth() for line in panel.lines]
+    assert widths.count(0.6) == 3  # one thin line per seed beside the mean
+    legend_titles = [t.get_text() for legend in few["test_error_by_regime"].legends for t in legend.texts]
+    assert any("each seed (thin)" in text for text in legend_titles)
 
 
 def test_panels_and_legends_speak_the_papers_words(quickstart, tmp_path):

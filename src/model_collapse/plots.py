@@ -30,7 +30,7 @@ from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from . import theory  # noqa: E402
 from .atomic import write_file_atomic, write_text_atomic
-from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
+from .results import SEEDS_FOR_A_BAND, ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
 
@@ -39,11 +39,16 @@ _REFERENCE = "real data"
 
 
 def draw_mean(ax, result: ChainResult, values: np.ndarray, color, label: str) -> tuple[np.ndarray, str | None]:
-    """The mean over finite seeds and its confidence band; returns the mean and what it leaves out, if
-    anything (a singular Gaussian's infinite NLL), for the panel to say."""
+    """The mean over finite seeds and its confidence band (under ``SEEDS_FOR_A_BAND`` seeds, every seed
+    as a thin line instead); returns the mean and what it leaves out, if anything (a singular Gaussian's
+    infinite NLL), for the panel to say."""
     interval = confidence_interval(values)
     ax.plot(result.iterations, interval.mean, color=color, label=label, lw=1.5)
-    ax.fill_between(result.iterations, interval.low, interval.high, color=color, alpha=0.25, lw=0)
+    if values.shape[1] >= SEEDS_FOR_A_BAND:
+        ax.fill_between(result.iterations, interval.low, interval.high, color=color, alpha=0.25, lw=0)
+    elif values.shape[1] > 1:
+        with np.errstate(invalid="ignore"):
+            ax.plot(result.iterations, np.where(np.isfinite(values), values, np.nan), color=color, lw=0.6, alpha=0.45)
     return interval.mean, interval.nonfinite(values, result.iterations)
 
 
@@ -359,13 +364,15 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
 
 
 def _by_regime_figure(layout: _Layout, metric: str, info):
-    """One layout.block of rows per regime, one panel per sweep point."""
+    """One layout.block of rows per regime, one panel per sweep point; a sweep point's panels share their
+    y axis, so that regimes compare at a glance, and the figure has one y label (stacked ones overprint)."""
     figure, axes = plt.subplots(
         len(layout.regimes) * layout.block,
         layout.columns,
         figsize=(max(5.2, 3.6 * layout.columns), max(3.6, 2.8 * len(layout.regimes) * layout.block)),
         squeeze=False,
         sharex=True,
+        sharey="col" if layout.block == 1 else False,  # (a block of several rows mixes points in a column)
         layout="constrained",
     )
     for row, regime in enumerate(layout.regimes):
@@ -384,11 +391,10 @@ def _by_regime_figure(layout: _Layout, metric: str, info):
             finish_axes(ax, info.log_scale, [mean], result.iterations, bottom_row=bottom)
             note_left_out(ax, [note] if note else [])
             ax.set_title(f"{regime}  |  {layout.titles[point]}" if layout.titles[point] else regime, fontsize=9)
-            if k % layout.columns == 0:
-                ax.set_ylabel(info.label, fontsize=9)
         for k in range(len(layout.points), layout.block * layout.columns):  # the unused end of the regime's last row
             axes[row * layout.block + k // layout.columns][k % layout.columns].set_visible(False)
     figure_legend(figure)
+    figure.supylabel(info.label, fontsize=9)
     figure.suptitle(f"{layout.experiment.setting_name}: {metric}")
     return figure
 

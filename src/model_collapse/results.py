@@ -131,12 +131,17 @@ def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
 
 
 BAND_LEVEL = 0.95
+# Below this many seeds a Student-t band is too wide to inform (with 2 seeds t is 12.7): figures draw
+# every seed as a thin line beside the mean instead.
+SEEDS_FOR_A_BAND = 5
 
 
 def band_text(seeds: int) -> str:
     """The band's definition over ``seeds`` seeds, as figures' legends and the report state it."""
     if seeds < 2:
         return "1 seed: no interval"
+    if seeds < SEEDS_FOR_A_BAND:
+        return f"mean of {seeds} seeds (thick), each seed (thin)"
     return f"mean of {seeds} seeds, {BAND_LEVEL:.0%} CI (Student t)"
 
 
