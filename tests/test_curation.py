@@ -334,3 +334,19 @@ def test_a_score_is_one_number_per_seed_and_candidate_for_every_cheap_setting():
             values = setting.score(score, model, samples)
             assert values.shape == (3, 12) and not np.isnan(values).any(), (name, score)
         assert isinstance(samples, Samples)
+
+
+def test_a_run_directory_alone_never_makes_a_curation_function_imported(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent)  # where the command finds curation_functions
+    config, out = tmp_path / "config.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(config_of({"candidates": 2, "reward": "curation_functions:closeness"})))
+    assert invoke("run", config, "--out", out, "--quiet").exit_code == 0
+    assert invoke("table", out).exit_code == 0  # reading it back imports nothing and needs nothing
+    refused = invoke("resume", out, "--quiet")
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        "error: setting.curation.reward 'curation_functions:closeness' is named by a run directory, which "
+        "cannot make model-collapse import code: name it yourself "
+        "(resume --allow-import curation_functions:closeness)"
+    )
+    assert invoke("resume", out, "--quiet", "--allow-import", "curation_functions:closeness").exit_code == 0

@@ -24,7 +24,7 @@ prints. The command (``cli.py``) is a thin layer over these functions.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -167,12 +167,15 @@ def _allow(setting: str | type | None) -> None:
 
 def prepare_resume(run_directory: Path, executor: str | None = None) -> Prepared:
     """The experiment a run directory records, checked as ``prepare`` checks a config."""
+    from .curation import check_functions_allowed
     from .results import open_experiment
     from .runner import resolve_executor
     from .settings import SETTINGS
 
     experiment = open_experiment(run_directory)
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed
+    for point in experiment.points:
+        check_functions_allowed(point)
     return Prepared(experiment, resolve_executor(experiment, executor))
 
 
@@ -182,15 +185,20 @@ def resume(
     quiet: bool = True,
     executor: str | None = None,
     setting: str | type | None = None,
+    allow_import: Sequence[str] = (),
 ) -> Run:
     """Finish an interrupted run: committed iterations are kept, the rest computed as in one go.
 
     ``setting``: the import path (or class) of a setting the run names by import path, which a run
-    directory alone never makes this import."""
+    directory alone never makes this import; ``allow_import``: the same for the reward or verifier
+    functions (``package.module:function``) its curation names."""
+    from .curation import allow_function
     from .rundir import lock_run
 
     directory = Path(run_directory)
     _allow(setting)
+    for path in allow_import:
+        allow_function(path)
     prepared = prepare_resume(directory, executor)
     run_locked(directory, lambda: lock_run(directory), prepared, workers, quiet)
     return Run(directory)

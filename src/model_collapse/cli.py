@@ -103,11 +103,20 @@ def resume(
     quiet: bool = QUIET,
     executor: str | None = EXECUTOR,
     setting: str | None = SETTING,
+    allow_import: list[str] = typer.Option(  # noqa: B008 (typer's way)
+        [],
+        "--allow-import",
+        help="A reward or verifier (package.module:function) the run's curation names: a run directory alone "
+        "never makes model-collapse import code. Repeat it for several.",
+    ),
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
+    from .curation import allow_function
     from .rundir import lock_run
 
     _allow(setting)
+    for path in allow_import:
+        allow_function(path)
     prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
     api.run_locked(run_directory, lambda: lock_run(run_directory), prepared, workers, quiet, guard=_guarded)
     _say(f"done: {run_directory}")

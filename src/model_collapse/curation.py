@@ -26,8 +26,10 @@ it is scored after the fit, for the record alone.
 
 A reward or verifier is a user's function ``function(samples, **options)`` of a batch of candidates (the
 setting's data type: ``Samples`` for the array settings, ``samples["x"]`` of shape (seeds, n, d)) that
-returns an array of shape (seeds, n). It is imported only when a chain runs (and when a config is
-checked), never when a run is read back.
+returns an array of shape (seeds, n). It is imported when a config that names it is checked and when a
+chain runs, never when a run is read back; and a run directory alone never makes it imported: resuming
+a run whose curation names a function takes the user's word for it (``allow_function``, ``resume
+--allow-import``), as a setting named by import path does.
 """
 
 from __future__ import annotations
@@ -81,6 +83,26 @@ def check_curation(declared: type[Declaration], point: SettingConfig, import_fun
         )
     if curation.score is None and import_functions:
         _function(curation)
+
+
+_ALLOWED_FUNCTIONS: set[str] = set()  # functions the user named in this process (resume --allow-import)
+
+
+def allow_function(path: str) -> None:
+    """Let this process import the curation function ``path`` that a run directory names."""
+    _ALLOWED_FUNCTIONS.add(path)
+
+
+def check_functions_allowed(point: SettingConfig) -> None:
+    """Refuse to resume a run whose curation names a function the user has not named in this process."""
+    curation = point.curation
+    if curation is None or curation.score is not None or curation.scored_by in _ALLOWED_FUNCTIONS:
+        return
+    path = curation.scored_by
+    raise ConfigError(
+        f"setting.curation.{curation.scorer_key} {path!r} is named by a run directory, which cannot make "
+        f"model-collapse import code: name it yourself (resume --allow-import {path})"
+    )
 
 
 def _function(curation: CurationConfig) -> Callable[..., Any]:
