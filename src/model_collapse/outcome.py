@@ -19,7 +19,7 @@ from . import distributed
 from .chain import run_chain
 from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, one_line_error
 from .experiment import ChainSpec, setting_class
-from .rundir import ChainStore, IterationRecord
+from .rundir import SHARED, ChainStore, IterationRecord
 
 _ERRORS = {cls.__name__: cls for cls in (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)}
 
@@ -85,6 +85,7 @@ def run_spec(
 ) -> None:
     """Run (or finish) the chain ``spec`` in its directory of ``run_directory``; errors are raised."""
     setting = setting_class(spec.point)(spec.point, spec.seeds)
+    setting.shared = run_directory / SHARED
     store = ChainStore.of(run_directory, spec, writer=distributed.is_main())
     if store.writer:
         store.prepare()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it

@@ -19,6 +19,8 @@
         iter_0044.scratch/            the running iteration's own progress (a language model's finished
                                       sampling shards, its last saved training step): kept across an
                                       interruption, removed at commit
+    RUN/shared/                       what a setting makes once per run for all its chains (a model
+                                      the fine-tuning setting pretrains): ``Setting.shared``
     RUN/figures/                      written by `model-collapse plot`
 
 Every file is written to a temporary name, flushed to disk and renamed into place (``atomic.py``); a commit is
@@ -79,6 +81,7 @@ READABLE_VERSIONS = (1, 2, 3)
 MARKER = "run.json"
 CONFIG = "config.yaml"
 LOCK = "run.lock"
+SHARED = "shared"  # Setting.shared: what a setting makes once per run
 _COMMIT = re.compile(r"iter_(\d+)(?:-(\d+))?(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)

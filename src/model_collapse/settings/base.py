@@ -186,6 +186,12 @@ def _overrides(cls: type, method: str) -> bool:
 
 
 class Setting(Declaration[C], ABC):
+    # A directory of the run that all its chains share, for what a setting makes once per run and keeps
+    # (a pretrained model): the engine sets it after constructing the setting, before any other call;
+    # None outside a run directory. Chains run in parallel: write into it by renaming a finished
+    # directory into place.
+    shared: Path | None = None
+
     def __init__(self, config: C, seeds: Sequence[int]):
         self.config: C = config
         self.seeds = tuple(int(s) for s in seeds)

@@ -54,6 +54,7 @@ class TrainingSection(StrictConfig):
         0.02, ge=0, le=1, description="share of the steps of linear warm-up, before the cosine decay"
     )
     weight_decay: float = Field(0.1, ge=0, description="AdamW's weight decay (not on biases and norms)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW's betas")
     gradient_clip: PositiveFloat = Field(1.0, description="the gradient norm is clipped to this")
     epochs: PositiveInt = Field(1, description="epochs per fit")
     evaluations_per_epoch: PositiveInt = Field(10, description="validation-loss points of the learning curve per epoch")

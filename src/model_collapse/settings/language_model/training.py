@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,9 +34,19 @@ from ...distributed import global_sum, rank_and_world
 from ..training_state import TrainingState
 from .config import TrainingSection
 from .loss import CausalLanguageModelLoss
-from .packing import PackedBlocks
 
 log = logging.getLogger(__name__)
+
+
+class Batches(Protocol):
+    """Training or evaluation rows as the loop reads them: packed blocks (``packing.PackedBlocks``) or
+    padded examples (``fine_tuning/examples.py``). ``batch`` gives inputs and targets, IGNORE-masked."""
+
+    block_size: int  # tokens per row at most, for throughput figures
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Any) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, final_ratio: float) -> float:
@@ -72,7 +82,7 @@ def _loss_module(model, device: torch.device) -> CausalLanguageModelLoss:
 
 
 @torch.no_grad()
-def cross_entropy(model, blocks: PackedBlocks, batch_size: int, device: torch.device, precision: str = "auto") -> float:
+def cross_entropy(model, blocks: Batches, batch_size: int, device: torch.device, precision: str = "auto") -> float:
     """Mean next-token cross-entropy (nats per token) over every unmasked target of ``blocks``; under
     ``torchrun`` each rank takes every world-th block and the sums are combined (call it on all ranks)."""
     was_training = model.training
@@ -93,8 +103,8 @@ def cross_entropy(model, blocks: PackedBlocks, batch_size: int, device: torch.de
 
 def train(
     model,
-    blocks: PackedBlocks,
-    validation: PackedBlocks,
+    blocks: Batches,
+    validation: Batches,
     options: TrainingSection,
     rng: np.random.Generator,
     device: torch.device,
@@ -129,7 +139,7 @@ def train(
     optimiser = torch.optim.AdamW(
         [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=options.learning_rate,
-        betas=(0.9, 0.95),
+        betas=options.betas,
         fused=device.type == "cuda",
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
