@@ -56,6 +56,12 @@ _BUILT_IN = {
         "lm",
         ("language_model.config", "LanguageModelDeclaration"),
     ),
+    "fine-tuning": (
+        "fine_tuning.setting",
+        "FineTuning",
+        "lm",
+        ("fine_tuning.config", "FineTuningDeclaration"),
+    ),
     "conformer-diffusion": (
         "conformer_diffusion.setting",
         "ConformerDiffusion",

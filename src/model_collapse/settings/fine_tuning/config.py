@@ -1,0 +1,169 @@
+"""What the fine-tuning setting is (its config, metrics and how it runs), readable without PyTorch or
+transformers: ``table``, ``plot`` and config validation need only this.
+
+Two protocols of the field, one setting:
+
+* Shumailov et al. (*AI models collapse when trained on recursively generated data*, Nature 2024):
+  ``format: text``. wikitext-2 cut into 64-token blocks; each iteration fine-tunes the pretrained model
+  (AdamW, 2e-5, cosine to 1e-6, 5 epochs, batches of 16) and writes the next iteration's blocks as the
+  64-token beam-search continuations (5 beams, repetition penalty 3.0) of the real blocks.
+* Kazdan et al. (*Collapse or Thrive?*, 2025): ``format: prompt-response``. HelpSteer2 conversations as
+  ``user: {prompt}\\nassistant: {response}`` + EOS (at most 512 tokens); full fine-tuning from the base
+  checkpoint (8e-6, constant after 5% warm-up, one epoch, batches of 128); synthetic conversations
+  sampled unconditionally at temperature 1 and kept only when well formed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from ..base import Declaration, Metric
+from ..configs import SettingConfig, StrictConfig
+from ..language_model.config import TrainingSection
+
+
+class Pretraining(StrictConfig):
+    """A small model pretrained once per run on the bundled Moby-Dick by the ``language-model`` setting and
+    kept in the run directory (``shared/``), for runs that have no pretrained checkpoint (CPU runs, tests)."""
+
+    preset: str = Field("gpt2-tiny", description="the architecture (language_model/models.py)")
+    vocab_size: PositiveInt = Field(2000, description="its byte-level BPE tokenizer's vocabulary")
+    block_size: PositiveInt = Field(128, description="tokens per pretraining block")
+    samples: PositiveInt | None = Field(None, description="paragraphs pretrained on (default: the training split)")
+    batch_size: PositiveInt = Field(16, description="blocks per optimiser step")
+    learning_rate: PositiveFloat = Field(2e-3, description="AdamW's peak learning rate")
+    epochs: PositiveInt = Field(2, description="epochs of pretraining")
+    seed: NonNegativeInt = Field(0, description="the seed of its initialisation and batch order")
+
+
+class PretrainedModel(StrictConfig):
+    """The model every iteration starts from: a local checkpoint, or one pretrained for the run."""
+
+    path: str | None = Field(
+        None, description="a Hugging Face causal LM in a local directory (save_pretrained's layout, with its tokenizer)"
+    )
+    pretrain: Pretraining | None = Field(None, description="instead of path: pretrain a small model once per run")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.pretrain is None):
+            raise ValueError("give model.path (a local checkpoint) or model.pretrain, one of them")
+        return self
+
+
+class FineTuningTraining(TrainingSection):
+    """How each iteration fine-tunes (AdamW; warm-up, then cosine decay to a fraction of the peak).
+    The defaults are Shumailov et al.'s: learning rate 2e-5 decayed to 1e-6 over 5 epochs, batches of 16."""
+
+    batch_size: PositiveInt = Field(16, description="examples per optimiser step (and per evaluation batch)")
+    learning_rate: PositiveFloat = Field(2e-5, description="AdamW's peak learning rate")
+    final_learning_rate_ratio: float = Field(
+        0.05, ge=0, le=1, description="cosine decays to this fraction of the peak (1: constant after warm-up)"
+    )
+    warmup_fraction: float = Field(0.0, ge=0, le=1, description="share of the steps of linear warm-up")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW's weight decay (not on biases and norms)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's betas")
+    epochs: PositiveInt = Field(5, description="epochs per fit")
+    evaluations_per_epoch: PositiveInt = Field(1, description="test-loss points of the learning curve per epoch")
+
+
+class Generation(StrictConfig):
+    """How a fine-tuned model writes the next iteration's data."""
+
+    method: Literal["beam", "sample"] = Field(
+        "beam",
+        description="beam: each real block prompts a beam-search continuation of new_tokens tokens (Shumailov "
+        "et al.; format text); sample: documents sampled from an empty prompt (Kazdan et al.)",
+    )
+    new_tokens: PositiveInt = Field(64, description="beam: tokens per continuation (exactly; a new block)")
+    num_beams: PositiveInt = Field(5, description="beam: beams per prompt")
+    repetition_penalty: PositiveFloat = Field(
+        3.0, description="beam: tokens already in the sequence have their log-probability multiplied by this"
+    )
+    temperature: PositiveFloat = Field(1.0, description="sample: the sampling temperature")
+    max_new_tokens: PositiveInt = Field(512, description="sample: tokens per sample at most (it also ends at EOS)")
+    attempts: PositiveInt = Field(
+        20, description="sample: rounds of sampling at most to find enough well-formed samples before giving up"
+    )
+    batch_size: PositiveInt = Field(64, description="prompts (beam) or samples (sample) generated at once")
+    evaluation_samples: NonNegativeInt = Field(
+        64,
+        description="generated at each evaluation, from the same prompts and random stream every iteration, "
+        "for the generated-data metrics (0: none)",
+    )
+
+
+class FineTuningConfig(SettingConfig):
+    name: Literal["fine-tuning"] = "fine-tuning"
+    model: PretrainedModel
+    format: Literal["text", "prompt-response"] = Field(
+        "text",
+        description="text: wikitext-2, cut into blocks; prompt-response: HelpSteer2's conversations",
+    )
+    data_dir: str | None = Field(
+        None,
+        description="text: the Hub's wikitext-2-raw-v1 parquet files or wiki.{train,valid,test}.raw (null: the "
+        "bundled Moby-Dick); prompt-response: HelpSteer2's {train,validation}.jsonl.gz or parquet files",
+    )
+    block_size: PositiveInt = Field(64, description="text: tokens per block")
+    max_length: PositiveInt = Field(512, description="prompt-response: longer examples (in tokens) are dropped")
+    train_on: Literal["all", "response"] = Field(
+        "all",
+        description="prompt-response: the tokens the loss counts (in training and on the held-out set): all, as "
+        "SFT on a text field does (an unconditional sample must write the prompt too), or the response and EOS",
+    )
+    samples: PositiveInt | None = Field(None, description="T: real training blocks or examples (default: all)")
+    test_examples: PositiveInt | None = Field(None, description="held-out blocks or examples used (default: all)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
+    )
+    training: FineTuningTraining = Field(default_factory=FineTuningTraining)
+    generation: Generation = Field(default_factory=Generation)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.format == "prompt-response" and self.data_dir is None:
+            raise ValueError("format 'prompt-response' needs data_dir (HelpSteer2's files)")
+        if self.generation.method == "beam" and self.format != "text":
+            raise ValueError("generation.method 'beam' continues real blocks: it needs format 'text'")
+        if self.generation.method == "beam" and self.generation.new_tokens != self.block_size:
+            raise ValueError(
+                f"generation.new_tokens ({self.generation.new_tokens}) must equal block_size ({self.block_size}): "
+                "each continuation is a training block"
+            )
+        return self
+
+
+GENERATED = ("generated_perplexity_q05", "generated_perplexity_median", "generated_perplexity_q95")
+
+
+class FineTuningDeclaration(Declaration[FineTuningConfig]):
+    """The fine-tuning setting's declaration; ``setting.FineTuning`` inherits it."""
+
+    name = "fine-tuning"
+    Config = FineTuningConfig
+    metrics = {
+        "test_cross_entropy": Metric("cross-entropy on real held-out text (nats / token)"),
+        "test_perplexity": Metric("perplexity on real held-out text", log_scale=True),
+        # what the model writes, measured by the original pretrained model (Shumailov et al.'s histograms)
+        "generated_perplexity_q05": Metric("5% quantile of generated data's perplexity (original model)"),
+        "generated_perplexity_median": Metric("median perplexity of generated data (original model)"),
+        "generated_perplexity_q95": Metric("95% quantile of generated data's perplexity (original model)"),
+        "generated_perplexity_tail": Metric("share of generated data above real data's 95% perplexity quantile"),
+        "well_formed": Metric("share of generated samples kept by the format filter"),
+        "distinct_2": Metric("distinct-2 of generated data"),
+        "distinct_4": Metric("distinct-4 of generated data"),
+        "repeated_4grams": Metric("share of 4-grams repeated within a generated sample"),
+    }
+    one_seed_per_chain = True
+    preview_size = 6
+    scores = ("likelihood", "original-likelihood")
+
+    learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
+        "epoch",
+        "epoch",
+        "validation_loss",
+        "held-out loss (nats / token)",
+    )

@@ -1,0 +1,159 @@
+"""The fine-tuning data sets, read from local files in the layouts their publishers ship.
+
+* ``text``: wikitext-2 (Merity et al. 2016), as the Hugging Face Hub has it
+  (``wikitext-2-raw-v1/{train,validation,test}-00000-of-00001.parquet``, column ``text``, one line per row)
+  or as the original archive has it (``wiki.{train,valid,test}.raw``). Every line is tokenized without
+  special tokens, the lines are concatenated, and the stream is cut into blocks of ``block_size`` tokens,
+  the remainder dropped (``run_clm``'s ``group_texts``, which Shumailov et al. use). The test split is the
+  held-out text.
+* ``prompt-response``: HelpSteer2 (Wang et al. 2024) as ``{train,validation}.jsonl.gz`` (the Hub's
+  files), ``.jsonl`` or parquet files, fields ``prompt`` and ``response``. An example is
+  ``user: {prompt}\\nassistant: {response}`` followed by EOS (Kazdan et al.), tokenized as one text; the
+  loss counts every token, as SFT on a text field does (``train_on: response``: the response and EOS).
+  Examples longer than ``max_length`` tokens are dropped. The validation split is the held-out set.
+
+Files are read with pyarrow and the standard library, not ``datasets.load_dataset``, which would write a
+converted copy into ``~/.cache``: a run writes nothing outside its directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import ConfigError
+from .examples import Examples
+
+USER, ASSISTANT = "user: ", "assistant: "
+# (the Hub's parquet name, the raw archive's name) of the splits the setting reads
+_TEXT_SPLITS = {"train": ("train", "train"), "held-out": ("test", "test")}
+_CONVERSATION_SPLITS = {"train": "train", "held-out": "validation"}
+
+
+def _first_existing(candidates: list[Path]) -> Path | None:
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _parquet_column(path: Path, columns: list[str]) -> dict[str, list[Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+        missing = [column for column in columns if column not in names]
+        if missing:
+            raise ConfigError(f"{path} has no {', '.join(map(repr, missing))} field (fields: {', '.join(names)})")
+        table = pq.read_table(path, columns=columns)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"cannot read {path} as parquet: {str(error).splitlines()[0]}") from None
+    return {column: table.column(column).to_pylist() for column in columns}
+
+
+def text_lines(data_dir: Path, split: str) -> list[str]:
+    """The lines of a wikitext-2 split (``train`` or ``held-out``, the test split)."""
+    parquet, raw = _TEXT_SPLITS[split]
+    name = f"{parquet}-00000-of-00001.parquet"
+    path = _first_existing(
+        [data_dir / "wikitext-2-raw-v1" / name, data_dir / name]
+        + [data_dir / "wikitext-2-raw" / f"wiki.{raw}.raw", data_dir / f"wiki.{raw}.raw"]
+    )
+    if path is None:
+        raise ConfigError(
+            f"setting.data_dir: {data_dir} holds no wikitext-2 {parquet} split (wikitext-2-raw-v1/{name}, "
+            f"or wiki.{raw}.raw, directly or under wikitext-2-raw/)"
+        )
+    if path.suffix == ".parquet":
+        return [line for line in _parquet_column(path, ["text"])["text"] if isinstance(line, str)]
+    try:
+        return path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path} as text: {error}") from None
+
+
+def text_blocks(tokenizer, lines: list[str], block_size: int) -> Examples:
+    """The lines tokenized, concatenated and cut into blocks of ``block_size`` tokens (the rest dropped)."""
+    ids = tokenizer([line for line in lines if line], add_special_tokens=False)["input_ids"]
+    stream = np.fromiter((token for line in ids for token in line), dtype=np.int64)
+    count = len(stream) // block_size
+    blocks = stream[: count * block_size].reshape(count, block_size)
+    return Examples.from_sequences(list(blocks), np.zeros(count, dtype=np.int64))
+
+
+def _jsonl(path: Path) -> list[dict]:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    records = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ConfigError(f"{path} line {number} is not JSON: {error.msg}") from None
+                if not isinstance(record, dict) or not {"prompt", "response"} <= set(record):
+                    raise ConfigError(f"{path} line {number} has no 'prompt' and 'response' fields")
+                records.append(record)
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
+    return records
+
+
+def conversations(data_dir: Path, split: str) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of a HelpSteer2 split (``train``, or ``held-out``: validation)."""
+    name = _CONVERSATION_SPLITS[split]
+    jsonl = _first_existing([data_dir / f"{name}.jsonl.gz", data_dir / f"{name}.jsonl"])
+    if jsonl is not None:
+        records = _jsonl(jsonl)
+        return [(str(r["prompt"]), str(r["response"])) for r in records]
+    parquets = sorted((data_dir / "data").glob(f"{name}-*.parquet")) + sorted(data_dir.glob(f"{name}*.parquet"))
+    if not parquets:
+        raise ConfigError(
+            f"setting.data_dir: {data_dir} holds no HelpSteer2 {name} split ({name}.jsonl.gz, {name}.jsonl or "
+            f"{name}*.parquet, directly or under data/)"
+        )
+    pairs: list[tuple[str, str]] = []
+    for path in parquets:
+        columns = _parquet_column(path, ["prompt", "response"])
+        pairs += [(str(p), str(r)) for p, r in zip(columns["prompt"], columns["response"])]
+    return pairs
+
+
+def conversation_text(prompt: str, response: str) -> tuple[str, str]:
+    """The text of an example and its prefix (everything before the response)."""
+    prefix = f"{USER}{prompt}\n{ASSISTANT}"
+    return prefix, prefix + response
+
+
+def well_formed(text: str) -> tuple[str, str] | None:
+    """The (prefix, text) of a generated conversation that starts with ``user: `` and holds exactly one
+    ``assistant: `` (the follow-up's filter), else None."""
+    if not text.startswith(USER) or text.count(ASSISTANT) != 1:
+        return None
+    return text[: text.index(ASSISTANT) + len(ASSISTANT)], text
+
+
+def encode_conversations(
+    tokenizer, texts: list[tuple[str, str]], max_length: int, train_on: str, start: int
+) -> Examples:
+    """Examples of (prefix, text) pairs: ``start`` (BOS), the text's tokens and EOS; the loss starts at
+    the first token that reaches past the prefix (``train_on: response``). An unconditional sample
+    starts from ``start`` too, so every example opens with it, whether the tokenizer adds it (Llama,
+    Gemma, OPT) or not (GPT-2). Examples of more than ``max_length`` tokens are dropped."""
+    if not texts:
+        return Examples.from_sequences([], np.zeros(0, dtype=np.int64))
+    encoded = tokenizer([text for _, text in texts], return_offsets_mapping=True)
+    sequences, starts = [], []
+    for (prefix, _), ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+        if not ids or ids[0] != start:
+            ids, offsets = [start, *ids], [(0, 0), *offsets]
+        ids = [*ids, tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            continue
+        response = next((i for i, (_, end) in enumerate(offsets) if end > len(prefix)), len(offsets))
+        sequences.append(np.asarray(ids))
+        starts.append(0 if train_on == "all" else response)
+    return Examples.from_sequences(sequences, np.asarray(starts, dtype=np.int64))

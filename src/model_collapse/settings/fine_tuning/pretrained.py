@@ -1,0 +1,80 @@
+"""Reading a pretrained causal language model and its tokenizer from a local directory, refusing in one
+line what cannot be one: a missing directory, one without a model's config, weights or tokenizer, a model
+that is not a causal LM, or one whose code is not part of transformers (``trust_remote_code`` is never
+set: a run does not execute code it downloaded or found)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def check_model_directory(directory: Path) -> None:
+    """One line naming what makes ``directory`` no Hugging Face model directory."""
+    if not directory.is_dir():
+        raise ConfigError(f"setting.model.path: {directory} is not a directory")
+    config = directory / "config.json"
+    if not config.is_file():
+        raise ConfigError(
+            f"setting.model.path: {directory} holds no config.json (a directory save_pretrained wrote is expected)"
+        )
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"setting.model.path: {config} is not JSON ({_first_line(error)})") from None
+    if not isinstance(fields, dict) or "model_type" not in fields:
+        raise ConfigError(f"setting.model.path: {config} names no model_type: not a transformers model")
+    if fields.get("auto_map"):
+        raise ConfigError(
+            f"setting.model.path: {directory} needs its own code (auto_map in config.json); model-collapse runs "
+            "only architectures that transformers ships"
+        )
+
+
+def load_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        # AutoTokenizer would make an empty one from the model's type rather than refuse
+        raise ConfigError(f"setting.model.path: {directory} holds no usable tokenizer: no tokenizer.json")
+    try:
+        tokenizer: Any = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as error:  # transformers raises several types, some with long messages
+        raise ConfigError(f"setting.model.path: {directory} holds no usable tokenizer: {_first_line(error)}") from None
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"setting.model.path: the tokenizer in {directory} has no EOS token")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"setting.model.path: the tokenizer in {directory} is a slow one; a fast (tokenizer.json) one is needed"
+        )
+    return tokenizer
+
+
+def load_causal_model(directory: Path, error_type: type[Exception] = ConfigError):
+    """The model in ``directory``, in float32 on the CPU (training autocasts on a GPU), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, trust_remote_code=False)
+    except Exception as error:  # transformers raises several types, some with long messages
+        raise error_type(f"{directory} holds no usable causal language model: {_first_line(error)}") from None
+    return model.eval()
+
+
+def context_length(model) -> int:
+    """The longest sequence the model's positions take (GPT-2: n_positions; most: max_position_embeddings)."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2**31

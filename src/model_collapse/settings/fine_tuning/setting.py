@@ -1,0 +1,388 @@
+"""The ``fine-tuning`` setting: a pretrained causal language model fine-tuned at every iteration.
+
+Each iteration starts from the pretrained weights in ``model.path`` (the protocol of Shumailov et al. and
+of Kazdan et al.), fine-tunes them on its training set with the pretraining setting's loop
+(``language_model/training.py``: AdamW, warm-up and cosine decay, resumable checkpoints, data parallel
+under ``torchrun``), and is measured on the real held-out split. The model writes the next iteration's
+data as its paper does (config.py): beam-search continuations of the real blocks, or unconditional
+samples kept by the format filter. Generation runs in shards that are saved in the iteration's scratch
+directory, so an interrupted run redoes only the shards it had not finished; under ``torchrun`` the ranks
+take the shards in turn.
+
+Generated data are also measured by the *original* model (the pretrained weights): the perplexity of
+each generated sequence, whose distribution Shumailov et al. draw as histograms, and the share of it
+above the 95% quantile of the real data's perplexities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import logging as transformers_logging
+
+from ...activity import Meter
+from ...distributed import all_gather, rank_and_world
+from ...errors import ConfigError, ModelCollapseError, RunDirectoryError
+from ...randomness import seed_rng
+from ..base import Fit, Setting
+from ..devices import resolve_device
+from ..language_model.diversity import diversity
+from ..language_model.sampling import stream_stories
+from ..language_model.training import cross_entropy as mean_cross_entropy
+from ..language_model.training import train
+from .beam_search import beam_continuations
+from .config import FineTuningConfig, FineTuningDeclaration
+from .data import conversation_text, conversations, encode_conversations, text_blocks, text_lines, well_formed
+from .examples import IGNORE, ExampleBatches, Examples
+from .pretrained import check_model_directory, context_length, load_causal_model, load_tokenizer
+
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
+
+_TAIL_QUANTILE = 0.95  # generated_perplexity_tail counts generated data above this quantile of real data's
+
+
+class _Data:
+    """What every chain of a run shares: the tokenizer, the real splits and the original model."""
+
+    def __init__(self, config: FineTuningConfig, directory: Path):
+        check_model_directory(directory)
+        self.tokenizer = load_tokenizer(directory)
+        self.original = load_causal_model(directory)
+        self.positions = context_length(self.original)
+        tokenizer = self.tokenizer
+        self.eos = int(tokenizer.eos_token_id)
+        self.pad = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos
+        # an unconditional sample starts from BOS, or from EOS where there is none (GPT-2's is both)
+        self.start = int(tokenizer.bos_token_id) if tokenizer.bos_token_id is not None else self.eos
+        self.train, self.held_out = (self._split(config, split) for split in ("train", "held-out"))
+        if not len(self.train) or not len(self.held_out):
+            empty = "training" if not len(self.train) else "held-out"
+            raise ConfigError(
+                f"setting.data_dir: the {empty} split gives no examples"
+                + (
+                    f" of {config.block_size} tokens"
+                    if config.format == "text"
+                    else f" of {config.max_length} tokens at most"
+                )
+            )
+
+    def _split(self, config: FineTuningConfig, split: str) -> Examples:
+        if config.data_dir is None:  # the bundled text (Moby-Dick) that the pretraining setting reads too
+            from ..language_model.corpus import load_documents
+
+            lines = load_documents("moby-dick", "train" if split == "train" else "validation")
+            return text_blocks(self.tokenizer, [line + "\n" for line in lines], config.block_size)
+        directory = Path(config.data_dir).expanduser()
+        if not directory.is_dir():
+            raise ConfigError(f"setting.data_dir: {directory} is not a directory")
+        if config.format == "text":
+            return text_blocks(self.tokenizer, text_lines(directory, split), config.block_size)
+        pairs = [conversation_text(prompt, response) for prompt, response in conversations(directory, split)]
+        return encode_conversations(self.tokenizer, pairs, config.max_length, config.train_on, self.start)
+
+
+_SHARED: dict[tuple, _Data] = {}  # a sweep's chains in one process read the model and data once
+
+
+def _pretrained_directory(config: FineTuningConfig, shared: Path | None) -> Path:
+    if config.model.pretrain is None:
+        return Path(config.model.path or "").expanduser()
+    from .pretraining import pretrained_once
+
+    return pretrained_once(config.model.pretrain, shared)
+
+
+class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
+    def __init__(self, config: FineTuningConfig, seeds: Sequence[int]):
+        super().__init__(config, seeds)
+        self.device = resolve_device(config.device)
+        # the model and data are read on first use, once ``shared`` is set (a pretrained model lives there)
+
+    @cached_property
+    def _data(self) -> _Data:
+        directory = _pretrained_directory(self.config, self.shared)
+        key = (
+            str(directory.resolve()),
+            self.config.format,
+            self.config.data_dir,
+            self.config.block_size,
+            self.config.max_length,
+            self.config.train_on,
+        )
+        if key not in _SHARED:
+            _SHARED.clear()  # one data set at a time: a model is hundreds of MB
+            _SHARED[key] = _Data(self.config, directory)
+        data = _SHARED[key]
+        self._check_context(data)
+        return data
+
+    def _check_context(self, data: _Data) -> None:
+        c, g = self.config, self.config.generation
+        longest = c.block_size + g.new_tokens if g.method == "beam" else 1 + g.max_new_tokens
+        if c.format == "prompt-response" and c.max_length > data.positions:
+            raise ConfigError(
+                f"setting.max_length {c.max_length} exceeds the model's context of {data.positions} tokens"
+            )
+        if longest > data.positions:
+            what = "block_size + generation.new_tokens" if g.method == "beam" else "1 + generation.max_new_tokens"
+            raise ConfigError(f"setting: {what} = {longest} exceeds the model's context of {data.positions} tokens")
+        size = c.samples or len(data.train)
+        if size > len(data.train):
+            raise ConfigError(f"setting.samples: the training split has {len(data.train)} examples, asked for {size}")
+
+    @cached_property
+    def _held_out(self) -> ExampleBatches:
+        data = self._data
+        count = self.config.test_examples or len(data.held_out)
+        return ExampleBatches([data.held_out.head(count)], data.pad)
+
+    @cached_property
+    def _evaluation(self) -> tuple[int, np.ndarray, dict[str, float]]:
+        """The evaluation's random seed, its prompts (real training blocks, for beam search) and the real
+        data's reference values (real sequences' perplexity under the original model, and diversity)."""
+        data, c = self._data, self.config.generation
+        rng = seed_rng(self.seeds[0], "evaluate")
+        count = min(c.evaluation_samples, len(self.real_train))
+        rows = np.sort(rng.choice(len(self.real_train), count, replace=False))
+        real = Examples.select([self.real_train], rows[None])
+        perplexities = self._perplexities(data.original, real)
+        reference: dict[str, float] = {}
+        if count:
+            reference = {
+                "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
+                "generated_perplexity_median": float(np.median(perplexities)),
+                "generated_perplexity_q95": float(np.quantile(perplexities, _TAIL_QUANTILE)),
+                "generated_perplexity_tail": 1 - _TAIL_QUANTILE,
+                **self._diversity(real),
+            }
+        return int(rng.integers(2**63)), rows, reference
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def real_train(self) -> Examples:
+        return self._data.train.head(self.config.samples or len(self._data.train))
+
+    def fresh_real(self, size: int, rng: np.random.Generator) -> Examples:
+        data, used = self._data, len(self.real_train)
+        if size > len(data.train) - used:
+            raise ModelCollapseError(
+                f"fresh-real needs {size} unused real examples per iteration, the training split has "
+                f"{len(data.train) - used} beyond the training set: lower setting.samples"
+            )
+        rows = used + np.sort(rng.choice(len(data.train) - used, size, replace=False))
+        return Examples.select([data.train], rows[None])
+
+    def preview(self, data: Examples) -> np.ndarray:
+        return np.array(
+            [
+                self._data.tokenizer.decode(data.example(i), skip_special_tokens=True)
+                for i in range(min(len(data), self.preview_size))
+            ]
+        )
+
+    # -- model ------------------------------------------------------------------------------------
+    def _pretrained(self):
+        return load_causal_model(_pretrained_directory(self.config, self.shared), RunDirectoryError)
+
+    def fit(self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
+        model = self._pretrained()  # every iteration starts from the pretrained weights
+        batches = ExampleBatches(parts, self._data.pad)
+        # dropout draws from torch's global generator: seed it for the whole fit
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(rng.integers(2**63)))
+            curve = train(
+                model, batches, self._held_out, self.config.training, rng, self.device, checkpoint_directory=scratch
+            )
+        return Fit(model, {"learning_curve": curve, "reference": self._evaluation[2]})
+
+    def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Examples:
+        """``size`` examples written by ``model``: the beam-search continuations of ``size`` real blocks
+        (all of them, in order, when ``size`` is the training set's), or well-formed unconditional samples."""
+        model.to(self.device)
+        if self.config.generation.method == "beam":
+            real = self.real_train
+            rows = (
+                np.arange(size) if size == len(real) else np.sort(rng.choice(len(real), size, replace=size > len(real)))
+            )
+            return self._continuations(model, Examples.select([real], rows[None]), scratch)
+        return self._conversations(model, size, rng, scratch)
+
+    def _continuations(self, model, prompts: Examples, scratch: Path | None, meter: Meter | None = None) -> Examples:
+        g = self.config.generation
+        block = self.config.block_size
+        tokens = np.asarray(prompts.tokens[prompts.offsets[0] : prompts.offsets[-1]], dtype=np.int64).reshape(-1, block)
+        shards = [range(start, min(start + g.batch_size, len(tokens))) for start in range(0, len(tokens), g.batch_size)]
+        meter = Meter("generating", len(tokens), "blocks") if meter is None and scratch is not None else meter
+
+        def shard(index: int) -> Examples:
+            batch = torch.from_numpy(tokens[shards[index].start : shards[index].stop]).to(self.device)
+            continued = beam_continuations(
+                model, batch, g.new_tokens, g.num_beams, g.repetition_penalty, [self._data.eos]
+            )
+            return Examples.from_sequences(list(continued.cpu().numpy()), np.zeros(len(batch), dtype=np.int64))
+
+        return Examples.concatenate(_sharded(len(shards), shard, scratch, "blocks", meter))
+
+    def _conversations(self, model, size: int, rng: np.random.Generator, scratch: Path | None) -> Examples:
+        """Unconditional samples, in rounds, until ``size`` are well formed (the follow-up's filter)."""
+        g = self.config.generation
+        seeds = rng.integers(2**63, size=g.attempts)
+        kept: list[Examples] = []
+        have = drawn = 0
+        for attempt, seed in enumerate(seeds):
+            need = size - have
+            if need <= 0:
+                break
+            # the first round draws as many as needed; later ones, what the acceptance so far suggests
+            count = need if not drawn else min(64 * need, int(need * drawn / max(have, 1) * 1.2) + 1)
+            directory = scratch / f"round_{attempt:03d}" if scratch is not None else None
+            found = self._samples(model, count, int(seed), directory)[0]
+            drawn += count
+            kept.append(found.head(need))
+            have += min(len(found), need)
+        if have < size:
+            raise ModelCollapseError(
+                f"the model wrote {have} well-formed samples ('user: ...' with one 'assistant: ') in {drawn} draws, "
+                f"{size} were needed: raise generation.attempts, or start from a model that writes conversations"
+            )
+        return Examples.concatenate(kept)
+
+    def _samples(self, model, count: int, seed: int, scratch: Path | None) -> tuple[Examples, int]:
+        """``count`` unconditional samples from ``seed``: the well-formed ones, and how many there were."""
+        g, data = self.config.generation, self._data
+        shards = [min(g.batch_size, count - start) for start in range(0, count, g.batch_size)]
+
+        def shard(index: int) -> Examples:
+            generator = torch.Generator(device=self.device).manual_seed(seed + index)
+            prompts = torch.full((shards[index], 1), data.start, dtype=torch.long, device=self.device)
+            texts = []
+            for _, story in stream_stories(
+                model, prompts, g.max_new_tokens, data.eos, generator, g.temperature, batch_size=shards[index]
+            ):
+                texts.append(data.tokenizer.decode(story[1:], skip_special_tokens=True))
+            pairs = [pair for pair in map(well_formed, texts) if pair is not None]
+            return encode_conversations(data.tokenizer, pairs, self.config.max_length, self.config.train_on, data.start)
+
+        found = Examples.concatenate(_sharded(len(shards), shard, scratch, "samples"))
+        return found, len(found)
+
+    def evaluate(self, model) -> dict[str, np.ndarray]:
+        t = self.config.training
+        loss = mean_cross_entropy(model, self._held_out, t.batch_size, self.device, t.precision)
+        metrics = {"test_cross_entropy": loss, "test_perplexity": float(np.exp(loss)), **self._generated(model)}
+        return {name: np.array([value]) for name, value in metrics.items()}
+
+    def _generated(self, model) -> dict[str, float]:
+        """The generated-data metrics of ``generation.evaluation_samples`` sequences written from the same
+        prompts or random stream at every iteration, so that differences are the model's."""
+        seed, rows, reference = self._evaluation
+        names = [name for name in self.metrics if name.startswith(("generated", "well_formed", "distinct", "repeated"))]
+        if not len(rows):
+            return dict.fromkeys(names, float("nan"))
+        model.to(self.device)
+        if self.config.generation.method == "beam":
+            written = self._continuations(model, Examples.select([self.real_train], rows[None]), None)
+            share = 1.0
+        else:
+            written, _ = self._samples(model, len(rows), seed, None)
+            share = len(written) / len(rows)
+        if not len(written):
+            return {**dict.fromkeys(names, float("nan")), "well_formed": share}
+        perplexities = self._perplexities(self._data.original, written)
+        threshold = reference["generated_perplexity_q95"]
+        return {
+            "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
+            "generated_perplexity_median": float(np.median(perplexities)),
+            "generated_perplexity_q95": float(np.quantile(perplexities, _TAIL_QUANTILE)),
+            "generated_perplexity_tail": float(np.mean(perplexities > threshold)),
+            "well_formed": share,
+            **self._diversity(written),
+        }
+
+    @staticmethod
+    def _diversity(examples: Examples) -> dict[str, float]:
+        measured = diversity([examples.example(i) for i in range(len(examples))])
+        return {name: measured[name] for name in ("distinct_2", "distinct_4", "repeated_4grams")}
+
+    @torch.no_grad()
+    def _mean_log_probabilities(self, model, examples: Examples, whole: bool) -> np.ndarray:
+        """Each example's mean log-probability per predicted token under ``model``: of every token after
+        the first (``whole``), or of its targets (the response of a conversation)."""
+        model.to(self.device).eval()
+        parts = [
+            examples if not whole else Examples(examples.tokens, examples.offsets, np.zeros(len(examples), np.int64))
+        ]
+        batches = ExampleBatches(parts, self._data.pad)
+        result = np.empty(len(examples))
+        size = max(1, min(self.config.training.batch_size, 16))
+        for start in range(0, len(examples), size):
+            inputs, targets = (
+                torch.from_numpy(a).to(self.device)
+                for a in batches.batch(range(start, min(start + size, len(examples))))
+            )
+            logits = model(input_ids=inputs).logits.float()
+            valid = targets != IGNORE
+            chosen = torch.log_softmax(logits, dim=-1).gather(2, targets.clamp(min=0)[:, :, None])[:, :, 0]
+            sums = (chosen * valid).sum(1) / valid.sum(1).clamp(min=1)
+            result[start : start + len(inputs)] = sums.cpu().numpy()
+        return result
+
+    def _perplexities(self, model, examples: Examples) -> np.ndarray:
+        return np.exp(-self._mean_log_probabilities(model, examples, whole=True))
+
+    def score(self, name: str, model, samples: Examples) -> np.ndarray:
+        """``likelihood``: each sample's mean log-probability per target token under the model that wrote
+        it; ``original-likelihood``: the same under the original pretrained model."""
+        judge = self._data.original if name == "original-likelihood" else model
+        return self._mean_log_probabilities(judge, samples, whole=False)[None]
+
+    # -- storage ----------------------------------------------------------------------------------
+    def save_model(self, model, directory: Path) -> None:
+        model.save_pretrained(directory)
+
+    def load_model(self, directory: Path):
+        return load_causal_model(directory, RunDirectoryError).to(self.device)
+
+
+def _shard_path(scratch: Path, kind: str, index: int) -> Path:
+    return scratch / f"{kind}_{index:05d}"
+
+
+def _sharded(
+    count: int, compute: Callable[[int], Examples], scratch: Path | None, kind: str, meter: Meter | None = None
+) -> list[Examples]:
+    """``compute(i)`` for every shard ``i``, those an interrupted run saved in ``scratch`` read back;
+    under ``torchrun`` the ranks take the shards in turn and gather them (call it on every rank)."""
+    shards: dict[int, Examples | None] = {}
+    for index in range(count):
+        shards[index] = None
+        if scratch is not None and _shard_path(scratch, kind, index).is_dir():
+            try:
+                shards[index] = Examples.load(_shard_path(scratch, kind, index))
+            except RunDirectoryError:  # unreadable: computed again
+                shards[index] = None
+    todo = [index for index, shard in shards.items() if shard is None]
+    rank, world = rank_and_world()
+    for first in range(0, len(todo), world):
+        group = todo[first : first + world]
+        mine = compute(group[rank]) if rank < len(group) else None
+        for index, shard in zip(group, all_gather(mine)):
+            shards[index] = shard
+            if scratch is not None and rank == 0:
+                _write_shard(_shard_path(scratch, kind, index), shard)
+            if meter is not None:
+                meter.advance(len(shard))
+    if meter is not None:
+        meter.close()
+    return [shard for shard in shards.values() if shard is not None]
+
+
+def _write_shard(path: Path, shard: Examples) -> None:
+    from ...atomic import write_directory_atomic
+
+    write_directory_atomic(path, shard.save)
