@@ -60,6 +60,28 @@ def tiny_conformers(**fields) -> dict:
     }
 
 
+# A model pretrained for the tests on 60 Moby-Dick paragraphs (a few seconds, once per test process).
+TINY_PRETRAINING = {
+    "preset": "gpt2-tiny", "vocab_size": 300, "block_size": 32, "samples": 60, "batch_size": 8, "epochs": 1,
+}  # fmt: skip
+
+
+def tiny_fine_tuning(**fields) -> dict:
+    """A fine-tuning setting (that tiny model, 16-token blocks of the bundled text, 2 beams) that fine-tunes
+    and generates in about a second, with ``fields`` on top."""
+    return {
+        "name": "fine-tuning",
+        "model": {"pretrain": TINY_PRETRAINING},
+        "block_size": 16,
+        "samples": 8,
+        "test_examples": 8,
+        "device": "cpu",
+        "training": {"batch_size": 4, "epochs": 1, "learning_rate": 1e-3, "checkpoint_minutes": None},
+        "generation": {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 4},
+        **fields,
+    }
+
+
 _TOKENIZERS = tempfile.mkdtemp(prefix="tokenizers-")  # one tokenizer cache for the test process
 
 
@@ -78,6 +100,7 @@ def tiny_settings() -> dict[str, dict]:
             tokenizer_cache, sampling={"max_new_tokens": 16}, training={"batch_size": 4, "evaluations_per_epoch": 1}
         ),
         "conformer-diffusion": tiny_conformers(conformers_per_molecule=2),  # 4 molecules x 2 conformers
+        "fine-tuning": tiny_fine_tuning(),
     }
 
 
@@ -152,7 +175,7 @@ def invoke(*args, env: dict | None = None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
-NEURAL = ("vae", "language-model", "conformer-diffusion")
+NEURAL = ("vae", "language-model", "conformer-diffusion", "fine-tuning")
 
 
 def setting_params(names) -> list:
@@ -160,3 +183,129 @@ def setting_params(names) -> list:
     import pytest
 
     return [pytest.param(name, marks=pytest.mark.slow) if name in NEURAL else name for name in names]
+
+
+# Tiny randomly initialised checkpoints of three architectures, each with its family's special tokens:
+# GPT-2 (one <|endoftext|>, no pad token), OPT (</s> opens every text, <pad>) and Llama (<s> and </s>,
+# no pad token).
+_SPECIAL = {
+    "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": None, "prefix": False},
+    "opt": {"bos": "</s>", "eos": "</s>", "pad": "<pad>", "prefix": True},
+    "llama": {"bos": "<s>", "eos": "</s>", "pad": None, "prefix": True},
+}
+
+
+def tiny_checkpoint(directory: Path, architecture: str = "gpt2", positions: int = 128) -> Path:
+    """A random ``architecture`` model with a 300-token byte-level BPE tokenizer trained on the bundled
+    text, saved in ``directory`` as ``save_pretrained`` writes it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    from model_collapse.settings.language_model.corpus import load_documents
+
+    special = _SPECIAL[architecture]
+    names = list(dict.fromkeys(t for t in (special["pad"], special["bos"], special["eos"]) if t))
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=names, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(load_documents("moby-dick", "train")[:200], trainer)
+    bos = tokenizer.token_to_id(special["bos"])
+    if special["prefix"]:  # the tokenizer opens every text with BOS, as OPT's and Llama's do
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{special['bos']} $A", special_tokens=[(special["bos"], bos)]
+        )
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=special["bos"],
+        eos_token=special["eos"],
+        **({"pad_token": special["pad"]} if special["pad"] else {}),
+    )
+    eos = tokenizer.token_to_id(special["eos"])
+    pad = tokenizer.token_to_id(special["pad"]) if special["pad"] else None
+    # weights drawn wider than the usual 0.02, so that a random model's next-token distributions are far
+    # from uniform and beams rarely tie
+    ids = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad, "initializer_range": 0.3}
+    torch.manual_seed(0)
+    vocabulary = tokenizer.get_vocab_size()
+    if architecture == "gpt2":
+        config = GPT2Config(vocab_size=vocabulary, n_embd=32, n_layer=2, n_head=2, n_positions=positions, **ids)
+        model = GPT2LMHeadModel(config)
+    elif architecture == "opt":
+        config = OPTConfig(
+            vocab_size=vocabulary, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+            max_position_embeddings=positions, word_embed_proj_dim=32, **ids,
+        )  # fmt: skip
+        model = OPTForCausalLM(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocabulary, hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=positions, **ids,
+        )  # fmt: skip
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    wrapped.save_pretrained(directory)
+    return directory
+
+
+def moby_dick_lines(count: int, start: int = 0) -> list[str]:
+    """Bundled paragraphs as wikitext-2's lines are (a heading, then paragraphs, each ending in a newline)."""
+    from model_collapse.settings.language_model.corpus import load_documents
+
+    paragraphs = load_documents("moby-dick", "train")[start : start + count]
+    return [" = Moby-Dick = \n", " \n", *(f" {p} \n" for p in paragraphs)]
+
+
+def wikitext_files(directory: Path, layout: str = "parquet", sizes=(60, 10, 10)) -> Path:
+    """A wikitext-2 copy in the Hub's parquet layout or the raw archive's, from the bundled text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for (parquet, raw), count in zip((("train", "train"), ("validation", "valid"), ("test", "test")), sizes):
+        lines = moby_dick_lines(count, start)
+        start += count
+        if layout == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            (directory / "wikitext-2-raw-v1").mkdir(exist_ok=True)
+            pq.write_table(
+                pa.table({"text": lines}), directory / "wikitext-2-raw-v1" / f"{parquet}-00000-of-00001.parquet"
+            )
+        else:
+            (directory / f"wiki.{raw}.raw").write_text("".join(lines), encoding="utf-8")
+    return directory
+
+
+def helpsteer_files(directory: Path, train: int = 12, validation: int = 4) -> Path:
+    """HelpSteer2's {train,validation}.jsonl.gz, with its fields, from the bundled text."""
+    import gzip
+
+    from model_collapse.settings.language_model.corpus import load_documents
+
+    paragraphs = load_documents("moby-dick", "train")
+    directory.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for split, count in (("train", train), ("validation", validation)):
+        with gzip.open(directory / f"{split}.jsonl.gz", "wt", encoding="utf-8") as out:
+            for i in range(start, start + count):
+                record = {
+                    "prompt": f"Say something about whales, number {i}.",
+                    "response": paragraphs[i][:40],
+                    "helpfulness": 3, "correctness": 3, "coherence": 4, "complexity": 2, "verbosity": 1,
+                }  # fmt: skip
+                out.write(json.dumps(record) + "\n")
+        start += count
+    return directory

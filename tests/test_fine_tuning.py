@@ -1,0 +1,278 @@
+"""The fine-tuning setting: pretrained checkpoints of three architectures, wikitext-2 and HelpSteer2 in
+their published layouts, beam search against ``generate``, response masking, the format filter,
+resuming inside an iteration, and one line for each thing a user can get wrong."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers import helpsteer_files, invoke, tiny_checkpoint, tiny_fine_tuning, wikitext_files
+from model_collapse.errors import ConfigError, ModelCollapseError
+from model_collapse.settings import SETTINGS
+from model_collapse.settings.fine_tuning.beam_search import beam_continuations
+from model_collapse.settings.fine_tuning.data import conversation_text, encode_conversations, well_formed
+from model_collapse.settings.fine_tuning.examples import IGNORE, ExampleBatches, Examples
+from model_collapse.settings.fine_tuning.pretrained import load_causal_model, load_tokenizer
+
+FineTuning = SETTINGS["fine-tuning"]
+ARCHITECTURES = ("gpt2", "opt", "llama")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: tiny_checkpoint(root / name, name) for name in ARCHITECTURES}
+
+
+@pytest.fixture(scope="module")
+def wikitext(tmp_path_factory):
+    return wikitext_files(tmp_path_factory.mktemp("wikitext"))
+
+
+def setting(model_path, data_dir, **fields):
+    config = {
+        **tiny_fine_tuning(model={"path": str(model_path)}, data_dir=str(data_dir)),
+        **fields,
+    }
+    return FineTuning(FineTuning.Config.model_validate(config), [0])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_beam_search_gives_the_tokens_of_generate_with_five_beams(checkpoints, architecture):
+    model = load_causal_model(checkpoints[architecture])
+    prompts = torch.randint(5, model.config.vocab_size, (5, 16), generator=torch.Generator().manual_seed(1))
+    eos = model.config.eos_token_id
+    ours = beam_continuations(model, prompts, 16, num_beams=5, repetition_penalty=3.0, banned=[eos])
+    theirs = model.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        num_beams=5,
+        min_new_tokens=16,
+        max_new_tokens=16,
+        repetition_penalty=3.0,
+        do_sample=False,
+        pad_token_id=eos,
+    )[:, 16:]
+    assert ours.tolist() == theirs.tolist()
+    # the penalty matters: without it the continuations differ
+    plain = beam_continuations(model, prompts, 16, num_beams=5, repetition_penalty=1.0, banned=[eos])
+    assert plain.tolist() != ours.tolist()
+
+
+def test_both_wikitext_layouts_give_the_same_blocks_cut_from_one_token_stream(checkpoints, wikitext, tmp_path):
+    raw = wikitext_files(tmp_path / "raw", layout="raw")
+    from_parquet = setting(checkpoints["gpt2"], wikitext, samples=None)
+    from_raw = setting(checkpoints["gpt2"], raw, samples=None)
+    assert from_parquet.real_train.tokens.tolist() == from_raw.real_train.tokens.tolist()
+    blocks = from_parquet.real_train
+    assert set(np.diff(blocks.offsets)) == {16} and not blocks.loss_from.any()
+    tokenizer = load_tokenizer(checkpoints["gpt2"])
+    import pyarrow.parquet as pq
+
+    lines = pq.read_table(wikitext / "wikitext-2-raw-v1" / "train-00000-of-00001.parquet").column("text").to_pylist()
+    stream = [t for line in lines for t in tokenizer(line, add_special_tokens=False)["input_ids"]]
+    assert blocks.tokens.tolist() == stream[: len(stream) // 16 * 16]  # the remainder is dropped
+    # the held-out text is the test split, not validation
+    test_text = tokenizer.decode(from_parquet._held_out.parts[0].example(0))
+    assert test_text in "".join(
+        pq.read_table(wikitext / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet")["text"].to_pylist()
+    )
+
+
+def test_a_conversations_loss_counts_its_response_and_eos_only(checkpoints):
+    tokenizer = load_tokenizer(checkpoints["llama"])  # one that opens every text with BOS
+    pairs = [conversation_text("Who hunts the whale?", "Ahab."), conversation_text("x " * 300, "too long")]
+    examples = encode_conversations(tokenizer, pairs, max_length=64, train_on="response", start=tokenizer.bos_token_id)
+    assert len(examples) == 1  # the long one is dropped
+    tokens = examples.example(0)
+    assert tokens[0] == tokenizer.bos_token_id and tokens[-1] == tokenizer.eos_token_id
+    inputs, targets = ExampleBatches([examples], pad=0).batch([0])
+    counted = targets[0][targets[0] != IGNORE]
+    assert tokenizer.decode(counted) == "Ahab." + tokenizer.eos_token
+    assert inputs[0].tolist() == tokens[:-1].tolist()
+    # a tokenizer that adds no BOS (GPT-2's) gets one all the same: unconditional samples start there
+    gpt2 = load_tokenizer(checkpoints["gpt2"])
+    opened = encode_conversations(gpt2, pairs[:1], max_length=64, train_on="response", start=gpt2.bos_token_id)
+    assert opened.example(0)[0] == gpt2.bos_token_id and gpt2.decode(opened.example(0)[1:]).startswith("user: Who")
+    everything = encode_conversations(tokenizer, pairs[:1], max_length=64, train_on="all", start=tokenizer.bos_token_id)
+    assert (ExampleBatches([everything], 0).batch([0])[1] != IGNORE).sum() == len(tokens) - 1
+
+
+def test_the_format_filter_keeps_what_the_follow_up_keeps():
+    assert well_formed("user: hi\nassistant: hello") == ("user: hi\nassistant: ", "user: hi\nassistant: hello")
+    assert well_formed("user: hi") is None  # no assistant
+    assert well_formed("hi\nassistant: x") is None  # does not start with user:
+    assert well_formed("user: a\nassistant: b\nassistant: c") is None  # two turns
+
+
+def test_examples_select_save_and_load(tmp_path):
+    a = Examples.from_sequences([np.array([1, 2, 3]), np.array([4])], np.array([0, 1]))
+    b = Examples.from_sequences([np.array([70000, 6])], np.array([1]))  # ids beyond uint16 (Gemma's)
+    chosen = Examples.select([a, b], np.array([[2, 0]]))
+    assert [chosen.example(i).tolist() for i in range(2)] == [[70000, 6], [1, 2, 3]]
+    assert chosen.loss_from.tolist() == [1, 0]
+    chosen.save(tmp_path)
+    loaded = Examples.load(tmp_path)
+    assert loaded.tokens.tolist() == chosen.tokens.tolist() and loaded.loss_from.tolist() == [1, 0]
+    np.save(tmp_path / "loss_from.npy", np.zeros(5, dtype=np.int64))
+    with pytest.raises(ModelCollapseError, match="do not fit"):
+        Examples.load(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_each_architecture_fine_tunes_from_its_checkpoint_writes_blocks_and_is_measured(
+    checkpoints, wikitext, architecture
+):
+    chain = setting(checkpoints[architecture], wikitext, training={"batch_size": 4, "epochs": 3, "learning_rate": 3e-3})
+    fitted = chain.fit([chain.real_train], np.random.default_rng(0))
+    curve = fitted.diagnostics["learning_curve"]
+    untrained = chain.evaluate(chain._pretrained())["test_cross_entropy"][0]
+    assert curve[-1]["validation_loss"] < untrained  # fine-tuning lowers the held-out loss
+    blocks = chain.sample(fitted.model, 8, np.random.default_rng(1))
+    assert len(blocks) == 8 and set(np.diff(blocks.offsets)) == {16}
+    # beam search is deterministic: block i continues real block i
+    again = beam_continuations(
+        fitted.model,
+        torch.from_numpy(chain.real_train.tokens[:16].astype(np.int64))[None],
+        16,
+        2,
+        3.0,
+        [chain._data.eos],
+    )
+    assert again[0].tolist() == blocks.example(0).tolist()
+    metrics = chain.evaluate(fitted.model)
+    assert set(metrics) == set(FineTuning.metrics)
+    assert metrics["generated_perplexity_q05"][0] <= metrics["generated_perplexity_median"][0]
+    assert 0 <= metrics["generated_perplexity_tail"][0] <= 1 and metrics["well_formed"][0] == 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_fit_and_generation_resume_from_their_scratch_with_the_same_numbers(
+    checkpoints, wikitext, tmp_path
+):
+    training = {"batch_size": 2, "epochs": 2, "learning_rate": 3e-3, "checkpoint_minutes": 0}
+    chain = setting(
+        checkpoints["opt"], wikitext, training=training, generation={"new_tokens": 16, "num_beams": 2, "batch_size": 3}
+    )
+    straight = chain.fit([chain.real_train], np.random.default_rng(0))
+    scratch = tmp_path / "scratch"
+    # with checkpoints every step, the scratch holds the state of the step before the last, as a run
+    # killed just before its last step would have left it
+    chain.fit([chain.real_train], np.random.default_rng(0), scratch)
+    saved = torch.load(next(scratch.glob("*.pt")), weights_only=True)
+    assert 0 < saved["step"] < 8
+    resumed = chain.fit([chain.real_train], np.random.default_rng(0), scratch)
+    assert resumed.diagnostics["learning_curve"] == straight.diagnostics["learning_curve"]
+    for ours, theirs in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(ours, theirs)
+
+    blocks = chain.sample(straight.model, 8, np.random.default_rng(1), scratch)
+    assert sorted(p.name for p in scratch.glob("blocks_*")) == ["blocks_00000", "blocks_00001", "blocks_00002"]
+    shutil.rmtree(scratch / "blocks_00001")  # never written
+    marked = Examples.from_sequences([np.full(16, 7)] * 3, np.zeros(3, dtype=np.int64))
+    shutil.rmtree(scratch / "blocks_00000")
+    (scratch / "blocks_00000").mkdir()
+    marked.save(scratch / "blocks_00000")  # stands in for a finished shard: read back, not redone
+    again = chain.sample(straight.model, 8, np.random.default_rng(1), scratch)
+    assert again.tokens.tolist() == [7] * 48 + blocks.tokens[48:].tolist()
+
+
+@pytest.mark.slow
+def test_prompt_response_chains_sample_conversations_and_keep_the_well_formed(checkpoints, tmp_path):
+    data = helpsteer_files(tmp_path / "helpsteer2", train=12, validation=4)
+    chain = setting(
+        checkpoints["gpt2"],
+        data,
+        format="prompt-response",
+        samples=12,
+        max_length=120,
+        training={"batch_size": 4, "epochs": 40, "learning_rate": 1e-2, "final_learning_rate_ratio": 1.0},
+        generation={"method": "sample", "max_new_tokens": 110, "batch_size": 16, "evaluation_samples": 8},
+    )
+    assert len(chain.real_train) == 12 and not chain.real_train.loss_from.any()  # the loss counts every token
+    fitted = chain.fit([chain.real_train], np.random.default_rng(0))
+    written = chain.sample(fitted.model, 6, np.random.default_rng(1))
+    assert len(written) == 6
+    for text in chain.preview(written):
+        assert text.startswith("user: ") and text.count("assistant: ") == 1
+    metrics = chain.evaluate(fitted.model)
+    assert 0 < metrics["well_formed"][0] <= 1
+    # an untrained model writes no conversation: one line saying so, after generation.attempts rounds
+    impatient = FineTuning(
+        chain.config.model_copy(update={"generation": chain.config.generation.model_copy(update={"attempts": 2})}), [0]
+    )
+    with pytest.raises(ModelCollapseError, match="well-formed samples"):
+        impatient.sample(chain._pretrained(), 4, np.random.default_rng(1))
+
+
+def test_what_a_user_can_get_wrong_is_one_line(checkpoints, wikitext, tmp_path):
+    def refused(model_path, data_dir=wikitext, **fields):
+        with pytest.raises(ConfigError) as caught:
+            setting(model_path, data_dir, **fields).real_train  # noqa: B018
+        message = str(caught.value)
+        assert "\n" not in message
+        return message
+
+    assert "is not a directory" in refused(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    assert "holds no config.json" in refused(tmp_path / "empty")
+    foreign = tmp_path / "foreign"
+    shutil.copytree(checkpoints["gpt2"], foreign)
+    (foreign / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
+    assert "no usable causal language model" in refused(foreign)
+    remote = tmp_path / "remote"
+    shutil.copytree(checkpoints["gpt2"], remote)
+    fields = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**fields, "auto_map": {"AutoModelForCausalLM": "m.M"}}))
+    assert "needs its own code" in refused(remote)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(checkpoints["gpt2"], no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    assert "no usable tokenizer" in refused(no_tokenizer)
+    assert "holds no wikitext-2 train split" in refused(checkpoints["gpt2"], tmp_path)
+    assert "holds no HelpSteer2 train split" in refused(
+        checkpoints["gpt2"], tmp_path, format="prompt-response", generation={"method": "sample"}
+    )
+    short = tiny_checkpoint(tmp_path / "short", "gpt2", positions=24)
+    assert "exceeds the model's context of 24 tokens" in refused(short)
+
+
+def test_bad_fine_tuning_configs_are_refused_before_anything_runs(tmp_path):
+    def message(**fields):
+        config = {"setting": tiny_fine_tuning(**fields), "regimes": ["replace"], "iterations": 2, "seeds": 1}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = invoke("run", path, "--out", tmp_path / "run")
+        assert result.exit_code == 2 and not (tmp_path / "run").exists()
+        return result.output
+
+    assert "model.path" in message(model={"path": "x", "pretrain": {}})
+    assert "needs format 'text'" in message(format="prompt-response", data_dir="x")
+    assert "must equal block_size" in message(generation={"new_tokens": 8})
+    assert "needs data_dir" in message(format="prompt-response", generation={"method": "sample"})
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_run_pretrains_once_into_the_run_directory(tmp_path):
+    config = {
+        "setting": tiny_fine_tuning(),
+        "regimes": ["replace", "keep-real-fraction:0.25"],
+        "iterations": 2,
+        "seeds": 1,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = invoke("run", path, "--out", run, "-q")
+    assert result.exit_code == 0, result.output
+    (pretrained,) = (run / "shared").iterdir()
+    assert (pretrained / "config.json").is_file() and (pretrained / "tokenizer.json").is_file()
+    table = invoke("table", run)
+    assert table.exit_code == 0 and "generated_perplexity_tail" in table.output
+    assert "chains/base/replace" not in result.output  # (the quiet run printed no progress)
