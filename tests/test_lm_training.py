@@ -114,6 +114,26 @@ def test_training_lowers_the_validation_loss_and_is_deterministic(small_corpus):
     assert curves[0] == curves[1]
 
 
+def test_micro_batches_accumulate_to_the_gradient_of_the_whole_batch(small_corpus):
+    tokenizer, train_corpus, validation_corpus = small_corpus
+    eos = tokenizer.eos_token_id
+    blocks, validation = pack(train_corpus, 64, eos, eos).limited(24), pack(validation_corpus, 64, eos, eos).limited(4)
+    models = {}
+    for micro in (None, 5):  # 16 = 5 + 5 + 5 + 1: uneven pieces, and a short last batch of 8
+        torch.manual_seed(0)
+        models[micro] = build_model("llama-tiny", len(tokenizer), eos)
+        options = TrainingSection(batch_size=16, micro_batch_size=micro, learning_rate=3e-3, evaluations_per_epoch=1)
+        train(models[micro], blocks, validation, options, np.random.default_rng(0), torch.device("cpu"))
+    for whole, pieces in zip(models[None].parameters(), models[5].parameters()):
+        # Adam moves each weight by about the learning rate (3e-3) a step, so a wrong sum would show
+        torch.testing.assert_close(pieces, whole, rtol=1e-3, atol=1e-4)
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(models[None].parameters(), build_model("llama-tiny", len(tokenizer), eos).parameters())
+    ]
+    assert any(changed)
+
+
 class Interrupted(Exception):
     pass
 

@@ -48,6 +48,9 @@ class TrainingSection(StrictConfig):
     """How each iteration's model is trained (AdamW, warmup then cosine decay) and evaluated."""
 
     batch_size: PositiveInt = Field(32, description="blocks per optimiser step (and per evaluation batch)")
+    micro_batch_size: PositiveInt | None = Field(
+        None, description="blocks per forward pass, gradients accumulated over a step (null: the whole batch)"
+    )
     learning_rate: PositiveFloat = Field(5e-4, description="AdamW's peak learning rate")
     final_learning_rate_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to this fraction of the peak")
     warmup_fraction: float = Field(

@@ -19,6 +19,7 @@ The paper does not report its optimiser settings; the defaults are the reference
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from ...activity import Meter
 from ...distributed import global_sum, rank_and_world
 from ..training_state import TrainingState
 from .config import TrainingSection
-from .loss import CausalLanguageModelLoss
+from .loss import IGNORE, CausalLanguageModelLoss
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     rank, world = rank_and_world()
     forward: Any = _loss_module(model, device)
-    forward = DistributedDataParallel(forward) if world > 1 else forward
+    parallel = DistributedDataParallel(forward) if world > 1 else None
+    forward = parallel if parallel is not None else forward
     forward = torch.compile(forward) if options.compile else forward
     evaluate_every = max(1, steps_per_epoch // max(1, options.evaluations_per_epoch))
     curve: list[dict] = []
@@ -196,15 +198,21 @@ def train(
             mine = batch[rank::world]
             # A rank left without a block in a short last batch still joins the gradient all-reduce.
             weight = 1.0 if len(mine) else 0.0
-            inputs, targets = (
-                torch.from_numpy(a).to(device, non_blocking=True)
-                for a in blocks.batch(mine if len(mine) else batch[:1])
-            )
-            loss, count = _loss(forward, inputs, targets, dtype)
-            tokens = global_sum(count * weight, device)
+            rows = mine if len(mine) else batch[:1]
+            micro = options.micro_batch_size or len(rows)
+            pieces = [blocks.batch(rows[first : first + micro]) for first in range(0, len(rows), micro)]
+            # the step's loss is the mean over every counted token of the batch, however it is split
+            tokens = global_sum(sum(int((targets != IGNORE).sum()) for _, targets in pieces) * weight, device)
             optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss * weight * world / max(tokens, 1)).backward()
-            loss = loss * weight
+            loss = torch.zeros((), device=device)
+            for index, piece in enumerate(pieces):
+                inputs, targets = (torch.from_numpy(a).to(device, non_blocking=True) for a in piece)
+                # under DDP the gradients are all-reduced once, after the last piece
+                last = index == len(pieces) - 1
+                with parallel.no_sync() if parallel is not None and not last else contextlib.nullcontext():
+                    piece_loss, _ = _loss(forward, inputs, targets, dtype)
+                    scaler.scale(piece_loss * weight * world / max(tokens, 1)).backward()
+                loss = loss + piece_loss.detach() * weight
             scaler.unscale_(optimiser)
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.gradient_clip)
             scaler.step(optimiser)
