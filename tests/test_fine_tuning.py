@@ -2,8 +2,11 @@
 their published layouts, beam search against ``generate``, response masking, the format filter,
 resuming inside an iteration, and one line for each thing a user can get wrong."""
 
+import csv
+import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,3 +279,47 @@ def test_a_fine_tuning_run_pretrains_once_into_the_run_directory(tmp_path):
     table = invoke("table", run)
     assert table.exit_code == 0 and "generated_perplexity_tail" in table.output
     assert "chains/base/replace" not in result.output  # (the quiet run printed no progress)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.slow
+def test_shumailov_config_runs_end_to_end_on_a_tiny_model_and_tiny_wikitext(checkpoints, wikitext, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(
+        "run", CONFIGS / "shumailov_opt125m_wikitext2.yaml", "--out", run, "-q",
+        f"setting.model.path={checkpoints['opt']}", f"setting.data_dir={wikitext}", "setting.device=cpu",
+        "setting.block_size=16", "setting.samples=8", "setting.test_examples=8",
+        "setting.generation.new_tokens=16", "setting.generation.evaluation_samples=4",
+        "setting.training.epochs=[1,2]", "iterations=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(invoke("table", run).output)))
+    # both protocols and their cross terms, two iterations each
+    assert {(r["regime"], r["training.epochs"]) for r in rows} == {
+        (regime, epochs) for regime in ("replace", "keep-real-fraction:0.1") for epochs in ("1", "2")
+    }
+    assert len(rows) == 8 and all(np.isfinite(float(r["test_perplexity"])) for r in rows)
+    assert {r["real_fraction"] for r in rows if r["iteration"] == "2"} == {"0.0", "0.125"}  # round(0.1 * 8) = 1
+
+
+@pytest.mark.slow
+def test_sft_config_runs_end_to_end_on_a_tiny_model_and_tiny_helpsteer2(checkpoints, tmp_path):
+    data = helpsteer_files(tmp_path / "helpsteer2", train=12, validation=4)
+    run = tmp_path / "run"
+    result = invoke(
+        "run", CONFIGS / "sft_helpsteer2.yaml", "--out", run, "-q",
+        f"setting.model.path={checkpoints['gpt2']}", f"setting.data_dir={data}", "setting.device=cpu",
+        "setting.max_length=120", "setting.training.batch_size=4", "setting.training.micro_batch_size=2",
+        "setting.training.epochs=40", "setting.training.learning_rate=1e-2", "setting.training.warmup_fraction=0",
+        "setting.generation.max_new_tokens=110", "setting.generation.batch_size=16",
+        "setting.generation.evaluation_samples=8", "iterations=2", "seeds=1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(invoke("table", run).output)))
+    assert {(r["regime"], r["iteration"]) for r in rows} == {
+        (regime, iteration) for regime in ("replace", "accumulate", "accumulate-subsample") for iteration in "12"
+    }
+    assert {r["train_size"] for r in rows if r["iteration"] == "2"} == {"12", "24"}
+    assert all(0 < float(r["well_formed"]) <= 1 for r in rows)
