@@ -253,3 +253,38 @@ def test_accumulate_cost_does_not_grow_with_the_pool(setting_name):
     total.combine = counted("combine", total.combine)
     run_chain(setting, parse_regime("accumulate"), 60)
     assert calls == {"summarise": 60, "combine": 59}
+
+
+def _with_warm_start(name):
+    fields = SMALL[name]
+    return {**fields, "training": {**fields.get("training", {}), "warm_start": True}}
+
+
+@pytest.mark.parametrize(
+    "setting_name", setting_params(["vae", "language-model", "conformer-diffusion", "fine-tuning"])
+)
+def test_a_warm_start_fit_continues_from_the_previous_model_and_leaves_it_as_it_was(setting_name):
+    import torch
+
+    cls = SETTINGS[setting_name]
+    warm = cls(cls.Config(**_with_warm_start(setting_name)), [0])
+    assert warm.warm_start and not small_setting(setting_name, seeds=(0,)).warm_start
+    first = warm.fit([warm.real_train], np.random.default_rng(0))
+    first = getattr(first, "model", first)
+    before = [p.detach().clone() for p in first.parameters()]
+    continued = warm.fit([warm.real_train], np.random.default_rng(1), previous=first)
+    afresh = warm.fit([warm.real_train], np.random.default_rng(1))
+    continued, afresh = (getattr(fitted, "model", fitted) for fitted in (continued, afresh))
+    assert all(torch.equal(p, q) for p, q in zip(before, first.parameters()))  # previous untouched
+    assert continued is not first
+    assert not all(torch.equal(p, q) for p, q in zip(continued.parameters(), afresh.parameters()))
+
+
+@pytest.mark.parametrize("setting_name", setting_params(["vae", "fine-tuning"]))
+def test_warm_started_chains_resume_exactly(setting_name):
+    from model_collapse.testing import check_setting
+
+    report = check_setting(
+        SETTINGS[setting_name], _with_warm_start(setting_name), regimes=["replace", "accumulate"], checks=["resume"]
+    )
+    assert report.passed == ["resume [replace]", "resume [accumulate]"]

@@ -82,7 +82,8 @@ class _Chain:
         sizes = {source: len(data) for source, data in self.pool.items()}
         plan = regime.plan(sizes, iteration, setting.seed_count, chain_rng(seeds, iteration, "regime"))
         parts = _training_parts(type(real), plan, self.pool)
-        result = setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch)
+        previous = {"previous": self.model} if setting.warm_start else {}  # None at iteration 1
+        result = setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch, **previous)
         fitted = result if isinstance(result, Fit) else Fit(result, None)
         self.model = fitted.model
         self.curated = curated()  # after the fit: scoring a batch of one candidate each may draw its rows

@@ -139,6 +139,10 @@ class Declaration(Generic[C]):
         "validation_loss",
         "validation loss (nats / token)",
     )
+    # Distributions a fit records, one value per sample (``Fit.diagnostics[key]``, a list of numbers),
+    # by key, with the label of their axis: drawn as a histogram per iteration, a panel per regime
+    # (``distribution_<key>_<point>``; Shumailov et al.'s perplexity histograms).
+    distributions: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def provides_fresh_real(cls) -> bool:
@@ -217,13 +221,23 @@ class Setting(Declaration[C], ABC):
     def provides_fresh_real(cls) -> bool:
         return cls.fresh_real is not Setting.fresh_real
 
+    @property
+    def warm_start(self) -> bool:
+        """Whether ``fit`` continues from the previous iteration's model rather than starting afresh;
+        a setting with a ``training.warm_start`` field (the neural ones) reads it from there."""
+        training = getattr(self.config, "training", None)
+        return bool(getattr(training, "warm_start", False))
+
     @abstractmethod
     def fit(self, parts: Sequence[Any], rng: np.random.Generator, scratch: Path | None = None) -> Any:
         """A fresh model per seed fitted on the union of ``parts``, or a ``Fit`` with details to keep.
 
         ``scratch`` (with a run directory) is a directory, not yet created, where a long fit may save
         progress: an interrupted fit is run again with the same parts, ``rng`` and ``scratch`` and may
-        continue from there. It goes once the iteration is committed; quick fits ignore it."""
+        continue from there. It goes once the iteration is committed; quick fits ignore it.
+
+        A setting whose ``warm_start`` is true is called with ``previous=``: the last iteration's model
+        (None at iteration 1), to continue from; ``fit`` leaves it as it is (copy it)."""
 
     @abstractmethod
     def sample(self, model: Any, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Any:

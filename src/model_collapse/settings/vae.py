@@ -19,6 +19,7 @@ and whose confidence is the curation score ``confidence``; without labels the fe
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -221,12 +222,15 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
         c = self.config
         return ConvVAE(c.image_channels, c.image_size, c.model.widths, c.model.latent_dim).to(self.device)
 
-    def fit(self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None) -> ConvVAE:
+    def fit(
+        self, parts: Sequence[Samples], rng: np.random.Generator, scratch: Path | None = None, previous=None
+    ) -> ConvVAE:
         c = self.config
         pool = sum(len(part) for part in parts)  # kept batches are memory-mapped: read a minibatch at a time
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            model = self.new_model()
+            # training.warm_start: on from the last iteration's model (Bertrand et al.)
+            model = copy.deepcopy(previous).to(self.device) if previous is not None else self.new_model()
         generator = _generator(rng, self.device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=c.training.learning_rate)
         model.train()

@@ -32,6 +32,10 @@ class VAETraining(StrictConfig):
     epochs: PositiveInt = Field(20, description="epochs per fit")
     batch_size: PositiveInt = Field(64, description="images per optimiser step")
     learning_rate: PositiveFloat = Field(1e-3, description="AdamW's learning rate (constant)")
+    warm_start: bool = Field(
+        False,
+        description="each fit continues from the previous iteration's model (Bertrand et al.), not from a fresh one",
+    )
 
 
 class VAEConfig(SettingConfig):

@@ -78,6 +78,9 @@ class TrainingSection(StrictConfig):
     checkpoint_minutes: float | None = Field(
         10.0, ge=0, description="minutes between resumable training checkpoints in the run directory (null: none)"
     )
+    warm_start: bool = Field(
+        False, description="each fit continues from the previous iteration's model, not from a fresh one"
+    )
 
 
 class SamplingSection(StrictConfig):

@@ -13,6 +13,7 @@ set of reference molecules (``chemistry.py``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,10 +90,13 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
     def new_model(self) -> DualEncoder:
         return DualEncoder(self.config.network, self.config.diffusion).to(self.device)
 
-    def fit(self, parts: Sequence[Conformers], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
+    def fit(
+        self, parts: Sequence[Conformers], rng: np.random.Generator, scratch: Path | None = None, previous=None
+    ) -> Fit:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            model = self.new_model()
+            # training.warm_start: on from the last iteration's model
+            model = copy.deepcopy(previous).to(self.device) if previous is not None else self.new_model()
         curve = train(model, parts, self.validation, self.config.training, rng, self.device, scratch)
         return Fit(model, {"learning_curve": curve})
 

@@ -9,6 +9,7 @@ paper's ``first_token_inclusive``) or with BOS alone, at ``temperature``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -118,19 +119,24 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig]):
         return np.array([self.tokenizer.decode(data.document(i)) for i in range(min(len(data), self.preview_size))])
 
     # -- model ------------------------------------------------------------------------------------
-    def fit(self, parts: Sequence[TokenCorpus], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
+    def fit(
+        self, parts: Sequence[TokenCorpus], rng: np.random.Generator, scratch: Path | None = None, previous=None
+    ) -> Fit:
         documents = sum(len(part) for part in parts)
         blocks = pack(parts, self.config.model.block_size, self.eos, self.eos, order=rng.permutation(documents))
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**63)))
             architecture = self.config.model
-            model = build_model(
-                architecture.preset,
-                len(self.tokenizer),
-                self.eos,
-                **dropout_overrides(architecture.preset, architecture.dropout),
-            )
+            if previous is not None:  # training.warm_start
+                model = copy.deepcopy(previous)
+            else:
+                model = build_model(
+                    architecture.preset,
+                    len(self.tokenizer),
+                    self.eos,
+                    **dropout_overrides(architecture.preset, architecture.dropout),
+                )
             # an interrupted fit resumes from its last checkpoint in scratch (same parts, same rng)
             training = self.config.training
             curve = train(model, blocks, self.validation, training, rng, self.device, checkpoint_directory=scratch)
