@@ -278,6 +278,11 @@ def test_a_fine_tuning_run_pretrains_once_into_the_run_directory(tmp_path):
     assert (pretrained / "config.json").is_file() and (pretrained / "tokenizer.json").is_file()
     table = invoke("table", run)
     assert table.exit_code == 0 and "generated_perplexity_tail" in table.output
+    # every fit records the written sequences' perplexities: Shumailov et al.'s histograms
+    diagnostics = json.loads((run / "chains/base/replace/seed-0/iter_0002/diagnostics.json").read_text())
+    assert len(diagnostics["generated_perplexity"]) == 4 and min(diagnostics["generated_perplexity"]) > 1
+    assert invoke("plot", run).exit_code == 0
+    assert (run / "figures" / "distribution_generated_perplexity_base.png").is_file()
     assert "chains/base/replace" not in result.output  # (the quiet run printed no progress)
 
 

@@ -10,7 +10,9 @@ plus ``real_fraction``: what share of each regime's training set is real, per it
 Settings with previews also get ``samples_<point>``: for images the paper's Fig. 6 (real images, then
 the last iteration of every regime) and ``samples_by_iteration_<point>``; for texts a page of samples.
 Settings that record learning curves (language models) get ``learning_curves_<point>``: validation loss
-during training, one line per iteration, one panel per regime.
+during training, one line per iteration, one panel per regime; settings that declare distributions
+(``Declaration.distributions``: the fine-tuned model's written sequences' perplexities) get
+``distribution_<key>_<point>``, a histogram per iteration, one panel per regime.
 """
 
 from __future__ import annotations
@@ -304,6 +306,44 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
         yield f"learning_curves_{point}", figure
 
 
+def distribution_figures(experiment, results: list[ChainResult]):
+    """(name, figure): each distribution the setting declares (``Declaration.distributions``), as a
+    histogram per iteration (first seed), one panel per regime, ``distribution_<key>_<point>``."""
+    declared = SETTINGS.declared(experiment.setting_name).distributions
+    for key, label_text in declared.items():
+        for point, chains in _first_seed_chains(results).items():
+            found: dict[str, dict[int, list]] = {}
+            for label, result in chains.items():
+                recorded = {int(i): (result.diagnostics(int(i)) or {}).get(key) for i in result.iterations}
+                found[label] = {i: list(v) for i, v in recorded.items() if v}
+            values = [v for by in found.values() for vs in by.values() for v in vs if np.isfinite(v) and v > 0]
+            if not values:
+                continue
+            # perplexities and the like span decades: log-spaced bins when they do
+            low, high = min(values), max(values)
+            logarithmic = low > 0 and high / low > 20
+            bins = np.geomspace(low, high, 31) if logarithmic else np.linspace(low, high, 31)
+            last = max(i for by in found.values() for i in by)
+            figure, axes = plt.subplots(
+                1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False, sharey=True, layout="constrained"
+            )
+            for ax, (label, by_iteration) in zip(axes[0], found.items()):
+                for iteration, data in by_iteration.items():
+                    ax.hist(
+                        data, bins=bins, density=True, histtype="step", lw=1.2,
+                        color=plt.cm.viridis((iteration - 1) / max(1, last - 1)), label=f"iteration {iteration}",
+                    )  # fmt: skip
+                ax.set_title(label, fontsize=9)
+                ax.set_xlabel(label_text, fontsize=8)
+                if logarithmic:
+                    ax.set_xscale("log")
+                ax.grid(alpha=0.3)
+            axes[0][0].set_ylabel("density")
+            axes[0][0].legend(fontsize=7)
+            figure.suptitle(f"{experiment.setting_name}: {key} by iteration{_about(chains)}")
+            yield f"distribution_{key}_{point}", figure
+
+
 # Panels per row; a sweep of more points wraps onto further rows. The paper's one-row-per-regime layout
 # is drawn for sweeps of up to MAX_POINTS_BY_REGIME points (a grid of 75 points x 3 regimes is no figure).
 MAX_COLUMNS = 5
@@ -456,7 +496,7 @@ def plot_run(run_directory: Path) -> list[Path]:
     out = inside(run_directory, "figures")
     out.mkdir(exist_ok=True)
     written: list[Path] = []
-    for figures in (metric_figures, sample_figures, learning_curve_figures):
+    for figures in (metric_figures, sample_figures, learning_curve_figures, distribution_figures):
         for name, figure in figures(experiment, chain_results):
             written += save_figure(figure, out, name)
     titles = {result.spec.point_name: result.spec.point_title for result in chain_results}

@@ -22,7 +22,15 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from . import theory
 from .atomic import write_text_atomic
 from .errors import RunDirectoryError
-from .plots import learning_curve_figures, metric_figures, plt, reference, sample_figures, text_samples
+from .plots import (
+    distribution_figures,
+    learning_curve_figures,
+    metric_figures,
+    plt,
+    reference,
+    sample_figures,
+    text_samples,
+)
 from .results import ChainResult, band_text, confidence_interval, load_run, merge_seeds
 from .rundir import CONFIG, open_run, run_marker
 
@@ -168,7 +176,11 @@ def build_report(run_directory: Path) -> str:
                 }
             )
         samples = [(name, _png(f)) for name, f in sample_figures(experiment, chain_results)]
-        curves = [(name, _png(f)) for name, f in learning_curve_figures(experiment, chain_results)]
+        curves = [
+            (name, _png(f))
+            for figures in (learning_curve_figures, distribution_figures)
+            for name, f in figures(experiment, chain_results)
+        ]
         texts = text_samples(experiment, chain_results)
     else:
         samples, curves, texts = [], [], {}

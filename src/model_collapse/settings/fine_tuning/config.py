@@ -161,6 +161,9 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
     preview_size = 6
     scores = ("likelihood", "original-likelihood")
 
+    distributions: ClassVar[dict[str, str]] = {
+        "generated_perplexity": "perplexity of the written sequences under the pretrained model",
+    }
     learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
         "epoch",
         "epoch",

@@ -16,6 +16,7 @@ above the 95% quantile of the real data's perplexities.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -189,8 +190,12 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
     def _pretrained(self):
         return load_causal_model(_pretrained_directory(self.config, self.shared), RunDirectoryError)
 
-    def fit(self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None) -> Fit:
-        model = self._pretrained()  # every iteration starts from the pretrained weights
+    def fit(
+        self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None, previous=None
+    ) -> Fit:
+        # every iteration starts from the pretrained weights (the papers' protocol), or with
+        # training.warm_start from the last iteration's model
+        model = copy.deepcopy(previous) if previous is not None else self._pretrained()
         batches = ExampleBatches(parts, self._data.pad)
         # dropout draws from torch's global generator: seed it for the whole fit
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -198,7 +203,10 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             curve = train(
                 model, batches, self._held_out, self.config.training, rng, self.device, checkpoint_directory=scratch
             )
-        return Fit(model, {"learning_curve": curve, "reference": self._evaluation[2]})
+        # each written sequence's perplexity under the original model (Shumailov et al.'s histograms)
+        perplexities = [round(float(p), 6) for p in self._written(model)[2]]
+        diagnostics = {"learning_curve": curve, "reference": self._evaluation[2], "generated_perplexity": perplexities}
+        return Fit(model, diagnostics)
 
     def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Examples:
         """``size`` examples written by ``model``: the beam-search continuations of ``size`` real blocks
@@ -277,24 +285,34 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         metrics = {"test_cross_entropy": loss, "test_perplexity": float(np.exp(loss)), **self._generated(model)}
         return {name: np.array([value]) for name, value in metrics.items()}
 
-    def _generated(self, model) -> dict[str, float]:
-        """The generated-data metrics of ``generation.evaluation_samples`` sequences written from the same
-        prompts or random stream at every iteration, so that differences are the model's."""
-        seed, rows, reference = self._evaluation
-        names = [name for name in self.metrics if name.startswith(("generated", "well_formed", "distinct", "repeated"))]
-        if not len(rows):
-            return dict.fromkeys(names, float("nan"))
+    def _written(self, model) -> tuple[Examples, float, np.ndarray]:
+        """The ``generation.evaluation_samples`` sequences ``model`` writes from the same prompts or random
+        stream at every iteration (so that differences are the model's), the share of them kept by the
+        format filter, and their perplexities under the original model. Kept for the last model: ``fit``
+        records the perplexities, ``evaluate`` measures the same sequences."""
+        memo = self.__dict__.get("_written_memo")
+        if memo is not None and memo[0] is model:
+            return memo[1]
+        seed, rows, _ = self._evaluation
         model.to(self.device)
-        if self.config.generation.method == "beam":
-            written = self._continuations(model, Examples.select([self.real_train], rows[None]), None)
-            share = 1.0
+        if not len(rows):
+            written, share = Examples.from_sequences([], np.zeros(0, dtype=np.int64)), float("nan")
+        elif self.config.generation.method == "beam":
+            written, share = self._continuations(model, Examples.select([self.real_train], rows[None]), None), 1.0
         else:
             written, _ = self._samples(model, len(rows), seed, None)
             share = len(written) / len(rows)
+        perplexities = self._perplexities(self._data.original, written) if len(written) else np.zeros(0)
+        self._written_memo = (model, (written, share, perplexities))
+        return written, share, perplexities
+
+    def _generated(self, model) -> dict[str, float]:
+        """The generated-data metrics: ``_written``'s perplexities under the original model and diversity."""
+        names = [name for name in self.metrics if name.startswith(("generated", "well_formed", "distinct", "repeated"))]
+        written, share, perplexities = self._written(model)
         if not len(written):
             return {**dict.fromkeys(names, float("nan")), "well_formed": share}
-        perplexities = self._perplexities(self._data.original, written)
-        threshold = reference["generated_perplexity_q95"]
+        threshold = self._evaluation[2]["generated_perplexity_q95"]
         return {
             "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
             "generated_perplexity_median": float(np.median(perplexities)),
