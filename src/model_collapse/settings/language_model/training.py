@@ -77,9 +77,10 @@ def _loss(
 
 def _loss_module(model, device: torch.device) -> CausalLanguageModelLoss:
     # Chunks of logits of ~2 MiB stay in a CPU's cache; on a GPU, fewer and larger chunks (~128 MiB)
-    # keep the kernels busy.
+    # keep the kernels busy. At least 256 rows: fewer make the products against the output layer
+    # inefficient once the hidden states are a few hundred wide (an OPT-sized model).
     elements = 2**19 if device.type == "cpu" else 2**25
-    return CausalLanguageModelLoss(model, rows=max(16, elements // model.get_output_embeddings().weight.shape[0]))
+    return CausalLanguageModelLoss(model, rows=max(256, elements // model.get_output_embeddings().weight.shape[0]))
 
 
 @torch.no_grad()
