@@ -7,12 +7,12 @@
 
     pip install -e ".[lm,bench]"
     python benchmarks/fine_tuning.py [--size small|opt-125m] [--steps 40] [--batch 16] [--block 64]
-        [--prompts 64] [--generation-batch 16] [--device cpu|cuda] [--precision fp32|bf16]
+        [--prompts 64] [--generation-batch 16] [--device cpu|cuda] [--precision fp32|bf16] [--lora RANK]
 
 ``--size opt-125m`` is a randomly initialised OPT with OPT-125m's shape (12 layers of 768, 50,272 tokens);
 ``small`` a 4-layer OPT of 256 for a CPU. Both read 64-token blocks of the bundled text, tokenized by a
 byte-level BPE trained on it. Each measurement is taken twice, alternating, and the faster run of each
-side is reported.
+side is reported. ``--lora RANK`` trains low-rank adapters (``peft``, its default layers) on both sides.
 """
 
 from __future__ import annotations
@@ -50,13 +50,22 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.inputs[index], "labels": self.inputs[index]}
 
 
-def fresh_model(size: str, vocab: int, eos: int) -> OPTForCausalLM:
+LORA_RANK = 0  # --lora
+
+
+def fresh_model(size: str, vocab: int, eos: int, adapters: bool = False):
+    """The model, with LoRA adapters when ``--lora`` asks (then a ``peft`` model)."""
     torch.manual_seed(0)
     config = OPTConfig(
         vocab_size=vocab, max_position_embeddings=512, word_embed_proj_dim=SIZES[size]["hidden_size"],
         eos_token_id=eos, bos_token_id=eos, pad_token_id=eos, **SIZES[size],
     )  # fmt: skip
-    return OPTForCausalLM(config)
+    model = OPTForCausalLM(config)
+    if adapters and LORA_RANK:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, task_type="CAUSAL_LM"))
+    return model
 
 
 def synchronise(device: torch.device) -> None:
@@ -65,7 +74,8 @@ def synchronise(device: torch.device) -> None:
 
 
 def time_ours(size, vocab, eos, batches, held_out, batch, device, precision) -> float:
-    model = fresh_model(size, vocab, eos)
+    model = fresh_model(size, vocab, eos, adapters=True)
+    model = model.get_base_model() if LORA_RANK else model  # the setting trains the adapted model itself
     options = FineTuningTraining(
         batch_size=batch, epochs=1, evaluations_per_epoch=1, precision=precision, checkpoint_minutes=None
     )
@@ -77,7 +87,7 @@ def time_ours(size, vocab, eos, batches, held_out, batch, device, precision) -> 
 
 
 def time_trainer(size, vocab, eos, inputs, batch, device, precision) -> float:
-    model = fresh_model(size, vocab, eos)
+    model = fresh_model(size, vocab, eos, adapters=True)
     with tempfile.TemporaryDirectory() as directory:
         arguments = TrainingArguments(
             output_dir=directory,
@@ -146,7 +156,10 @@ def main() -> None:
     parser.add_argument("--generation-batch", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, on a GPU")
+    parser.add_argument("--lora", type=int, default=0, metavar="RANK", help="train LoRA adapters of this rank")
     args = parser.parse_args()
+    global LORA_RANK
+    LORA_RANK = args.lora
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no GPU here")
@@ -165,7 +178,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(
         f"OPT {args.size} ({parameters:,} parameters), {len(inputs) // args.batch} steps of {args.batch} x "
-        f"{args.block} tokens, on {where}, {args.precision}"
+        f"{args.block} tokens, on {where}, {args.precision}" + (f", LoRA rank {args.lora}" if args.lora else "")
     )
     ours, theirs = [], []
     for _ in range(2):

@@ -40,6 +40,9 @@ model-collapse table "$out/vae" | head -5
 echo "== fine-tuning: an OPT-125m-sized random model, bf16, against Trainer; beam search against generate"
 python benchmarks/fine_tuning.py --size opt-125m --device cuda --precision bf16 --steps 200 --prompts 512 \
     --generation-batch 64
+echo "== the same with LoRA adapters of rank 8"
+python benchmarks/fine_tuning.py --size opt-125m --device cuda --precision bf16 --steps 200 --prompts 64 \
+    --generation-batch 64 --lora 8
 
 echo "== configs/finetune_cpu.yaml on the GPU: pretraining once, then two fine-tuning iterations"
 time model-collapse run configs/finetune_cpu.yaml iterations=2 setting.device=cuda --out "$out/finetune" -q

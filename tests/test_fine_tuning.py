@@ -328,3 +328,32 @@ def test_sft_config_runs_end_to_end_on_a_tiny_model_and_tiny_helpsteer2(checkpoi
     }
     assert {r["train_size"] for r in rows if r["iteration"] == "2"} == {"12", "24"}
     assert all(0 < float(r["well_formed"]) <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_lora_trains_only_the_adapted_layers_and_merges_them_into_a_plain_checkpoint(
+    checkpoints, wikitext, architecture, tmp_path
+):
+    pytest.importorskip("peft")
+    training = {"batch_size": 4, "epochs": 2, "learning_rate": 1e-2, "checkpoint_minutes": 0}
+    chain = setting(checkpoints[architecture], wikitext, lora={"rank": 4}, training=training)
+    pretrained = chain._pretrained()
+    fitted = chain.fit([chain.real_train], np.random.default_rng(0))
+    curve = fitted.diagnostics["learning_curve"]
+    assert curve[-1]["validation_loss"] < chain.evaluate(pretrained)["test_cross_entropy"][0]
+    before, after = dict(pretrained.named_parameters()), dict(fitted.model.named_parameters())
+    assert set(before) == set(after)  # merged: no adapter parameters are left
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    adapted = {"gpt2": ("c_attn",), "llama": ("q_proj", "v_proj")}[architecture]  # peft's defaults
+    assert changed and all(any(part in name for part in adapted) for name in changed)
+    chain.save_model(fitted.model, tmp_path / "model")
+    assert not list((tmp_path / "model").glob("adapter_*"))
+    loaded = chain.load_model(tmp_path / "model")
+    assert all(torch.equal(p, q) for p, q in zip(loaded.parameters(), fitted.model.parameters()))
+    # a fit interrupted mid-training resumes from its scratch with the same adapters
+    scratch = tmp_path / "scratch"
+    chain.fit([chain.real_train], np.random.default_rng(0), scratch)
+    assert list(scratch.glob("*.pt"))
+    resumed = chain.fit([chain.real_train], np.random.default_rng(0), scratch)
+    assert resumed.diagnostics["learning_curve"] == curve
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), fitted.model.parameters()))

@@ -206,6 +206,16 @@ def test_chunked_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients
         assert CausalLanguageModelLoss(model, rows=7)(inputs, targets)[0].item() == pytest.approx(
             reference.item(), rel=1e-6
         )
+    # a frozen output layer (LoRA) gets no gradient, and the layers below the same ones
+    model.zero_grad(set_to_none=True)
+    model.get_output_embeddings().weight.requires_grad_(False)
+    CausalLanguageModelLoss(model, rows=16)(inputs, targets)[0].backward()
+    assert model.get_output_embeddings().weight.grad is None
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(
+                parameter.grad, expected[name], rtol=1e-4, atol=1e-6 * expected[name].abs().max().item()
+            )
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])

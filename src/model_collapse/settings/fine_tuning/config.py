@@ -53,6 +53,18 @@ class PretrainedModel(StrictConfig):
         return self
 
 
+class LoRA(StrictConfig):
+    """Low-rank adapters (Hu et al. 2022) through ``peft`` (``pip install -e ".[lora]"``): only the adapters
+    train, and they are merged into the weights after each fit, so a saved model is a plain checkpoint."""
+
+    rank: PositiveInt = Field(8, description="the adapters' rank r")
+    alpha: PositiveFloat = Field(16.0, description="their scale alpha (the update is alpha / r * B A)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] | None = Field(
+        None, description="names of the layers adapted (null: peft's default for the architecture)"
+    )
+
+
 class FineTuningTraining(TrainingSection):
     """How each iteration fine-tunes (AdamW; warm-up, then cosine decay to a fraction of the peak).
     The defaults are Shumailov et al.'s: learning rate 2e-5 decayed to 1e-6 over 5 epochs, batches of 16."""
@@ -119,6 +131,7 @@ class FineTuningConfig(SettingConfig):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
     )
+    lora: LoRA | None = Field(None, description="fine-tune low-rank adapters instead of every weight (null: full)")
     training: FineTuningTraining = Field(default_factory=FineTuningTraining)
     generation: Generation = Field(default_factory=Generation)
 

@@ -17,6 +17,7 @@ above the 95% quantile of the real data's perplexities.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -200,9 +201,13 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         # dropout draws from torch's global generator: seed it for the whole fit
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(rng.integers(2**63)))
+            adapted = _with_adapters(model, self.config.lora) if self.config.lora is not None else None
+            trained = adapted.get_base_model() if adapted is not None else model  # the adapters inside
             curve = train(
-                model, batches, self._held_out, self.config.training, rng, self.device, checkpoint_directory=scratch
+                trained, batches, self._held_out, self.config.training, rng, self.device, checkpoint_directory=scratch
             )
+        if adapted is not None:  # merged into the weights: what is saved and sampled is a plain model
+            model = adapted.merge_and_unload()
         # each written sequence's perplexity under the original model (Shumailov et al.'s histograms)
         perplexities = [round(float(p), 6) for p in self._written(model)[2]]
         diagnostics = {"learning_curve": curve, "reference": self._evaluation[2], "generated_perplexity": perplexities}
@@ -365,6 +370,31 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
 
     def load_model(self, directory: Path):
         return load_causal_model(directory, RunDirectoryError).to(self.device)
+
+
+def _with_adapters(model, lora):
+    """``model`` with LoRA adapters (``peft``), only they trainable; initialised from torch's generator."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        from ..registry import install_hint
+
+        raise ConfigError(f"setting.lora needs peft: install it with {install_hint('lora')}") from None
+    options = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with warnings.catch_warnings():  # peft's notes on GPT-2's Conv1D layers and deprecated names
+            warnings.filterwarnings("ignore", message=".*fan_in_fan_out", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return get_peft_model(model, options)
+    except ValueError as error:  # peft's word for an architecture it has no default layers for
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"setting.lora: {first}; name the layers in setting.lora.target_modules") from None
 
 
 def _shard_path(scratch: Path, kind: str, index: int) -> Path:

@@ -24,11 +24,20 @@ from torch import nn
 IGNORE = -100  # targets that are not predicted (padding, document boundaries)
 
 
-def _chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, gradients: bool):
-    """Summed loss over unmasked targets, and (if asked) its gradients wrt ``hidden`` and ``weight``."""
+def _chunked(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    rows: int,
+    gradients: bool,
+    of_weight: bool = True,
+):
+    """Summed loss over unmasked targets, and (if asked) its gradients wrt ``hidden`` and (``of_weight``:
+    a frozen output layer, as under LoRA, needs none) ``weight``."""
     loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_hidden: Any = torch.empty_like(hidden) if gradients else None
-    grad_weight: Any = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if gradients else None
+    of_weight = gradients and of_weight
+    grad_weight: Any = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if of_weight else None
     for start in range(0, hidden.shape[0], rows):
         chunk = hidden[start : start + rows]
         target = targets[start : start + rows]
@@ -43,24 +52,26 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
             gradient.mul_(valid[:, None])  # masked rows contribute nothing
             gradient = gradient.to(weight.dtype)  # (autocast, if on, runs both products in bf16/fp16)
             grad_hidden[start : start + rows] = gradient @ weight
-            grad_weight += (gradient.T @ chunk).float()
+            if of_weight:
+                grad_weight += (gradient.T @ chunk).float()
     return loss, grad_hidden, grad_weight
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, rows):
-        loss, grad_hidden, grad_weight = _chunked(hidden, weight, targets, rows, gradients=True)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        of_weight = weight.requires_grad
+        loss, grad_hidden, grad_weight = _chunked(hidden, weight, targets, rows, gradients=True, of_weight=of_weight)
+        ctx.save_for_backward(grad_hidden, *([grad_weight] if of_weight else []))
         ctx.weight_dtype = weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, *grad_weight = ctx.saved_tensors
         return (
             grad_hidden * grad_loss.to(grad_hidden.dtype),
-            (grad_weight * grad_loss).to(ctx.weight_dtype),
+            (grad_weight[0] * grad_loss).to(ctx.weight_dtype) if grad_weight else None,
             None,
             None,
         )
