@@ -242,6 +242,7 @@ def test_run_and_plot_from_the_command_line(tmp_path):
         ({"dataset": "geom"}, "dataset 'geom' needs data_dir"),
         ({"samples": 400}, "the drugs-like set has 300 molecules, asked for 400"),
         ({"network": {"hidden_dim": 0}}, "hidden_dim"),
+        ({"evaluation": {"first_molecule": 3}}, "evaluation.first_molecule is for dataset 'geom'"),
     ],
 )
 def test_bad_configs_get_one_line(tmp_path, fields, message):
@@ -336,6 +337,14 @@ def test_geom_pickles_of_either_pyg_layout_become_the_chains_molecules(tmp_path,
         )
     records = run_chain(setting, parse_regime("accumulate"), 2)
     assert np.isfinite(records[-1].metrics["test_loss"]).all() and np.isfinite(records[-1].metrics["mat_r"]).all()
+    # GeoDiff's test.py evaluates a range of the test file's molecules, in the file's order
+    ranged = ConformerDiffusion(config.model_copy(update={"evaluation": config.evaluation.model_copy(
+        update={"first_molecule": 1, "molecules": 1})}), [0])  # fmt: skip
+    (chosen,) = np.unique(ranged.references.molecule)
+    assert graphs.smiles[chosen] == real.graphs.smiles[10]  # the test file holds molecules 9 and 10
+    too_far = config.evaluation.model_copy(update={"first_molecule": 2, "molecules": 1})
+    with pytest.raises(ModelCollapseError, match="has 2 molecules, first_molecule \\+ molecules asks for 3"):
+        ConformerDiffusion(config.model_copy(update={"evaluation": too_far}), [0])
 
 
 def test_bad_geom_files_get_one_line_and_run_nothing_they_name(tmp_path, monkeypatch):

@@ -64,3 +64,47 @@ def test_damaged_or_foreign_batches_are_refused_in_one_line(real, tmp_path):
     (tmp_path / "molecule.npy").unlink()
     with pytest.raises(RunDirectoryError, match="missing file .*molecule.npy"):
         Conformers.load(tmp_path, like=real)
+
+
+def test_coverage_and_matching_average_within_each_molecule_then_over_molecules():
+    from model_collapse.settings.conformer_diffusion.chemistry import covmat
+
+    # GeoDiff's covmat.py: one molecule with one reference at 0.2 A, one with nine at 2.0 A
+    tables = [np.array([[0.2, 0.9]]), np.full((9, 18), 2.0)]
+    scores = covmat(tables, delta=1.25)
+    assert scores["mat_r"] == pytest.approx(1.10) and scores["cov_r"] == pytest.approx(0.5)
+    assert scores["mat_r_median"] == pytest.approx(1.10) and scores["cov_r_median"] == pytest.approx(0.5)
+    # pooled over references (the old way) these would be 1.82 and 0.10
+    three = covmat([np.array([[0.1]]), np.array([[0.3]]), np.array([[2.0], [0.2]])], delta=0.5)
+    assert three["mat_r_median"] == pytest.approx(0.3) and three["mat_r"] == pytest.approx((0.1 + 0.3 + 1.1) / 3)
+    assert three["cov_r_median"] == 1.0 and three["cov_r"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert all(np.isnan(v) for v in covmat([], delta=1.25).values())
+
+
+def test_a_reference_set_against_itself_is_covered_and_matched_exactly(real):
+    from model_collapse.settings.conformer_diffusion.chemistry import coverage_and_matching
+
+    references = real.subset(np.arange(3))
+    scores = coverage_and_matching(references, references, delta=0.5)
+    assert scores["cov_r"] == 1.0 and scores["mat_r"] == pytest.approx(0.0, abs=1e-6)
+    assert set(scores) == {"cov_r", "mat_r", "cov_r_median", "mat_r_median"}
+
+
+def test_disconnected_molecules_are_left_out_of_coverage_as_geodiff_filters_them(real):
+    import dataclasses
+
+    from model_collapse.settings.conformer_diffusion.chemistry import coverage_and_matching
+
+    references = real.subset(np.arange(3))
+    stretched = [
+        references.positions_of(k) * (1.5 if m == 1 else 1.0) for k, m in enumerate(references.molecule)
+    ]  # molecule 1's generated conformers are off
+    generated = Conformers.from_ensembles(real.graphs, references.molecule, stretched)
+    assert coverage_and_matching(references, generated, delta=0.5)["mat_r"] > 0.1
+    smiles = real.graphs.smiles.copy()
+    smiles[1] = smiles[1] + ".Cl"  # a salt: two fragments
+    graphs = dataclasses.replace(real.graphs, smiles=smiles)
+    marked = Conformers.from_ensembles(graphs, references.molecule, [references.positions_of(k) for k in range(15)])
+    again = Conformers.from_ensembles(graphs, references.molecule, stretched)
+    scores = coverage_and_matching(marked, again, delta=0.5)
+    assert scores["mat_r"] == pytest.approx(0.0, abs=1e-6) and scores["cov_r"] == 1.0

@@ -3,8 +3,11 @@ matching metrics, and pictures.
 
 MAT-R and COV-R follow GeoDiff's ``utils/evaluation/covmat.py``: for every reference conformer of a
 molecule, the best RMSD (``GetBestRMS``: optimal alignment over the molecule's symmetries) to any of the
-conformers generated for that molecule, computed without hydrogens. MAT-R is the mean of those best
-RMSDs, COV-R the share of references whose best match is within delta.
+conformers generated for that molecule, computed without hydrogens. Per molecule, MAT-R is the mean of
+those best RMSDs and COV-R the share of references whose best match is within delta; both are then
+averaged over molecules (mean and median), so a molecule with many conformers weighs as much as one
+with few. Molecules whose SMILES has several fragments (``.``: salts, mixtures) are left out, as GeoDiff
+filters them.
 """
 
 from __future__ import annotations
@@ -85,24 +88,40 @@ def best_rmsd(graphs: MoleculeGraphs, index: int, references: list[np.ndarray], 
     return table
 
 
-def coverage_and_matching(references: Conformers, generated: Conformers, delta: float) -> tuple[float, float]:
-    """(COV-R, MAT-R) over the molecules of ``references``: each reference against the conformers
-    generated for its molecule."""
-    best = []
+def covmat(tables: list[np.ndarray], delta: float) -> dict[str, float]:
+    """MAT-R and COV-R from each molecule's (references, generated) table of best RMSDs: per molecule,
+    then their mean and median over molecules (NaN without any molecule)."""
+    if not tables:
+        return dict.fromkeys(("cov_r", "mat_r", "cov_r_median", "mat_r_median"), float("nan"))
+    best = [table.min(axis=1) for table in tables]  # each reference's best match
+    coverage = np.array([(distances <= delta).mean() for distances in best])
+    matching = np.array([distances.mean() for distances in best])
+    return {
+        "cov_r": float(coverage.mean()),
+        "mat_r": float(matching.mean()),
+        "cov_r_median": float(np.median(coverage)),
+        "mat_r_median": float(np.median(matching)),
+    }
+
+
+def coverage_and_matching(references: Conformers, generated: Conformers, delta: float) -> dict[str, float]:
+    """``covmat`` over the molecules of ``references`` (those in one fragment): each reference against the
+    conformers generated for its molecule."""
+    tables = []
     for index in np.unique(references.molecule):
-        mine = np.flatnonzero(references.molecule == index)
         theirs = np.flatnonzero(generated.molecule == index)
-        if not len(theirs):
+        if not len(theirs) or "." in str(references.graphs.smiles[index]):
             continue
-        table = best_rmsd(
-            references.graphs,
-            int(index),
-            [references.positions_of(int(k)) for k in mine],
-            [generated.positions_of(int(k)) for k in theirs],
+        mine = np.flatnonzero(references.molecule == index)
+        tables.append(
+            best_rmsd(
+                references.graphs,
+                int(index),
+                [references.positions_of(int(k)) for k in mine],
+                [generated.positions_of(int(k)) for k in theirs],
+            )
         )
-        best.extend(table.min(axis=1))
-    distances = np.asarray(best)
-    return float((distances <= delta).mean()), float(distances.mean())
+    return covmat(tables, delta)
 
 
 def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:

@@ -99,6 +99,11 @@ class EvaluationSection(StrictConfig):
     molecules: NonNegativeInt = Field(10, description="test molecules to generate conformers for (0: no MAT/COV)")
     per_reference: PositiveInt = Field(2, description="conformers generated per reference conformer")
     delta: PositiveFloat = Field(1.25, description="COV-R threshold (A): 1.25 for Drugs, 0.5 for QM9")
+    first_molecule: NonNegativeInt | None = Field(
+        None,
+        description="geom: the test file's molecules from this one on, in file order (GeoDiff's test.py: 800, "
+        "with molecules 200); null: a random subset",
+    )
 
 
 class ConformerDiffusionConfig(SettingConfig):
@@ -132,6 +137,8 @@ class ConformerDiffusionConfig(SettingConfig):
             raise ValueError("dataset 'geom' needs data_dir, the folder with GeoDiff's pickles")
         if self.dataset != "geom" and self.data_dir:
             raise ValueError(f"data_dir is for dataset 'geom' (dataset {self.dataset!r} ships with the package)")
+        if self.dataset != "geom" and self.evaluation.first_molecule is not None:
+            raise ValueError("evaluation.first_molecule is for dataset 'geom' (GeoDiff's test file, in its order)")
         return self
 
 
@@ -145,8 +152,10 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
         "test_loss": Metric("test loss (per atom)"),
         "test_loss_local": Metric("test loss, local part (per atom)"),
         "test_loss_global": Metric("test loss, global part (per atom)"),
-        "mat_r": Metric("MAT-R: mean best RMSD (A)"),
-        "cov_r": Metric("COV-R: references matched (fraction)"),
+        "mat_r": Metric("MAT-R: best RMSD (A), mean over molecules"),
+        "cov_r": Metric("COV-R: references matched (fraction), mean over molecules"),
+        "mat_r_median": Metric("MAT-R: best RMSD (A), median over molecules"),
+        "cov_r_median": Metric("COV-R: references matched (fraction), median over molecules"),
     }
     one_seed_per_chain = True
     preview_size = 6

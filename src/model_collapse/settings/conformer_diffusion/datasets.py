@@ -101,8 +101,20 @@ def _geom_splits(config: ConformerDiffusionConfig) -> MoleculeSplits:
 
     train, reserve = molecules("train", config.samples, "samples")
     test, _ = molecules("validation", config.test_molecules, "test_molecules")
-    references, _ = molecules("test", min(config.evaluation.molecules, len(np.unique(conformers["test"].molecule))),
-                              "evaluation.molecules")  # fmt: skip
+    evaluation = config.evaluation
+    if evaluation.first_molecule is None:
+        references, _ = molecules("test", min(evaluation.molecules, len(np.unique(conformers["test"].molecule))),
+                                  "evaluation.molecules")  # fmt: skip
+    else:  # as GeoDiff's test.py takes them: molecules first..first+count of the test file, in its order
+        present = conformers["test"].molecule
+        in_file_order = present[np.sort(np.unique(present, return_index=True)[1])]
+        end = evaluation.first_molecule + evaluation.molecules
+        if end > len(in_file_order):
+            raise ModelCollapseError(
+                f"setting.evaluation: {folder / files['test']} has {len(in_file_order)} molecules, "
+                f"first_molecule + molecules asks for {end}"
+            )
+        references = in_file_order[evaluation.first_molecule : end]
     return MoleculeSplits(
         train=conformers["train"].subset(train),
         test=conformers["validation"].subset(test),

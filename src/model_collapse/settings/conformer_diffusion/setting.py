@@ -158,16 +158,15 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
 
     def evaluate(self, model: DualEncoder) -> dict[str, np.ndarray]:
         losses = evaluation_loss(model, self.test, self._evaluation_seed, self.device)
-        coverage = matching = np.nan
+        scores = dict.fromkeys(("mat_r", "cov_r", "mat_r_median", "cov_r_median"), float("nan"))
         options = self.config.evaluation
         if options.molecules and len(self.references):
             molecules = np.repeat(self.references.molecule, options.per_reference)
             generated = self._generate(model, molecules, self._evaluation_seed)
-            coverage, matching = coverage_and_matching(self.references, generated, options.delta)
+            scores = coverage_and_matching(self.references, generated, options.delta)
         return {
             "test_loss": np.array([losses["loss"]]),
             "test_loss_local": np.array([losses["loss_local"]]),
             "test_loss_global": np.array([losses["loss_global"]]),
-            "mat_r": np.array([matching]),
-            "cov_r": np.array([coverage]),
+            **{name: np.array([value]) for name, value in scores.items()},
         }
