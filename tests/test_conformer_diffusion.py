@@ -125,6 +125,30 @@ def test_synthetic_conformers_are_for_the_training_molecules_in_their_proportion
     assert ConformerDiffusion.depict(blocks).shape == (4, 200, 200, 3)
 
 
+def test_a_molecule_whose_sampling_diverges_twice_is_skipped_and_counted_as_geodiff_does(config):
+    setting = ConformerDiffusion(config, [0])
+    model = setting.fit([setting.real_train], np.random.default_rng(0)).model
+    graphs = setting.real_train.graphs
+    references = np.unique(setting.references.molecule)
+    # an element some reference molecules hold and others not: its embeddings made NaN, so that exactly
+    # those molecules' scores stop being finite, with or without the retry's clipping
+    element = next(
+        z for z in (7, 8, 9, 16, 17) if 0 < sum(z in graphs.atoms(int(m)) for m in references) < len(references)
+    )
+    holding = [int(m) for m in references if element in graphs.atoms(int(m))]
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.weight[element] = float("nan")
+    metrics = setting.evaluate(model)
+    assert metrics["skipped_molecules"][0] == len(holding)
+    assert np.isfinite(metrics["mat_r"][0]) and 0 <= metrics["cov_r"][0] <= 1  # over the other molecules
+    training = [int(m) for m in np.unique(setting.real_train.molecule) if element in graphs.atoms(int(m))]
+    if training:  # a synthetic conformer cannot be skipped: the run stops, saying why
+        with pytest.raises(ModelCollapseError, match="conformer sampling diverged 5 times"):
+            setting.sample(model, len(setting.real_train), np.random.default_rng(1))
+
+
 def test_a_committed_iteration_keeps_its_learning_curve(config, tmp_path):
     # (resuming every regime to the same numbers: test_conformance.py)
     run_chain(ConformerDiffusion(config, [0]), parse_regime("replace"), 1, ChainStore(tmp_path / "chain", {}))

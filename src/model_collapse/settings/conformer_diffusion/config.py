@@ -156,6 +156,7 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
         "cov_r": Metric("COV-R: references matched (fraction), mean over molecules"),
         "mat_r_median": Metric("MAT-R: best RMSD (A), median over molecules"),
         "cov_r_median": Metric("COV-R: references matched (fraction), median over molecules"),
+        "skipped_molecules": Metric("MAT/COV molecules left out: their sampling diverged twice"),
     }
     one_seed_per_chain = True
     preview_size = 6

@@ -226,18 +226,21 @@ def langevin_sample(
     options: SamplingSection,
     generator: torch.Generator,
     clip_local: float | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (N, 3) for ``batch``'s molecules by GeoDiff's annealed Langevin dynamics (``ld``): from
     noise at the largest sigma, at each step t move by step * score / sigma_t plus sqrt(2 step) noise,
     with step = step_lr * (sigma_t / 0.01)^2; the global score joins once sigma_t < global_start_sigma.
-    Raises FloatingPointError when positions stop being finite (GeoDiff then retries with
-    ``clip_local`` = 20, a limit on each atom's local score)."""
+    Also which conformers diverged (``count``,) bool: their positions stopped being finite, and are held
+    at zero from then on, while the others go on (a conformer's atoms interact only with each other;
+    GeoDiff samples a diverged molecule again with ``clip_local`` = 20, a limit on each atom's local
+    score)."""
     model.eval()
     alpha_bar = model.alpha_bar.double()
     sigmas = ((1 - alpha_bar).sqrt() / alpha_bar.sqrt()).tolist()
     shape = batch.positions.shape
     device = batch.positions.device
     positions = torch.randn(shape, generator=generator, device=device) * sigmas[-1]
+    diverged = torch.zeros(batch.count, dtype=torch.bool, device=device)
     for t in reversed(range(model.steps)):
         global_scores, local_scores, edges, _, lengths = model(batch, positions)
         score = along_edges(local_scores, positions, edges, lengths)
@@ -249,6 +252,8 @@ def langevin_sample(
         step = options.step_lr * (sigmas[t] / 0.01) ** 2
         noise = torch.randn(shape, generator=generator, device=device)
         positions = batch.centred(positions + step * score / sigmas[t] + noise * math.sqrt(2 * step))
-        if not torch.isfinite(positions).all():
-            raise FloatingPointError(f"sampling diverged at diffusion step {t} (sigma {sigmas[t]:.3g} A)")
-    return positions
+        finite = torch.isfinite(positions).all(dim=1)
+        if not finite.all():
+            diverged[batch.graph[~finite]] = True
+            positions = torch.where(diverged[batch.graph][:, None], torch.zeros_like(positions), positions)
+    return positions, diverged

@@ -35,6 +35,7 @@ from .graph import MoleculeBatch
 from .network import DualEncoder, langevin_sample
 from .training import evaluation_loss, generator_for, train
 
+SYNTHETIC_ATTEMPTS = 5  # a synthetic conformer is needed: sampled again (clipped) up to this many times
 CLIP_LOCAL_ON_RETRY = 20.0  # GeoDiff's test.py samples a diverged batch again with this local clip
 
 
@@ -100,27 +101,34 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
         curve = train(model, parts, self.validation, self.config.training, rng, self.device, scratch)
         return Fit(model, {"learning_curve": curve})
 
-    def _generate(self, model: DualEncoder, molecules: np.ndarray, seed: int) -> Conformers:
+    def _generate(self, model: DualEncoder, molecules: np.ndarray, seed: int, attempts: int) -> Conformers:
         """Conformers sampled for ``molecules`` (indices into the chain's graphs), ``sampling.batch_size``
-        at a time, all from one random stream."""
+        at a time, all from one random stream. A conformer whose sampling diverges is sampled again with
+        the local score clipped (GeoDiff's retry), up to ``attempts`` times in all; those that never
+        converge are left out (their molecule index in the result is missing)."""
         graphs, per_batch = self._real.graphs, self.config.sampling.batch_size
         generator = generator_for(seed, self.device)
         batches = []
         for start in range(0, len(molecules), per_batch):
-            chosen = molecules[start : start + per_batch].astype(np.int64)
-            atoms = int(graphs.atom_counts()[chosen].sum())
-            template = MoleculeBatch.of(Conformers(graphs, chosen, np.zeros((atoms, 3), np.float32)), self.device)
-            batches.append(Conformers(graphs, chosen, self._langevin(model, template, generator)))
+            todo = molecules[start : start + per_batch].astype(np.int64)
+            done: dict[int, np.ndarray] = {}
+            rows = np.arange(len(todo))  # which of the batch's conformers are still to sample
+            for attempt in range(attempts):
+                clip_local = None if attempt == 0 else CLIP_LOCAL_ON_RETRY
+                atoms = int(graphs.atom_counts()[todo[rows]].sum())
+                template = Conformers(graphs, todo[rows], np.zeros((atoms, 3), np.float32))
+                positions, diverged = langevin_sample(
+                    model, MoleculeBatch.of(template, self.device), self.config.sampling, generator, clip_local
+                )
+                sampled = Conformers(graphs, todo[rows], positions.cpu().numpy())
+                for k in np.flatnonzero(~diverged.cpu().numpy()):
+                    done[int(rows[k])] = sampled.positions_of(int(k))
+                rows = rows[diverged.cpu().numpy()]
+                if not len(rows):
+                    break
+            kept = sorted(done)
+            batches.append(Conformers.from_ensembles(graphs, todo[kept], [done[k] for k in kept]))
         return Conformers.concatenate(batches)
-
-    def _langevin(self, model: DualEncoder, batch: MoleculeBatch, generator: torch.Generator) -> np.ndarray:
-        failure = None
-        for clip_local in (None, CLIP_LOCAL_ON_RETRY):
-            try:
-                return langevin_sample(model, batch, self.config.sampling, generator, clip_local).cpu().numpy()
-            except FloatingPointError as error:
-                failure = error
-        raise ModelCollapseError(f"conformer sampling failed twice, the second time with local clipping: {failure}")
 
     def sample(
         self, model: DualEncoder, size: int, rng: np.random.Generator, scratch: Path | None = None
@@ -138,7 +146,13 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
             wanted = molecules[start : start + shard_size]
             shard = self._load_shard(scratch, index, wanted)
             if shard is None:
-                shard = self._generate(model, wanted, int(seed))
+                shard = self._generate(model, wanted, int(seed), SYNTHETIC_ATTEMPTS)
+                if len(shard) < len(wanted):
+                    raise ModelCollapseError(
+                        f"conformer sampling diverged {SYNTHETIC_ATTEMPTS} times for {len(wanted) - len(shard)} of "
+                        f"{len(wanted)} conformers, with local clipping after the first: the model is unstable "
+                        "(lower sampling.step_lr, or train longer)"
+                    )
                 if scratch is not None:
                     write_directory_atomic(_shard_directory(scratch, index), shard.save)
             shards.append(shard)
@@ -158,12 +172,18 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
 
     def evaluate(self, model: DualEncoder) -> dict[str, np.ndarray]:
         losses = evaluation_loss(model, self.test, self._evaluation_seed, self.device)
-        scores = dict.fromkeys(("mat_r", "cov_r", "mat_r_median", "cov_r_median"), float("nan"))
+        scores = dict.fromkeys(("mat_r", "cov_r", "mat_r_median", "cov_r_median", "skipped_molecules"), float("nan"))
         options = self.config.evaluation
         if options.molecules and len(self.references):
             molecules = np.repeat(self.references.molecule, options.per_reference)
-            generated = self._generate(model, molecules, self._evaluation_seed)
-            scores = coverage_and_matching(self.references, generated, options.delta)
+            generated = self._generate(model, molecules, self._evaluation_seed, attempts=2)
+            # as GeoDiff: a molecule with a conformer whose sampling diverged twice is skipped, and counted
+            count = len(self._real.graphs)
+            lost = np.flatnonzero(
+                np.bincount(generated.molecule, minlength=count) < np.bincount(molecules, minlength=count)
+            )
+            kept = generated.subset(np.setdiff1d(np.unique(molecules), lost))
+            scores = {**coverage_and_matching(self.references, kept, options.delta), "skipped_molecules": len(lost)}
         return {
             "test_loss": np.array([losses["loss"]]),
             "test_loss_local": np.array([losses["loss_local"]]),
