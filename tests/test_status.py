@@ -116,3 +116,53 @@ def test_table_names_the_chains_it_has_no_rows_for_and_complete_refuses_them(tmp
     refused = CliRunner().invoke(app, ["table", str(run), "--complete"])
     assert refused.exit_code == 2 and refused.stdout == ""
     assert f"{run} is incomplete: 3 of 3 chains have not finished (model-collapse status {run})" in refused.stderr
+
+
+def test_resume_recompute_damaged_sets_the_damaged_commit_and_later_ones_aside_and_redoes_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "model_collapse", "run", ROOT / "configs" / "quickstart.yaml", "--out", run]
+    every_iteration = {**os.environ, "MODEL_COLLAPSE_COMMIT_INTERVAL_S": "0"}  # a commit per iteration
+    subprocess.run([*command, "-q", "seeds=3", "iterations=6"], env=every_iteration, check=True, timeout=120)
+    table = invoke("table", run).output
+    chain = run / "chains" / "base" / "replace"
+    damaged = chain / "iter_0004" / "metrics.npz"
+    damaged.write_bytes(b"not an archive")
+    # the refusal names the way forward
+    refused = invoke("resume", run, "-q")
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert f"corrupted file {damaged}" in refused.output and "--recompute-damaged" in refused.output
+    result = invoke("resume", run, "-q", "--recompute-damaged")
+    assert result.exit_code == 0, result.output
+    (aside,) = (run / "damaged").iterdir()
+    moved = aside / "chains" / "base" / "replace"
+    assert sorted(p.name for p in moved.iterdir()) == ["iter_0004", "iter_0005", "iter_0006"]
+    assert (moved / "iter_0004" / "metrics.npz").read_bytes() == b"not an archive"  # nothing is deleted
+    assert "base / replace: iterations 4-6 moved to" in result.output
+    assert invoke("table", run).output == table  # computed again, to the same numbers
+    assert invoke("status", run).exit_code == 0
+    # a healthy run has nothing to set aside
+    again = invoke("resume", run, "-q", "--recompute-damaged")
+    assert again.exit_code == 0 and "moved" not in again.output and len(list((run / "damaged").iterdir())) == 1
+
+
+def test_a_costly_chain_recomputes_from_the_last_commit_that_still_holds_its_model(tmp_path):
+    from helpers import tiny_vae, write_config
+
+    config = write_config(
+        tmp_path / "vae.yaml", {"setting": tiny_vae(), "regimes": ["replace"], "iterations": 4, "seeds": 1}
+    )
+    run = tmp_path / "run"
+    assert invoke("run", config, "--out", run, "-q", "--workers", "1").exit_code == 0
+    table = invoke("table", run).output
+    chain = run / "chains" / "base" / "replace" / "seed-0"
+    assert [p.name for p in chain.glob("iter_*/model")] == ["model"]  # the last iteration's, only
+    (chain / "iter_0003" / "metrics.npz").write_bytes(b"damaged")
+    result = invoke("resume", run, "-q", "--recompute-damaged")
+    assert result.exit_code == 0, result.output
+    # iteration 2, before the damage, kept no model to go on from: the chain starts again
+    assert "iterations 1-4 moved to" in result.output
+    assert invoke("table", run).output == table

@@ -179,6 +179,42 @@ def prepare_resume(run_directory: Path, executor: str | None = None) -> Prepared
     return Prepared(experiment, resolve_executor(experiment, executor))
 
 
+def damaged_commits(run_directory: Path, experiment) -> list[tuple[Any, Any, list]]:
+    """(chain, its store, the commits ``resume --recompute-damaged`` would set aside) of every chain
+    with a record that cannot be read."""
+    from .rundir import ChainStore
+    from .settings import SETTINGS
+
+    keeps_models = not SETTINGS.declared(experiment.setting_name).cheap
+    found = []
+    for spec in experiment.chains():
+        store = ChainStore.of(run_directory, spec, writer=True)
+        if store.directory.is_dir():
+            commits = store.damaged_commits(len(spec.seeds), spec.metrics, keeps_models)
+            if commits:
+                found.append((spec, store, commits))
+    return found
+
+
+def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
+    """``resume --recompute-damaged``: every chain's damaged commit and the ones after it moved into
+    ``RUN/damaged/<UTC time>/<chain>/`` (nothing deleted), so that resuming recomputes them (exactly:
+    chains are deterministic); a line per chain saying which iterations go. Call it holding the lock."""
+    from datetime import timezone
+
+    from .rundir import DAMAGED
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    lines = []
+    for spec, store, commits in damaged_commits(run_directory, experiment):
+        destination = run_directory / DAMAGED / stamp / store.directory.relative_to(run_directory)
+        store.set_aside(commits, destination)
+        first, last = commits[0].first, commits[-1].last
+        span = f"iteration {first}" if first == last else f"iterations {first}-{last}"
+        lines.append(f"{spec.label}: {span} moved to {destination}, to be computed again")
+    return lines
+
+
 def resume(
     run_directory: str | Path,
     workers: int | None = None,
@@ -186,22 +222,36 @@ def resume(
     executor: str | None = None,
     setting: str | type | None = None,
     allow_import: Sequence[str] = (),
+    recompute_damaged: bool = False,
 ) -> Run:
     """Finish an interrupted run: committed iterations are kept, the rest computed as in one go.
 
     ``setting``: the import path (or class) of a setting the run names by import path, which a run
     directory alone never makes this import; ``allow_import``: the same for the reward or verifier
-    functions (``package.module:function``) its curation names."""
+    functions (``package.module:function``) its curation names; ``recompute_damaged``: a chain's
+    damaged record and the commits after it are moved into ``RUN/damaged/`` and computed again."""
     from .curation import allow_function
-    from .rundir import lock_run
 
     directory = Path(run_directory)
     _allow(setting)
     for path in allow_import:
         allow_function(path)
     prepared = prepare_resume(directory, executor)
-    run_locked(directory, lambda: lock_run(directory), prepared, workers, quiet)
+    run_locked(directory, lambda: _lock_for_resume(directory, prepared, recompute_damaged), prepared, workers, quiet)
     return Run(directory)
+
+
+def _lock_for_resume(directory: Path, prepared: Prepared, recompute_damaged: bool, say=None):
+    """The run's lock, and with ``recompute_damaged`` its damaged commits set aside under it."""
+    import logging
+
+    from .rundir import lock_run
+
+    lock = lock_run(directory)
+    if recompute_damaged:
+        for line in set_aside_damaged(directory, prepared.experiment):
+            (say or logging.getLogger(__name__).warning)(line)
+    return lock
 
 
 def open(run_directory: str | Path, setting: str | type | None = None) -> Run:  # noqa: A001 (model_collapse.open)

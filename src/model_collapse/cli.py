@@ -15,7 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import api
-from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, Terminated, one_line_error
+from .errors import (
+    ChainFailed,
+    ConfigError,
+    ModelCollapseError,
+    ResourceError,
+    RunDirectoryError,
+    Terminated,
+    one_line_error,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -109,16 +117,40 @@ def resume(
         help="A reward or verifier (package.module:function) the run's curation names: a run directory alone "
         "never makes model-collapse import code. Repeat it for several.",
     ),
+    recompute_damaged: bool = typer.Option(
+        False,
+        "--recompute-damaged",
+        help="Move each chain's damaged record and the iterations after it into RUN/damaged/<time>/ (nothing "
+        "is deleted) and compute them again, with the same numbers: chains are deterministic.",
+    ),
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
     from .curation import allow_function
-    from .rundir import lock_run
+    from .rundir import DAMAGED
 
     _allow(setting)
     for path in allow_import:
         allow_function(path)
     prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
-    api.run_locked(run_directory, lambda: lock_run(run_directory), prepared, workers, quiet, guard=_guarded)
+    take = lambda: api._lock_for_resume(run_directory, prepared, recompute_damaged, say=_say)  # noqa: E731
+
+    def guard(action, resume_hint=None):
+        def with_the_way_forward():
+            try:
+                return action()
+            except (RunDirectoryError, ChainFailed) as error:
+                # a damaged record has a way forward: name it
+                if recompute_damaged or not api.damaged_commits(run_directory, prepared.experiment):
+                    raise
+                raise RunDirectoryError(
+                    f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves the damaged "
+                    f"record and the later iterations of its chain into {run_directory / DAMAGED}/ and computes "
+                    "them again"
+                ) from None
+
+        return _guarded(with_the_way_forward, resume_hint)
+
+    api.run_locked(run_directory, take, prepared, workers, quiet, guard=guard)
     _say(f"done: {run_directory}")
 
 

@@ -19,6 +19,8 @@
         iter_0044.scratch/            the running iteration's own progress (a language model's finished
                                       sampling shards, its last saved training step): kept across an
                                       interruption, removed at commit
+    RUN/damaged/<UTC time>/chains/…   commits ``resume --recompute-damaged`` set aside (a damaged one
+                                      and those after it), as they were
     RUN/shared/                       what a setting makes once per run for all its chains (a model
                                       the fine-tuning setting pretrains): ``Setting.shared``
     RUN/figures/                      written by `model-collapse plot`
@@ -82,6 +84,7 @@ MARKER = "run.json"
 CONFIG = "config.yaml"
 LOCK = "run.lock"
 SHARED = "shared"  # Setting.shared: what a setting makes once per run
+DAMAGED = "damaged"  # resume --recompute-damaged: commits set aside, by time
 _COMMIT = re.compile(r"iter_(\d+)(?:-(\d+))?(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)
@@ -619,6 +622,43 @@ class ChainStore:
                 if record.iteration <= end:
                     records.append(record)
         return records
+
+    def damaged_commits(self, seed_count: int, metrics: Collection[str], keeps_models: bool) -> list[Commit]:
+        """The commits ``resume --recompute-damaged`` sets aside: the first whose records cannot be read
+        (or that follows a gap) and every later one; for a chain that resumes from its last model
+        (``keeps_models``), also those after the last readable commit that still holds its model.
+        Nothing when every record reads."""
+        commits = self.commits()
+        end, good = 0, 0
+        for commit in commits:
+            try:
+                if commit.first != end + 1:
+                    raise RunDirectoryError(f"a gap before {commit.path}")
+                for record in self._read_commit(commit, seed_count):
+                    if not set(record.metrics) <= set(metrics):
+                        raise RunDirectoryError(f"foreign metrics in {commit.path}")
+            except RunDirectoryError:
+                break
+            end, good = commit.last, good + 1
+        if good == len(commits):
+            return []
+        if keeps_models:
+            while good and not (commits[good - 1].path / "model").is_dir():
+                good -= 1  # the chain would resume from this commit's model, which is gone
+        return commits[good:]
+
+    def set_aside(self, commits: list[Commit], destination: Path) -> int:
+        """Move ``commits`` (the last ones of the chain) into ``destination``, nothing deleted, and record
+        the iterations that remain as completed; returns their number."""
+        kept = [c for c in self.commits() if c not in commits]
+        completed = kept[-1].last if kept else 0
+        destination.mkdir(parents=True, exist_ok=True)
+        later = [p for p in self.directory.glob("iter_*.scratch") if int(p.name[5:9]) > completed + 1]
+        for path in [c.path for c in commits] + later:  # a later iteration's scratch goes with them
+            os.replace(path, destination / path.name)
+        fsync_directory(self.directory)
+        write_json(self.directory / "progress.json", {"completed": completed})
+        return completed
 
     @staticmethod
     def _records_path(commit: Commit) -> Path:
