@@ -816,3 +816,33 @@ def test_deep_nesting_is_one_line_at_any_depth(tmp_path, depth):
     line = one_line_error(cli("run", tmp_path / "deep.yaml", "--out", tmp_path / "run"))
     assert "deep.yaml" in line or "setting.dim" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "config_name,arguments",
+    [
+        ("vae_digits_cpu.yaml", ["setting.model.widths=[100000,100000]"]),  # a 640 GB layer
+        ("lm_tiny_cpu.yaml", ["setting.vocab_size=1000000000"]),
+    ],
+)
+def test_a_model_too_large_for_the_machine_is_refused_before_anything_is_written(tmp_path, config_name, arguments):
+    root = Path(__file__).resolve().parents[1]
+    line = one_line_error(cli("run", root / "configs" / config_name, *arguments, "--out", tmp_path / "run"))
+    assert "a chain would hold about" in line and "in memory" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_neural_footprints_count_the_parameters_of_the_models_they_build():
+    from model_collapse.settings.language_model.config import parameter_count
+    from model_collapse.settings.language_model.models import PRESETS, build_model
+    from model_collapse.settings.vae import ConvVAE
+    from model_collapse.settings.vae_config import VAEConfig, VAEDeclaration
+
+    for preset in PRESETS:
+        assert parameter_count(preset, 300) == build_model(preset, 300, 0).num_parameters(), preset
+    for fields in ({}, {"model": {"widths": [8, 16, 32], "latent_dim": 3}}, {"dataset": "celeba", "image_size": 64}):
+        config = VAEConfig.model_validate(fields)
+        model = ConvVAE(config.image_channels, config.image_size, config.model.widths, config.model.latent_dim)
+        images = 4 * config.image_channels * config.image_size**2 * (60_000 + config.test_samples)
+        parameters = sum(p.numel() for p in model.parameters())
+        assert VAEDeclaration.footprint(config).fixed_bytes == 16 * parameters + images

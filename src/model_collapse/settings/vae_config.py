@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import Declaration, Metric
+from .base import Declaration, Footprint, Metric
 from .configs import SettingConfig, StrictConfig
 from .images import CHANNELS
 
@@ -112,3 +112,18 @@ class VAEDeclaration(Declaration[VAEConfig]):
     scores = ("confidence",)
     one_seed_per_chain = True
     preview_size = 64
+
+    @classmethod
+    def footprint(cls, config: VAEConfig) -> Footprint:
+        """The network's weights with their gradients and AdamW's two moments (16 bytes a parameter) and
+        the real and test images as float32; kept batches are memory-mapped, so the pool adds nothing.
+        Activations are left out (on a GPU they are not in this machine's memory)."""
+        channels, side, latent = config.image_channels, config.image_size, config.model.latent_dim
+        widths = config.model.widths
+        kernels = sum(16 * a * b for a, b in zip((channels, *widths[:-1]), widths))  # 4 x 4, down and up
+        biases = sum(widths) + sum(widths[:-1]) + channels
+        flat = widths[-1] * (side // 2 ** len(widths)) ** 2
+        parameters = 2 * kernels + biases + flat * 2 * latent + 2 * latent + latent * flat + flat
+        image = 4 * channels * side * side
+        real = config.samples or 60_000  # the largest training split of the data sets it reads (MNIST's)
+        return Footprint(rows=real, bytes_per_row=0, fixed_bytes=16 * parameters + image * (real + config.test_samples))

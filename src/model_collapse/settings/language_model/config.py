@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from ..base import Declaration, Metric
+from ..base import Declaration, Footprint, Metric
 from ..configs import SettingConfig, StrictConfig
 from .corpus import BUNDLED
 from .models import PRESETS, positions
@@ -169,3 +169,22 @@ class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
     one_seed_per_chain = True
     preview_size = 8
     scores = ("likelihood",)
+
+    @classmethod
+    def footprint(cls, config: LanguageModelConfig) -> Footprint:
+        """The model's weights with their gradients and AdamW's two moments (16 bytes a parameter, the
+        vocabulary included); corpora are token arrays a fraction of that, and synthetic ones memory-mapped.
+        Activations are left out (on a GPU they are not in this machine's memory)."""
+        return Footprint(rows=config.samples or 1, bytes_per_row=0, fixed_bytes=16 * parameter_count(
+            config.model.preset, config.vocab_size))  # fmt: skip
+
+
+def parameter_count(preset: str, vocabulary: int) -> int:
+    """The parameters of ``preset`` with a vocabulary of ``vocabulary`` tokens, counted from its
+    dimensions (models.py; equal to ``num_parameters()`` of the built model, tested)."""
+    family, fields = PRESETS[preset]
+    if family == "gpt2":  # tied embeddings; per layer: attention 4 d^2 + 4 d, MLP 8 d^2 + 5 d, two norms 4 d
+        width, layers = fields["n_embd"], fields["n_layer"]
+        return vocabulary * width + positions(preset) * width + layers * (12 * width**2 + 13 * width) + 2 * width
+    width, layers, hidden = fields["hidden_size"], fields["num_hidden_layers"], fields["intermediate_size"]
+    return 2 * vocabulary * width + layers * (4 * width**2 + 3 * width * hidden + 2 * width) + width  # Llama
