@@ -172,6 +172,12 @@ def _stop(processes: list) -> None:
 def _death(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
-        cause = ", most likely by the out-of-memory killer" if -exitcode == signal.SIGKILL else ""
+        # resuming as it ran would run out of memory again: say what changes that
+        cause = (
+            ", most likely by the out-of-memory killer (fewer chains at once, --workers 1 on resume, "
+            "or a smaller setting would need less)"
+            if -exitcode == signal.SIGKILL
+            else ""
+        )
         return f"was killed by {name}{cause}"
     return f"ended with exit code {exitcode} without a word"
