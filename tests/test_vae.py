@@ -182,3 +182,39 @@ def test_a_vae_sweep_runs_one_chain_per_seed_and_sweeps_widths_like_any_field():
     assert [p.model.widths for p in widths.points] == [(8,), (8, 16)]
     assert widths.resolved()["sweep"] == {"model.widths": [[8], [8, 16]]}
     assert build_experiment(widths.resolved()).points == widths.points
+
+
+def test_a_run_keeps_the_judge_it_trained_and_every_chain_measures_with_it(tmp_path):
+    from sklearn.neural_network import MLPClassifier
+
+    from model_collapse.settings.vae import JUDGE_IMAGES
+
+    config = VAEConfig(**tiny_vae())
+    first = VAE(config, [0])
+    first.shared = tmp_path / "shared"
+    judge = first.judge
+    (saved,) = (tmp_path / "shared").iterdir()
+    assert saved.name.startswith("vae-judge-digits-") and saved.suffix == ".npz"
+    # the saved judge is scikit-learn's classifier: the same features and confidence
+    train = first._real_images.train
+    flat = train.images[:JUDGE_IMAGES].reshape(-1, 64) / 255
+    classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier.fit(flat, train.labels[:JUDGE_IMAGES])
+    probe = first.test.reshape(len(first.test), -1) / 255
+    np.testing.assert_allclose(judge.confidence(probe), classifier.predict_proba(probe).max(axis=1), rtol=1e-12)
+    # another chain of the run reads it rather than training its own
+    second = VAE(config, [1])
+    second.shared = tmp_path / "shared"
+    other_weights = [w * 2 for w in judge.weights]
+    np.savez(saved, **dict(zip(("hidden_weight", "hidden_bias", "output_weight", "output_bias"), other_weights)))
+    np.testing.assert_array_equal(second.judge.weights[0], other_weights[0])
+    # a damaged judge is named in one line
+    saved.write_bytes(b"damaged")
+    third = VAE(config, [2])
+    third.shared = tmp_path / "shared"
+    with pytest.raises(RunDirectoryError, match=f"corrupted file {re.escape(str(saved))}"):
+        third.judge  # noqa: B018

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from torch import nn
 
-from ..errors import ModelCollapseError
+from ..arrayio import load_arrays
+from ..errors import ModelCollapseError, RunDirectoryError
 from ..randomness import seed_rng
 from .arrays import MappedSamples, Samples, gather
 from .base import Setting
@@ -112,9 +114,10 @@ JUDGE_IMAGES = 10000
 class ImageJudge:
     """The feature space of the image metrics and the curation score ``confidence``: a classifier with
     one hidden layer of 64 ReLU units trained on real training images (features: its hidden
-    activations), or, for images without labels, the PCA of the real data (and no confidence)."""
+    activations), or, for images without labels, the PCA of the real data (and no confidence). Its
+    weights are plain arrays, so a run keeps the judge it started with (``RUN/shared/``)."""
 
-    classifier: MLPClassifier | None
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None  # hidden W, b; output W, b
     pca: PCA
 
     @classmethod
@@ -130,18 +133,49 @@ class ImageJudge:
             warnings.simplefilter("ignore", ConvergenceWarning)  # a judge needs no last decimal of its loss
             classifier = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0)
             classifier.fit(flat, train.labels[:JUDGE_IMAGES])
-        return cls(classifier, pca)
+        hidden, output = classifier.coefs_
+        if output.shape[1] == 1:  # two classes: one logistic output, as two softmax logits
+            output = np.concatenate([np.zeros_like(output), output], axis=1)
+            bias = np.concatenate([[0.0], classifier.intercepts_[1]])
+        else:
+            bias = classifier.intercepts_[1]
+        return cls((hidden, classifier.intercepts_[0], output, bias), pca)
+
+    def save(self, path: Path) -> None:
+        """Written to a temporary name and renamed: a reader finds the whole file or none."""
+        from ..atomic import write_file_atomic
+
+        weights = self.weights
+        assert weights is not None
+        arrays = dict(zip(_JUDGE_ARRAYS, weights))
+        write_file_atomic(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: Path, pca: PCA, pixels: int) -> ImageJudge:
+        arrays = load_arrays(path, _JUDGE_ARRAYS)
+        weights = tuple(np.asarray(arrays[name], dtype=np.float64) for name in _JUDGE_ARRAYS)
+        hidden, hidden_bias, output, output_bias = weights
+        if hidden.shape[0] != pixels or hidden_bias.shape != (hidden.shape[1],) or output.shape[0] != hidden.shape[1]:
+            raise RunDirectoryError(f"corrupted file {path}: a judge of other shapes than this run's images")
+        if output_bias.shape != (output.shape[1],) or not all(np.isfinite(w).all() for w in weights):
+            raise RunDirectoryError(f"corrupted file {path}: not a judge's weights")
+        return cls((hidden, hidden_bias, output, output_bias), pca)
 
     def features(self, flat: np.ndarray) -> np.ndarray:
         """Features of (N, pixels) images in [0, 1]."""
-        if self.classifier is None:
+        if self.weights is None:
             return self.pca.transform(flat)
-        return np.maximum(flat @ self.classifier.coefs_[0] + self.classifier.intercepts_[0], 0.0)
+        return np.maximum(flat @ self.weights[0] + self.weights[1], 0.0)
 
     def confidence(self, flat: np.ndarray) -> np.ndarray:
         """The classifier's probability of its most likely class, per image."""
-        assert self.classifier is not None  # (configs ask for confidence only with labelled data sets)
-        return self.classifier.predict_proba(flat).max(axis=1)
+        assert self.weights is not None  # (configs ask for confidence only with labelled data sets)
+        logits = self.features(flat) @ self.weights[2] + self.weights[3]
+        logits -= logits.max(axis=1, keepdims=True)
+        return 1.0 / np.exp(logits).sum(axis=1)  # the largest softmax probability: exp(0) / sum
+
+
+_JUDGE_ARRAYS = ("hidden_weight", "hidden_bias", "output_weight", "output_bias")
 
 
 @dataclass(frozen=True)
@@ -151,9 +185,11 @@ class RealImages:
     features: PCA  # feature space for sample_spread, fitted on real training images
     real_spread: float  # total variance of real test images in that space
     classifier: LogisticRegression | None  # for class_entropy, where the data set has labels
-    judge: ImageJudge  # the image metrics' feature space
-    test_statistics: tuple[np.ndarray, np.ndarray]  # of the real test images' judge features
-    test_features: np.ndarray
+
+    @functools.cached_property
+    def judge(self) -> ImageJudge:
+        """The image metrics' feature space, trained here (a run keeps its own: ``VAE.judge``)."""
+        return ImageJudge.train(self.train, self.features)
 
 
 @functools.lru_cache(maxsize=4)
@@ -169,11 +205,7 @@ def _real_images(
     if train.labels is not None:
         limit = min(len(flat), 10000)
         classifier = LogisticRegression(max_iter=300).fit(flat[:limit], train.labels[:limit])
-    judge = ImageJudge.train(train, features)
-    test_features = judge.features(test.images.reshape(len(test.images), -1) / 255)
-    return RealImages(
-        train, test, features, real_spread, classifier, judge, gaussian_statistics(test_features), test_features
-    )
+    return RealImages(train, test, features, real_spread, classifier)
 
 
 class VAE(VAEDeclaration, Setting[VAEConfig]):
@@ -198,8 +230,34 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
         self._reserve = train.images[size:]  # real images the chain never trains on: source of fresh real data
         self.test = real.test.images
         self.features, self.real_spread, self.classifier = real.features, real.real_spread, real.classifier
-        self.judge, self.test_statistics, self.test_features = real.judge, real.test_statistics, real.test_features
+        self._real_images = real
         self._evaluation_seed = int(seed_rng(self.seeds[0], "evaluate").integers(2**63))
+
+    # -- the judge --------------------------------------------------------------------------------
+    @functools.cached_property
+    def judge(self) -> ImageJudge:
+        """The judge of the image metrics, trained once per run on the real training images and kept in
+        ``RUN/shared/`` (``Setting.shared``), so that every chain and every resume, on any machine,
+        measures with the same one; outside a run directory, trained in this process."""
+        real = self._real_images
+        if real.train.labels is None or self.shared is None:
+            return real.judge
+        c = self.config
+        key = hashlib.sha256(repr((c.dataset, c.data_dir, c.image_size, c.image_channels)).encode()).hexdigest()[:12]
+        path = self.shared / f"vae-judge-{c.dataset}-{key}.npz"
+        pixels = c.image_channels * c.image_size**2
+        if not path.exists():
+            self.shared.mkdir(parents=True, exist_ok=True)
+            real.judge.save(path)  # written whole under its name; chains finishing together write the same
+        return ImageJudge.load(path, real.features, pixels)
+
+    @functools.cached_property
+    def test_features(self) -> np.ndarray:
+        return self.judge.features(self.test.reshape(len(self.test), -1) / 255)
+
+    @functools.cached_property
+    def test_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        return gaussian_statistics(self.test_features)
 
     # -- data -------------------------------------------------------------------------------------
     @property
