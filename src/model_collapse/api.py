@@ -321,6 +321,12 @@ class Run:
 
         return run_status(self.directory)
 
-    def resume(self, workers: int | None = None, quiet: bool = True, executor: str | None = None) -> Run:
+    def resume(
+        self,
+        workers: int | None = None,
+        quiet: bool = True,
+        executor: str | None = None,
+        recompute_damaged: bool = False,
+    ) -> Run:
         """Finish this run (see ``model_collapse.resume``)."""
-        return resume(self.directory, workers, quiet, executor)
+        return resume(self.directory, workers, quiet, executor, recompute_damaged=recompute_damaged)
