@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from transformers import OPTConfig, OPTForCausalLM, Trainer, TrainingArguments
 
+# the language-model benchmark's pieces (this folder is on the path when a script here runs)
+from language_model import Blocks, synchronise
 from model_collapse.settings.fine_tuning.beam_search import beam_continuations
 from model_collapse.settings.fine_tuning.config import FineTuningTraining
 from model_collapse.settings.fine_tuning.data import text_blocks
@@ -37,17 +39,6 @@ SIZES = {
     "small": {"hidden_size": 256, "num_hidden_layers": 4, "ffn_dim": 1024, "num_attention_heads": 4},
     "opt-125m": {"hidden_size": 768, "num_hidden_layers": 12, "ffn_dim": 3072, "num_attention_heads": 12},
 }
-
-
-class Blocks(torch.utils.data.Dataset):
-    def __init__(self, inputs: np.ndarray):
-        self.inputs = torch.from_numpy(inputs)
-
-    def __len__(self):
-        return len(self.inputs)
-
-    def __getitem__(self, index):
-        return {"input_ids": self.inputs[index], "labels": self.inputs[index]}
 
 
 LORA_RANK = 0  # --lora
@@ -66,11 +57,6 @@ def fresh_model(size: str, vocab: int, eos: int, adapters: bool = False):
 
         model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, task_type="CAUSAL_LM"))
     return model
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_ours(size, vocab, eos, batches, held_out, batch, device, precision) -> float:
