@@ -108,3 +108,22 @@ def test_disconnected_molecules_are_left_out_of_coverage_as_geodiff_filters_them
     again = Conformers.from_ensembles(graphs, references.molecule, stretched)
     scores = coverage_and_matching(marked, again, delta=0.5)
     assert scores["mat_r"] == pytest.approx(0.0, abs=1e-6) and scores["cov_r"] == 1.0
+
+
+def test_bond_validity_is_zero_error_for_the_references_and_catches_stretched_bonds(real):
+    from model_collapse.settings.conformer_diffusion.chemistry import bond_lengths, bond_validity
+
+    references = real.subset(np.arange(3))
+    lengths = [bond_lengths(references, k) for k in range(len(references))]
+    # the bundled conformers are force-field minima: their bonds vary by far less than 0.1 A
+    same = bond_validity(references, references)
+    assert same["bond_length_rms"] < 0.01 and same["valid_bond_share"] == 1.0
+    stretched = Conformers.from_ensembles(
+        real.graphs, references.molecule, [references.positions_of(k) * 1.1 for k in range(len(references))]
+    )
+    off = bond_validity(references, stretched)
+    # every bond 10% longer: RMS near 0.1 x the RMS bond length; none within 0.1 A everywhere
+    expected = np.mean([np.sqrt(np.mean((0.1 * x) ** 2)) for x in lengths])
+    assert off["bond_length_rms"] == pytest.approx(expected, rel=0.1) and off["valid_bond_share"] == 0.0
+    nothing = bond_validity(references, Conformers.from_ensembles(real.graphs, np.zeros(0, np.int64), []))
+    assert np.isnan(nothing["bond_length_rms"]) and np.isnan(nothing["valid_bond_share"])

@@ -124,6 +124,35 @@ def coverage_and_matching(references: Conformers, generated: Conformers, delta: 
     return covmat(tables, delta)
 
 
+def bond_lengths(conformers: Conformers, index: int) -> np.ndarray:
+    """The lengths (A) of every bond of conformer ``index``, in the molecule's bond order."""
+    bonds, _ = conformers.graphs.bonds_of(int(conformers.molecule[index]))
+    x = conformers.positions_of(index)
+    return np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)
+
+
+def bond_validity(references: Conformers, generated: Conformers, tolerance: float = 0.1) -> dict[str, float]:
+    """How far generated conformers' bonds are from their molecule's: ``bond_length_rms``, the mean over
+    conformers of the RMS difference (A) between each bond's length and its mean length in the
+    molecule's reference conformers (force-field minima on the bundled set, GEOM's on GEOM), and
+    ``valid_bond_share``, the share of conformers whose every bond is within ``tolerance`` of it."""
+    expected = {}
+    for molecule in np.unique(references.molecule):
+        mine = np.flatnonzero(references.molecule == molecule)
+        expected[int(molecule)] = np.mean([bond_lengths(references, int(k)) for k in mine], axis=0)
+    errors = [
+        bond_lengths(generated, k) - expected[int(generated.molecule[k])]
+        for k in range(len(generated))
+        if int(generated.molecule[k]) in expected
+    ]
+    if not errors:
+        return {"bond_length_rms": float("nan"), "valid_bond_share": float("nan")}
+    return {
+        "bond_length_rms": float(np.mean([np.sqrt(np.mean(e**2)) for e in errors])),
+        "valid_bond_share": float(np.mean([np.abs(e).max(initial=0.0) <= tolerance for e in errors])),
+    }
+
+
 def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:
     """Pictures (N, size, size, 3) uint8 of mol blocks: heavy atoms and bonds as placed in 3D, seen along
     the axis of least spread (so that a distorted geometry looks distorted)."""

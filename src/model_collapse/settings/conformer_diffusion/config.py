@@ -157,6 +157,9 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
         "mat_r_median": Metric("MAT-R: best RMSD (A), median over molecules"),
         "cov_r_median": Metric("COV-R: references matched (fraction), median over molecules"),
         "skipped_molecules": Metric("MAT/COV molecules left out: their sampling diverged twice"),
+        # are the samples molecules at all: their bonds against the reference conformers'
+        "bond_length_rms": Metric("RMS error of bond lengths (A)"),
+        "valid_bond_share": Metric("samples with every bond within 0.1 A (fraction)"),
     }
     one_seed_per_chain = True
     preview_size = 6

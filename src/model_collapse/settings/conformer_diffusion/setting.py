@@ -27,7 +27,7 @@ from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
 from ..devices import resolve_device
-from .chemistry import coverage_and_matching, molblocks
+from .chemistry import bond_validity, coverage_and_matching, molblocks
 from .config import ConformerDiffusionConfig, ConformerDiffusionDeclaration
 from .conformers import Conformers, rank_within_molecule
 from .datasets import SPLIT_SEED, load_splits
@@ -172,7 +172,8 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
 
     def evaluate(self, model: DualEncoder) -> dict[str, np.ndarray]:
         losses = evaluation_loss(model, self.test, self._evaluation_seed, self.device)
-        scores = dict.fromkeys(("mat_r", "cov_r", "mat_r_median", "cov_r_median", "skipped_molecules"), float("nan"))
+        names = ("mat_r", "cov_r", "mat_r_median", "cov_r_median", "bond_length_rms", "valid_bond_share")
+        scores = dict.fromkeys((*names, "skipped_molecules"), float("nan"))
         options = self.config.evaluation
         if options.molecules and len(self.references):
             molecules = np.repeat(self.references.molecule, options.per_reference)
@@ -183,7 +184,11 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
                 np.bincount(generated.molecule, minlength=count) < np.bincount(molecules, minlength=count)
             )
             kept = generated.subset(np.setdiff1d(np.unique(molecules), lost))
-            scores = {**coverage_and_matching(self.references, kept, options.delta), "skipped_molecules": len(lost)}
+            scores = {
+                **coverage_and_matching(self.references, kept, options.delta),
+                **bond_validity(self.references, kept),
+                "skipped_molecules": len(lost),
+            }
         return {
             "test_loss": np.array([losses["loss"]]),
             "test_loss_local": np.array([losses["loss_local"]]),
