@@ -647,18 +647,18 @@ class ChainStore:
                 good -= 1  # the chain would resume from this commit's model, which is gone
         return commits[good:]
 
-    def set_aside(self, commits: list[Commit], destination: Path) -> int:
+    def set_aside(self, commits: list[Commit], destination: Path) -> None:
         """Move ``commits`` (the last ones of the chain) into ``destination``, nothing deleted, and record
-        the iterations that remain as completed; returns their number."""
+        the iterations that remain as completed."""
         kept = [c for c in self.commits() if c not in commits]
         completed = kept[-1].last if kept else 0
         destination.mkdir(parents=True, exist_ok=True)
-        later = [p for p in self.directory.glob("iter_*.scratch") if int(p.name[5:9]) > completed + 1]
+        scratches = ((p, _COMMIT.fullmatch(p.name)) for p in self.directory.glob("iter_*.scratch"))
+        later = [p for p, match in scratches if match is not None and int(match.group(1)) > completed + 1]
         for path in [c.path for c in commits] + later:  # a later iteration's scratch goes with them
             os.replace(path, destination / path.name)
         fsync_directory(self.directory)
         write_json(self.directory / "progress.json", {"completed": completed})
-        return completed
 
     @staticmethod
     def _records_path(commit: Commit) -> Path:

@@ -116,14 +116,14 @@ class VAEDeclaration(Declaration[VAEConfig]):
     @classmethod
     def footprint(cls, config: VAEConfig) -> Footprint:
         """The network's weights with their gradients and AdamW's two moments (16 bytes a parameter) and
-        the real and test images as float32; kept batches are memory-mapped, so the pool adds nothing.
-        Activations are left out (on a GPU they are not in this machine's memory)."""
+        the real training and test images as stored (a byte a pixel); kept batches are memory-mapped, so
+        the pool adds nothing. Activations are left out (on a GPU they are not in this machine's memory)."""
         channels, side, latent = config.image_channels, config.image_size, config.model.latent_dim
         widths = config.model.widths
         kernels = sum(16 * a * b for a, b in zip((channels, *widths[:-1]), widths))  # 4 x 4, down and up
         biases = sum(widths) + sum(widths[:-1]) + channels
         flat = widths[-1] * (side // 2 ** len(widths)) ** 2
         parameters = 2 * kernels + biases + flat * 2 * latent + 2 * latent + latent * flat + flat
-        image = 4 * channels * side * side
+        image = channels * side * side
         real = config.samples or 60_000  # the largest training split of the data sets it reads (MNIST's)
         return Footprint(rows=real, bytes_per_row=0, fixed_bytes=16 * parameters + image * (real + config.test_samples))

@@ -36,7 +36,7 @@ from .network import DualEncoder, langevin_sample
 from .training import evaluation_loss, generator_for, train
 
 SYNTHETIC_ATTEMPTS = 5  # a synthetic conformer is needed: sampled again (clipped) up to this many times
-CLIP_LOCAL_ON_RETRY = 20.0  # GeoDiff's test.py samples a diverged batch again with this local clip
+CLIP_LOCAL_ON_RETRY = 20.0  # GeoDiff's test.py samples a diverged molecule again with this local clip
 
 
 def interleaved(molecules: np.ndarray) -> np.ndarray:
@@ -120,10 +120,10 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
                 positions, diverged = langevin_sample(
                     model, MoleculeBatch.of(template, self.device), self.config.sampling, generator, clip_local
                 )
-                sampled = Conformers(graphs, todo[rows], positions.cpu().numpy())
-                for k in np.flatnonzero(~diverged.cpu().numpy()):
+                sampled, failed = Conformers(graphs, todo[rows], positions.cpu().numpy()), diverged.cpu().numpy()
+                for k in np.flatnonzero(~failed):
                     done[int(rows[k])] = sampled.positions_of(int(k))
-                rows = rows[diverged.cpu().numpy()]
+                rows = rows[failed]
                 if not len(rows):
                     break
             kept = sorted(done)
@@ -172,8 +172,7 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
 
     def evaluate(self, model: DualEncoder) -> dict[str, np.ndarray]:
         losses = evaluation_loss(model, self.test, self._evaluation_seed, self.device)
-        names = ("mat_r", "cov_r", "mat_r_median", "cov_r_median", "bond_length_rms", "valid_bond_share")
-        scores = dict.fromkeys((*names, "skipped_molecules"), float("nan"))
+        scores = {name: float("nan") for name in self.metrics if not name.startswith("test_loss")}
         options = self.config.evaluation
         if options.molecules and len(self.references):
             molecules = np.repeat(self.references.molecule, options.per_reference)

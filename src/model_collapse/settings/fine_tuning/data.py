@@ -12,21 +12,20 @@
   loss counts every token, as SFT on a text field does (``train_on: response``: the response and EOS).
   Examples longer than ``max_length`` tokens are dropped. The validation split is the held-out set.
 
-Files are read with pyarrow and the standard library, not ``datasets.load_dataset``, which would write a
-converted copy into ``~/.cache``: a run writes nothing outside its directory.
+Files are read with pyarrow and the standard library (``language_model/corpus.py``: ``read_fields``), not
+``datasets.load_dataset``, which would write a converted copy into ``~/.cache``: a run writes nothing
+outside its directory.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError
-from .examples import Examples
+from ..language_model.corpus import read_fields
+from .examples import TOKEN_DTYPE, Examples
 
 USER, ASSISTANT = "user: ", "assistant: "
 # (the Hub's parquet name, the raw archive's name) of the splits the setting reads
@@ -36,20 +35,6 @@ _CONVERSATION_SPLITS = {"train": "train", "held-out": "validation"}
 
 def _first_existing(candidates: list[Path]) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
-
-
-def _parquet_column(path: Path, columns: list[str]) -> dict[str, list[Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.read_schema(path).names
-        missing = [column for column in columns if column not in names]
-        if missing:
-            raise ConfigError(f"{path} has no {', '.join(map(repr, missing))} field (fields: {', '.join(names)})")
-        table = pq.read_table(path, columns=columns)
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise ConfigError(f"cannot read {path} as parquet: {str(error).splitlines()[0]}") from None
-    return {column: table.column(column).to_pylist() for column in columns}
 
 
 def text_lines(data_dir: Path, split: str) -> list[str]:
@@ -66,7 +51,7 @@ def text_lines(data_dir: Path, split: str) -> list[str]:
             f"or wiki.{raw}.raw, directly or under wikitext-2-raw/)"
         )
     if path.suffix == ".parquet":
-        return [line for line in _parquet_column(path, ["text"])["text"] if isinstance(line, str)]
+        return [line for line in read_fields(path, ["text"])["text"] if isinstance(line, str)]
     try:
         return path.read_text(encoding="utf-8").splitlines(keepends=True)
     except (OSError, UnicodeDecodeError) as error:
@@ -76,48 +61,26 @@ def text_lines(data_dir: Path, split: str) -> list[str]:
 def text_blocks(tokenizer, lines: list[str], block_size: int) -> Examples:
     """The lines tokenized, concatenated and cut into blocks of ``block_size`` tokens (the rest dropped)."""
     ids = tokenizer([line for line in lines if line], add_special_tokens=False)["input_ids"]
-    stream = np.fromiter((token for line in ids for token in line), dtype=np.int64)
+    stream = np.fromiter((token for line in ids for token in line), dtype=TOKEN_DTYPE)
     count = len(stream) // block_size
-    blocks = stream[: count * block_size].reshape(count, block_size)
-    return Examples.from_sequences(list(blocks), np.zeros(count, dtype=np.int64))
-
-
-def _jsonl(path: Path) -> list[dict]:
-    opener: Any = gzip.open if path.suffix == ".gz" else open
-    records = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"{path} line {number} is not JSON: {error.msg}") from None
-                if not isinstance(record, dict) or not {"prompt", "response"} <= set(record):
-                    raise ConfigError(f"{path} line {number} has no 'prompt' and 'response' fields")
-                records.append(record)
-    except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read {path}: {error}") from None
-    return records
+    offsets = np.arange(count + 1, dtype=np.int64) * block_size
+    return Examples(stream[: count * block_size], offsets, np.zeros(count, dtype=np.int64))
 
 
 def conversations(data_dir: Path, split: str) -> list[tuple[str, str]]:
     """(prompt, response) pairs of a HelpSteer2 split (``train``, or ``held-out``: validation)."""
     name = _CONVERSATION_SPLITS[split]
     jsonl = _first_existing([data_dir / f"{name}.jsonl.gz", data_dir / f"{name}.jsonl"])
-    if jsonl is not None:
-        records = _jsonl(jsonl)
-        return [(str(r["prompt"]), str(r["response"])) for r in records]
     parquets = sorted((data_dir / "data").glob(f"{name}-*.parquet")) + sorted(data_dir.glob(f"{name}*.parquet"))
-    if not parquets:
+    files = [jsonl] if jsonl is not None else parquets
+    if not files:
         raise ConfigError(
             f"setting.data_dir: {data_dir} holds no HelpSteer2 {name} split ({name}.jsonl.gz, {name}.jsonl or "
             f"{name}*.parquet, directly or under data/)"
         )
     pairs: list[tuple[str, str]] = []
-    for path in parquets:
-        columns = _parquet_column(path, ["prompt", "response"])
+    for path in files:
+        columns = read_fields(path, ["prompt", "response"])
         pairs += [(str(p), str(r)) for p, r in zip(columns["prompt"], columns["response"])]
     return pairs
 

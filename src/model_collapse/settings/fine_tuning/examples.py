@@ -44,8 +44,12 @@ class Examples:
 
     @classmethod
     def concatenate(cls, parts: Sequence[Examples]) -> Examples:
-        sequences = [part.example(i) for part in parts for i in range(len(part))]
-        return cls.from_sequences(sequences, np.concatenate([p.loss_from for p in parts] or [np.zeros(0, np.int64)]))
+        if not parts:
+            return cls.from_sequences([], np.zeros(0, dtype=np.int64))
+        shifts = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + shift for p, shift in zip(parts, shifts)])
+        tokens = np.concatenate([np.asarray(p.tokens, dtype=TOKEN_DTYPE) for p in parts])
+        return cls(tokens, offsets.astype(np.int64), np.concatenate([p.loss_from for p in parts]).astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -54,8 +58,9 @@ class Examples:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
 
     def head(self, count: int) -> Examples:
-        """The first ``count`` examples."""
-        return Examples.from_sequences([self.example(i) for i in range(min(count, len(self)))], self.loss_from[:count])
+        """The first ``count`` examples (views of these arrays)."""
+        count = min(count, len(self))
+        return Examples(self.tokens[: self.offsets[count]], self.offsets[: count + 1], self.loss_from[:count])
 
     # -- the data-type protocol (settings/base.py: Data) --------------------------------------------
     @classmethod

@@ -189,7 +189,8 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
 
     # -- model ------------------------------------------------------------------------------------
     def _pretrained(self):
-        return load_causal_model(_pretrained_directory(self.config, self.shared), RunDirectoryError)
+        """A copy of the pretrained model (``_data`` holds it already: no reading from disk per fit)."""
+        return copy.deepcopy(self._data.original)
 
     def fit(
         self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None, previous=None
@@ -225,12 +226,12 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             return self._continuations(model, Examples.select([real], rows[None]), scratch)
         return self._conversations(model, size, rng, scratch)
 
-    def _continuations(self, model, prompts: Examples, scratch: Path | None, meter: Meter | None = None) -> Examples:
+    def _continuations(self, model, prompts: Examples, scratch: Path | None) -> Examples:
         g = self.config.generation
         block = self.config.block_size
         tokens = np.asarray(prompts.tokens[prompts.offsets[0] : prompts.offsets[-1]], dtype=np.int64).reshape(-1, block)
         shards = [range(start, min(start + g.batch_size, len(tokens))) for start in range(0, len(tokens), g.batch_size)]
-        meter = Meter("generating", len(tokens), "blocks") if meter is None and scratch is not None else meter
+        meter = Meter("generating", len(tokens), "blocks") if scratch is not None else None
 
         def shard(index: int) -> Examples:
             batch = torch.from_numpy(tokens[shards[index].start : shards[index].stop]).to(self.device)
@@ -254,7 +255,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             # the first round draws as many as needed; later ones, what the acceptance so far suggests
             count = need if not drawn else min(64 * need, int(need * drawn / max(have, 1) * 1.2) + 1)
             directory = scratch / f"round_{attempt:03d}" if scratch is not None else None
-            found = self._samples(model, count, int(seed), directory)[0]
+            found = self._samples(model, count, int(seed), directory)
             drawn += count
             kept.append(found.head(need))
             have += min(len(found), need)
@@ -265,8 +266,8 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             )
         return Examples.concatenate(kept)
 
-    def _samples(self, model, count: int, seed: int, scratch: Path | None) -> tuple[Examples, int]:
-        """``count`` unconditional samples from ``seed``: the well-formed ones, and how many there were."""
+    def _samples(self, model, count: int, seed: int, scratch: Path | None) -> Examples:
+        """The well-formed ones of ``count`` unconditional samples from ``seed``."""
         g, data = self.config.generation, self._data
         shards = [min(g.batch_size, count - start) for start in range(0, count, g.batch_size)]
 
@@ -281,8 +282,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             pairs = [pair for pair in map(well_formed, texts) if pair is not None]
             return encode_conversations(data.tokenizer, pairs, self.config.max_length, self.config.train_on, data.start)
 
-        found = Examples.concatenate(_sharded(len(shards), shard, scratch, "samples"))
-        return found, len(found)
+        return Examples.concatenate(_sharded(len(shards), shard, scratch, "samples"))
 
     def evaluate(self, model) -> dict[str, np.ndarray]:
         t = self.config.training
@@ -305,7 +305,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         elif self.config.generation.method == "beam":
             written, share = self._continuations(model, Examples.select([self.real_train], rows[None]), None), 1.0
         else:
-            written, _ = self._samples(model, len(rows), seed, None)
+            written = self._samples(model, len(rows), seed, None)
             share = len(written) / len(rows)
         perplexities = self._perplexities(self._data.original, written) if len(written) else np.zeros(0)
         self._written_memo = (model, (written, share, perplexities))

@@ -23,7 +23,7 @@ import gzip
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -61,33 +61,52 @@ def _text_file(path: Path, separator: str | None) -> list[str]:
     return [piece.strip() for piece in pieces if piece.strip()]
 
 
-def _table_file(path: Path) -> list[str]:
-    """The non-empty ``text`` fields of a parquet or JSON-lines file."""
+def _named(fields: list[str]) -> str:
+    return " and ".join(map(repr, fields)) + (" field" if len(fields) == 1 else " fields")
+
+
+def read_fields(path: Path, fields: list[str]) -> dict[str, list[Any]]:
+    """The ``fields`` of every record of a parquet or JSON-lines file (``.jsonl``, or gzipped
+    ``.jsonl.gz``, as the Hugging Face Hub ships data sets), read with pyarrow and the standard library;
+    a file that is neither, or lacks a field, is one line naming it."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            schema = pq.read_schema(path)
-            if "text" not in schema.names:
-                raise ModelCollapseError(f"{path} has no 'text' field (fields: {', '.join(schema.names)})")
-            texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+            names = pq.read_schema(path).names
+            missing = [field for field in fields if field not in names]
+            if missing:
+                raise ModelCollapseError(f"{path} has no {_named(missing)} (fields: {', '.join(names)})")
+            table = pq.read_table(path, columns=fields)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise ModelCollapseError(f"cannot read {path} as parquet: {str(error).splitlines()[0]}") from None
-    else:
-        import json
+        return {field: table.column(field).to_pylist() for field in fields}
+    import json
 
-        texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ModelCollapseError(f"{path} line {number} is not JSON: {error.msg}") from None
-            if not isinstance(record, dict) or "text" not in record:
-                raise ModelCollapseError(f"{path} line {number} has no 'text' field")
-            texts.append(record["text"])
-    return [text for text in texts if isinstance(text, str) and text.strip()]
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    found: dict[str, list[Any]] = {field: [] for field in fields}
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ModelCollapseError(f"{path} line {number} is not JSON: {error.msg}") from None
+                missing = [field for field in fields if not isinstance(record, dict) or field not in record]
+                if missing:
+                    raise ModelCollapseError(f"{path} line {number} has no {_named(missing)}")
+                for field in fields:
+                    found[field].append(record[field])
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ModelCollapseError(f"cannot read {path}: {error}") from None
+    return found
+
+
+def _table_file(path: Path) -> list[str]:
+    """The non-empty ``text`` fields of a parquet or JSON-lines file."""
+    return [text for text in read_fields(path, ["text"])["text"] if isinstance(text, str) and text.strip()]
 
 
 def _tinystories_copy(data_dir: Path, split: str) -> list[str]:
