@@ -166,3 +166,29 @@ def test_a_costly_chain_recomputes_from_the_last_commit_that_still_holds_its_mod
     # iteration 2, before the damage, kept no model to go on from: the chain starts again
     assert "iterations 1-4 moved to" in result.output
     assert invoke("table", run).output == table
+
+
+def test_a_damaged_model_or_kept_batch_of_a_stopped_costly_chain_has_the_same_way_forward(tmp_path):
+    from helpers import tiny_vae, write_config
+
+    config = write_config(
+        tmp_path / "vae.yaml", {"setting": tiny_vae(), "regimes": ["accumulate"], "iterations": 3, "seeds": 1}
+    )
+    assert invoke("run", config, "--out", tmp_path / "whole", "-q", "--workers", "1").exit_code == 0
+    table = invoke("table", tmp_path / "whole").output
+    experiment = load_experiment(config, [])
+    for damaged_file in ("model", "synthetic"):
+        run = tmp_path / damaged_file
+        create_run(run, experiment.resolved()).release()
+        run_spec(run, experiment.chains()[0], 2, "last")  # stopped after 2 of 3 iterations
+        chain = run / "chains" / "base" / "accumulate" / "seed-0"
+        for path in (chain / "iter_0002" / damaged_file).iterdir():
+            path.write_bytes(b"damaged")
+        refused = invoke("resume", run, "-q")
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+        assert str(chain / "iter_0002" / damaged_file) in refused.output and "--recompute-damaged" in refused.output
+        result = invoke("resume", run, "-q", "--recompute-damaged")
+        assert result.exit_code == 0, result.output
+        # iteration 1 kept no model to go on from once iteration 2's is set aside: the chain starts again
+        assert "base / accumulate / seed 0: iterations 1-2 moved to" in result.output
+        assert invoke("table", run).output == table, damaged_file

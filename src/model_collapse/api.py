@@ -191,9 +191,28 @@ def damaged_commits(run_directory: Path, experiment) -> list[tuple[Any, Any, lis
         store = ChainStore.of(run_directory, spec, writer=True)
         if store.directory.is_dir():
             commits = store.damaged_commits(len(spec.seeds), spec.metrics, keeps_models)
+            if not commits and keeps_models:
+                unreadable = _unreadable_state(run_directory, spec, store, experiment.config.iterations)
+                if unreadable is not None:
+                    commits = store.damaged_commits(len(spec.seeds), spec.metrics, keeps_models, unreadable)
             if commits:
                 found.append((spec, store, commits))
     return found
+
+
+def _unreadable_state(run_directory: Path, spec, store, iterations: int) -> int | None:
+    """An unfinished costly chain whose records all read: the first iteration whose kept model or
+    synthetic batch, which its resume would read, cannot be (None: it can resume as it is)."""
+    from .chain import first_unreadable_state
+    from .experiment import setting_class
+    from .rundir import SHARED
+
+    completed = store.completed()
+    if not 0 < completed < iterations:
+        return None
+    setting = setting_class(spec.point)(spec.point, spec.seeds)
+    setting.shared = run_directory / SHARED
+    return first_unreadable_state(setting, spec.regime, store, completed)
 
 
 def set_aside_damaged(run_directory: Path, experiment) -> list[str]:

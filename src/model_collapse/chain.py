@@ -96,19 +96,10 @@ class _Chain:
     def restore(self, store: ChainStore, completed: int) -> None:
         """A costly chain: the model of the last completed iteration, and the synthetic batches the
         regime still needs, each checked to hold as many samples per seed as this chain drew for it."""
-        setting, regime = self.setting, self.regime
-        real = setting.real_train
-        if regime.keeps_history:
+        if self.regime.keeps_history:
             for iteration in range(2, completed + 1):
-                directory = store.synthetic_directory(iteration)
-                data = type(real).load(directory, like=real)
-                expected = regime.synthetic_size(iteration, len(real))
-                if len(data) != expected:
-                    raise RunDirectoryError(
-                        f"corrupted data in {directory}: {len(data)} samples per seed, this chain drew {expected}"
-                    )
-                self.pool[synthetic_source(iteration)] = data
-        self.model = setting.load_model(store.model_directory(completed))
+                self.pool[synthetic_source(iteration)] = _kept_batch(self.setting, self.regime, store, iteration)
+        self.model = self.setting.load_model(store.model_directory(completed))
 
     def reload_kept(self, iteration: int, store: ChainStore) -> None:
         """The batch ``iteration`` sampled, once committed, read back from the run directory when its
@@ -230,6 +221,36 @@ class _CostlyCommits(_Uncommitted):
         )
         if kept is not None:
             self.chain.reload_kept(iteration, self.store)
+
+
+def _kept_batch(setting: Setting, regime: Regime, store: ChainStore, iteration: int) -> Any:
+    """The synthetic batch ``iteration`` committed, checked to hold as many samples per seed as the chain
+    drew for it."""
+    real = setting.real_train
+    directory = store.synthetic_directory(iteration)
+    data = type(real).load(directory, like=real)
+    expected = regime.synthetic_size(iteration, len(real))
+    if len(data) != expected:
+        raise RunDirectoryError(
+            f"corrupted data in {directory}: {len(data)} samples per seed, this chain drew {expected}"
+        )
+    return data
+
+
+def first_unreadable_state(setting: Setting, regime: Regime, store: ChainStore, completed: int) -> int | None:
+    """What a costly chain resumes from, read as ``restore`` reads it (the synthetic batches its regime
+    keeps, the model of its last commit): the first iteration whose files of those cannot be read, or
+    None when all can."""
+    for iteration in range(2, completed + 1) if regime.keeps_history else ():
+        try:
+            _kept_batch(setting, regime, store, iteration)
+        except RunDirectoryError:
+            return iteration
+    try:
+        setting.load_model(store.model_directory(completed))
+    except RunDirectoryError:
+        return completed
+    return None
 
 
 def _open(store: ChainStore, setting: Setting, iterations: int) -> list[IterationRecord]:

@@ -139,12 +139,12 @@ def resume(
             try:
                 return action()
             except (RunDirectoryError, ChainFailed) as error:
-                # a damaged record has a way forward: name it
+                # a damaged record, model or kept batch has a way forward: name it
                 if recompute_damaged or not api.damaged_commits(run_directory, prepared.experiment):
                     raise
                 raise RunDirectoryError(
                     f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves the damaged "
-                    f"record and the later iterations of its chain into {run_directory / DAMAGED}/ and computes "
+                    f"iteration and the later ones of its chain into {run_directory / DAMAGED}/ and computes "
                     "them again"
                 ) from None
 

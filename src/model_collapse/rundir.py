@@ -623,9 +623,12 @@ class ChainStore:
                     records.append(record)
         return records
 
-    def damaged_commits(self, seed_count: int, metrics: Collection[str], keeps_models: bool) -> list[Commit]:
+    def damaged_commits(
+        self, seed_count: int, metrics: Collection[str], keeps_models: bool, unreadable_from: int | None = None
+    ) -> list[Commit]:
         """The commits ``resume --recompute-damaged`` sets aside: the first whose records cannot be read
-        (or that follows a gap) and every later one; for a chain that resumes from its last model
+        (or that follows a gap, or that holds iteration ``unreadable_from``, whose kept model or synthetic
+        batch cannot be read) and every later one; for a chain that resumes from its last model
         (``keeps_models``), also those after the last readable commit that still holds its model.
         Nothing when every record reads."""
         commits = self.commits()
@@ -634,6 +637,8 @@ class ChainStore:
             try:
                 if commit.first != end + 1:
                     raise RunDirectoryError(f"a gap before {commit.path}")
+                if unreadable_from is not None and commit.last >= unreadable_from:
+                    raise RunDirectoryError(f"an unreadable model or synthetic batch in {commit.path}")
                 for record in self._read_commit(commit, seed_count):
                     if not set(record.metrics) <= set(metrics):
                         raise RunDirectoryError(f"foreign metrics in {commit.path}")
