@@ -833,6 +833,9 @@ def test_a_model_too_large_for_the_machine_is_refused_before_anything_is_written
 
 
 def test_neural_footprints_count_the_parameters_of_the_models_they_build():
+    from model_collapse.settings.conformer_diffusion.config import ConformerDiffusionConfig
+    from model_collapse.settings.conformer_diffusion.config import parameter_count as conformer_parameters
+    from model_collapse.settings.conformer_diffusion.network import DualEncoder
     from model_collapse.settings.language_model.config import parameter_count
     from model_collapse.settings.language_model.models import PRESETS, build_model
     from model_collapse.settings.vae import ConvVAE
@@ -841,8 +844,51 @@ def test_neural_footprints_count_the_parameters_of_the_models_they_build():
     for preset in PRESETS:
         assert parameter_count(preset, 300) == build_model(preset, 300, 0).num_parameters(), preset
     for fields in ({}, {"model": {"widths": [8, 16, 32], "latent_dim": 3}}, {"dataset": "celeba", "image_size": 64}):
-        config = VAEConfig.model_validate(fields)
+        config = VAEConfig.model_validate({**fields, "device": "cuda"})  # activations on the GPU: not counted
         model = ConvVAE(config.image_channels, config.image_size, config.model.widths, config.model.latent_dim)
         images = config.image_channels * config.image_size**2 * (60_000 + config.test_samples)  # bytes
         parameters = sum(p.numel() for p in model.parameters())
         assert VAEDeclaration.footprint(config).fixed_bytes == 16 * parameters + images
+    for network in ({}, {"hidden_dim": 128, "global_convolutions": 6, "local_convolutions": 4}, {"hidden_dim": 33}):
+        config = ConformerDiffusionConfig.model_validate({"network": network})
+        built = DualEncoder(config.network, config.diffusion)
+        assert conformer_parameters(config.network) == sum(p.numel() for p in built.parameters()), network
+
+
+def test_neural_footprints_count_activations_only_where_they_are_in_this_machines_memory():
+    from model_collapse.settings import SETTINGS
+    from model_collapse.settings.language_model.config import transformer_activation_bytes
+
+    cases = [
+        ("vae", {}, {"training": {"batch_size": 4096}}),
+        ("language-model", {"corpus": "moby-dick"}, {"training": {"batch_size": 512}}),
+        ("conformer-diffusion", {}, {"training": {"batch_size": 4096}}),
+    ]
+    for name, base, larger in cases:
+        declared = SETTINGS.declared(name)
+        cpu, cuda = ({**base, "device": device} for device in ("cpu", "cuda"))
+        on_cpu, on_gpu = (declared.footprint(declared.Config.model_validate(f)).fixed_bytes for f in (cpu, cuda))
+        assert on_cpu > on_gpu, name  # the same model, its activations counted on the CPU only
+        bigger = declared.footprint(declared.Config.model_validate({**cpu, **larger})).fixed_bytes
+        assert bigger - on_gpu > 8 * (on_cpu - on_gpu), name  # they grow with the batch
+    # a training step's attention maps grow with the square of the context; sampling's cache with its length
+    short, long = (transformer_activation_bytes("gpt2", 256, 8, 8, 8, n, 1, 1) for n in (256, 1024))
+    assert 8 < long / short < 16
+    assert transformer_activation_bytes("gpt2", 256, 8, 8, 1, 1, 256, 4096) == 4 * 8 * 256 * 4096 * 2 * 256
+
+
+@pytest.mark.parametrize(
+    "config_name,arguments",
+    [
+        ("conformers_cpu.yaml", ["setting.network.hidden_dim=1000000"]),  # 16 TB of parameters
+        ("conformers_cpu.yaml", ["setting.training.batch_size=1000000", "setting.device=cpu"]),  # activations
+        ("vae_digits_cpu.yaml", ["setting.training.batch_size=10000000", "setting.device=cpu"]),
+        ("lm_tiny_cpu.yaml", ["setting.training.batch_size=100000", "setting.device=cpu"]),
+        ("finetune_cpu.yaml", ["setting.training.batch_size=1000000", "setting.device=cpu"]),
+    ],
+)
+def test_activations_too_large_for_the_machine_are_refused_before_anything_is_written(tmp_path, config_name, arguments):
+    root = Path(__file__).resolve().parents[1]
+    line = one_line_error(cli("run", root / "configs" / config_name, *arguments, "--out", tmp_path / "run"))
+    assert "a chain would hold about" in line and "in memory" in line
+    assert not (tmp_path / "run").exists()

@@ -357,3 +357,26 @@ def test_lora_trains_only_the_adapted_layers_and_merges_them_into_a_plain_checkp
     resumed = chain.fit([chain.real_train], np.random.default_rng(0), scratch)
     assert resumed.diagnostics["learning_curve"] == curve
     assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), fitted.model.parameters()))
+
+
+def test_the_footprint_reads_a_checkpoints_size_and_shape_from_its_files(checkpoints, wikitext, tmp_path):
+    from model_collapse.settings.fine_tuning.config import model_dimensions
+
+    for architecture, path in checkpoints.items():
+        config = FineTuning.Config.model_validate(
+            {**tiny_fine_tuning(model={"path": str(path)}, data_dir=str(wikitext)), "device": "cpu"}
+        )
+        family, parameters, width, layers, heads = model_dimensions(config)
+        model = load_causal_model(path)
+        assert family == architecture and width == model.config.hidden_size
+        assert layers == model.config.num_hidden_layers and heads == model.config.num_attention_heads
+        stored = model.num_parameters()
+        assert stored <= parameters < 1.05 * stored + 10_000, architecture  # the files' headers besides
+        on_cpu = FineTuning.footprint(config).fixed_bytes
+        on_gpu = FineTuning.footprint(config.model_copy(update={"device": "cuda"})).fixed_bytes
+        assert on_gpu == 4 * parameters and on_cpu > 20 * parameters  # the trained copy and activations on the CPU
+    # a directory that is not (yet) a checkpoint: no estimate, and the setting says what is wrong
+    empty = FineTuning.Config.model_validate(
+        tiny_fine_tuning(model={"path": str(tmp_path / "nothing")}, data_dir=str(wikitext))
+    )
+    assert FineTuning.footprint(empty) is None

@@ -6,7 +6,8 @@ What a setting author writes, for data of rows per seed (``Samples``):
 * ``__init__(config, seeds)`` drawing the real data of those seeds, and ``real_train`` returning them;
 * ``fit(parts, rng, scratch)``: one fresh model per seed on the union of ``parts``;
 * ``sample(model, size, rng, scratch)``: ``size`` synthetic samples per seed;
-* ``evaluate(model)``: one array of shape (seeds,) per metric, on held-out real data.
+* ``evaluate(model)``: one array of shape (seeds,) per metric, on held-out real data (or an
+  ``Evaluation`` that also keeps details beside them, as ``fit`` may return a ``Fit``).
 
 Everything else has a default a setting may override: ``save_model``/``load_model`` keep numpy arrays
 (an array or a mapping of named arrays) or a torch module's weights (with ``new_model``);
@@ -81,6 +82,18 @@ class Footprint:
     fixed_bytes: int  # memory per seed that does not grow with the pool (designs, test data, models)
 
 
+def activations_on_host(device: str) -> bool:
+    """Whether a model's activations take this machine's memory, for a footprint: on the CPU, and under
+    ``auto`` where no CUDA device is (PyTorch is asked only then; without it, the CPU it is)."""
+    if device != "auto":
+        return device == "cpu"
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
 @dataclass(frozen=True)
 class Fit:
     """What a fit produced, for a setting that keeps details of it beside the metrics (a language
@@ -88,6 +101,16 @@ class Fit:
 
     model: Any
     diagnostics: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What an evaluation produced, for a setting that keeps details of it beside the metrics (the
+    conformer setting's coverage at every RMSD threshold): its ``evaluate`` returns this instead of the
+    bare metrics. The details join the fit's in the iteration's ``diagnostics.json``."""
+
+    metrics: dict[str, np.ndarray]
+    diagnostics: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -139,6 +162,10 @@ class Declaration(Generic[C]):
         "validation_loss",
         "validation loss (nats / token)",
     )
+    # Curves an evaluation or a fit records beyond the learning curve (``diagnostics[key]``, a list of
+    # dicts), by key, with their axes (x key, x label, y key, y label): drawn as the learning curves
+    # are, a line per iteration and a panel per regime (``<key>_<point>``).
+    curves: ClassVar[dict[str, tuple[str, str, str, str]]] = {}
     # Distributions a fit records, one value per sample (``Fit.diagnostics[key]``, a list of numbers),
     # by key, with the label of their axis: drawn as a histogram per iteration, a panel per regime
     # (``distribution_<key>_<point>``; Shumailov et al.'s perplexity histograms).
@@ -246,8 +273,9 @@ class Setting(Declaration[C], ABC):
         ``scratch`` is ``fit``'s (the iteration's), for a long sampling run to save what it has done."""
 
     @abstractmethod
-    def evaluate(self, model: Any) -> dict[str, np.ndarray]:
-        """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``."""
+    def evaluate(self, model: Any) -> dict[str, np.ndarray] | Evaluation:
+        """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``; or an
+        ``Evaluation`` of those and details to keep beside them."""
 
     def score(self, name: str, model: Any, samples: Any) -> np.ndarray:
         """The score ``name`` (one of ``scores``) of every sample: an array (seeds, len(samples)), higher

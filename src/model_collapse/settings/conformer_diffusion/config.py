@@ -12,8 +12,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from ..base import Declaration, Metric
+from ..base import Declaration, Footprint, Metric, activations_on_host
 from ..configs import SettingConfig, StrictConfig
+
+# Atoms (hydrogens included) of a typical conformer, for the memory of a batch: GEOM-Drugs' mean is 44;
+# the bundled drug-like molecules are smaller.
+ATOMS_PER_CONFORMER = 50
 
 
 class NetworkSection(StrictConfig):
@@ -84,9 +88,11 @@ class TrainingSection(StrictConfig):
 
 
 class SamplingSection(StrictConfig):
-    """GeoDiff's Langevin sampler (``test.py`` with ``--sampling_type ld``)."""
+    """GeoDiff's annealed Langevin sampler (``test.py`` with ``--sampling_type ld``): each of the schedule's
+    levels moves the conformer by step_lr / 1e-4 of its noise variance, so the schedule's length and
+    step_lr together set how far sampling goes (GeoDiff: 1,000 levels x 1% = 10 variances)."""
 
-    step_lr: PositiveFloat = Field(1e-6, description="step size at noise 0.01 A (1e-5 diverges)")
+    step_lr: PositiveFloat = Field(1e-6, description="the step size at noise 0.01 A (GeoDiff: 1e-6)")
     global_start_sigma: PositiveFloat = Field(0.5, description="the global score joins below this noise (A)")
     w_global: float = Field(1.0, ge=0, description="weight of the global score in sampling (GeoDiff: 1.0)")
     clip: PositiveFloat = Field(1000.0, description="maximum norm of an atom's global score")
@@ -142,6 +148,30 @@ class ConformerDiffusionConfig(SettingConfig):
         return self
 
 
+def parameter_count(network: NetworkSection) -> int:
+    """The parameters of ``network.DualEncoder`` for ``network``, counted from its dimensions (equal to
+    the built model's, tested): two edge encoders, the SchNet and GIN encoders, two score MLPs."""
+    h, half, table = network.hidden_dim, network.hidden_dim // 2, 100  # network.ELEMENTS
+    edge_encoder = table * h + (h + h) + (h * h + h)  # type embedding, length MLP [1, h, h]
+    interaction = 2 * (h * h + h) + h * h + 2 * (h * h + h)  # filter (2 layers), into (no bias), out, mix
+    gin = 2 * (h * h + h)  # MLP [h, h, h]
+    scores = (2 * h * h + h) + (h * half + half) + (half + 1)  # MLP [2h, h, h/2, 1]
+    encoders = (table * h + network.global_convolutions * interaction) + (table * h + network.local_convolutions * gin)
+    return 2 * edge_encoder + encoders + 2 * scores
+
+
+def activation_bytes(config: ConformerDiffusionConfig) -> int:
+    """An estimate of what one training step holds for its backward pass: every pair of atoms of a
+    conformer is an edge (the cutoff spans a drug-like molecule), and each edge holds hidden-width
+    float32 features in the edge encoders (3 each), every SchNet block (6), every GIN convolution (3)
+    and the score MLPs (4). On the bundled set's largest molecules (41 atoms) it is 8% and 29% above the
+    peak measured at hidden 32 and at GeoDiff's size (128, 6 + 4 convolutions)."""
+    network = config.network
+    edges = config.training.batch_size * ATOMS_PER_CONFORMER * (ATOMS_PER_CONFORMER - 1)
+    per_edge = network.hidden_dim * (6 + 6 * network.global_convolutions + 3 * network.local_convolutions + 4)
+    return 4 * edges * per_edge
+
+
 class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
     """The conformer-diffusion setting's declaration; ``setting.ConformerDiffusion`` inherits it."""
 
@@ -164,6 +194,17 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
     one_seed_per_chain = True
     preview_size = 6
     learning_curve_axes = ("step", "training step", "validation_loss_local", "local loss on test molecules (per atom)")
+    # COV-R over GeoDiff's thresholds, 0.05-3 A (``chemistry.COVERAGE_THRESHOLDS``), every iteration
+    curves = {"coverage_by_threshold": ("threshold", "RMSD threshold (A)", "cov_r", "COV-R, mean over molecules")}
+
+    @classmethod
+    def footprint(cls, config: ConformerDiffusionConfig) -> Footprint:
+        """The network's weights with their gradients and Adam's two moments (16 bytes a parameter), and a
+        training step's activations where they are in this machine's memory (``activation_bytes``);
+        conformers are a few hundred bytes each, and synthetic ones memory-mapped."""
+        activations = activation_bytes(config) if activations_on_host(config.device) else 0
+        return Footprint(rows=config.samples or 1, bytes_per_row=0,
+                         fixed_bytes=16 * parameter_count(config.network) + activations)  # fmt: skip
 
     @classmethod
     def depict(cls, molblocks: np.ndarray) -> np.ndarray:

@@ -15,13 +15,16 @@ Two protocols of the field, one setting:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from ..base import Declaration, Metric
+from ..base import Declaration, Footprint, Metric, activations_on_host
 from ..configs import SettingConfig, StrictConfig
-from ..language_model.config import TrainingSection
+from ..language_model.config import DIMENSIONS, TrainingSection, parameter_count, transformer_activation_bytes
+from ..language_model.models import PRESETS
 
 
 class Pretraining(StrictConfig):
@@ -183,3 +186,66 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
         "validation_loss",
         "held-out loss (nats / token)",
     )
+
+    @classmethod
+    def footprint(cls, config: FineTuningConfig) -> Footprint | None:
+        """Where the model trains in this machine's memory: the trained copy with its gradients and
+        AdamW's two moments (16 bytes a parameter), the original model every fit starts from and every
+        written sequence is measured by (4), and the activations of a training step or of generation
+        (``transformer_activation_bytes``); on a GPU, the original model alone. None when the checkpoint
+        cannot be read yet (the setting then says what is wrong with it)."""
+        model = model_dimensions(config)
+        if model is None:
+            return None
+        family, parameters, width, layers, heads = model
+        if not activations_on_host(config.device):
+            return Footprint(rows=config.samples or 1, bytes_per_row=0, fixed_bytes=4 * parameters)
+        g = config.generation
+        written = (
+            (g.batch_size * g.num_beams, 2 * config.block_size)
+            if g.method == "beam"
+            else (g.batch_size, g.max_new_tokens)
+        )
+        activations = transformer_activation_bytes(
+            family, width, layers, heads,
+            rows=config.training.micro_batch_size or config.training.batch_size,
+            length=config.block_size if config.format == "text" else config.max_length,
+            sampled=written[0], sampled_length=written[1],
+        )  # fmt: skip
+        return Footprint(rows=config.samples or 1, bytes_per_row=0, fixed_bytes=20 * parameters + activations)
+
+
+# config.json's names of (width, layers, attention heads) across Hugging Face architectures
+_WIDTH, _LAYERS, _HEADS = (
+    ("hidden_size", "n_embd", "d_model"),
+    ("num_hidden_layers", "n_layer"),
+    ("num_attention_heads", "n_head"),
+)
+_BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def model_dimensions(config: FineTuningConfig) -> tuple[str, int, int, int, int] | None:
+    """(family, parameters, width, layers, heads) of the model the chains start from: a preset's, or read
+    from the checkpoint's config.json, its parameters counted from the size of its weight files and the
+    dtype they are stored in. None when the checkpoint is missing or unreadable."""
+    if config.model.pretrain is not None:
+        pretrain = config.model.pretrain
+        family, fields = PRESETS[pretrain.preset]
+        width, layers, heads = (fields[k] for k in DIMENSIONS[family])
+        return family, parameter_count(pretrain.preset, pretrain.vocab_size), width, layers, heads
+    directory = Path(str(config.model.path)).expanduser()
+    try:
+        fields = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        weights = sum(f.stat().st_size for f in directory.iterdir() if f.suffix in (".safetensors", ".bin"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fields, dict):
+        return None
+    dimensions = [
+        next((fields[k] for k in names if isinstance(fields.get(k), int)), None) for names in (_WIDTH, _LAYERS, _HEADS)
+    ]
+    if None in dimensions:
+        return None
+    width, layers, heads = (int(d) for d in dimensions)  # type: ignore[arg-type]
+    parameters = weights // _BYTES_PER_VALUE.get(str(fields.get("torch_dtype", "float32")), 4)
+    return str(fields.get("model_type", "")), parameters, width, layers, heads
