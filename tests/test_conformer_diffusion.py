@@ -116,10 +116,16 @@ def test_synthetic_conformers_are_for_the_training_molecules_in_their_proportion
     assert not set(fresh.molecule) & (set(real.molecule) | set(setting.test.molecule))
     with pytest.raises(ModelCollapseError, match="lower setting.samples"):
         setting.fresh_real(10**5, np.random.default_rng(0))
-    metrics = setting.evaluate(fitted.model)
+    evaluated = setting.evaluate(fitted.model)
+    metrics = evaluated.metrics
     assert set(metrics) == set(setting.metrics) and all(np.isfinite(v).all() for v in metrics.values())
     assert metrics["test_loss"] == pytest.approx(metrics["test_loss_local"] + metrics["test_loss_global"])
     assert 0 <= metrics["cov_r"][0] <= 1 and metrics["mat_r"][0] > 0
+    # COV-R over GeoDiff's thresholds, kept beside the metrics; at delta it is the metric
+    curve = evaluated.diagnostics["coverage_by_threshold"]
+    assert len(curve) == 60 and [p["cov_r"] for p in curve] == sorted(p["cov_r"] for p in curve)
+    at_delta = next(p for p in curve if p["threshold"] == config.evaluation.delta)
+    assert at_delta["cov_r"] == metrics["cov_r"][0]
     blocks = setting.preview(synthetic)
     assert len(blocks) == 4 and all("V2000" in block for block in blocks)
     assert ConformerDiffusion.depict(blocks).shape == (4, 200, 200, 3)
@@ -140,7 +146,7 @@ def test_a_molecule_whose_sampling_diverges_twice_is_skipped_and_counted_as_geod
         for module in model.modules():
             if isinstance(module, torch.nn.Embedding):
                 module.weight[element] = float("nan")
-    metrics = setting.evaluate(model)
+    metrics = setting.evaluate(model).metrics
     assert metrics["skipped_molecules"][0] == len(holding)
     assert np.isfinite(metrics["mat_r"][0]) and 0 <= metrics["cov_r"][0] <= 1  # over the other molecules
     training = [int(m) for m in np.unique(setting.real_train.molecule) if element in graphs.atoms(int(m))]
@@ -149,11 +155,12 @@ def test_a_molecule_whose_sampling_diverges_twice_is_skipped_and_counted_as_geod
             setting.sample(model, len(setting.real_train), np.random.default_rng(1))
 
 
-def test_a_committed_iteration_keeps_its_learning_curve(config, tmp_path):
+def test_a_committed_iteration_keeps_its_learning_curve_and_its_coverage_curve(config, tmp_path):
     # (resuming every regime to the same numbers: test_conformance.py)
     run_chain(ConformerDiffusion(config, [0]), parse_regime("replace"), 1, ChainStore(tmp_path / "chain", {}))
-    curve = json.loads((tmp_path / "chain" / "iter_0001" / "diagnostics.json").read_text())["learning_curve"]
-    assert [point["step"] for point in curve] == [2, 4]
+    diagnostics = json.loads((tmp_path / "chain" / "iter_0001" / "diagnostics.json").read_text())
+    assert [point["step"] for point in diagnostics["learning_curve"]] == [2, 4]
+    assert [point["threshold"] for point in diagnostics["coverage_by_threshold"]][:3] == [0.05, 0.1, 0.15]
 
 
 def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(config, tmp_path):
@@ -245,7 +252,8 @@ def test_run_and_plot_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["plot", str(tmp_path / "run")]).exit_code == 0
     figures = tmp_path / "run" / "figures"
-    for name in ("test_loss", "mat_r", "cov_r", "learning_curves_base", "samples_by_iteration_base"):
+    for name in ("test_loss", "mat_r", "cov_r", "learning_curves_base", "coverage_by_threshold_base",
+                 "samples_by_iteration_base"):  # fmt: skip
         assert (figures / f"{name}.png").exists(), name
     sdf = (figures / "samples_base.sdf").read_text()
     assert sdf.count("$$$$") == 4 * (1 + 2 + 2)  # real, then 2 iterations of 2 regimes, 4 conformers each

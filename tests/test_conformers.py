@@ -81,6 +81,26 @@ def test_coverage_and_matching_average_within_each_molecule_then_over_molecules(
     assert all(np.isnan(v) for v in covmat([], delta=1.25).values())
 
 
+def test_coverage_is_given_over_geodiffs_grid_of_thresholds():
+    from model_collapse.settings.conformer_diffusion.chemistry import COVERAGE_THRESHOLDS, coverage_curve, covmat
+
+    # GeoDiff's CovMatEvaluator: np.arange(0.05, 3.05, 0.05)
+    assert np.allclose(COVERAGE_THRESHOLDS, np.arange(0.05, 3.05, 0.05)) and len(COVERAGE_THRESHOLDS) == 60
+    tables = [np.array([[0.2]]), np.array([[2.0]] * 9), np.array([[0.1], [0.7]])]
+    curve = coverage_curve(tables)
+    assert [p["threshold"] for p in curve] == COVERAGE_THRESHOLDS.tolist()
+    # each point is covmat's COV-R at that threshold, mean and median over molecules
+    for point in curve:
+        at = covmat(tables, delta=point["threshold"])
+        assert point["cov_r"] == pytest.approx(at["cov_r"]) and point["cov_r_median"] == pytest.approx(
+            at["cov_r_median"]
+        )
+    by = {p["threshold"]: p["cov_r"] for p in curve}
+    assert by[0.15] == pytest.approx(1 / 6) and by[0.5] == pytest.approx(0.5) and by[0.7] == pytest.approx(2 / 3)
+    assert by[2.0] == 1.0 and by[3.0] == 1.0
+    assert coverage_curve([]) == []
+
+
 def test_a_reference_set_against_itself_is_covered_and_matched_exactly(real):
     from model_collapse.settings.conformer_diffusion.chemistry import coverage_and_matching
 

@@ -29,7 +29,7 @@ from .experiment import Checkpoints
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real_source, synthetic_source
 from .rundir import ChainStore, IterationRecord
-from .settings import Data, Fit, Setting
+from .settings import Data, Evaluation, Fit, Setting
 
 # How often a cheap chain commits at most (and at its end, and when stopped); the environment may set it
 # (a slow shared filesystem; the tests, which stop chains between commits).
@@ -89,9 +89,12 @@ class _Chain:
         self.curated = curated()  # after the fit: scoring a batch of one candidate each may draw its rows
         return fitted, plan, new_synthetic
 
-    def evaluate(self) -> dict[str, np.ndarray]:
-        """The last model's metrics, and its iteration's curation metrics."""
-        return {**self.setting.evaluate(self.model), **self.curated}
+    def evaluate(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The last model's metrics with its iteration's curation metrics, and the details its
+        evaluation keeps (``Evaluation.diagnostics``; none for most settings)."""
+        result = self.setting.evaluate(self.model)
+        evaluated = result if isinstance(result, Evaluation) else Evaluation(result, {})
+        return {**evaluated.metrics, **self.curated}, evaluated.diagnostics
 
     def restore(self, store: ChainStore, completed: int) -> None:
         """A costly chain: the model of the last completed iteration, and the synthetic batches the
@@ -114,7 +117,7 @@ class _Chain:
         """A cheap chain: its iterations 1..``last.iteration`` again, checked against the last record."""
         for iteration in range(1, last.iteration + 1):
             self.advance(iteration)
-        again = self.evaluate()
+        again, _ = self.evaluate()
         for name, recorded in last.metrics.items():
             now = np.asarray(again[name], dtype=float)
             differs = ~((now == recorded) | (np.isnan(now) & np.isnan(recorded)))
@@ -293,9 +296,11 @@ def run_chain(
             started = time.perf_counter()
             scratch = store.scratch_directory(iteration) if store is not None else None
             fitted, plan, new_synthetic = chain.advance(iteration, scratch)
-            metrics = chain.evaluate()
+            metrics, details = chain.evaluate()
             seconds = time.perf_counter() - started
             record = IterationRecord(iteration, plan.train_size, plan.real_fraction, metrics, seconds)
+            if details:
+                fitted = Fit(fitted.model, {**(fitted.diagnostics or {}), **details})
             commits.commit(record, fitted, new_synthetic, final=iteration == iterations)
             records.append(record)
             if on_iteration is not None:

@@ -274,12 +274,21 @@ def sample_figures(experiment, results: list[ChainResult]):
 
 def learning_curve_figures(experiment, results: list[ChainResult]):
     """(name, figure): validation loss during training, one line per iteration, one panel per regime
-    (first seed), ``learning_curves_<point>`` (the paper's Fig. 3 and 4), on the axes the setting names."""
-    x_key, x_label, y_key, y_label = SETTINGS.declared(experiment.setting_name).learning_curve_axes
+    (first seed), ``learning_curves_<point>`` (the paper's Fig. 3 and 4), on the axes the setting names;
+    then each further curve the setting declares (``Declaration.curves``), drawn alike as ``<key>_<point>``."""
+    declared = SETTINGS.declared(experiment.setting_name)
+    yield from _curve_figures(experiment, results, "learning_curve", declared.learning_curve_axes, "learning curves")
+    for key, axes in declared.curves.items():
+        yield from _curve_figures(experiment, results, key, axes, key.replace("_", " "))
+
+
+def _curve_figures(experiment, results: list[ChainResult], key: str, axes_keys: tuple[str, str, str, str], what: str):
+    x_key, x_label, y_key, y_label = axes_keys
+    name = "learning_curves" if key == "learning_curve" else key
     for point, chains in _first_seed_chains(results).items():
         curves = {}
         for label, result in chains.items():
-            found = {int(i): (result.diagnostics(int(i)) or {}).get("learning_curve") for i in result.iterations}
+            found = {int(i): (result.diagnostics(int(i)) or {}).get(key) for i in result.iterations}
             curves[label] = {i: c for i, c in found.items() if c}
         if not any(curves.values()):
             continue
@@ -302,8 +311,8 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(y_label)
         axes[0][0].legend(fontsize=7)
-        figure.suptitle(f"{experiment.setting_name}: learning curves{_about(chains)}")
-        yield f"learning_curves_{point}", figure
+        figure.suptitle(f"{experiment.setting_name}: {what}{_about(chains)}")
+        yield f"{name}_{point}", figure
 
 
 def distribution_figures(experiment, results: list[ChainResult]):

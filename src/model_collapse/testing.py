@@ -61,7 +61,7 @@ from .errors import ModelCollapseError
 from .randomness import chain_rng
 from .regimes import Regime, parse_regime
 from .rundir import ChainStore, IterationRecord
-from .settings.base import Data, Fit, Setting, SettingConfig
+from .settings.base import Data, Evaluation, Fit, Setting, SettingConfig
 
 CHECKS = (
     "deterministic",
@@ -198,7 +198,8 @@ class _Checker:
         return self.evaluate(setting, self.fit(setting, [data]), "data_contract")
 
     def evaluate(self, setting: Setting, model: Any, check: str) -> dict[str, np.ndarray]:
-        metrics = setting.evaluate(model)
+        result = setting.evaluate(model)
+        metrics = result.metrics if isinstance(result, Evaluation) else result
         if not isinstance(metrics, Mapping):
             raise SettingCheckFailed(
                 check, f"evaluate returned a {type(metrics).__name__}, not a mapping of metric names to arrays"

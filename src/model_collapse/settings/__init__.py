@@ -8,7 +8,7 @@ A setting in a package of its own imports what it needs from here (and random st
 from __future__ import annotations
 
 from .arrays import MappedSamples, Samples, concatenate, gather
-from .base import Curve, Data, Fit, Footprint, Metric, Setting
+from .base import Curve, Data, Evaluation, Fit, Footprint, Metric, Setting
 from .configs import CurationConfig, SettingConfig, StrictConfig
 from .registry import ENTRY_POINT_GROUP, SETTINGS, Origin, SettingUnavailable, install_hint, is_import_path
 
@@ -18,6 +18,7 @@ __all__ = [
     "CurationConfig",
     "Curve",
     "Data",
+    "Evaluation",
     "Fit",
     "Footprint",
     "MappedSamples",

@@ -7,7 +7,8 @@ conformers generated for that molecule, computed without hydrogens. Per molecule
 those best RMSDs and COV-R the share of references whose best match is within delta; both are then
 averaged over molecules (mean and median), so a molecule with many conformers weighs as much as one
 with few. Molecules whose SMILES has several fragments (``.``: salts, mixtures) are left out, as GeoDiff
-filters them.
+filters them. COV-R is also given over GeoDiff's grid of thresholds, 0.05 to 3 A in steps of 0.05
+(``CovMatEvaluator``'s default), since one threshold saturates on small molecules or flattens on large ones.
 """
 
 from __future__ import annotations
@@ -88,6 +89,23 @@ def best_rmsd(graphs: MoleculeGraphs, index: int, references: list[np.ndarray], 
     return table
 
 
+# GeoDiff's thresholds of COV-R (A): np.arange(0.05, 3.05, 0.05), rounded so that they print as written
+COVERAGE_THRESHOLDS = np.round(np.arange(1, 61) * 0.05, 2)
+
+
+def coverage_curve(tables: list[np.ndarray]) -> list[dict[str, float]]:
+    """COV-R at each of ``COVERAGE_THRESHOLDS``, mean and median over molecules, as GeoDiff's
+    ``print_covmat_results`` tabulates it: a list of {threshold, cov_r, cov_r_median} (empty without any
+    molecule)."""
+    if not tables:
+        return []
+    best = np.array([[(table.min(axis=1) <= delta).mean() for delta in COVERAGE_THRESHOLDS] for table in tables])
+    return [
+        {"threshold": float(delta), "cov_r": float(mean), "cov_r_median": float(median)}
+        for delta, mean, median in zip(COVERAGE_THRESHOLDS, best.mean(axis=0), np.median(best, axis=0))
+    ]
+
+
 def covmat(tables: list[np.ndarray], delta: float) -> dict[str, float]:
     """MAT-R and COV-R from each molecule's (references, generated) table of best RMSDs: per molecule,
     then their mean and median over molecules (NaN without any molecule)."""
@@ -104,9 +122,9 @@ def covmat(tables: list[np.ndarray], delta: float) -> dict[str, float]:
     }
 
 
-def coverage_and_matching(references: Conformers, generated: Conformers, delta: float) -> dict[str, float]:
-    """``covmat`` over the molecules of ``references`` (those in one fragment): each reference against the
-    conformers generated for its molecule."""
+def rmsd_tables(references: Conformers, generated: Conformers) -> list[np.ndarray]:
+    """The (references, generated) best-RMSD table of each molecule of ``references`` in one fragment
+    that has generated conformers: each reference against the conformers generated for its molecule."""
     tables = []
     for index in np.unique(references.molecule):
         theirs = np.flatnonzero(generated.molecule == index)
@@ -121,7 +139,12 @@ def coverage_and_matching(references: Conformers, generated: Conformers, delta: 
                 [generated.positions_of(int(k)) for k in theirs],
             )
         )
-    return covmat(tables, delta)
+    return tables
+
+
+def coverage_and_matching(references: Conformers, generated: Conformers, delta: float) -> dict[str, float]:
+    """``covmat`` over the molecules of ``references`` (``rmsd_tables``)."""
+    return covmat(rmsd_tables(references, generated), delta)
 
 
 def bond_lengths(conformers: Conformers, index: int) -> np.ndarray:

@@ -25,9 +25,9 @@ from ...activity import Meter
 from ...atomic import write_directory_atomic
 from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
-from ..base import Fit, Setting
+from ..base import Evaluation, Fit, Setting
 from ..devices import resolve_device
-from .chemistry import bond_validity, coverage_and_matching, molblocks
+from .chemistry import bond_validity, coverage_curve, covmat, molblocks, rmsd_tables
 from .config import ConformerDiffusionConfig, ConformerDiffusionDeclaration
 from .conformers import Conformers, rank_within_molecule
 from .datasets import SPLIT_SEED, load_splits
@@ -170,9 +170,11 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
             return None
         return shard if np.array_equal(shard.molecule, molecules) else None
 
-    def evaluate(self, model: DualEncoder) -> dict[str, np.ndarray]:
+    def evaluate(self, model: DualEncoder) -> Evaluation:
+        """The metrics, and COV-R over GeoDiff's grid of thresholds (``coverage_by_threshold``)."""
         losses = evaluation_loss(model, self.test, self._evaluation_seed, self.device)
         scores = {name: float("nan") for name in self.metrics if not name.startswith("test_loss")}
+        curve: list[dict[str, float]] = []
         options = self.config.evaluation
         if options.molecules and len(self.references):
             molecules = np.repeat(self.references.molecule, options.per_reference)
@@ -183,14 +185,17 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
                 np.bincount(generated.molecule, minlength=count) < np.bincount(molecules, minlength=count)
             )
             kept = generated.subset(np.setdiff1d(np.unique(molecules), lost))
+            tables = rmsd_tables(self.references, kept)
+            curve = coverage_curve(tables)
             scores = {
-                **coverage_and_matching(self.references, kept, options.delta),
+                **covmat(tables, options.delta),
                 **bond_validity(self.references, kept),
                 "skipped_molecules": len(lost),
             }
-        return {
+        metrics = {
             "test_loss": np.array([losses["loss"]]),
             "test_loss_local": np.array([losses["loss_local"]]),
             "test_loss_global": np.array([losses["loss_global"]]),
             **{name: np.array([value]) for name, value in scores.items()},
         }
+        return Evaluation(metrics, {"coverage_by_threshold": curve} if curve else {})
