@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import setting_params, tiny_settings
-from model_collapse.settings import SETTINGS, Samples, Setting, SettingUnavailable, registry
+from model_collapse.settings import SETTINGS, Evaluation, Samples, Setting, SettingUnavailable, registry
 from model_collapse.settings.discrete import Discrete
 from model_collapse.settings.gaussian import Gaussian
 from model_collapse.testing import CHECKS, SettingCheckFailed, check_setting
@@ -76,11 +76,19 @@ class WrongMetricShape(Discrete):
         return {name: values[:1] for name, values in super().evaluate(model).items()}
 
 
+class DetailsNotJson(Discrete):
+    """Keeps an array beside its metrics, which the iteration's diagnostics.json cannot hold."""
+
+    def evaluate(self, model):
+        return Evaluation(super().evaluate(model), {"histogram": np.zeros(3)})
+
+
 @pytest.mark.parametrize(
     "broken, check",
     [
         (GlobalRandomSample, "deterministic"),
         (WrongMetricShape, "metrics"),
+        (DetailsNotJson, "metrics"),
         (FreshGaussian, "fresh_real_unseen"),
     ],
     ids=lambda value: value if isinstance(value, str) else value.__name__,

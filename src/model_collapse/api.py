@@ -210,7 +210,10 @@ def _unreadable_state(run_directory: Path, spec, store, iterations: int) -> int 
     completed = store.completed()
     if not 0 < completed < iterations:
         return None
-    setting = setting_class(spec.point)(spec.point, spec.seeds)
+    try:
+        setting = setting_class(spec.point)(spec.point, spec.seeds)
+    except ModelCollapseError:  # its data are not here: nothing to check, and not this function's to say
+        return None
     setting.shared = run_directory / SHARED
     return first_unreadable_state(setting, spec.regime, store, completed)
 

@@ -14,7 +14,8 @@ saying so, for a setting without ``fresh_real``) and checks, in this order (``CH
 * ``deterministic``: ``fit`` and ``sample`` leave numpy's and Python's global random states untouched,
   and handed generators in the same state give the same model and samples, so every random number
   comes from the generators a setting is handed (or from ``randomness.seed_rng``);
-* ``metrics``: ``evaluate`` gives every declared metric, one finite value per seed, and no other;
+* ``metrics``: ``evaluate`` gives every declared metric, one finite value per seed, and no other (and an
+  ``Evaluation``'s details can be written as JSON);
 * ``data_contract``: the data follow ``base.Data``: ``len`` counts samples per seed, ``select`` takes the
   rows it is asked for, in their order, from one part or across several;
 * ``data_round_trip``: real and synthetic data saved and loaded (``load(directory, like=real)``) are
@@ -43,6 +44,7 @@ random generator, evaluates to the same metrics, which needs nothing beyond the 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -183,6 +185,7 @@ class _Checker:
     def __init__(self, setting_class: type[Setting], config: SettingConfig, seeds: tuple[int, ...], iterations: int):
         self.setting_class, self.config, self.seeds, self.iterations = setting_class, config, seeds, iterations
         self._straight: dict[str, list[IterationRecord]] = {}
+        self.details: dict[str, Any] = {}  # the last evaluation's Evaluation.diagnostics
 
     def new(self) -> Setting:
         return self.setting_class(self.config, self.seeds)
@@ -200,6 +203,7 @@ class _Checker:
     def evaluate(self, setting: Setting, model: Any, check: str) -> dict[str, np.ndarray]:
         result = setting.evaluate(model)
         metrics = result.metrics if isinstance(result, Evaluation) else result
+        self.details = result.diagnostics if isinstance(result, Evaluation) else {}
         if not isinstance(metrics, Mapping):
             raise SettingCheckFailed(
                 check, f"evaluate returned a {type(metrics).__name__}, not a mapping of metric names to arrays"
@@ -238,6 +242,10 @@ class _Checker:
     def metrics(self) -> None:
         setting = self.new()
         metrics = self.evaluate(setting, self.fit(setting, [setting.real_train]), "metrics")
+        try:  # an Evaluation's details are written to the iteration's diagnostics.json
+            json.dumps(self.details)
+        except (TypeError, ValueError) as error:
+            raise SettingCheckFailed("metrics", f"evaluate's Evaluation.diagnostics are not JSON: {error}") from None
         declared = set(setting.metrics)
         if set(metrics) != declared:
             missing, extra = sorted(declared - set(metrics)), sorted(set(metrics) - declared)
