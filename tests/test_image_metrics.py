@@ -96,3 +96,85 @@ def test_confidence_needs_labelled_images():
     }
     with pytest.raises(ConfigError, match="confidence needs a labelled data set"):
         build_experiment(raw)
+
+
+def fid_weights(path):
+    """A file in the layout of pytorch-fid's pt_inception weights (torchvision's names, no
+    num_batches_tracked), with random values: the real file is not bundled and nothing is downloaded."""
+    import torch
+
+    from model_collapse.settings.inception import FIDInception
+
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, value in FIDInception().state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        positive = name.endswith(("running_var", "bn.weight"))
+        draw = torch.rand if positive else torch.randn
+        state[name] = (
+            draw(value.shape, generator=generator) + 0.5 if positive else draw(value.shape, generator=generator) * 0.05
+        )
+    torch.save(state, path)
+    return path
+
+
+def test_inception_features_give_no_distance_between_a_set_and_itself_and_see_a_difference(tmp_path):
+    import torch
+
+    from model_collapse.settings.inception import inception_features, load_inception
+
+    network = load_inception(fid_weights(tmp_path / "pt_inception.pth"), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(6, 1, 16, 16), dtype=np.uint8)
+    features = inception_features(network, grey, torch.device("cpu"))
+    assert features.shape == (6, 2048) and features.dtype == np.float64
+    # a grey image is the colour image of three equal channels
+    colour = inception_features(network, np.repeat(grey, 3, axis=1), torch.device("cpu"))
+    np.testing.assert_array_equal(features, colour)
+    same = gaussian_statistics(features)
+    scale = np.trace(same[1])  # 6 points in 2,048 dimensions: a singular covariance, square-rooted to rounding
+    assert abs(frechet_distance(same, same)) < 1e-5 * scale
+    other = inception_features(network, 255 - grey, torch.device("cpu"))
+    assert frechet_distance(same, gaussian_statistics(other)) > 1e-3 * scale
+
+
+def test_a_file_that_is_not_the_fid_inception_weights_is_refused_in_one_line(tmp_path):
+    import torch
+
+    from model_collapse.errors import ConfigError
+    from model_collapse.settings.inception import load_inception
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="inception_weights: .*nothing.pth does not exist"):
+        load_inception(tmp_path / "nothing.pth", cpu)
+    (tmp_path / "text.pth").write_text("not weights")
+    with pytest.raises(ConfigError, match="text.pth is not a PyTorch weight file"):
+        load_inception(tmp_path / "text.pth", cpu)
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="other.pth does not hold the FID Inception weights .*: missing Conv2d_1a"):
+        load_inception(tmp_path / "other.pth", cpu)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled object: never unpickled
+    with pytest.raises(ConfigError, match="module.pth is not a PyTorch weight file"):
+        load_inception(tmp_path / "module.pth", cpu)
+
+
+@pytest.mark.slow
+def test_the_vae_measures_inception_fid_only_when_it_is_given_the_weights(tmp_path):
+    from helpers import tiny_vae
+    from model_collapse.chain import run_chain
+    from model_collapse.regimes import parse_regime
+    from model_collapse.settings.vae import VAE, VAEConfig
+
+    plain = VAEConfig(**tiny_vae(test_samples=12, evaluation_samples=12))
+    assert "inception_fid" not in VAE.metrics_of(plain)
+    measured = plain.model_copy(update={"inception_weights": str(fid_weights(tmp_path / "pt_inception.pth"))})
+    assert "inception_fid" in VAE.metrics_of(measured)
+    records = run_chain(VAE(measured, (0,)), parse_regime("replace"), 1)
+    assert np.isfinite(records[0].metrics["inception_fid"]).all() and records[0].metrics["inception_fid"][0] > 0
+    # everything else is measured as without it
+    again = run_chain(VAE(plain, (0,)), parse_regime("replace"), 1)
+    for record, other in zip(records, again):
+        assert set(record.metrics) - set(other.metrics) == {"inception_fid"}
+        for name, values in other.metrics.items():
+            np.testing.assert_array_equal(record.metrics[name], values, err_msg=name)

@@ -68,7 +68,7 @@ def offered_scores(declared: type[Declaration]) -> tuple[str, ...]:
 
 def metrics_for(declared: type[Declaration], point: SettingConfig) -> dict[str, Metric]:
     """The metrics a chain of ``point`` records: the setting's, and curation's when it curates."""
-    return {**declared.metrics, **(CURATION_METRICS if point.curation is not None else {})}
+    return {**declared.metrics_of(point), **(CURATION_METRICS if point.curation is not None else {})}
 
 
 def check_curation(declared: type[Declaration], point: SettingConfig, import_functions: bool = True) -> None:

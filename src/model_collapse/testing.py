@@ -246,7 +246,7 @@ class _Checker:
             json.dumps(self.details)
         except (TypeError, ValueError) as error:
             raise SettingCheckFailed("metrics", f"evaluate's Evaluation.diagnostics are not JSON: {error}") from None
-        declared = set(setting.metrics)
+        declared = set(type(setting).metrics_of(self.config))
         if set(metrics) != declared:
             missing, extra = sorted(declared - set(metrics)), sorted(set(metrics) - declared)
             raise SettingCheckFailed(

@@ -178,6 +178,12 @@ class Declaration(Generic[C]):
         return True
 
     @classmethod
+    def metrics_of(cls, config: C) -> dict[str, Metric]:
+        """The metrics a chain of ``config`` records (``metrics``; a setting that measures more when its
+        config asks, such as the VAE's ``inception_fid`` with ``inception_weights``, adds them here)."""
+        return cls.metrics
+
+    @classmethod
     def footprint(cls, config: C) -> Footprint | None:
         """Memory per seed, for settings whose chains hold their data in RAM (None: not estimated)."""
         return None

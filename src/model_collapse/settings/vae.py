@@ -15,6 +15,10 @@ training images (``ImageJudge``): the Fréchet distance and k-NN precision, reca
 (``image_metrics.py``). The judge is a one-hidden-layer classifier (scikit-learn's MLP, seeded, so every
 process trains the same one) where the data set has labels, whose hidden activations are the features
 and whose confidence is the curation score ``confidence``; without labels the features are the PCA's.
+With ``inception_weights`` (a local copy of the standard FID Inception weights) the Fréchet Inception
+Distance is measured too (``inception_fid``; ``inception.py``), comparable with published FIDs when the
+real and generated sets are as large as theirs (tens of thousands of images; here ``test_samples`` and
+``evaluation_samples``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .base import Setting
 from .devices import resolve_device
 from .image_metrics import frechet_distance, gaussian_statistics, precision_recall_density_coverage
 from .images import ImageSplit, load_images
+from .inception import inception_features, load_inception
 from .vae_config import VAEConfig, VAEDeclaration
 
 
@@ -259,6 +264,15 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
     def test_statistics(self) -> tuple[np.ndarray, np.ndarray]:
         return gaussian_statistics(self.test_features)
 
+    @functools.cached_property
+    def inception(self):
+        """The FID Inception network from ``inception_weights``, and the held-out images' statistics in
+        its features (None without weights)."""
+        if self.config.inception_weights is None:
+            return None
+        network = load_inception(self.config.inception_weights, self.device)
+        return network, gaussian_statistics(inception_features(network, self.test, self.device))
+
     # -- data -------------------------------------------------------------------------------------
     @property
     def real_train(self) -> Samples:
@@ -331,7 +345,8 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
             reconstruction, kl = negative_elbo(model, x, noise, c.model.likelihood, c.model.decoder_std)
             totals += [reconstruction.sum().item(), kl.sum().item()]
         reconstruction, kl = totals / len(self.test)
-        samples = self._generate(model, c.evaluation_samples, rng).reshape(c.evaluation_samples, -1) / 255
+        images = self._generate(model, c.evaluation_samples, rng)
+        samples = images.reshape(c.evaluation_samples, -1) / 255
         entropy = np.nan
         if self.classifier is not None:
             counts = np.bincount(self.classifier.predict(samples), minlength=len(self.classifier.classes_))
@@ -341,6 +356,11 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
         features = self.judge.features(samples)
         distance = frechet_distance(self.test_statistics, gaussian_statistics(features))
         neighbours = precision_recall_density_coverage(self.test_features, features)
+        inception = {}
+        if self.inception is not None:
+            network, real = self.inception
+            generated = inception_features(network, images, self.device)
+            inception["inception_fid"] = np.array([frechet_distance(real, gaussian_statistics(generated))])
         return {
             "test_loss": np.array([reconstruction + kl]),
             "test_reconstruction": np.array([reconstruction]),
@@ -349,6 +369,7 @@ class VAE(VAEDeclaration, Setting[VAEConfig]):
             "sample_spread": np.array([spread]),
             "frechet_distance": np.array([distance]),
             **{name: np.array([value]) for name, value in neighbours.items()},
+            **inception,
         }
 
     def score(self, name: str, model: ConvVAE, samples: Samples) -> np.ndarray:

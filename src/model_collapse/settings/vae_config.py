@@ -14,6 +14,10 @@ from .base import Declaration, Footprint, Metric, activations_on_host
 from .configs import SettingConfig, StrictConfig
 from .images import CHANNELS
 
+# What measuring inception_fid holds (inception.py): the weights (23.9 million float32) and a batch's
+# largest maps (64 x 147 x 147 float32 per image, 50 images, a few such maps alive at once).
+INCEPTION_BYTES = 4 * 23_900_000 + 3 * 50 * 64 * 147 * 147 * 4
+
 
 class VAEModel(StrictConfig):
     """The convolutional VAE: encoder stages, latent size and the pixel likelihood."""
@@ -55,6 +59,11 @@ class VAEConfig(SettingConfig):
     test_samples: int = Field(300, gt=5, description="held-out real images the test metrics use")
     evaluation_samples: int = Field(
         1000, gt=5, description="images sampled for class entropy, spread and the k-NN metrics (k = 5)"
+    )
+    inception_weights: str | None = Field(
+        None,
+        description="a local copy of the FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth): "
+        "with it, inception_fid is measured every iteration (null: not measured; nothing is downloaded)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
@@ -114,6 +123,13 @@ class VAEDeclaration(Declaration[VAEConfig]):
     preview_size = 64
 
     @classmethod
+    def metrics_of(cls, config: VAEConfig) -> dict[str, Metric]:
+        """The metrics, with ``inception_fid`` when the config points at the FID Inception weights."""
+        if config.inception_weights is None:
+            return cls.metrics
+        return {**cls.metrics, "inception_fid": Metric("Fréchet Inception Distance to real test images", True)}
+
+    @classmethod
     def footprint(cls, config: VAEConfig) -> Footprint:
         """The network's weights with their gradients and AdamW's two moments (16 bytes a parameter), the
         real training and test images as stored (a byte a pixel), and a training step's activations where
@@ -129,7 +145,8 @@ class VAEDeclaration(Declaration[VAEConfig]):
         real = config.samples or 60_000  # the largest training split of the data sets it reads (MNIST's)
         activations = activation_bytes(config) if activations_on_host(config.device) else 0
         images = image * (real + config.test_samples)
-        return Footprint(rows=real, bytes_per_row=0, fixed_bytes=16 * parameters + images + activations)
+        inception = INCEPTION_BYTES if config.inception_weights is not None else 0
+        return Footprint(rows=real, bytes_per_row=0, fixed_bytes=16 * parameters + images + activations + inception)
 
 
 def activation_bytes(config: VAEConfig) -> int:
