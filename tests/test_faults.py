@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from helpers import cli, completed, tiny_vae, write_config
-from model_collapse.errors import RunDirectoryError
+from model_collapse.errors import ConfigError, RunDirectoryError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Trials of kill -9 at a random moment; the closing figures of issue 8 came from a larger number.
@@ -867,10 +867,11 @@ def test_neural_footprints_count_activations_only_where_they_are_in_this_machine
     for name, base, larger in cases:
         declared = SETTINGS.declared(name)
         cpu, cuda = ({**base, "device": device} for device in ("cpu", "cuda"))
-        on_cpu, on_gpu = (declared.footprint(declared.Config.model_validate(f)).fixed_bytes for f in (cpu, cuda))
-        assert on_cpu > on_gpu, name  # the same model, its activations counted on the CPU only
-        bigger = declared.footprint(declared.Config.model_validate({**cpu, **larger})).fixed_bytes
-        assert bigger - on_gpu > 8 * (on_cpu - on_gpu), name  # they grow with the batch
+        on_cpu, on_gpu = (declared.footprint(declared.Config.model_validate(f)) for f in (cpu, cuda))
+        assert on_cpu.fixed_bytes == on_gpu.fixed_bytes and on_gpu.activation_bytes == 0, name
+        assert on_cpu.activation_bytes > 0, name  # the same model, its activations counted on the CPU only
+        bigger = declared.footprint(declared.Config.model_validate({**cpu, **larger}))
+        assert bigger.activation_bytes > 8 * on_cpu.activation_bytes, name  # they grow with the batch
     # a training step's attention maps grow with the square of the context; sampling's cache with its length
     short, long = (transformer_activation_bytes("gpt2", 256, 8, 8, 8, n, 1, 1) for n in (256, 1024))
     assert 8 < long / short < 16
@@ -892,3 +893,14 @@ def test_activations_too_large_for_the_machine_are_refused_before_anything_is_wr
     line = one_line_error(cli("run", root / "configs" / config_name, *arguments, "--out", tmp_path / "run"))
     assert "a chain would hold about" in line and "in memory" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_activations_count_only_where_the_chains_run_on_this_machine():
+    from model_collapse.config import load_experiment
+    from model_collapse.memory import estimate_memory
+
+    root = Path(__file__).resolve().parents[1]
+    huge = load_experiment(root / "configs" / "lm_tiny_cpu.yaml", ["setting.training.batch_size=100000"])
+    with pytest.raises(ConfigError, match="a chain would hold about"):
+        estimate_memory(huge, workers=1)  # here: a local executor, or a local Ray cluster
+    estimate_memory(huge, workers=1, here=False)  # Slurm's nodes, or a remote Ray cluster: their memory

@@ -67,7 +67,8 @@ def prepare(
         experiment = load_experiment(Path(config), overrides)
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed
     options = resolve_executor(experiment, executor)
-    estimate_memory(experiment, resolve_workers(experiment, workers))
+    here = options.name == "local" or (options.name == "ray" and options.address is None)
+    estimate_memory(experiment, resolve_workers(experiment, workers), here)
     return Prepared(experiment, options)
 
 

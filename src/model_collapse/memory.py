@@ -15,12 +15,14 @@ _BYTES_PER_CHAIN = 4096
 _BYTES_PER_SEED = 64
 
 
-def estimate_memory(experiment: Experiment, workers: int) -> None:
+def estimate_memory(experiment: Experiment, workers: int, here: bool = True) -> None:
     """Refuse, before anything is written, a config whose chains cannot fit in this machine's memory.
 
     ``seeds=1000000000``, ``mix:1e9`` or ``setting.dim=100000`` would otherwise fail hours in. The
     estimate is what a chain holds at its largest iteration (the setting's footprint, the regime's
-    synthetic sizes) plus every chain's bookkeeping, computed from counts: nothing that large is built."""
+    synthetic sizes) plus every chain's bookkeeping, computed from counts: nothing that large is built.
+    ``here``: the chains run on this machine (a local executor or a local Ray cluster), so that models'
+    activations count too."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     config = experiment.config
     declared = SETTINGS.declared(experiment.setting_name)
@@ -36,7 +38,8 @@ def estimate_memory(experiment: Experiment, workers: int) -> None:
             rows = footprint.rows + peak_synthetic_rows(regime, config.iterations, footprint.rows)
             if point.curation is not None:  # the candidates of the largest batch, before all but 1 in m go
                 rows += (point.curation.candidates - 1) * regime.synthetic_size(config.iterations, footprint.rows)
-            need = seeds_per_chain * (footprint.fixed_bytes + rows * footprint.bytes_per_row)
+            activations = footprint.activation_bytes if here else 0
+            need = seeds_per_chain * (footprint.fixed_bytes + activations + rows * footprint.bytes_per_row)
             if need > worst:
                 worst, worst_case = need, (point, regime)
     parallel = max(1, min(workers, chains))

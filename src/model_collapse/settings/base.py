@@ -80,6 +80,9 @@ class Footprint:
     rows: int  # real training samples per seed (T)
     bytes_per_row: int  # memory per sample of the pool, copies made to fit and sample included
     fixed_bytes: int  # memory per seed that does not grow with the pool (designs, test data, models)
+    # a model's activations where they take host memory (``activations_on_host``): counted when the
+    # chains run on this machine, not when Slurm or a remote Ray cluster runs them elsewhere
+    activation_bytes: int = 0
 
 
 def activations_on_host(device: str) -> bool:

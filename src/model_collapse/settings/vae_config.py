@@ -146,7 +146,7 @@ class VAEDeclaration(Declaration[VAEConfig]):
         activations = activation_bytes(config) if activations_on_host(config.device) else 0
         images = image * (real + config.test_samples)
         inception = INCEPTION_BYTES if config.inception_weights is not None else 0
-        return Footprint(rows=real, bytes_per_row=0, fixed_bytes=16 * parameters + images + activations + inception)
+        return Footprint(real, 0, fixed_bytes=16 * parameters + images + inception, activation_bytes=activations)
 
 
 def activation_bytes(config: VAEConfig) -> int:

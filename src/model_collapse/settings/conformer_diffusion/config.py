@@ -203,8 +203,8 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
         training step's activations where they are in this machine's memory (``activation_bytes``);
         conformers are a few hundred bytes each, and synthetic ones memory-mapped."""
         activations = activation_bytes(config) if activations_on_host(config.device) else 0
-        return Footprint(rows=config.samples or 1, bytes_per_row=0,
-                         fixed_bytes=16 * parameter_count(config.network) + activations)  # fmt: skip
+        parameters = parameter_count(config.network)
+        return Footprint(config.samples or 1, 0, fixed_bytes=16 * parameters, activation_bytes=activations)
 
     @classmethod
     def depict(cls, molblocks: np.ndarray) -> np.ndarray:

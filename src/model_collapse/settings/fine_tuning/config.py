@@ -212,7 +212,7 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
             length=config.block_size if config.format == "text" else config.max_length,
             sampled=written[0], sampled_length=written[1],
         )  # fmt: skip
-        return Footprint(rows=config.samples or 1, bytes_per_row=0, fixed_bytes=20 * parameters + activations)
+        return Footprint(config.samples or 1, 0, fixed_bytes=20 * parameters, activation_bytes=activations)
 
 
 # config.json's names of (width, layers, attention heads) across Hugging Face architectures

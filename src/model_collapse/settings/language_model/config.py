@@ -188,7 +188,7 @@ class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
                 sampled_length=config.sampling.max_new_tokens + 1,
             )  # fmt: skip
         parameters = parameter_count(config.model.preset, config.vocab_size)
-        return Footprint(rows=config.samples or 1, bytes_per_row=0, fixed_bytes=16 * parameters + activations)
+        return Footprint(config.samples or 1, 0, fixed_bytes=16 * parameters, activation_bytes=activations)
 
 
 # The fields of a preset that give (width, layers, attention heads), by family.
