@@ -5,7 +5,7 @@ what the previous model drew, so the first model's samples must already be molec
 that model for a config (the CPU config by default), draws the evaluation's conformers with the config's
 sampler (the MAT/COV reference molecules, ``evaluation.per_reference`` per reference conformer), and
 draws as many with RDKit's ETKDGv3 (no force-field clean-up) for the same molecules, with five random
-seeds (ETKDG's MAT-R on ten molecules varies by a few tenths of an A between seeds). It prints, side by
+seeds (ETKDG's MAT-R on ten molecules varies by about 0.1 A between seeds). It prints, side by
 side, the bonds' RMS error against the references' (force-field minima on the bundled set) and the
 share of conformers with every bond within 0.1 A, MAT-R, COV-R at several of GeoDiff's thresholds, and
 the time each took, with the ratios of the model's figures to ETKDG's mean, and ETKDG's range.
