@@ -38,7 +38,7 @@ def wikitext(tmp_path_factory):
 
 def setting(model_path, data_dir, **fields):
     config = {
-        **tiny_fine_tuning(model={"path": str(model_path)}, data_dir=str(data_dir)),
+        **tiny_fine_tuning(model={"path": str(model_path)}, data_dir=None if data_dir is None else str(data_dir)),
         **fields,
     }
     return FineTuning(FineTuning.Config.model_validate(config), [0])
@@ -258,7 +258,24 @@ def test_bad_fine_tuning_configs_are_refused_before_anything_runs(tmp_path):
     assert "model.path" in message(model={"path": "x", "pretrain": {}})
     assert "needs format 'text'" in message(format="prompt-response", data_dir="x")
     assert "must equal block_size" in message(generation={"new_tokens": 8})
-    assert "needs data_dir" in message(format="prompt-response", generation={"method": "sample"})
+
+
+def test_without_helpsteer2_the_prompt_response_format_reads_the_bundled_passages(checkpoints):
+    from model_collapse.settings.fine_tuning.data import bundled_conversations
+
+    pairs = bundled_conversations(["one two three", "Call me Ishmael. Some years ago, never mind how long precisely"])
+    assert pairs == [
+        ("Continue the passage that begins: Call me Ishmael. Some years ago,", "never mind how long precisely")
+    ]
+    chain = setting(
+        checkpoints["gpt2"], None, format="prompt-response", samples=6, max_length=120,
+        generation={"method": "sample", "max_new_tokens": 60, "batch_size": 4, "evaluation_samples": 4},
+    )  # fmt: skip
+    assert len(chain.real_train) == 6
+    for text in chain.preview(chain.real_train):
+        prompt, response = well_formed(text)
+        assert prompt.startswith("user: Continue the passage that begins: ") and prompt.endswith("\nassistant: ")
+        assert len(response) > len(prompt)
 
 
 @pytest.mark.slow

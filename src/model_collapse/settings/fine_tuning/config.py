@@ -119,8 +119,9 @@ class FineTuningConfig(SettingConfig):
     )
     data_dir: str | None = Field(
         None,
-        description="text: the Hub's wikitext-2-raw-v1 parquet files or wiki.{train,valid,test}.raw (null: the "
-        "bundled Moby-Dick); prompt-response: HelpSteer2's {train,validation}.jsonl.gz or parquet files",
+        description="text: the Hub's wikitext-2-raw-v1 parquet files or wiki.{train,valid,test}.raw; "
+        "prompt-response: HelpSteer2's {train,validation}.jsonl.gz or parquet files (null: the bundled Moby-Dick, "
+        "as blocks, or as 'continue the passage that begins: ...' prompts with the passage as the response)",
     )
     block_size: PositiveInt = Field(64, description="text: tokens per block")
     max_length: PositiveInt = Field(512, description="prompt-response: longer examples (in tokens) are dropped")
@@ -140,8 +141,6 @@ class FineTuningConfig(SettingConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.format == "prompt-response" and self.data_dir is None:
-            raise ValueError("format 'prompt-response' needs data_dir (HelpSteer2's files)")
         if self.generation.method == "beam" and self.format != "text":
             raise ValueError("generation.method 'beam' continues real blocks: it needs format 'text'")
         if self.generation.method == "beam" and self.generation.new_tokens != self.block_size:

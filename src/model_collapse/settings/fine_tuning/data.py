@@ -85,6 +85,27 @@ def conversations(data_dir: Path, split: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# The bundled stand-in for conversations: a prompt quoting a passage's first words, the rest of the
+# passage (at most this many words) as the response.
+OPENING_WORDS, RESPONSE_WORDS = 6, 40
+
+
+def bundled_conversations(paragraphs: list[str]) -> list[tuple[str, str]]:
+    """(prompt, response) pairs for runs without HelpSteer2 (CPU runs, tests): each paragraph of at least
+    ``OPENING_WORDS`` + 5 words becomes "Continue the passage that begins: <its first words>" and the
+    next ``RESPONSE_WORDS`` words. A task in the follow-up's format, not a conversation data set."""
+    pairs = []
+    for paragraph in paragraphs:
+        words = paragraph.split()
+        if len(words) >= OPENING_WORDS + 5:
+            opening, rest = (
+                " ".join(words[:OPENING_WORDS]),
+                " ".join(words[OPENING_WORDS : OPENING_WORDS + RESPONSE_WORDS]),
+            )
+            pairs.append((f"Continue the passage that begins: {opening}", rest))
+    return pairs
+
+
 def conversation_text(prompt: str, response: str) -> tuple[str, str]:
     """The text of an example and its prefix (everything before the response)."""
     prefix = f"{USER}{prompt}\n{ASSISTANT}"

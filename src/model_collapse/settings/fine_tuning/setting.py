@@ -38,7 +38,15 @@ from ..language_model.training import cross_entropy as mean_cross_entropy
 from ..language_model.training import train
 from .beam_search import beam_continuations
 from .config import FineTuningConfig, FineTuningDeclaration
-from .data import conversation_text, conversations, encode_conversations, text_blocks, text_lines, well_formed
+from .data import (
+    bundled_conversations,
+    conversation_text,
+    conversations,
+    encode_conversations,
+    text_blocks,
+    text_lines,
+    well_formed,
+)
 from .examples import IGNORE, ExampleBatches, Examples
 from .pretrained import check_model_directory, context_length, load_causal_model, load_tokenizer
 
@@ -78,6 +86,9 @@ class _Data:
             from ..language_model.corpus import load_documents
 
             lines = load_documents("moby-dick", "train" if split == "train" else "validation")
+            if config.format == "prompt-response":
+                pairs = [conversation_text(prompt, response) for prompt, response in bundled_conversations(lines)]
+                return encode_conversations(self.tokenizer, pairs, config.max_length, config.train_on, self.start)
             return text_blocks(self.tokenizer, [line + "\n" for line in lines], config.block_size)
         directory = Path(config.data_dir).expanduser()
         if not directory.is_dir():
