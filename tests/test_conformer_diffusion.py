@@ -433,3 +433,12 @@ def test_bad_geom_files_get_one_line_and_run_nothing_they_name(tmp_path, monkeyp
     refused("train_data_40k.pkl: holds no conformers")
     train.unlink()
     refused(f"missing file {train}")
+
+
+def test_curation_by_mmff_energy_keeps_the_less_strained_conformers(config):
+    curated = ConformerDiffusionConfig.model_validate(
+        {**config.model_dump(), "curation": {"candidates": 3, "score": "mmff-energy", "keep": "top"}}
+    )
+    records = run_chain(ConformerDiffusion(curated, [0]), parse_regime("replace"), 2)
+    kept, candidates = records[1].metrics["kept_score_mean"][0], records[1].metrics["candidate_score_mean"][0]
+    assert np.isfinite(kept) and kept >= candidates  # minus the strain: the kept are the least strained

@@ -147,3 +147,19 @@ def test_bond_validity_is_zero_error_for_the_references_and_catches_stretched_bo
     assert off["bond_length_rms"] == pytest.approx(expected, rel=0.1) and off["valid_bond_share"] == 0.0
     nothing = bond_validity(references, Conformers.from_ensembles(real.graphs, np.zeros(0, np.int64), []))
     assert np.isnan(nothing["bond_length_rms"]) and np.isnan(nothing["valid_bond_share"])
+
+
+def test_mmff_energy_is_lowest_at_the_force_field_minima_and_rises_when_bonds_stretch(real):
+    from model_collapse.settings.conformer_diffusion.chemistry import mmff_energies
+
+    references = real.subset(np.arange(3))
+    relaxed = mmff_energies(references)
+    assert np.isfinite(relaxed).all()
+    stretched = Conformers.from_ensembles(
+        real.graphs, references.molecule, [references.positions_of(k) * 1.05 for k in range(len(references))]
+    )
+    assert (mmff_energies(stretched) > relaxed + 1.0).all()  # kcal/mol
+    crushed = Conformers.from_ensembles(
+        real.graphs, references.molecule[:1], [np.zeros_like(references.positions_of(0))]
+    )  # every atom at one point: no finite energy
+    assert mmff_energies(crushed)[0] == np.inf

@@ -176,6 +176,23 @@ def bond_validity(references: Conformers, generated: Conformers, tolerance: floa
     }
 
 
+def mmff_energies(conformers: Conformers) -> np.ndarray:
+    """The MMFF94 energy (kcal/mol) of every conformer at its positions, as RDKit computes it; +inf
+    where MMFF cannot type the molecule or the energy is not finite (atoms on top of each other)."""
+    from rdkit.Chem import rdForceFieldHelpers
+
+    energies = np.full(len(conformers), np.inf)
+    for k in range(len(conformers)):
+        mol = molecule(conformers.graphs, int(conformers.molecule[k]), conformers.positions_of(k))
+        properties = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
+        if properties is None:
+            continue
+        field = rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, properties)
+        energy = field.CalcEnergy() if field is not None else np.inf
+        energies[k] = energy if np.isfinite(energy) else np.inf
+    return energies
+
+
 def depict(blocks: np.ndarray, size: int = 200) -> np.ndarray:
     """Pictures (N, size, size, 3) uint8 of mol blocks: heavy atoms and bonds as placed in 3D, seen along
     the axis of least spread (so that a distorted geometry looks distorted)."""

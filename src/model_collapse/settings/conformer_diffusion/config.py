@@ -193,6 +193,8 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
     }
     one_seed_per_chain = True
     preview_size = 6
+    # curation: minus the MMFF94 energy above the lowest of the molecule's real conformers (kcal/mol)
+    scores = ("mmff-energy",)
     learning_curve_axes = ("step", "training step", "validation_loss_local", "local loss on test molecules (per atom)")
     # COV-R over GeoDiff's thresholds, 0.05-3 A (``chemistry.COVERAGE_THRESHOLDS``), every iteration
     curves = {"coverage_by_threshold": ("threshold", "RMSD threshold (A)", "cov_r", "COV-R, mean over molecules")}

@@ -27,7 +27,7 @@ from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Evaluation, Fit, Setting
 from ..devices import resolve_device
-from .chemistry import bond_validity, coverage_curve, covmat, molblocks, rmsd_tables
+from .chemistry import bond_validity, coverage_curve, covmat, mmff_energies, molblocks, rmsd_tables
 from .config import ConformerDiffusionConfig, ConformerDiffusionDeclaration
 from .conformers import Conformers, rank_within_molecule
 from .datasets import SPLIT_SEED, load_splits
@@ -169,6 +169,21 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
         except RunDirectoryError:
             return None
         return shard if np.array_equal(shard.molecule, molecules) else None
+
+    def score(self, name: str, model: DualEncoder, samples: Conformers) -> np.ndarray:
+        """``mmff-energy``: minus each conformer's MMFF94 energy above the lowest energy among its molecule's
+        real conformers (force-field minima on the bundled set), so that molecules compare: 0 for a
+        conformer as relaxed as the real ones, -inf where MMFF cannot type it or the energy is not finite."""
+        strain = mmff_energies(samples) - self._lowest_real_energies()[samples.molecule]
+        return np.where(np.isfinite(strain), -strain, -np.inf)[None]
+
+    def _lowest_real_energies(self) -> np.ndarray:
+        """The lowest MMFF94 energy of each molecule's real training conformers (inf for other molecules)."""
+        if "_real_energies" not in self.__dict__:
+            lowest = np.full(len(self._real.graphs), np.inf)
+            np.minimum.at(lowest, self._real.molecule, mmff_energies(self._real))
+            self._real_energies = lowest
+        return self._real_energies
 
     def evaluate(self, model: DualEncoder) -> Evaluation:
         """The metrics, and COV-R over GeoDiff's grid of thresholds (``coverage_by_threshold``)."""
