@@ -67,8 +67,7 @@ def prepare(
         experiment = load_experiment(Path(config), overrides)
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed
     options = resolve_executor(experiment, executor)
-    here = options.name == "local" or (options.name == "ray" and options.address is None)
-    estimate_memory(experiment, resolve_workers(experiment, workers), here)
+    estimate_memory(experiment, resolve_workers(experiment, workers), here=options.runs_here)
     return Prepared(experiment, options)
 
 

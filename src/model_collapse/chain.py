@@ -92,8 +92,7 @@ class _Chain:
     def evaluate(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The last model's metrics with its iteration's curation metrics, and the details its
         evaluation keeps (``Evaluation.diagnostics``; none for most settings)."""
-        result = self.setting.evaluate(self.model)
-        evaluated = result if isinstance(result, Evaluation) else Evaluation(result, {})
+        evaluated = Evaluation.of(self.setting.evaluate(self.model))
         return {**evaluated.metrics, **self.curated}, evaluated.diagnostics
 
     def restore(self, store: ChainStore, completed: int) -> None:

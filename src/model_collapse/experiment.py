@@ -85,6 +85,11 @@ class ExecutorConfig(StrictConfig):
                 )
         return self
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether the chains run on this machine (local processes, or a Ray cluster this run starts)."""
+        return self.name == "local" or (self.name == "ray" and self.address is None)
+
     def named(self, name: str) -> ExecutorConfig:
         """These options for the executor ``name`` (``--executor``), checked again for it."""
         try:

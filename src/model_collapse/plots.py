@@ -277,14 +277,16 @@ def learning_curve_figures(experiment, results: list[ChainResult]):
     (first seed), ``learning_curves_<point>`` (the paper's Fig. 3 and 4), on the axes the setting names;
     then each further curve the setting declares (``Declaration.curves``), drawn alike as ``<key>_<point>``."""
     declared = SETTINGS.declared(experiment.setting_name)
-    yield from _curve_figures(experiment, results, "learning_curve", declared.learning_curve_axes, "learning curves")
+    axes = declared.learning_curve_axes
+    yield from _curve_figures(experiment, results, "learning_curve", axes, "learning curves", "learning_curves")
     for key, axes in declared.curves.items():
-        yield from _curve_figures(experiment, results, key, axes, key.replace("_", " "))
+        yield from _curve_figures(experiment, results, key, axes, key.replace("_", " "), key)
 
 
-def _curve_figures(experiment, results: list[ChainResult], key: str, axes_keys: tuple[str, str, str, str], what: str):
+def _curve_figures(
+    experiment, results: list[ChainResult], key: str, axes_keys: tuple[str, str, str, str], what: str, name: str
+):
     x_key, x_label, y_key, y_label = axes_keys
-    name = "learning_curves" if key == "learning_curve" else key
     for point, chains in _first_seed_chains(results).items():
         curves = {}
         for label, result in chains.items():

@@ -185,7 +185,6 @@ class _Checker:
     def __init__(self, setting_class: type[Setting], config: SettingConfig, seeds: tuple[int, ...], iterations: int):
         self.setting_class, self.config, self.seeds, self.iterations = setting_class, config, seeds, iterations
         self._straight: dict[str, list[IterationRecord]] = {}
-        self.details: dict[str, Any] = {}  # the last evaluation's Evaluation.diagnostics
 
     def new(self) -> Setting:
         return self.setting_class(self.config, self.seeds)
@@ -201,14 +200,18 @@ class _Checker:
         return self.evaluate(setting, self.fit(setting, [data]), "data_contract")
 
     def evaluate(self, setting: Setting, model: Any, check: str) -> dict[str, np.ndarray]:
+        return self.evaluation(setting, model, check).metrics
+
+    def evaluation(self, setting: Setting, model: Any, check: str) -> Evaluation:
         result = setting.evaluate(model)
-        metrics = result.metrics if isinstance(result, Evaluation) else result
-        self.details = result.diagnostics if isinstance(result, Evaluation) else {}
-        if not isinstance(metrics, Mapping):
+        if not isinstance(result, Mapping | Evaluation):
             raise SettingCheckFailed(
-                check, f"evaluate returned a {type(metrics).__name__}, not a mapping of metric names to arrays"
+                check, f"evaluate returned a {type(result).__name__}, not a mapping of metric names to arrays"
             )
-        return {name: np.asarray(value, dtype=float) for name, value in metrics.items()}
+        evaluated = Evaluation.of(result)
+        return Evaluation(
+            {name: np.asarray(v, dtype=float) for name, v in evaluated.metrics.items()}, evaluated.diagnostics
+        )
 
     def sample(self, setting: Setting, model: Any, size: int, iteration: int = 2) -> Any:
         return setting.sample(model, size, chain_rng(self.seeds, iteration, "sample"))
@@ -241,9 +244,10 @@ class _Checker:
 
     def metrics(self) -> None:
         setting = self.new()
-        metrics = self.evaluate(setting, self.fit(setting, [setting.real_train]), "metrics")
+        evaluated = self.evaluation(setting, self.fit(setting, [setting.real_train]), "metrics")
+        metrics = evaluated.metrics
         try:  # an Evaluation's details are written to the iteration's diagnostics.json
-            json.dumps(self.details)
+            json.dumps(evaluated.diagnostics)
         except (TypeError, ValueError) as error:
             raise SettingCheckFailed("metrics", f"evaluate's Evaluation.diagnostics are not JSON: {error}") from None
         declared = set(type(setting).metrics_of(self.config))

@@ -115,6 +115,11 @@ class Evaluation:
     metrics: dict[str, np.ndarray]
     diagnostics: dict[str, Any]
 
+    @classmethod
+    def of(cls, result: Mapping[str, np.ndarray] | Evaluation) -> Evaluation:
+        """What ``evaluate`` returned, as an ``Evaluation`` (a bare mapping of metrics keeps no details)."""
+        return result if isinstance(result, Evaluation) else cls(dict(result), {})
+
 
 @dataclass(frozen=True)
 class Curve:

@@ -152,6 +152,9 @@ def _block_e(channels: int, pool: str) -> _Mixed:  # 8 x 8, split 3 x 3 convolut
     return _Mixed(layers, branches, pool)
 
 
+MIXED = tuple(f"Mixed_{name}" for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"))
+
+
 class FIDInception(nn.Module):
     """Inception-v3 as the FID weights define it, up to its 2,048 pool features."""
 
@@ -176,10 +179,8 @@ class FIDInception(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c):
-            x = block(x)
-        for block in (self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = block(x)
+        for name in MIXED:
+            x = self.get_submodule(name)(x)
         return x.mean(dim=(2, 3))
 
 

@@ -132,9 +132,9 @@ class VAEDeclaration(Declaration[VAEConfig]):
     @classmethod
     def footprint(cls, config: VAEConfig) -> Footprint:
         """The network's weights with their gradients and AdamW's two moments (16 bytes a parameter), the
-        real training and test images as stored (a byte a pixel), and a training step's activations where
-        they are in this machine's memory (``activation_bytes``); kept batches are memory-mapped, so the
-        pool adds nothing."""
+        real training and test images as stored (a byte a pixel), and where they are in this machine's
+        memory a training step's activations (``activation_bytes``) or the FID Inception's; kept batches
+        are memory-mapped, so the pool adds nothing."""
         channels, side, latent = config.image_channels, config.image_size, config.model.latent_dim
         widths = config.model.widths
         kernels = sum(16 * a * b for a, b in zip((channels, *widths[:-1]), widths))  # 4 x 4, down and up
@@ -143,10 +143,11 @@ class VAEDeclaration(Declaration[VAEConfig]):
         parameters = 2 * kernels + biases + flat * 2 * latent + 2 * latent + latent * flat + flat
         image = channels * side * side
         real = config.samples or 60_000  # the largest training split of the data sets it reads (MNIST's)
-        activations = activation_bytes(config) if activations_on_host(config.device) else 0
+        activations = 0
+        if activations_on_host(config.device):  # training, or measuring FID: one after the other
+            activations = max(activation_bytes(config), INCEPTION_BYTES if config.inception_weights is not None else 0)
         images = image * (real + config.test_samples)
-        inception = INCEPTION_BYTES if config.inception_weights is not None else 0
-        return Footprint(real, 0, fixed_bytes=16 * parameters + images + inception, activation_bytes=activations)
+        return Footprint(real, 0, fixed_bytes=16 * parameters + images, activation_bytes=activations)
 
 
 def activation_bytes(config: VAEConfig) -> int:

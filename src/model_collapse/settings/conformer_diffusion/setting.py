@@ -14,6 +14,7 @@ set of reference molecules (``chemistry.py``).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -174,16 +175,15 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
         """``mmff-energy``: minus each conformer's MMFF94 energy above the lowest energy among its molecule's
         real conformers (force-field minima on the bundled set), so that molecules compare: 0 for a
         conformer as relaxed as the real ones, -inf where MMFF cannot type it or the energy is not finite."""
-        strain = mmff_energies(samples) - self._lowest_real_energies()[samples.molecule]
+        strain = mmff_energies(samples) - self._lowest_real_energies[samples.molecule]
         return np.where(np.isfinite(strain), -strain, -np.inf)[None]
 
+    @functools.cached_property
     def _lowest_real_energies(self) -> np.ndarray:
         """The lowest MMFF94 energy of each molecule's real training conformers (inf for other molecules)."""
-        if "_real_energies" not in self.__dict__:
-            lowest = np.full(len(self._real.graphs), np.inf)
-            np.minimum.at(lowest, self._real.molecule, mmff_energies(self._real))
-            self._real_energies = lowest
-        return self._real_energies
+        lowest = np.full(len(self._real.graphs), np.inf)
+        np.minimum.at(lowest, self._real.molecule, mmff_energies(self._real))
+        return lowest
 
     def evaluate(self, model: DualEncoder) -> Evaluation:
         """The metrics, and COV-R over GeoDiff's grid of thresholds (``coverage_by_threshold``)."""

@@ -23,8 +23,12 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 
 from ..base import Declaration, Footprint, Metric, activations_on_host
 from ..configs import SettingConfig, StrictConfig
-from ..language_model.config import DIMENSIONS, TrainingSection, parameter_count, transformer_activation_bytes
-from ..language_model.models import PRESETS
+from ..language_model.config import (
+    TrainingSection,
+    parameter_count,
+    preset_dimensions,
+    transformer_activation_bytes,
+)
 
 
 class Pretraining(StrictConfig):
@@ -197,8 +201,8 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
         if model is None:
             return None
         family, parameters, width, layers, heads = model
-        if not activations_on_host(config.device):
-            return Footprint(rows=config.samples or 1, bytes_per_row=0, fixed_bytes=4 * parameters)
+        if not activations_on_host(config.device):  # the original model, kept on the host to copy from
+            return Footprint(config.samples or 1, 0, fixed_bytes=4 * parameters)
         g = config.generation
         written = (
             (g.batch_size * g.num_beams, 2 * config.block_size)
@@ -229,8 +233,7 @@ def model_dimensions(config: FineTuningConfig) -> tuple[str, int, int, int, int]
     dtype they are stored in. None when the checkpoint is missing or unreadable."""
     if config.model.pretrain is not None:
         pretrain = config.model.pretrain
-        family, fields = PRESETS[pretrain.preset]
-        width, layers, heads = (fields[k] for k in DIMENSIONS[family])
+        family, width, layers, heads = preset_dimensions(pretrain.preset)
         return family, parameter_count(pretrain.preset, pretrain.vocab_size), width, layers, heads
     directory = Path(str(config.model.path)).expanduser()
     try:

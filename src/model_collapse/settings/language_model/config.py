@@ -176,8 +176,7 @@ class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
         vocabulary included), and its activations where they are in this machine's memory (the larger
         of a training step's and sampling's key-value cache, ``transformer_activation_bytes``); corpora
         are token arrays a fraction of that, and synthetic ones memory-mapped."""
-        family, fields = PRESETS[config.model.preset]
-        width, layers, heads = (fields[k] for k in DIMENSIONS[family])
+        family, width, layers, heads = preset_dimensions(config.model.preset)
         activations = 0
         if activations_on_host(config.device):
             activations = transformer_activation_bytes(
@@ -196,6 +195,15 @@ DIMENSIONS = {
     "gpt2": ("n_embd", "n_layer", "n_head"),
     "llama": ("hidden_size", "num_hidden_layers", "num_attention_heads"),
 }
+
+
+def preset_dimensions(preset: str) -> tuple[str, int, int, int]:
+    """(family, width, layers, attention heads) of a preset of ``models.py``."""
+    family, fields = PRESETS[preset]
+    width, layers, heads = (fields[k] for k in DIMENSIONS[family])
+    return family, width, layers, heads
+
+
 # float32 values a layer keeps per token and width for the backward pass, measured on the CPU (gpt2-9m, llama-12m,
 # llama-42m): GPT-2's dropout keeps masks too. Families not measured are counted as GPT-2.
 KEPT_PER_TOKEN = {"gpt2": 40, "llama": 18}
