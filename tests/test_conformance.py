@@ -10,7 +10,7 @@ from helpers import setting_params, tiny_settings
 from model_collapse.settings import SETTINGS, Evaluation, Samples, Setting, SettingUnavailable, registry
 from model_collapse.settings.discrete import Discrete
 from model_collapse.settings.gaussian import Gaussian
-from model_collapse.testing import CHECKS, SettingCheckFailed, check_setting
+from model_collapse.testing import CHECKS, REGIMES, SettingCheckFailed, check_setting
 
 TINY = tiny_settings()
 
@@ -27,7 +27,7 @@ def test_every_shipped_setting_conforms(name):
         pytest.skip(str(missing))
     report = check_setting(setting_class, TINY[name])
     # the checks of pieces once, repeatable_on_threads on one chain, repeatable and resume per regime
-    assert len(report.passed) == len(CHECKS) - 3 + 1 + 2 * 7 and not report.skipped, report
+    assert len(report.passed) == len(CHECKS) - 3 + 1 + 2 * len(REGIMES) and not report.skipped, report
 
 
 class GlobalRandomSample(Gaussian):

@@ -193,7 +193,7 @@ def test_a_regime_that_draws_fresh_real_data_needs_a_setting_that_has_them(plugi
     raw = {"setting": {"name": "mean"}, "regimes": ["replace", "fresh-real:0.5"], "iterations": 3, "seeds": 2}
     with pytest.raises(
         ConfigError,
-        match=r"regimes\[1\]: fresh-real:0.5 draws fresh real data every iteration, "
+        match=r"regimes: fresh-real:0.5 draws fresh real data every iteration, "
         "which the setting 'mean' does not provide",
     ):
         build_experiment(raw)

@@ -24,9 +24,13 @@ def plan(regime, iteration, seed=0):
     return regime.plan(sizes_for(regime, iteration), iteration, SEEDS, np.random.default_rng(seed))
 
 
+# every regime, with parameters where it needs them
+EXAMPLES = {name: "real-synthetic:4+6" if name == "real-synthetic" else name for name in REGIMES}
+
+
 @pytest.mark.parametrize("name", list(REGIMES))
 def test_iteration_one_is_the_real_data_in_every_regime(name):
-    result = plan(parse_regime(name), 1)
+    result = plan(parse_regime(EXAMPLES[name]), 1)
     assert len(result.selections) == 1
     assert result.selections[0].sources == (REAL,)
     assert result.selections[0].rows is None
@@ -155,6 +159,14 @@ def test_mix_adds_lambda_T_synthetic_samples_to_all_real_data(ratio, extra):
         ({"name": "mix", "fraction": 0.2}, "unknown field"),
         ({"ratio": 0.2}, "needs a 'name'"),
         (3, "must be a name or a mapping"),
+        ("real-synthetic", "takes two parameters"),
+        ("real-synthetic:256", "takes two parameters"),
+        ("real-synthetic:256+2500+1", "takes two parameters"),
+        ({"name": "real-synthetic", "real": 256}, "synthetic is missing"),
+        ("real-synthetic:2.5+1", "real must be a whole number"),
+        ("real-synthetic:1+-3", "synthetic must be a whole number"),
+        ("real-synthetic:0+0", "nothing to train on"),
+        ({"name": "mix", "ratio": [0.5, 1.0]}, "must be one number, got a list"),
     ],
 )
 def test_bad_regime_specs_are_refused_with_a_message(spec, message):
@@ -171,6 +183,8 @@ def test_labels_round_trip():
         "keep-real-fraction:0.2",
         "fresh-real:0.25",
         "mix:1.5",
+        "real-synthetic:256+2500",
+        "real-synthetic:0+80000",
     ]:
         regime = parse_regime(spec)
         assert regime.label == spec
@@ -203,3 +217,53 @@ def test_regime_labels_record_parameters_exactly():
     )
     with pytest.raises(ValueError, match="finite"):
         parse_regime("mix:inf")
+
+
+@pytest.mark.parametrize("iteration", [2, 4])
+def test_real_synthetic_trains_on_the_first_real_rows_and_a_fresh_batch(iteration):
+    regime = parse_regime("real-synthetic:4+6")
+    assert (regime.real, regime.synthetic) == (4, 6)
+    assert regime.synthetic_size(iteration, T) == 6 and not regime.keeps_history
+    result = plan(regime, iteration, seed=iteration)
+    real, synthetic = result.selections
+    assert real.sources == (REAL,)
+    np.testing.assert_array_equal(real.rows, np.tile(np.arange(4), (SEEDS, 1)))  # the same first rows for every seed
+    assert synthetic == type(synthetic)((synthetic_source(iteration),))
+    assert result.train_size == 10
+    np.testing.assert_allclose(result.real_fraction, 0.4)
+
+
+def test_real_synthetic_takes_the_whole_real_set_or_none_of_it():
+    whole = plan(parse_regime(f"real-synthetic:{T}+3"), 2)
+    assert whole.selections[0].rows is None and whole.train_size == T + 3
+    only_synthetic = plan(parse_regime("real-synthetic:0+5"), 2)
+    assert [s.sources for s in only_synthetic.selections] == [(synthetic_source(2),)]
+    np.testing.assert_array_equal(only_synthetic.real_fraction, 0.0)
+    only_real = plan(parse_regime("real-synthetic:3+0"), 2)
+    assert only_real.train_size == 3 and parse_regime("real-synthetic:3+0").synthetic_size(2, T) == 0
+    np.testing.assert_array_equal(only_real.real_fraction, 1.0)
+
+
+def test_real_synthetic_refuses_more_real_rows_than_there_are_at_its_first_plan():
+    from model_collapse.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        plan(parse_regime(f"real-synthetic:{T + 1}+5"), 1)
+    assert str(refused.value) == (
+        f"regime real-synthetic:{T + 1}+5 trains on the first {T + 1} real samples, but the real training set holds {T}"
+    )
+
+
+def test_a_mapping_with_lists_is_the_grid_of_their_values():
+    from model_collapse.regimes import parse_regimes
+
+    grid = parse_regimes({"name": "real-synthetic", "real": [256, 2500], "synthetic": [0, 256, 80000]})
+    assert [r.label for r in grid] == [
+        f"real-synthetic:{real}+{synthetic}" for real in (256, 2500) for synthetic in (0, 256, 80000)
+    ]
+    assert [r.label for r in parse_regimes({"name": "mix", "ratio": [0.25, 1]})] == ["mix:0.25", "mix:1"]
+    assert parse_regimes("accumulate") == [parse_regime("accumulate")]
+    with_zeros = parse_regimes({"name": "real-synthetic", "real": [0, 5], "synthetic": [0, 7]})
+    assert [r.label for r in with_zeros] == ["real-synthetic:0+7", "real-synthetic:5+0", "real-synthetic:5+7"]
+    with pytest.raises(ValueError, match="ratio lists no value"):
+        parse_regimes({"name": "mix", "ratio": []})

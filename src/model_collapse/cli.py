@@ -254,7 +254,9 @@ def theory(
     from .regimes import REGIMES
     from .settings import SETTINGS
 
-    raw: dict = {"setting": {"name": setting}, "regimes": list(REGIMES), "iterations": 10, "seeds": 1}
+    # every regime that has defaults for its parameters (real-synthetic's counts have none)
+    named = [name for name, regime in REGIMES.items() if len(regime.parameters()) <= 1]
+    raw: dict = {"setting": {"name": setting}, "regimes": named, "iterations": 10, "seeds": 1}
     experiment = _guarded(lambda: build_experiment(apply_overrides(raw, overrides or [])))
     rows = []
     for point in experiment.points:
@@ -323,7 +325,7 @@ def list_(
     console.print(settings)
     regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
     for name, regime in REGIMES.items():
-        parameter = f"{regime.parameter}={regime.default}" if regime.parameter else ""
+        parameter = f"{regime.parameter}={regime.default}" if regime.parameter else ", ".join(regime.parameters())
         regimes.add_row(name, parameter, (regime.__doc__ or "").strip())
     console.print(regimes)
 

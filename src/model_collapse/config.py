@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from .curation import check_curation
 from .errors import ConfigError
 from .experiment import ChainSpec, Experiment, RunConfig
-from .regimes import Regime, parse_regime
+from .regimes import Regime, parse_regimes
 from .settings import SETTINGS, SettingConfig
 from .settings.configs import field_of
 from .validation import validation_error
@@ -207,7 +207,7 @@ def _regimes(specs: list[Any]) -> list[Regime]:
     regimes = []
     for index, spec in enumerate(specs):
         try:
-            regimes.append(parse_regime(spec))
+            regimes.extend(parse_regimes(spec))
         except ValueError as error:
             raise ConfigError(f"regimes[{index}]: {error}") from None
     if len(set(regimes)) != len(regimes):
@@ -229,10 +229,10 @@ def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Exper
         raise SETTINGS.unknown(name)
     regimes = _regimes(config.regimes)
     declared = SETTINGS.declared(name, import_paths)
-    for index, regime in enumerate(regimes):
+    for regime in regimes:
         if regime.draws_fresh_real and not declared.provides_fresh_real():
             raise ConfigError(
-                f"regimes[{index}]: {regime.label} draws fresh real data every iteration, "
+                f"regimes: {regime.label} draws fresh real data every iteration, "
                 f"which the setting {name!r} does not provide (it has no fresh_real)"
             )
     rows, varying = _expand(config, declared.Config)

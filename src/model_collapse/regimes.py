@@ -11,12 +11,15 @@ of iteration n-1 for iteration n; iteration 1 always fits on the real data alone
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+
+from .errors import ConfigError
 
 
 class Source(NamedTuple):
@@ -110,6 +113,23 @@ class Regime(ABC):
     # True when the plan of iteration n can use synthetic batches older than S_n, so they must be kept.
     keeps_history: ClassVar[bool] = False
 
+    @classmethod
+    def parameters(cls) -> tuple[str, ...]:
+        """The names of the regime's parameters, in the order its label writes them."""
+        return (cls.parameter,) if cls.parameter else ()
+
+    @classmethod
+    def from_values(cls, values: list[float]) -> Regime:
+        """The regime with these parameter values (in ``parameters()`` order; none: the defaults)."""
+        if len(values) > len(cls.parameters()):
+            raise ValueError(f"regime {cls.name!r} takes {_parameter_count(cls)}, got {len(values)}")
+        return cls(*values)
+
+    @classmethod
+    def trains_on_nothing(cls, values: list[float]) -> bool:
+        """Whether these parameter values leave no training set (a grid of values leaves them out)."""
+        return False
+
     def __init__(self, value: float | None = None):
         if self.parameter is None:
             if value is not None:
@@ -160,12 +180,17 @@ class Regime(ABC):
         """The training set of ``iteration``, given the sources that exist and their sizes."""
         if iteration < 1:
             raise ValueError(f"iterations start at 1, got {iteration}")
+        self.check_real_size(sizes[REAL])
         if iteration == 1:
             selections: tuple[Selection, ...] = (Selection((REAL,)),)
         else:
             selections = tuple(s for s in self._plan(sizes, iteration, seed_count, rng) if self._nonempty(s, sizes))
         train_size, real_fraction = _real_fraction(selections, sizes, seed_count)
         return TrainingPlan(selections, train_size, real_fraction)
+
+    def check_real_size(self, real_size: int) -> None:  # noqa: B027 (most regimes take any size)
+        """Refuse a real training set the regime cannot draw from (``RegimeMismatch``); asked at every
+        plan, so a chain stops at its first iteration, before anything is fitted."""
 
     @staticmethod
     def _nonempty(selection: Selection, sizes: Mapping[Source, int]) -> bool:
@@ -276,33 +301,138 @@ class Mix(Regime):
         return [Selection((REAL,)), Selection((synthetic_source(iteration),))]
 
 
+class RealSynthetic(Regime):
+    """The first r real rows plus s synthetic samples from the previous model (the follow-up's grid)."""
+
+    # At iteration 2 a grid of (r, s) is the follow-up's value-of-synthetic-data experiment; after it,
+    # a fixed real set plus a fresh synthetic batch is Alemohammad et al.'s synthetic augmentation loop.
+
+    name = "real-synthetic"
+
+    @classmethod
+    def parameters(cls) -> tuple[str, ...]:
+        return ("real", "synthetic")
+
+    @classmethod
+    def from_values(cls, values: list[float]) -> Regime:
+        if len(values) != 2:
+            raise ValueError(f"regime {cls.name!r} takes two parameters, real and synthetic counts, got {len(values)}")
+        return cls(*values)
+
+    @classmethod
+    def trains_on_nothing(cls, values: list[float]) -> bool:
+        return len(values) == 2 and values[0] == values[1] == 0
+
+    def __init__(self, real: float, synthetic: float):  # (not Regime's: that one checks one parameter)
+        counts = []
+        for what, value in (("real", real), ("synthetic", synthetic)):
+            if not (np.isfinite(value) and value >= 0 and float(value).is_integer()):
+                raise ValueError(f"regime {self.name!r}: {what} must be a whole number of samples >= 0, got {value}")
+            counts.append(int(value))
+        self.real, self.synthetic = counts
+        if self.real + self.synthetic == 0:
+            raise ValueError(f"regime {self.name!r}: real and synthetic are both 0, which leaves nothing to train on")
+        self.value = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.real}+{self.synthetic}"
+
+    def synthetic_size(self, iteration, real_size):
+        return self.synthetic
+
+    def check_real_size(self, real_size: int) -> None:
+        if self.real > real_size:
+            raise RegimeMismatch(
+                f"regime {self.label} trains on the first {self.real} real samples, "
+                f"but the real training set holds {real_size}"
+            )
+
+    def _plan(self, sizes, iteration, seed_count, rng):
+        if self.real == sizes[REAL]:
+            real = Selection((REAL,))  # the whole set, its cached statistics too
+        else:  # the first rows, nested across a grid's real counts as the follow-up takes them
+            real = Selection((REAL,), np.tile(np.arange(self.real, dtype=np.int64), (seed_count, 1)))
+        synthetic = [Selection((synthetic_source(iteration),))] if self.synthetic else []
+        return [real, *synthetic]
+
+
+class RegimeMismatch(ConfigError):
+    """A regime that cannot draw its training set from the data a setting has (more real samples than
+    there are)."""
+
+
+def _parameter_count(cls: type[Regime]) -> str:
+    count = len(cls.parameters())
+    return "no parameter" if not count else "one parameter" if count == 1 else f"{count} parameters"
+
+
 REGIMES: dict[str, type[Regime]] = {
-    cls.name: cls for cls in (Replace, Accumulate, AccumulateSubsample, ReplaceGrown, KeepRealFraction, FreshReal, Mix)
+    cls.name: cls
+    for cls in (Replace, Accumulate, AccumulateSubsample, ReplaceGrown, KeepRealFraction, FreshReal, Mix, RealSynthetic)
 }
 
 
 def parse_regime(spec: Any) -> Regime:
-    """A regime from a config entry: ``"accumulate"``, ``"mix:0.25"`` or ``{name: mix, ratio: 0.25}``."""
+    """A regime from a config entry: ``"accumulate"``, ``"mix:0.25"``, ``"real-synthetic:256+2500"`` or a
+    mapping, ``{name: mix, ratio: 0.25}``."""
+    (regime,) = _parse(spec, expand=False)
+    return regime
+
+
+def parse_regimes(spec: Any) -> list[Regime]:
+    """The regimes of one config entry: as ``parse_regime``, but a mapping's parameter may be a list, and
+    the entry stands for every combination of the values listed: ``{name: real-synthetic, real: [256,
+    2500], synthetic: [0, 256]}`` is four regimes (a grid, in the order of the lists, the last fastest;
+    a cell that trains on nothing, real = synthetic = 0, is left out)."""
+    return _parse(spec, expand=True)
+
+
+def _parse(spec: Any, expand: bool) -> list[Regime]:
     if isinstance(spec, Regime):
-        return spec
+        return [spec]
     if isinstance(spec, str):
-        name, _, value_text = spec.strip().partition(":")
-        value: Any = value_text.strip() or None
+        name, _, text = spec.strip().partition(":")
+        several = name in REGIMES and len(REGIMES[name].parameters()) > 1  # "256+2500" (a "," would split a YAML list)
+        parts = text.split("+") if several else [text]
+        axes: list[list[Any]] = [[part.strip()] for part in parts] if text.strip() else []
     elif isinstance(spec, Mapping):
         spec = dict(spec)
         name = spec.pop("name", None)
         if not isinstance(name, str):
             raise ValueError(f"a regime given as a mapping needs a 'name', got {spec!r}")
-        value = spec.pop(REGIMES[name].parameter, None) if name in REGIMES and REGIMES[name].parameter else None
+        names = REGIMES[name].parameters() if name in REGIMES else ()
+        missing = [p for p in names if p not in spec]
+        if missing and len(names) > 1:  # (a regime of one parameter has a default)
+            raise ValueError(f"regime {name!r}: {missing[0]} is missing")
+        axes = [_values(name, p, spec.pop(p), expand) for p in names if p in spec]
         if spec:
             raise ValueError(f"regime {name!r}: unknown field(s) {', '.join(map(str, spec))}")
     else:
         raise ValueError(f"a regime must be a name or a mapping, got {spec!r}")
     if name not in REGIMES:
         raise ValueError(f"unknown regime {name!r} (known: {', '.join(REGIMES)})")
-    if value is not None:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"regime {name!r}: parameter must be a number, got {value!r}") from None
-    return REGIMES[name](value)
+    cls = REGIMES[name]
+    combinations = [[_number(name, v) for v in values] for values in itertools.product(*axes)]
+    if len(combinations) > 1:  # a grid leaves out its cell that trains on nothing (real = synthetic = 0)
+        combinations = [values for values in combinations if not cls.trains_on_nothing(values)]
+    return [cls.from_values(values) for values in combinations]
+
+
+def _values(name: str, parameter: str, value: Any, expand: bool) -> list[Any]:
+    if not isinstance(value, list):
+        return [value]
+    if not expand:
+        raise ValueError(f"regime {name!r}: {parameter} must be one number, got a list")
+    if not value:
+        raise ValueError(f"regime {name!r}: {parameter} lists no value")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"regime {name!r}: parameter must be a number, got {value!r}") from None

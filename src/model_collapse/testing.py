@@ -88,6 +88,7 @@ REGIMES = (
     "keep-real-fraction:0.25",
     "fresh-real:0.5",
     "mix:0.5",
+    "real-synthetic:2+3",
 )
 
 
