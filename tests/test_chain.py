@@ -34,6 +34,7 @@ def expected_sizes(regime, iteration, T=8):
         "keep-real-fraction:0.25": (T, 0.25),
         "fresh-real:0.5": (T, 0.5),
         "mix:0.5": (T + 4, 8 / 12),
+        "real-synthetic:2+3": (5, 2 / 5),
     }[regime]
 
 
@@ -288,3 +289,59 @@ def test_warm_started_chains_resume_exactly(setting_name):
         SETTINGS[setting_name], _with_warm_start(setting_name), regimes=["replace", "accumulate"], checks=["resume"]
     )
     assert report.passed == ["resume [replace]", "resume [accumulate]"]
+
+
+def test_the_regimes_of_a_costly_run_share_one_first_iteration(tmp_path):
+    """Iteration 1 fits the real data alone in every regime: a run computes it once per sweep point
+    (and seed) and commits it into every regime's chain, which then reads as if each had fitted its own."""
+    import model_collapse
+    from helpers import tiny_vae
+
+    regimes = ["replace", "accumulate", "real-synthetic:4+8"]
+    config = {"setting": tiny_vae(), "regimes": regimes, "iterations": 2, "seeds": 1, "workers": 1}
+    together = model_collapse.run(config, out=tmp_path / "together")
+    alone = [model_collapse.run({**config, "regimes": [r]}, out=tmp_path / f"alone-{i}") for i, r in enumerate(regimes)]
+
+    def rows(run):
+        table = run.table()
+        return table.drop(columns=[c for c in table.columns if "seconds" in c]).reset_index(drop=True)
+
+    expected = __import__("pandas").concat([rows(run) for run in alone], ignore_index=True)
+    __import__("pandas").testing.assert_frame_equal(rows(together), expected)
+    chains = sorted((tmp_path / "together" / "chains").glob("*/*/seed-0"))
+    assert len(chains) == 3
+    files = [sorted(p for p in (chain / "iter_0001").rglob("*") if p.is_file()) for chain in chains]
+    assert files[0] and all(len(f) == len(files[0]) for f in files)
+    for same in zip(*files):  # one commit, hard-linked into every chain (checkpoints: last keeps no model 1)
+        assert len({(p.stat().st_ino, p.read_bytes()) for p in same}) == 1, same
+    assert not (tmp_path / "together" / "first-iterations").exists()  # removed once the run is complete
+
+
+def test_a_chain_adopts_a_first_iteration_only_whole_and_only_before_its_own(tmp_path):
+    setting = small_setting("vae")
+    description = {"setting": "vae", "seeds": [0]}
+    source = ChainStore(tmp_path / "first", description)
+    run_chain(setting, parse_regime("replace"), 1, source)
+    chain = ChainStore(tmp_path / "chain", {**description, "regime": "accumulate"})
+    chain.prepare()
+    assert chain.adopt_first_iteration(source) and chain.completed() == 1
+    model_files = [p for p in (source.directory / "iter_0001" / "model").rglob("*") if p.is_file()]
+    assert model_files and all(
+        (chain.directory / p.relative_to(source.directory)).samefile(p) for p in model_files
+    )  # hard links, not copies
+    assert not chain.adopt_first_iteration(source)  # it has one of its own now
+    resumed = run_chain(small_setting("vae"), parse_regime("accumulate"), 2, chain)
+    straight = run_chain(small_setting("vae"), parse_regime("accumulate"), 2)
+    for got, expected in zip(resumed, straight):
+        for name in expected.metrics:
+            np.testing.assert_array_equal(got.metrics[name], expected.metrics[name])
+
+    no_model = ChainStore(tmp_path / "no-model", description)
+    run_chain(setting, parse_regime("replace"), 1, no_model, checkpoints="none")
+    damaged = ChainStore(tmp_path / "damaged", description)
+    run_chain(setting, parse_regime("replace"), 1, damaged)
+    (damaged.directory / "progress.json").write_text("{")
+    for unusable in (no_model, damaged, ChainStore(tmp_path / "absent", description)):
+        other = ChainStore(tmp_path / f"adopting-{unusable.directory.name}", description)
+        other.prepare()
+        assert not other.adopt_first_iteration(unusable) and other.completed() == 0

@@ -24,6 +24,7 @@ prints. The command (``cli.py``) is a thin layer over these functions.
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -224,11 +225,15 @@ def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
     chains are deterministic); a line per chain saying which iterations go. Call it holding the lock."""
     from datetime import timezone
 
+    from .experiment import FIRST_ITERATIONS
     from .rundir import DAMAGED
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     lines = []
-    for spec, store, commits in damaged_commits(run_directory, experiment):
+    damaged = damaged_commits(run_directory, experiment)
+    if damaged:  # a first iteration the chains shared may be the damage: they compute it afresh
+        shutil.rmtree(run_directory / FIRST_ITERATIONS, ignore_errors=True)
+    for spec, store, commits in damaged:
         destination = run_directory / DAMAGED / stamp / store.directory.relative_to(run_directory)
         store.set_aside(commits, destination)
         first, last = commits[0].first, commits[-1].last

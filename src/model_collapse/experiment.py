@@ -5,6 +5,7 @@ these from YAML; the run directory (``rundir.py``), the chain runner and the rea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -121,6 +122,11 @@ def dotted_value(data: Mapping[str, Any], dotted: str) -> Any:
     return data
 
 
+# RUN/first-iterations/<point>/: the first iterations shared by a point's regimes (``ChainSpec.first_iteration``)
+FIRST_ITERATIONS = "first-iterations"
+_EVERY_REGIME = "iteration 1 of every regime"
+
+
 @dataclass(frozen=True)
 class ChainSpec:
     """One chain of a run: a sweep point, a regime and its seeds (all of them, or one)."""
@@ -129,6 +135,15 @@ class ChainSpec:
     varying: tuple[str, ...]  # the (dotted) setting keys the sweep varies (they name the chain's directory)
     regime: Regime
     seeds: tuple[int, ...]
+    # The first iteration alone, which every regime of this point and these seeds shares (it fits the
+    # real data alone, on streams keyed without the regime): computed once into RUN/first-iterations/
+    # and adopted by the chains (``runner``).
+    shared_first_iteration: bool = False
+    sharing: tuple[Regime, ...] = ()  # the regimes whose chains take it (checked before it is computed)
+
+    def first_iteration(self, sharing: tuple[Regime, ...] = ()) -> ChainSpec:
+        """The spec of the first iteration this chain shares with the other regimes of its point and seeds."""
+        return dataclasses.replace(self, shared_first_iteration=True, sharing=sharing)
 
     @property
     def point_name(self) -> str:
@@ -151,11 +166,18 @@ class ChainSpec:
     @property
     def label(self) -> str:
         seeds = f" / seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
-        return f"{self.point_name} / {self.regime.label}{seeds}"
+        return f"{self.point_name} / {self._regime_text}{seeds}"
+
+    @property
+    def _regime_text(self) -> str:
+        return _EVERY_REGIME if self.shared_first_iteration else self.regime.label
 
     @property
     def relative_directory(self) -> Path:
-        path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
+        if self.shared_first_iteration:
+            path = Path(FIRST_ITERATIONS) / self.point_name
+        else:
+            path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
         if SETTINGS.declared(self.point.name).one_seed_per_chain:
             path = path / f"seed-{self.seeds[0]}"
         return path
@@ -166,7 +188,7 @@ class ChainSpec:
         return metrics_for(SETTINGS.declared(self.point.name), self.point)
 
     def description(self) -> dict[str, Any]:
-        return {"setting": self.point.model_dump(mode="json"), "regime": self.regime.label, "seeds": list(self.seeds)}
+        return {"setting": self.point.model_dump(mode="json"), "regime": self._regime_text, "seeds": list(self.seeds)}
 
     def defaults(self) -> dict[str, Any]:
         """The description of a chain whose setting holds every default: a chain started before its

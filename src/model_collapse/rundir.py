@@ -19,6 +19,10 @@
         iter_0044.scratch/            the running iteration's own progress (a language model's finished
                                       sampling shards, its last saved training step): kept across an
                                       interruption, removed at commit
+    RUN/first-iterations/<point>/     while a run of a costly setting is under way: the first iteration
+                                      of each sweep point (and seed), computed once and committed as it
+                                      is into every regime's chain (it fits the real data alone, so it
+                                      is the same in every regime); removed once the run is complete
     RUN/damaged/<UTC time>/chains/…   commits ``resume --recompute-damaged`` set aside (a damaged one
                                       and those after it), as they were
     RUN/shared/                       what a setting makes once per run for all its chains (a model
@@ -547,6 +551,29 @@ class ChainStore:
         if drop_earlier_models and earlier:  # only the previous commit can hold one: each commit drops the one before
             shutil.rmtree(earlier[-1].path / "model", ignore_errors=True)
 
+    def adopt_first_iteration(self, source: ChainStore) -> bool:
+        """Commit ``source``'s first iteration (its record, model, preview and diagnostics) as this
+        chain's, its files hard-linked where the filesystem allows and copied elsewhere; False, and
+        nothing done, when this chain has committed an iteration already or ``source`` has no first
+        iteration with its model to give."""
+        if not self.writer or self.completed() > 0:
+            return False
+        try:
+            if source.completed() < 1:
+                return False
+        except RunDirectoryError:  # a damaged copy: the chain computes its own
+            return False
+        first = source.commits()[0]
+        if first.last != 1 or not (first.path / "model").is_dir():
+            return False
+
+        def fill(partial: Path) -> None:
+            shutil.copytree(first.path, partial, dirs_exist_ok=True, copy_function=_link_or_copy)
+
+        write_directory_atomic(self.directory / commit_name(1, 1), fill)
+        write_json(self.directory / "progress.json", {"completed": 1})
+        return True
+
     def model_directory(self, iteration: int) -> Path:
         """The model kept by the commit that ends at ``iteration``."""
         commit = next((c.path for c in self.commits() if c.last == iteration), None)
@@ -687,6 +714,15 @@ class ChainStore:
 RECORDS = "metrics.npz"
 _RECORD_ARRAYS = ("iteration", "train_size", "real_fraction")
 _METRIC = "metric."
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link (a model of gigabytes shared by every regime's chain costs its space once), or a copy
+    where the filesystem has none or ``destination`` lies on another."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def records_to_arrays(records: list[IterationRecord]) -> dict[str, np.ndarray]:

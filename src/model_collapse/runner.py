@@ -8,6 +8,7 @@ running the same function again: chains already complete are skipped, others res
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import activity, distributed
-from .errors import ConfigError
+from .errors import ConfigError, RunDirectoryError
 from .executors import EXECUTORS, Work, executor_class
-from .experiment import ChainSpec, ExecutorConfig, Experiment
+from .experiment import FIRST_ITERATIONS, ChainSpec, ExecutorConfig, Experiment
 from .rundir import ChainStore
 from .settings import SETTINGS
 
@@ -57,9 +58,11 @@ def resolve_executor(experiment: Experiment, executor: str | None) -> ExecutorCo
 class _ProgressBars:
     """The progress display: a bar for all chains, one per unfinished chain with what it is doing."""
 
-    def __init__(self, display: Progress, specs: Sequence[ChainSpec], done: list[int], iterations: int) -> None:
+    def __init__(
+        self, display: Progress, specs: Sequence[ChainSpec], done: list[int], iterations: int, title: str = "all chains"
+    ) -> None:
         self.display = display
-        self.overall = display.add_task("all chains", total=len(specs) * iterations, completed=sum(done), activity="")
+        self.overall = display.add_task(title, total=len(specs) * iterations, completed=sum(done), activity="")
         self.bars = {
             i: display.add_task(spec.label, total=iterations, completed=done[i], activity="")
             for i, spec in enumerate(specs)
@@ -108,6 +111,41 @@ def run_experiment(
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
     cheap = SETTINGS.declared(experiment.setting_name).cheap
     work = Work(run_directory, specs, todo, iterations, experiment.config.checkpoints, workers, quiet, cheap)
+    first = [] if cheap else shared_first_iterations(run_directory, specs, done, iterations)
     activity.show_messages(quiet)
+    executor = executor_class(options.name)(options)
     with _display(Console(stderr=True, quiet=quiet)) as display:
-        executor_class(options.name)(options).run(work, _ProgressBars(display, specs, done, iterations))
+        if first:  # the chains then commit them as their own (outcome.run_spec), rather than each fitting its own
+            shared = Work(run_directory, first, range(len(first)), 1, "last", workers, quiet, cheap)
+            executor.run(shared, _ProgressBars(display, first, [0] * len(first), 1, "first iterations, shared"))
+        executor.run(work, _ProgressBars(display, specs, done, iterations))
+    if distributed.is_main():  # every chain is complete: what they shared is theirs now
+        shutil.rmtree(run_directory / FIRST_ITERATIONS, ignore_errors=True)
+
+
+def shared_first_iterations(
+    run_directory: Path, specs: Sequence[ChainSpec], done: list[int], iterations: int
+) -> list[ChainSpec]:
+    """The first iterations to compute once for several chains: where two or more regimes of a sweep
+    point (and seed group) have yet to start, their iteration 1 is the same fit (the real data alone, on
+    streams keyed without the regime), so it is computed once into RUN/first-iterations/ and every
+    one of those chains commits it as its own. A first iteration already there (an interrupted run) is
+    not computed again."""
+    if iterations < 2:
+        return []
+    waiting: dict[tuple[str, tuple[int, ...]], list[ChainSpec]] = {}
+    for spec, completed in zip(specs, done):
+        if completed == 0:
+            waiting.setdefault((spec.point_name, spec.seeds), []).append(spec)
+    first = [group[0].first_iteration(tuple(s.regime for s in group)) for group in waiting.values() if len(group) > 1]
+    return [spec for spec in first if not _has_first_iteration(ChainStore.of(run_directory, spec))]
+
+
+def _has_first_iteration(store: ChainStore) -> bool:
+    """Whether a shared first iteration is committed; one that cannot be read is removed (it is only
+    ever a copy of what each chain would compute) and computed again."""
+    try:
+        return store.completed() >= 1
+    except RunDirectoryError:
+        shutil.rmtree(store.directory, ignore_errors=True)
+        return False
