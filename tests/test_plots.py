@@ -135,3 +135,28 @@ def test_sample_and_learning_curve_titles_name_a_sweep_point_only_when_there_is_
         by_regime = dict(metric_figures(experiment, chains))["test_loss_by_regime"]
         legend = [text.get_text() for text in by_regime.legends[0].get_texts()]
         assert legend == ["1 seed: no interval"], legend
+
+
+def test_a_grid_of_real_and_synthetic_counts_is_drawn_as_the_follow_up_draws_it(tmp_path):
+    """The value-of-synthetic-data figure: the last iteration's metric against the real count, one line
+    per synthetic count; with 8 real samples, synthetic ones help the Gaussian (the follow-up's finding)."""
+    out = tmp_path / "grid"
+    config = tmp_path / "grid.yaml"
+    config.write_text(
+        "setting: {name: gaussian, dim: 1, samples: 100}\n"
+        "regimes: [{name: real-synthetic, real: [0, 8, 30, 100], synthetic: [0, 50, 400]}, replace]\n"
+        "iterations: 2\nseeds: 30\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    drawn = figures(out)
+    assert "mean_sq_error_by_regime" not in drawn  # 12 regimes: the grid figure instead of 12 rows of panels
+    (ax,) = [a for a in drawn["mean_sq_error_by_real_and_synthetic"].axes if a.get_visible()]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert set(lines) == {"0 synthetic", "50 synthetic", "400 synthetic"}
+    assert list(lines["0 synthetic"].get_xdata()) == [8, 30, 100]  # (0, 0) trains on nothing: not in the grid
+    assert list(lines["400 synthetic"].get_xdata()) == [0, 8, 30, 100]
+    _, results = load_run(out)
+    final = {r.spec.regime.label: r.metrics["mean_sq_error"][-1].mean() for r in results}
+    np.testing.assert_allclose(lines["400 synthetic"].get_ydata()[1], final["real-synthetic:8+400"])
+    assert final["real-synthetic:8+400"] < final["real-synthetic:8+0"]

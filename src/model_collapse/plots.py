@@ -5,7 +5,10 @@ For every metric of the setting two figures are written (PNG and SVG) into RUN/f
   Fig. 7 (replace on top, accumulate below, one column per T), theory as black lines;
 * ``<metric>``: one panel per sweep point with every regime in it, to compare regimes directly -
   the layout of the follow-up's Gaussian and KDE figures.
-plus ``real_fraction``: what share of each regime's training set is real, per iteration.
+plus ``real_fraction``: what share of each regime's training set is real, per iteration. A run of
+``real-synthetic`` regimes over several real counts also gets ``<metric>_by_real_and_synthetic``: the
+last iteration's metric against the real count, a line per synthetic count (the follow-up's
+value-of-synthetic-data figure).
 
 Settings with previews also get ``samples_<point>``: for images the paper's Fig. 6 (real images, then
 the last iteration of every regime) and ``samples_by_iteration_<point>``; for texts a page of samples.
@@ -32,6 +35,7 @@ from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 
 from . import theory  # noqa: E402
 from .atomic import write_file_atomic, write_text_atomic
+from .regimes import RealSynthetic  # noqa: E402
 from .results import SEEDS_FOR_A_BAND, ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
 from .settings import SETTINGS  # noqa: E402
@@ -359,6 +363,7 @@ def distribution_figures(experiment, results: list[ChainResult]):
 # is drawn for sweeps of up to MAX_POINTS_BY_REGIME points (a grid of 75 points x 3 regimes is no figure).
 MAX_COLUMNS = 5
 MAX_POINTS_BY_REGIME = 10
+MAX_REGIMES_BY_REGIME = 10  # (a value-of-synthetic grid of 24 regimes has its own figure)
 
 
 @dataclass(frozen=True)
@@ -404,9 +409,15 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
     point), and ``real_fraction``."""
     layout = _Layout.of(experiment, chain_results)
     metrics = experiment.metrics
-    if len(layout.points) <= MAX_POINTS_BY_REGIME:
+    if len(layout.points) <= MAX_POINTS_BY_REGIME and len(layout.regimes) <= MAX_REGIMES_BY_REGIME:
         for metric, info in metrics.items():
             yield f"{metric}_by_regime", _by_regime_figure(layout, metric, info)
+    grid = [r for r in layout.results if isinstance(r.spec.regime, RealSynthetic)]
+    last = max((int(r.iterations.max()) for r in grid), default=0)
+    grid = [r for r in grid if r.iterations.max() == last]  # (a run in progress: the chains that got there)
+    if len({_counts(r)[0] for r in grid}) > 1:
+        for metric, info in metrics.items():
+            yield f"{metric}_by_real_and_synthetic", _real_and_synthetic_figure(layout, grid, metric, info)
     for metric, label, log_scale in [
         *((m, i.label, i.log_scale) for m, i in metrics.items()),
         ("real_fraction", "real fraction of the training set", False),
@@ -447,6 +458,59 @@ def _by_regime_figure(layout: _Layout, metric: str, info):
     figure_legend(figure)
     figure.supylabel(info.label, fontsize=9)
     figure.suptitle(f"{layout.experiment.setting_name}: {metric}")
+    return figure
+
+
+def _counts(result: ChainResult) -> tuple[int, int]:
+    """(real, synthetic) of a ``real-synthetic`` chain."""
+    regime = result.spec.regime
+    assert isinstance(regime, RealSynthetic)
+    return regime.real, regime.synthetic
+
+
+def _real_and_synthetic_figure(layout: _Layout, grid: list[ChainResult], metric: str, info):
+    """The follow-up's value-of-synthetic-data figure: the metric of each ``real-synthetic`` chain's last
+    iteration against its real count, one line (and band) per synthetic count, one panel per sweep point."""
+    points = [p for p in layout.points if any(r.spec.point_name == p for r in grid)]
+    columns = min(len(points), MAX_COLUMNS)
+    figure, axes = plt.subplots(
+        -(-len(points) // columns), columns, figsize=(max(5.6, 4.2 * columns), 3.8 * -(-len(points) // columns)),
+        squeeze=False, sharey=True, layout="constrained",
+    )  # fmt: skip
+    synthetic = sorted({_counts(r)[1] for r in grid})
+    colours = {s: plt.cm.viridis(i / max(1, len(synthetic) - 1)) for i, s in enumerate(synthetic)}
+    reals = sorted({_counts(r)[0] for r in grid})
+    for k, ax in enumerate(axes.flat):
+        if k >= len(points):
+            ax.set_visible(False)
+            continue
+        for count in synthetic:
+            line = sorted(
+                (r for r in grid if r.spec.point_name == points[k] and _counts(r)[1] == count),
+                key=lambda r: _counts(r)[0],
+            )
+            if not line:
+                continue
+            last = np.stack([r.metrics[metric][-1] for r in line])  # (real counts, seeds)
+            interval = confidence_interval(last)
+            x = [_counts(r)[0] for r in line]
+            ax.plot(x, interval.mean, "o-", color=colours[count], lw=1.5, ms=3, label=f"{count:,} synthetic")
+            if last.shape[1] >= SEEDS_FOR_A_BAND:
+                ax.fill_between(x, interval.low, interval.high, color=colours[count], alpha=0.2, lw=0)
+        if reals[0] > 0:
+            ax.set_xscale("log")
+        else:  # a grid with no real data at one end: linear near 0, logarithmic beyond
+            ax.set_xscale("symlog", linthresh=reals[1])
+        if info.log_scale:
+            ax.set_yscale("log")
+        ax.set_xlabel("real samples")
+        ax.grid(alpha=0.3)
+        if layout.titles[points[k]]:
+            ax.set_title(layout.titles[points[k]], fontsize=9)
+    axes[0][0].set_ylabel(info.label, fontsize=9)
+    figure_legend(figure, ncols=min(len(synthetic), 6), title=layout.band)
+    at = int(grid[0].iterations.max())
+    figure.suptitle(f"{layout.experiment.setting_name}: {metric} at iteration {at} by real and synthetic samples")
     return figure
 
 

@@ -169,7 +169,11 @@ def build_report(run_directory: Path) -> str:
                 {
                     "metric": metric,
                     "label": label,
-                    "figures": [figures[name] for name in (metric, f"{metric}_by_regime") if name in figures],
+                    "figures": [
+                        figures[name]
+                        for name in (metric, f"{metric}_by_regime", f"{metric}_by_real_and_synthetic")
+                        if name in figures
+                    ],
                     "iterations": shown,
                     "shown": table_note(shown, max(shown)),
                     "rows": _metric_table(metric, results, shown),
