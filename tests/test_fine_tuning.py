@@ -347,6 +347,44 @@ def test_sft_config_runs_end_to_end_on_a_tiny_model_and_tiny_helpsteer2(checkpoi
     assert all(0 < float(r["well_formed"]) <= 1 for r in rows)
 
 
+@pytest.mark.slow
+def test_value_of_synthetic_config_runs_its_grid_end_to_end_on_a_tiny_model(checkpoints, tmp_path):
+    data = helpsteer_files(tmp_path / "helpsteer2", train=12, validation=4)
+    run = tmp_path / "run"
+    result = invoke(
+        "run", CONFIGS / "sft_helpsteer2_value_of_synthetic.yaml", "--out", run, "-q",
+        f"setting.model.path={checkpoints['gpt2']}", f"setting.data_dir={data}", "setting.device=cpu",
+        "setting.max_length=120", "setting.training.batch_size=4", "setting.training.micro_batch_size=2",
+        "setting.training.epochs=40", "setting.training.learning_rate=1e-2", "setting.training.warmup_fraction=0",
+        "setting.generation.max_new_tokens=110", "setting.generation.batch_size=16",
+        "setting.generation.evaluation_samples=8", "seeds=1",
+        "regimes=[{name: real-synthetic, real: [4, 12], synthetic: [0, 6]}]",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(invoke("table", run).output)))
+    second = {r["regime"]: r for r in rows if r["iteration"] == "2"}
+    assert {label: (int(r["train_size"]), float(r["real_fraction"])) for label, r in second.items()} == {
+        "real-synthetic:4+0": (4, 1.0), "real-synthetic:4+6": (10, 0.4),
+        "real-synthetic:12+0": (12, 1.0), "real-synthetic:12+6": (18, 12 / 18),
+    }  # fmt: skip
+    firsts = [p / "iter_0001" / "metrics.npz" for p in sorted((run / "chains" / "base").glob("*/seed-0"))]
+    assert len(firsts) == 4 and len({p.stat().st_ino for p in firsts}) == 1  # one first iteration, shared
+    assert invoke("plot", run).exit_code == 0
+    assert (run / "figures" / "test_cross_entropy_by_real_and_synthetic.png").is_file()
+    refused = invoke(
+        "run", CONFIGS / "sft_helpsteer2_value_of_synthetic.yaml", "--out", tmp_path / "more", "-q",
+        f"setting.model.path={checkpoints['gpt2']}", f"setting.data_dir={data}", "setting.device=cpu",
+        "setting.max_length=120", "setting.generation.max_new_tokens=110", "setting.generation.evaluation_samples=8",
+        "seeds=1",
+        "regimes=[real-synthetic:4+2, real-synthetic:13+2]",
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "real-synthetic:13+2 trains on the first 13 real samples, but the real training set holds 12" in (
+        refused.output
+    )
+    assert not list((tmp_path / "more").rglob("iter_0001"))  # named before the shared first iteration was fitted
+
+
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_lora_trains_only_the_adapted_layers_and_merges_them_into_a_plain_checkpoint(
     checkpoints, wikitext, architecture, tmp_path
