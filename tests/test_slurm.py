@@ -117,6 +117,29 @@ def test_slurm_runs_one_job_array_and_gives_the_local_executors_table(tmp_path, 
     assert status.strip() == "6 chains: 6 done; 36 of 36 iterations committed"
 
 
+def test_a_costly_run_computes_its_shared_first_iteration_then_its_chains_as_jobs(tmp_path, slurm):
+    """Two waves of jobs (the first iteration the regimes share, then the chains), the local table."""
+    from helpers import tiny_vae
+
+    config = tmp_path / "vae.yaml"
+    config.write_text(yaml.safe_dump({"setting": tiny_vae(), "regimes": ["replace", "accumulate"], "iterations": 2,
+                                      "seeds": 1}))  # fmt: skip
+    local = cli(slurm, "run", config, "--out", tmp_path / "local", "-q")
+    on_slurm = cli(slurm, "run", config, "--out", tmp_path / "slurm", "-q", "--executor", "slurm")
+    assert local.returncode == 0 and on_slurm.returncode == 0, on_slurm.stderr
+    assert table_without_time(tmp_path / "slurm", slurm) == table_without_time(tmp_path / "local", slurm)
+    assert len(job_ids(tmp_path / "slurm")) == 2  # the last wave's: one job per chain
+    assert len(list((tmp_path / "slurm" / "slurm").glob("*_submission.sh"))) == 2  # two arrays: two waves
+    first = [tmp_path / "slurm" / "chains" / "base" / r / "seed-0" / "iter_0001" / "metrics.npz" for r in
+             ("replace", "accumulate")]  # fmt: skip
+    assert first[0].samefile(first[1])
+
+
+def table_without_time(run: Path, environment) -> pd.DataFrame:
+    table = pd.read_csv(io.StringIO(cli(environment, "table", run).stdout))
+    return table.drop(columns=[c for c in table.columns if "seconds" in c]).to_csv()
+
+
 def test_a_job_signalled_at_its_time_limit_is_requeued_and_resumes_to_the_same_table(tmp_path, slurm, slow):
     config, straight = slow
     run = tmp_path / "run"

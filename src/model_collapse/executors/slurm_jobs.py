@@ -47,6 +47,9 @@ FINAL_STATES = {
 }  # fmt: skip
 # The jobs this run submitted, under RUN/slurm/.
 JOBS_FILE = "jobs.json"
+# Jobs this process submitted and saw through (a costly run's shared first iterations, then its
+# chains): a job slurmctld still shows COMPLETING after its result is written is not an earlier driver's.
+_SEEN_THROUGH: set[str] = set()
 
 
 class ChainJob:
@@ -122,6 +125,7 @@ def _run_with_slurm(work: Work, options: ExecutorConfig, progress: Progress) -> 
                 progress.reached(index, min(stores[index].progress(), iterations))
                 if job.paths.result_pickle.exists() or state in FINAL_STATES:
                     del jobs[index]
+                    _SEEN_THROUGH.add(str(job.job_id))
                     progress.doing(index, "")
                     _outcome(job, state, options).raise_for(run, specs[index])
                     progress.reached(index, iterations)
@@ -223,7 +227,8 @@ def refuse_while_earlier_jobs_run(folder: Path) -> None:
         earlier = json.loads((folder / JOBS_FILE).read_text())
     except (OSError, ValueError):
         return
-    states = job_states([str(job_id) for job_id in earlier]) or {}
+    others = [str(job_id) for job_id in earlier if str(job_id) not in _SEEN_THROUGH]
+    states = (job_states(others) if others else None) or {}
     running = [job_id for job_id, state in states.items() if state not in FINAL_STATES]
     if running:
         shown = ", ".join(running[:5]) + (f" and {len(running) - 5} more" if len(running) > 5 else "")
