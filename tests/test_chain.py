@@ -345,3 +345,19 @@ def test_a_chain_adopts_a_first_iteration_only_whole_and_only_before_its_own(tmp
         other = ChainStore(tmp_path / f"adopting-{unusable.directory.name}", description)
         other.prepare()
         assert not other.adopt_first_iteration(unusable) and other.completed() == 0
+
+
+def test_a_model_that_writes_nothing_usable_gets_no_preview_but_stops_a_chain_that_trains_on_it(tmp_path, caplog):
+    from model_collapse.errors import NoSamples
+
+    class WritesNothing(SETTINGS["vae"]):
+        def sample(self, model, size, rng, scratch=None):
+            raise NoSamples("the model wrote 0 usable samples")
+
+    config = SETTINGS["vae"].Config(**SMALL["vae"])
+    store = ChainStore(tmp_path / "evaluated", {"chain": "evaluated only"})
+    (record,) = run_chain(WritesNothing(config, (0,)), parse_regime("replace"), 1, store)
+    assert set(record.metrics) == set(WritesNothing.metrics) and store.completed() == 1
+    assert store.preview(1) is None and "no preview of iteration 1: the model wrote 0 usable samples" in caplog.text
+    with pytest.raises(NoSamples):
+        run_chain(WritesNothing(config, (0,)), parse_regime("replace"), 2, ChainStore(tmp_path / "trained", {}))

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from helpers import helpsteer_files, invoke, tiny_checkpoint, tiny_fine_tuning, wikitext_files
-from model_collapse.errors import ConfigError, ModelCollapseError
+from model_collapse.errors import ConfigError, ModelCollapseError, NoSamples
 from model_collapse.settings import SETTINGS
 from model_collapse.settings.fine_tuning.beam_search import beam_continuations
 from model_collapse.settings.fine_tuning.data import conversation_text, encode_conversations, well_formed
@@ -209,7 +209,7 @@ def test_prompt_response_chains_sample_conversations_and_keep_the_well_formed(ch
     impatient = FineTuning(
         chain.config.model_copy(update={"generation": chain.config.generation.model_copy(update={"attempts": 2})}), [0]
     )
-    with pytest.raises(ModelCollapseError, match="well-formed samples"):
+    with pytest.raises(NoSamples, match="well-formed samples"):
         impatient.sample(chain._pretrained(), 4, np.random.default_rng(1))
 
 

@@ -16,6 +16,7 @@ exactly, and there are two ways to resume:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any, get_args
 import numpy as np
 
 from .curation import Curator, metrics_for
-from .errors import RunDirectoryError, Terminated
+from .errors import NoSamples, RunDirectoryError, Terminated
 from .experiment import Checkpoints
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real_source, synthetic_source
@@ -34,6 +35,8 @@ from .settings import Data, Evaluation, Fit, Setting
 # How often a cheap chain commits at most (and at its end, and when stopped); the environment may set it
 # (a slow shared filesystem; the tests, which stop chains between commits).
 COMMIT_INTERVAL_S = float(os.environ.get("MODEL_COLLAPSE_COMMIT_INTERVAL_S", "1.0"))
+
+log = logging.getLogger(__name__)
 
 
 def _training_parts(kind: type[Data], plan: TrainingPlan, pool: dict[Source, Any]) -> list[Any]:
@@ -210,8 +213,12 @@ class _CostlyCommits(_Uncommitted):
         kept = new_synthetic if new_synthetic is not None and self.chain.regime.keeps_history else None
         preview = None
         if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
-            samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
-            preview = setting.preview(samples)
+            try:
+                samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
+            except NoSamples as error:  # (a model of the last iteration that writes nothing usable: its metrics say so)
+                log.warning("%s: no preview of iteration %d: %s", self.store.directory, iteration, error)
+            else:
+                preview = setting.preview(samples)
         save_model = _saves_model(self.checkpoints, final, resumes_from_model=True)
         self.store.commit(
             [record],

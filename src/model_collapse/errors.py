@@ -21,6 +21,12 @@ class RunDirectoryError(ModelCollapseError):
     """A run directory (or a file in it) that is missing, corrupted or not ours."""
 
 
+class NoSamples(ModelCollapseError):
+    """A model that cannot write what ``Setting.sample`` must return (a fine-tuned model that writes no
+    well-formed conversation): a chain that needs the samples to train on stops with it; a preview of
+    the model's samples goes without."""
+
+
 class ResourceError(ModelCollapseError):
     """The machine ran out of something (disk space, memory) or a worker was killed: the run
     directory is intact and ``resume`` continues it."""

@@ -28,7 +28,7 @@ from transformers.utils import logging as transformers_logging
 
 from ...activity import Meter
 from ...distributed import all_gather, rank_and_world
-from ...errors import ConfigError, ModelCollapseError, RunDirectoryError
+from ...errors import ConfigError, ModelCollapseError, NoSamples, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
 from ..devices import resolve_device
@@ -271,7 +271,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             kept.append(found.head(need))
             have += min(len(found), need)
         if have < size:
-            raise ModelCollapseError(
+            raise NoSamples(
                 f"the model wrote {have} well-formed samples ('user: ...' with one 'assistant: ') in {drawn} draws, "
                 f"{size} were needed: raise generation.attempts, or start from a model that writes conversations"
             )
