@@ -213,9 +213,10 @@ class _CostlyCommits(_Uncommitted):
         kept = new_synthetic if new_synthetic is not None and self.chain.regime.keeps_history else None
         preview = None
         if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
+            rng = chain_rng(setting.seeds, iteration, "preview")
             try:
-                samples = setting.sample(fitted.model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
-            except NoSamples as error:  # (a model of the last iteration that writes nothing usable: its metrics say so)
+                samples = setting.sample(fitted.model, setting.preview_size, rng)
+            except NoSamples as error:  # a model that writes nothing usable: its metrics say so
                 log.warning("%s: no preview of iteration %d: %s", self.store.directory, iteration, error)
             else:
                 preview = setting.preview(samples)
