@@ -154,6 +154,49 @@ def test_each_architecture_fine_tunes_from_its_checkpoint_writes_blocks_and_is_m
     assert 0 <= metrics["generated_perplexity_tail"][0] <= 1 and metrics["well_formed"][0] == 1
 
 
+def test_generated_data_measured_by_the_first_fine_tuned_model_made_once_per_run(checkpoints, wikitext, tmp_path):
+    """Shumailov et al.'s measure: the pretrained weights fine-tuned once on the real data (kept in the
+    run's shared directory and read back by every chain), and the tail above what that model writes."""
+    from model_collapse.randomness import seed_rng
+
+    fields = {
+        "training": {"batch_size": 4, "epochs": 3, "learning_rate": 3e-3},
+        "generation": {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 8,
+                       "measured_by": "fine-tuned"},
+    }  # fmt: skip
+    first = setting(checkpoints["gpt2"], wikitext, **fields)
+    first.shared = tmp_path / "shared"
+    fitted = first.fit([first.real_train], np.random.default_rng(0))
+    (saved,) = (tmp_path / "shared").glob("first-fine-tuned-*")
+    measuring = load_causal_model(saved)
+    expected, _ = first._train([first.real_train], seed_rng(0, "first fine-tuned"))
+    for name, weight in expected.state_dict().items():
+        assert torch.equal(weight, measuring.state_dict()[name]), name
+    pretrained = first._data.original.state_dict()
+    assert any(not torch.equal(w, pretrained[n]) for n, w in measuring.state_dict().items())
+    references = first._references
+    written = first._written(first._measuring_model)[2]
+    assert references["tail_threshold"] == pytest.approx(np.quantile(written, 0.95))
+    metrics = first.evaluate(fitted.model)
+    perplexities = first._written(fitted.model)[2]
+    assert metrics["generated_perplexity_tail"][0] == np.mean(perplexities > references["tail_threshold"])
+    assert fitted.diagnostics["reference"] == references
+    by_pretrained = setting(
+        checkpoints["gpt2"], wikitext, **{**fields, "generation": {**fields["generation"], "measured_by": "pretrained"}}
+    )
+    assert by_pretrained._references["generated_perplexity_median"] != references["generated_perplexity_median"]
+
+    def measuring_model_of_another_chain():
+        other = setting(checkpoints["gpt2"], wikitext, **fields)
+        other.shared = tmp_path / "shared"
+        return other._measuring_model.state_dict()
+
+    first._pretrained().save_pretrained(saved)  # another chain reads the saved copy, not a model of its own
+    assert all(torch.equal(w, pretrained[n]) for n, w in measuring_model_of_another_chain().items())
+    (saved / "model.safetensors").write_bytes(b"")  # one that cannot be read is trained again: the same weights
+    assert all(torch.equal(w, expected.state_dict()[n]) for n, w in measuring_model_of_another_chain().items())
+
+
 @pytest.mark.slow
 def test_an_interrupted_fit_and_generation_resume_from_their_scratch_with_the_same_numbers(
     checkpoints, wikitext, tmp_path

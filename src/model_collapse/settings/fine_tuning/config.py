@@ -112,6 +112,13 @@ class Generation(StrictConfig):
         description="generated at each evaluation, from the same prompts and random stream every iteration, "
         "for the generated-data metrics (0: none)",
     )
+    measured_by: Literal["pretrained", "fine-tuned"] = Field(
+        "pretrained",
+        description="the model that measures generated data's perplexity: the pretrained weights (the tail: "
+        "above real data's 95% quantile), or Shumailov et al.'s 'first model trained with the real data', the "
+        "pretrained weights fine-tuned once on the real training set and kept in RUN/shared/ (the tail: above "
+        "the 95% quantile of what that model writes)",
+    )
 
 
 class FineTuningConfig(SettingConfig):
@@ -166,11 +173,12 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
     metrics = {
         "test_cross_entropy": Metric("cross-entropy on real held-out text (nats / token)"),
         "test_perplexity": Metric("perplexity on real held-out text", log_scale=True),
-        # what the model writes, measured by the original pretrained model (Shumailov et al.'s histograms)
-        "generated_perplexity_q05": Metric("5% quantile of generated data's perplexity (original model)"),
-        "generated_perplexity_median": Metric("median perplexity of generated data (original model)"),
-        "generated_perplexity_q95": Metric("95% quantile of generated data's perplexity (original model)"),
-        "generated_perplexity_tail": Metric("share of generated data above real data's 95% perplexity quantile"),
+        # what the model writes, measured by the pretrained model or the first model fine-tuned on real data
+        # (generation.measured_by; Shumailov et al.'s histograms)
+        "generated_perplexity_q05": Metric("5% quantile of generated data's perplexity (measuring model)"),
+        "generated_perplexity_median": Metric("median perplexity of generated data (measuring model)"),
+        "generated_perplexity_q95": Metric("95% quantile of generated data's perplexity (measuring model)"),
+        "generated_perplexity_tail": Metric("share of generated data above the reference's 95% perplexity quantile"),
         "well_formed": Metric("share of generated samples kept by the format filter"),
         "distinct_2": Metric("distinct-2 of generated data"),
         "distinct_4": Metric("distinct-4 of generated data"),
@@ -181,7 +189,7 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
     scores = ("likelihood", "original-likelihood")
 
     distributions: ClassVar[dict[str, str]] = {
-        "generated_perplexity": "perplexity of the written sequences under the pretrained model",
+        "generated_perplexity": "perplexity of the written sequences under the measuring model",
     }
     learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
         "epoch",
@@ -203,6 +211,7 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
         family, parameters, width, layers, heads = model
         if not activations_on_host(config.device):  # the original model, kept on the host to copy from
             return Footprint(config.samples or 1, 0, fixed_bytes=4 * parameters)
+        measuring = 4 * parameters if config.generation.measured_by == "fine-tuned" else 0  # a second model
         g = config.generation
         written = (
             (g.batch_size * g.num_beams, 2 * config.block_size)
@@ -215,7 +224,7 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
             length=config.block_size if config.format == "text" else config.max_length,
             sampled=written[0], sampled_length=written[1],
         )  # fmt: skip
-        return Footprint(config.samples or 1, 0, fixed_bytes=20 * parameters, activation_bytes=activations)
+        return Footprint(config.samples or 1, 0, fixed_bytes=20 * parameters + measuring, activation_bytes=activations)
 
 
 # config.json's names of (width, layers, attention heads) across Hugging Face architectures

@@ -9,14 +9,20 @@ samples kept by the format filter. Generation runs in shards that are saved in t
 directory, so an interrupted run redoes only the shards it had not finished; under ``torchrun`` the ranks
 take the shards in turn.
 
-Generated data are also measured by the *original* model (the pretrained weights): the perplexity of
-each generated sequence, whose distribution Shumailov et al. draw as histograms, and the share of it
-above the 95% quantile of the real data's perplexities.
+Generated data are also measured by a fixed model, the same at every iteration (``generation.measured_by``):
+the perplexity of each generated sequence, whose distribution Shumailov et al. draw as histograms, and the
+share of it in the tail. Measured by the pretrained weights, the tail is what lies above the 95% quantile
+of the real data's perplexities; measured by Shumailov et al.'s "first model trained with the real data"
+(the pretrained weights fine-tuned once on the real training set, with the chains' recipe, kept in the
+run's shared directory), it is what lies above the 95% quantile of what that first model writes itself:
+sequences it would not write.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -53,7 +59,7 @@ from .pretrained import check_model_directory, context_length, load_causal_model
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 
-_TAIL_QUANTILE = 0.95  # generated_perplexity_tail counts generated data above this quantile of real data's
+_TAIL_QUANTILE = 0.95  # generated_perplexity_tail counts generated data above this quantile of the reference's
 
 
 class _Data:
@@ -155,25 +161,61 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         return ExampleBatches([data.held_out.head(count)], data.pad)
 
     @cached_property
-    def _evaluation(self) -> tuple[int, np.ndarray, dict[str, float]]:
-        """The evaluation's random seed, its prompts (real training blocks, for beam search) and the real
-        data's reference values (real sequences' perplexity under the original model, and diversity)."""
-        data, c = self._data, self.config.generation
+    def _prompts(self) -> tuple[int, np.ndarray]:
+        """The evaluation's random seed and its prompts (real training blocks, for beam search)."""
         rng = seed_rng(self.seeds[0], "evaluate")
-        count = min(c.evaluation_samples, len(self.real_train))
+        count = min(self.config.generation.evaluation_samples, len(self.real_train))
         rows = np.sort(rng.choice(len(self.real_train), count, replace=False))
+        return int(rng.integers(2**63)), rows
+
+    @cached_property
+    def _references(self) -> dict[str, float]:
+        """The real data's values of the generated-data metrics (their perplexities under the measuring
+        model, and diversity), and the perplexity above which a written sequence is in the tail."""
+        _, rows = self._prompts
+        if not len(rows):
+            return {}
         real = Examples.select([self.real_train], rows[None])
-        perplexities = self._perplexities(data.original, real)
-        reference: dict[str, float] = {}
-        if count:
-            reference = {
-                "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
-                "generated_perplexity_median": float(np.median(perplexities)),
-                "generated_perplexity_q95": float(np.quantile(perplexities, _TAIL_QUANTILE)),
-                "generated_perplexity_tail": 1 - _TAIL_QUANTILE,
-                **self._diversity(real),
-            }
-        return int(rng.integers(2**63)), rows, reference
+        perplexities = self._perplexities(self._measuring_model, real)
+        if self.config.generation.measured_by == "fine-tuned":  # above what the first model writes itself
+            threshold = float(np.quantile(self._written(self._measuring_model)[2], _TAIL_QUANTILE))
+        else:
+            threshold = float(np.quantile(perplexities, _TAIL_QUANTILE))
+        return {
+            "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
+            "generated_perplexity_median": float(np.median(perplexities)),
+            "generated_perplexity_q95": float(np.quantile(perplexities, _TAIL_QUANTILE)),
+            "generated_perplexity_tail": 1 - _TAIL_QUANTILE,
+            "tail_threshold": threshold,
+            **self._diversity(real),
+        }
+
+    @cached_property
+    def _measuring_model(self):
+        """The model every iteration's written sequences are measured by (``generation.measured_by``)."""
+        if self.config.generation.measured_by == "pretrained":
+            return self._data.original
+        return self._first_fine_tuned()
+
+    def _first_fine_tuned(self):
+        """The pretrained weights fine-tuned on the real training set as iteration 1 is (Shumailov et
+        al.'s gen-0 model), from a stream of its own: made once per run and seed, kept in the run's shared
+        directory (trained again if its copy cannot be read; the same weights, the stream being fixed)."""
+        settings = self.config.model_dump(mode="json", exclude={"generation", "device"})
+        key = hashlib.sha256(json.dumps({"setting": settings, "seed": self.seeds[0]}, sort_keys=True).encode())
+        target = self.shared / f"first-fine-tuned-{key.hexdigest()[:12]}" if self.shared is not None else None
+        if target is not None and (target / "config.json").is_file():
+            try:
+                return load_causal_model(target, RunDirectoryError).to(self.device)
+            except RunDirectoryError:
+                pass
+        model, _ = self._train([self.real_train], seed_rng(self.seeds[0], "first fine-tuned"))
+        if target is not None and rank_and_world()[0] == 0:
+            from ...atomic import write_directory_atomic
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_directory_atomic(target, model.save_pretrained)
+        return model
 
     # -- data -------------------------------------------------------------------------------------
     @property
@@ -206,6 +248,15 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
     def fit(
         self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None, previous=None
     ) -> Fit:
+        model, curve = self._train(parts, rng, scratch, previous)
+        references = self._references  # (before the model writes: a fine-tuned measuring model writes first)
+        # each written sequence's perplexity under the measuring model (Shumailov et al.'s histograms)
+        perplexities = [round(float(p), 6) for p in self._written(model)[2]]
+        diagnostics = {"learning_curve": curve, "reference": references, "generated_perplexity": perplexities}
+        return Fit(model, diagnostics)
+
+    def _train(self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None, previous=None):
+        """The fine-tuned model and its learning curve."""
         # every iteration starts from the pretrained weights (the papers' protocol), or with
         # training.warm_start from the last iteration's model
         model = copy.deepcopy(previous) if previous is not None else self._pretrained()
@@ -220,10 +271,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             )
         if adapted is not None:  # merged into the weights: what is saved and sampled is a plain model
             model = adapted.merge_and_unload()
-        # each written sequence's perplexity under the original model (Shumailov et al.'s histograms)
-        perplexities = [round(float(p), 6) for p in self._written(model)[2]]
-        diagnostics = {"learning_curve": curve, "reference": self._evaluation[2], "generated_perplexity": perplexities}
-        return Fit(model, diagnostics)
+        return model, curve
 
     def sample(self, model, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Examples:
         """``size`` examples written by ``model``: the beam-search continuations of ``size`` real blocks
@@ -304,12 +352,12 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
     def _written(self, model) -> tuple[Examples, float, np.ndarray]:
         """The ``generation.evaluation_samples`` sequences ``model`` writes from the same prompts or random
         stream at every iteration (so that differences are the model's), the share of them kept by the
-        format filter, and their perplexities under the original model. Kept for the last model: ``fit``
+        format filter, and their perplexities under the measuring model. Kept for the last model: ``fit``
         records the perplexities, ``evaluate`` measures the same sequences."""
         memo = self.__dict__.get("_written_memo")
         if memo is not None and memo[0] is model:
             return memo[1]
-        seed, rows, _ = self._evaluation
+        seed, rows = self._prompts
         model.to(self.device)
         if not len(rows):
             written, share = Examples.from_sequences([], np.zeros(0, dtype=np.int64)), float("nan")
@@ -318,17 +366,17 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         else:
             written = self._samples(model, len(rows), seed, None)
             share = len(written) / len(rows)
-        perplexities = self._perplexities(self._data.original, written) if len(written) else np.zeros(0)
+        perplexities = self._perplexities(self._measuring_model, written) if len(written) else np.zeros(0)
         self._written_memo = (model, (written, share, perplexities))
         return written, share, perplexities
 
     def _generated(self, model) -> dict[str, float]:
-        """The generated-data metrics: ``_written``'s perplexities under the original model and diversity."""
+        """The generated-data metrics: ``_written``'s perplexities under the measuring model and diversity."""
         names = [name for name in self.metrics if name.startswith(("generated", "well_formed", "distinct", "repeated"))]
+        threshold = self._references.get("tail_threshold")  # (first: the fine-tuned reference writes too)
         written, share, perplexities = self._written(model)
         if not len(written):
             return {**dict.fromkeys(names, float("nan")), "well_formed": share}
-        threshold = self._evaluation[2]["generated_perplexity_q95"]
         return {
             "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
             "generated_perplexity_median": float(np.median(perplexities)),
