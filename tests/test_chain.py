@@ -361,3 +361,21 @@ def test_a_model_that_writes_nothing_usable_gets_no_preview_but_stops_a_chain_th
     assert store.preview(1) is None and "no preview of iteration 1: the model wrote 0 usable samples" in caplog.text
     with pytest.raises(NoSamples):
         run_chain(WritesNothing(config, (0,)), parse_regime("replace"), 2, ChainStore(tmp_path / "trained", {}))
+
+
+def test_a_damaged_shared_first_iteration_is_computed_again(tmp_path):
+    from helpers import tiny_vae
+    from model_collapse.config import build_experiment
+    from model_collapse.runner import shared_first_iterations
+
+    config = {"setting": tiny_vae(), "regimes": ["replace", "accumulate"], "iterations": 2, "seeds": 1}
+    specs = build_experiment(config).chains()
+    (shared,) = shared_first_iterations(tmp_path, specs, [0, 0], 2)
+    assert shared.sharing == (specs[0].regime, specs[1].regime)
+    assert shared.relative_directory.parts[0] == "first-iterations"
+    damaged = tmp_path / shared.relative_directory
+    damaged.mkdir(parents=True)
+    (damaged / "progress.json").write_text('{"completed": 1}')  # a record of a commit that is not there
+    assert shared_first_iterations(tmp_path, specs, [0, 0], 2) == [shared] and not damaged.exists()
+    assert shared_first_iterations(tmp_path, specs, [1, 0], 2) == []  # one chain left to start: nothing to share
+    assert shared_first_iterations(tmp_path, specs, [0, 0], 1) == []  # one iteration: nothing after it to share

@@ -147,5 +147,6 @@ def _has_first_iteration(store: ChainStore) -> bool:
     try:
         return store.completed() >= 1
     except RunDirectoryError:
-        shutil.rmtree(store.directory, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(store.directory, ignore_errors=True)
         return False
