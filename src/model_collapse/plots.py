@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator, NullLocator  # noqa: E402
 
 from . import theory  # noqa: E402
 from .atomic import write_file_atomic, write_text_atomic
@@ -474,7 +474,7 @@ def _real_and_synthetic_figure(layout: _Layout, grid: list[ChainResult], metric:
     points = [p for p in layout.points if any(r.spec.point_name == p for r in grid)]
     columns = min(len(points), MAX_COLUMNS)
     figure, axes = plt.subplots(
-        -(-len(points) // columns), columns, figsize=(max(5.6, 4.2 * columns), 3.8 * -(-len(points) // columns)),
+        -(-len(points) // columns), columns, figsize=(max(6.4, 4.2 * columns), 4.2 * -(-len(points) // columns)),
         squeeze=False, sharey=True, layout="constrained",
     )  # fmt: skip
     synthetic = sorted({_counts(r)[1] for r in grid})
@@ -501,16 +501,18 @@ def _real_and_synthetic_figure(layout: _Layout, grid: list[ChainResult], metric:
             ax.set_xscale("log")
         else:  # a grid with no real data at one end: linear near 0, logarithmic beyond
             ax.set_xscale("symlog", linthresh=reals[1])
+        ax.set_xticks(reals, [f"{count:,}" for count in reals])  # the grid's counts, not powers of ten
+        ax.xaxis.set_minor_locator(NullLocator())
         if info.log_scale:
             ax.set_yscale("log")
-        ax.set_xlabel("real samples")
+        ax.set_xlabel("real samples (a line per number of synthetic samples)", fontsize=9)
         ax.grid(alpha=0.3)
         if layout.titles[points[k]]:
             ax.set_title(layout.titles[points[k]], fontsize=9)
     axes[0][0].set_ylabel(info.label, fontsize=9)
     figure_legend(figure, ncols=min(len(synthetic), 6), title=layout.band)
     at = int(grid[0].iterations.max())
-    figure.suptitle(f"{layout.experiment.setting_name}: {metric} at iteration {at} by real and synthetic samples")
+    figure.suptitle(f"{layout.experiment.setting_name}: {metric} at iteration {at}")
     return figure
 
 
