@@ -48,22 +48,6 @@ def test_ray_gives_the_local_executors_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_computes_a_costly_runs_shared_first_iteration_then_its_chains(tmp_path):
-    from helpers import tiny_vae
-
-    config = tmp_path / "vae.yaml"
-    config.write_text(yaml.safe_dump({"setting": tiny_vae(), "regimes": ["replace", "accumulate"], "iterations": 2,
-                                      "seeds": 1}))  # fmt: skip
-    local = cli("run", config, "--out", tmp_path / "local", "-q")
-    with_ray = cli("run", config, "--out", tmp_path / "ray", "-q", "--executor", "ray", timeout=300)
-    assert local.returncode == 0 and with_ray.returncode == 0, with_ray.stderr
-    assert cli("table", tmp_path / "ray").stdout == cli("table", tmp_path / "local").stdout
-    first = [tmp_path / "ray" / "chains" / "base" / r / "seed-0" / "iter_0001" / "metrics.npz" for r in
-             ("replace", "accumulate")]  # fmt: skip
-    assert first[0].samefile(first[1]) and not (tmp_path / "ray" / "first-iterations").exists()
-
-
-@pytest.mark.slow
 def test_a_killed_ray_worker_is_rerun_and_the_chain_resumes_to_the_same_table(tmp_path):
     config = tmp_path / "slow.yaml"
     config.write_text(yaml.safe_dump(SLOW_TWO_CHAINS))

@@ -13,7 +13,15 @@ import pytest
 import torch
 import yaml
 
-from helpers import helpsteer_files, invoke, tiny_checkpoint, tiny_fine_tuning, wikitext_files
+from helpers import (
+    TINY_PRETRAINING,
+    helpsteer_files,
+    invoke,
+    tiny_checkpoint,
+    tiny_fine_tuning,
+    torchrun_command,
+    wikitext_files,
+)
 from model_collapse.errors import ConfigError, ModelCollapseError, NoSamples
 from model_collapse.settings import SETTINGS
 from model_collapse.settings.fine_tuning.beam_search import beam_continuations
@@ -346,6 +354,45 @@ def test_a_fine_tuning_run_pretrains_once_into_the_run_directory(tmp_path):
     assert "base / replace" not in result.output  # the quiet run drew no progress bars
 
 
+@pytest.mark.slow
+def test_a_fine_tuning_run_under_torchrun_with_two_processes(tmp_path):
+    """Two gloo ranks pretrain, fine-tune (the first fine-tuned measuring model too), write by beam
+    search in shards and evaluate together, as one process does; rank 0 alone writes the run."""
+    import subprocess
+
+    import pandas as pd
+
+    generation = {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 4}
+    config = {
+        "setting": tiny_fine_tuning(
+            model={"pretrain": {**TINY_PRETRAINING, "preset": "llama-tiny"}},  # no dropout (masks differ by rank)
+            generation={**generation, "measured_by": "fine-tuned"},
+        ),
+        "regimes": ["replace", "accumulate"],
+        "iterations": 2,
+        "seeds": 1,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = torchrun_command("-m", "model_collapse", "run", str(path), "--out", str(tmp_path / "parallel"), "-q")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert invoke("run", path, "--out", tmp_path / "single", "-q").exit_code == 0
+    parallel, single = (pd.read_csv(io.StringIO(invoke("table", tmp_path / d).output)) for d in ("parallel", "single"))
+    assert len(parallel) == len(single) == 4 and np.isfinite(parallel.test_cross_entropy).all()
+    # the same optimisation split over two processes (pretraining included), so the same first model
+    first = lambda frame: frame[frame.iteration == 1].set_index("regime").test_cross_entropy  # noqa: E731
+    pd.testing.assert_series_equal(first(parallel), first(single), rtol=1e-4)
+    # the blocks are written in shards taken by the ranks in turn and gathered: all 8, as one process writes them
+    written = {
+        d: Examples.load(tmp_path / d / "chains" / "base" / "accumulate" / "seed-0" / "iter_0002" / "synthetic")
+        for d in ("parallel", "single")
+    }
+    assert len(written["parallel"]) == 8 and set(np.diff(written["parallel"].offsets)) == {16}
+    np.testing.assert_array_equal(written["parallel"].tokens, written["single"].tokens)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "parallel" / "shared").iterdir()) == ["first", "pretrained"]
+
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -369,20 +416,30 @@ def test_shumailov_config_runs_end_to_end_on_a_tiny_model_and_tiny_wikitext(chec
     assert {r["real_fraction"] for r in rows if r["iteration"] == "2"} == {"0.0", "0.125"}  # round(0.1 * 8) = 1
 
 
-@pytest.mark.slow
-def test_sft_config_runs_end_to_end_on_a_tiny_model_and_tiny_helpsteer2(checkpoints, tmp_path):
+# The HelpSteer2 configs' fields scaled to a tiny model, 12 conversations and a CPU (it learns the format)
+TINY_SFT = (
+    "setting.device=cpu", "setting.max_length=120", "setting.training.batch_size=4",
+    "setting.training.micro_batch_size=2", "setting.training.epochs=40", "setting.training.learning_rate=1e-2",
+    "setting.training.warmup_fraction=0", "setting.generation.max_new_tokens=110", "setting.generation.batch_size=16",
+    "setting.generation.evaluation_samples=8",
+)  # fmt: skip
+
+
+def tiny_sft_run(config: str, checkpoints, tmp_path, *overrides) -> tuple[Path, list[dict]]:
+    """A shipped HelpSteer2 config run on a tiny GPT-2 and 12 conversations, one seed: its directory and table."""
     data = helpsteer_files(tmp_path / "helpsteer2", train=12, validation=4)
     run = tmp_path / "run"
     result = invoke(
-        "run", CONFIGS / "sft_helpsteer2.yaml", "--out", run, "-q",
-        f"setting.model.path={checkpoints['gpt2']}", f"setting.data_dir={data}", "setting.device=cpu",
-        "setting.max_length=120", "setting.training.batch_size=4", "setting.training.micro_batch_size=2",
-        "setting.training.epochs=40", "setting.training.learning_rate=1e-2", "setting.training.warmup_fraction=0",
-        "setting.generation.max_new_tokens=110", "setting.generation.batch_size=16",
-        "setting.generation.evaluation_samples=8", "iterations=2", "seeds=1",
+        "run", CONFIGS / config, "--out", run, "-q", f"setting.model.path={checkpoints['gpt2']}",
+        f"setting.data_dir={data}", *TINY_SFT, "seeds=1", *overrides,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(io.StringIO(invoke("table", run).output)))
+    return run, list(csv.DictReader(io.StringIO(invoke("table", run).output)))
+
+
+@pytest.mark.slow
+def test_sft_config_runs_end_to_end_on_a_tiny_model_and_tiny_helpsteer2(checkpoints, tmp_path):
+    _, rows = tiny_sft_run("sft_helpsteer2.yaml", checkpoints, tmp_path, "iterations=2")
     assert {(r["regime"], r["iteration"]) for r in rows} == {
         (regime, iteration) for regime in ("replace", "accumulate", "accumulate-subsample") for iteration in "12"
     }
@@ -392,19 +449,11 @@ def test_sft_config_runs_end_to_end_on_a_tiny_model_and_tiny_helpsteer2(checkpoi
 
 @pytest.mark.slow
 def test_value_of_synthetic_config_runs_its_grid_end_to_end_on_a_tiny_model(checkpoints, tmp_path):
-    data = helpsteer_files(tmp_path / "helpsteer2", train=12, validation=4)
-    run = tmp_path / "run"
-    result = invoke(
-        "run", CONFIGS / "sft_helpsteer2_value_of_synthetic.yaml", "--out", run, "-q",
-        f"setting.model.path={checkpoints['gpt2']}", f"setting.data_dir={data}", "setting.device=cpu",
-        "setting.max_length=120", "setting.training.batch_size=4", "setting.training.micro_batch_size=2",
-        "setting.training.epochs=40", "setting.training.learning_rate=1e-2", "setting.training.warmup_fraction=0",
-        "setting.generation.max_new_tokens=110", "setting.generation.batch_size=16",
-        "setting.generation.evaluation_samples=8", "seeds=1",
+    run, rows = tiny_sft_run(
+        "sft_helpsteer2_value_of_synthetic.yaml", checkpoints, tmp_path,
         "regimes=[{name: real-synthetic, real: [4, 12], synthetic: [0, 6]}]",
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(io.StringIO(invoke("table", run).output)))
+    data = tmp_path / "helpsteer2"
     second = {r["regime"]: r for r in rows if r["iteration"] == "2"}
     assert {label: (int(r["train_size"]), float(r["real_fraction"])) for label, r in second.items()} == {
         "real-synthetic:4+0": (4, 1.0), "real-synthetic:4+6": (10, 0.4),

@@ -4,7 +4,8 @@ The ``language-model`` setting trains it on the bundled Moby-Dick (``model.pretr
 is saved with its tokenizer in ``save_pretrained``'s layout in the run's shared directory, where every
 chain of the run reads it as it would read any checkpoint. Training is seeded, so a chain that finds no
 copy makes the same one; two chains finishing together keep the first (each writes beside the target and
-renames it into place).
+renames it into place). Under ``torchrun`` every rank trains (the fit is data parallel) and rank 0 alone
+puts the model in place.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ... import distributed
 from .config import Pretraining
 
 _OUTSIDE_A_RUN: dict[str, Path] = {}  # without a run directory: one temporary copy per process
@@ -72,11 +74,13 @@ def pretrained_once(spec: Pretraining, shared: Path | None) -> Path:
     shared.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=shared, prefix=f".{key}."))
     try:
-        _pretrain(spec, work)
-        os.replace(work, target)
+        _pretrain(spec, work)  # on every rank under torchrun: the fit is data parallel
+        if distributed.is_main():  # (the other ranks' copies may lack the weights: only rank 0 saves)
+            os.replace(work, target)
     except OSError:
         if not (target / "config.json").is_file():  # not because another chain finished first
             raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()  # the other ranks read it once rank 0 has put it in place
     return target

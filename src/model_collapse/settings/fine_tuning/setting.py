@@ -33,7 +33,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from ...activity import Meter
-from ...distributed import all_gather, rank_and_world
+from ...distributed import all_gather, barrier, rank_and_world
 from ...errors import ConfigError, ModelCollapseError, NoSamples, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
@@ -215,6 +215,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
 
             target.parent.mkdir(parents=True, exist_ok=True)
             write_directory_atomic(target, model.save_pretrained)
+        barrier()  # under torchrun, every rank finds it in place from here on (or none does)
         return model
 
     # -- data -------------------------------------------------------------------------------------
