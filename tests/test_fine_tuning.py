@@ -475,6 +475,8 @@ def test_value_of_synthetic_config_runs_its_grid_end_to_end_on_a_tiny_model(chec
         refused.output
     )
     assert not list((tmp_path / "more").rglob("iter_0001"))  # named before the shared first iteration was fitted
+    status = invoke("status", tmp_path / "more").output
+    assert "2 chains: 2 failed" in status and "the first iteration its regimes share failed: regime" in status
 
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])

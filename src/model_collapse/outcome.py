@@ -86,11 +86,12 @@ def run_spec(
     """Run (or finish) the chain ``spec`` in its directory of ``run_directory``; errors are raised."""
     setting = setting_class(spec.point)(spec.point, spec.seeds)
     setting.shared = run_directory / SHARED
-    for regime in spec.sharing:  # a regime that cannot run on these data is named before anything is fitted
-        regime.check_real_size(len(setting.real_train))
     store = ChainStore.of(run_directory, spec, writer=distributed.is_main())
     if store.writer:
         store.prepare()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
+    for regime in spec.sharing:  # a regime that cannot run on these data is named before anything is fitted
+        regime.check_real_size(len(setting.real_train))
+    if store.writer:
         if not (setting.cheap or spec.shared_first_iteration):  # computed once for every regime (runner)
             store.adopt_first_iteration(ChainStore.of(run_directory, spec.first_iteration(), writer=False))
     distributed.barrier()

@@ -7,7 +7,9 @@ any machine that sees the directory, while the run goes on or after it stopped.
 A chain is ``done`` (all iterations committed), ``damaged`` (a record that cannot be read, named
 with its file: ``resume`` and ``table`` refuse the run), ``failed`` (with the reason its process left),
 or, while a ``run`` or ``resume`` holds the lock, ``running`` (some iterations committed) or
-``waiting``; without one, ``stopped`` (some committed: ``resume`` finishes it) or ``not started``.
+``waiting``; without one, ``stopped`` (some committed: ``resume`` finishes it) or ``not started``. A
+chain of a costly run that waits on the first iteration its regimes share (computed once for all of
+them) says so, and is ``failed`` with its reason if that computation failed.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def run_status(run_directory: Path, read_records: bool = True) -> RunStatus:
         except RunDirectoryError as damage:
             chains.append(ChainStatus(spec.label, "damaged", store.progress(), iterations, str(damage)))
             continue
+        reason = failure["reason"] if failure else ""
+        if not completed and failure is None:  # it may be waiting on the first iteration its regimes share
+            failure, reason = _shared_first_iteration(run_directory, spec, holder is not None)
         if completed == iterations:
             state = "done"
         elif failure is not None:
@@ -95,5 +100,19 @@ def run_status(run_directory: Path, read_records: bool = True) -> RunStatus:
             state = "running" if completed else "waiting"
         else:
             state = "stopped" if completed else "not started"
-        chains.append(ChainStatus(spec.label, state, completed, iterations, failure["reason"] if failure else ""))
+        chains.append(ChainStatus(spec.label, state, completed, iterations, reason))
     return RunStatus(chains, holder)
+
+
+def _shared_first_iteration(run_directory: Path, spec, running: bool) -> tuple[dict | None, str]:
+    """A chain not started yet, of a costly run that computes its regimes' first iteration once
+    (``runner.shared_first_iterations``): that computation's failure, or that it is under way."""
+    shared = ChainStore.of(run_directory, spec.first_iteration(), writer=False)
+    if not shared.directory.is_dir():
+        return None, ""
+    failure = shared.failure()
+    if failure is not None:
+        return failure, f"the first iteration its regimes share failed: {failure['reason']}"
+    if running and not shared.progress():
+        return None, "the first iteration its regimes share is being computed"
+    return None, ""
