@@ -91,9 +91,8 @@ def run_spec(
         store.prepare()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
     for regime in spec.sharing:  # a regime that cannot run on these data is named before anything is fitted
         regime.check_real_size(len(setting.real_train))
-    if store.writer:
-        if not (setting.cheap or spec.shared_first_iteration):  # computed once for every regime (runner)
-            store.adopt_first_iteration(ChainStore.of(run_directory, spec.first_iteration(), writer=False))
+    if store.writer and not (setting.cheap or spec.shared_first_iteration):  # computed once for every regime
+        store.adopt_first_iteration(ChainStore.of(run_directory, spec.first_iteration(), writer=False))
     distributed.barrier()
     run_chain(setting, spec.regime, iterations, store, checkpoints=checkpoints, on_iteration=on_iteration)
 
