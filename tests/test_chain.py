@@ -294,6 +294,8 @@ def test_warm_started_chains_resume_exactly(setting_name):
 def test_the_regimes_of_a_costly_run_share_one_first_iteration(tmp_path):
     """Iteration 1 fits the real data alone in every regime: a run computes it once per sweep point
     (and seed) and commits it into every regime's chain, which then reads as if each had fitted its own."""
+    import pandas as pd
+
     import model_collapse
     from helpers import tiny_vae
 
@@ -306,8 +308,7 @@ def test_the_regimes_of_a_costly_run_share_one_first_iteration(tmp_path):
         table = run.table()
         return table.drop(columns=[c for c in table.columns if "seconds" in c]).reset_index(drop=True)
 
-    expected = __import__("pandas").concat([rows(run) for run in alone], ignore_index=True)
-    __import__("pandas").testing.assert_frame_equal(rows(together), expected)
+    pd.testing.assert_frame_equal(rows(together), pd.concat([rows(run) for run in alone], ignore_index=True))
     chains = sorted((tmp_path / "together" / "chains").glob("*/*/seed-0"))
     assert len(chains) == 3
     files = [sorted(p for p in (chain / "iter_0001").rglob("*") if p.is_file()) for chain in chains]

@@ -120,8 +120,10 @@ class Regime(ABC):
 
     @classmethod
     def from_values(cls, values: list[float]) -> Regime:
-        """The regime with these parameter values (in ``parameters()`` order; none: the defaults)."""
-        if len(values) > len(cls.parameters()):
+        """The regime with these parameter values (in ``parameters()`` order; none: the default of a
+        regime that has one)."""
+        expected = len(cls.parameters())
+        if len(values) > expected or (len(values) < expected and cls.default is None):
             raise ValueError(f"regime {cls.name!r} takes {_parameter_count(cls)}, got {len(values)}")
         return cls(*values)
 
@@ -314,12 +316,6 @@ class RealSynthetic(Regime):
         return ("real", "synthetic")
 
     @classmethod
-    def from_values(cls, values: list[float]) -> Regime:
-        if len(values) != 2:
-            raise ValueError(f"regime {cls.name!r} takes two parameters, real and synthetic counts, got {len(values)}")
-        return cls(*values)
-
-    @classmethod
     def trains_on_nothing(cls, values: list[float]) -> bool:
         return len(values) == 2 and values[0] == values[1] == 0
 
@@ -363,8 +359,8 @@ class RegimeMismatch(ConfigError):
 
 
 def _parameter_count(cls: type[Regime]) -> str:
-    count = len(cls.parameters())
-    return "no parameter" if not count else "one parameter" if count == 1 else f"{count} parameters"
+    names = cls.parameters()
+    return "no parameter" if not names else f"{len(names)} parameter{'s' * (len(names) > 1)} ({', '.join(names)})"
 
 
 REGIMES: dict[str, type[Regime]] = {
@@ -403,7 +399,7 @@ def _parse(spec: Any, expand: bool) -> list[Regime]:
             raise ValueError(f"a regime given as a mapping needs a 'name', got {spec!r}")
         names = REGIMES[name].parameters() if name in REGIMES else ()
         missing = [p for p in names if p not in spec]
-        if missing and len(names) > 1:  # (a regime of one parameter has a default)
+        if missing and REGIMES[name].default is None:  # (as from_values: only a default stands in)
             raise ValueError(f"regime {name!r}: {missing[0]} is missing")
         axes = [_values(name, p, spec.pop(p), expand) for p in names if p in spec]
         if spec:

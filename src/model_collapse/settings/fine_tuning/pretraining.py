@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ... import distributed
@@ -69,18 +70,26 @@ def pretrained_once(spec: Pretraining, shared: Path | None) -> Path:
             _OUTSIDE_A_RUN[key] = temporary
         return _OUTSIDE_A_RUN[key]
     target = shared / key
-    if (target / "config.json").is_file():
-        return target
-    shared.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=shared, prefix=f".{key}."))
-    try:
-        _pretrain(spec, work)  # on every rank under torchrun: the fit is data parallel
-        if distributed.is_main():  # (the other ranks' copies may lack the weights: only rank 0 saves)
-            os.replace(work, target)
-    except OSError:
-        if not (target / "config.json").is_file():  # not because another chain finished first
-            raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    distributed.barrier()  # the other ranks read it once rank 0 has put it in place
+    made_once(target, lambda work: _pretrain(spec, work))
     return target
+
+
+def made_once(target: Path, make: Callable[[Path], None]) -> None:
+    """Make the model directory ``target`` (save_pretrained's layout) with ``make`` unless it is there:
+    ``make`` fills a directory beside it, which is renamed into place, so that chains making it at once
+    keep the first. Under ``torchrun`` every rank calls ``make`` (the fit is data parallel), rank 0 alone
+    puts its directory in place (the other ranks' copies may lack the weights: only rank 0 saves), and
+    every rank returns once it is there."""
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            make(work)
+            if distributed.is_main():
+                os.replace(work, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not because another chain finished first
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -33,7 +34,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from ...activity import Meter
-from ...distributed import all_gather, barrier, rank_and_world
+from ...distributed import all_gather, barrier, is_main, rank_and_world
 from ...errors import ConfigError, ModelCollapseError, NoSamples, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
@@ -55,6 +56,7 @@ from .data import (
 )
 from .examples import IGNORE, ExampleBatches, Examples
 from .pretrained import check_model_directory, context_length, load_causal_model, load_tokenizer
+from .pretraining import made_once
 
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
@@ -178,7 +180,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         real = Examples.select([self.real_train], rows[None])
         perplexities = self._perplexities(self._measuring_model, real)
         if self.config.generation.measured_by == "fine-tuned":  # above what the first model writes itself
-            threshold = float(np.quantile(self._written(self._measuring_model)[2], _TAIL_QUANTILE))
+            threshold = float(np.quantile(self._write(self._measuring_model)[2], _TAIL_QUANTILE))
         else:
             threshold = float(np.quantile(perplexities, _TAIL_QUANTILE))
         return {
@@ -201,22 +203,30 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         """The pretrained weights fine-tuned on the real training set as iteration 1 is (Shumailov et
         al.'s gen-0 model), from a stream of its own: made once per run and seed, kept in the run's shared
         directory (trained again if its copy cannot be read; the same weights, the stream being fixed)."""
+
+        def train():
+            return self._train([self.real_train], seed_rng(self.seeds[0], "first fine-tuned"))[0]
+
+        if self.shared is None:
+            return train()
         settings = self.config.model_dump(mode="json", exclude={"generation", "device"})
         key = hashlib.sha256(json.dumps({"setting": settings, "seed": self.seeds[0]}, sort_keys=True).encode())
-        target = self.shared / f"first-fine-tuned-{key.hexdigest()[:12]}" if self.shared is not None else None
-        if target is not None and (target / "config.json").is_file():
+        target = self.shared / f"first-fine-tuned-{key.hexdigest()[:12]}"
+        if (target / "config.json").is_file():
             try:
                 return load_causal_model(target, RunDirectoryError).to(self.device)
-            except RunDirectoryError:
-                pass
-        model, _ = self._train([self.real_train], seed_rng(self.seeds[0], "first fine-tuned"))
-        if target is not None and rank_and_world()[0] == 0:
-            from ...atomic import write_directory_atomic
+            except RunDirectoryError:  # made again below, in its place
+                if is_main():
+                    shutil.rmtree(target, ignore_errors=True)
+                barrier()
+        trained = []  # empty if another chain put it in place first
 
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_directory_atomic(target, model.save_pretrained)
-        barrier()  # under torchrun, every rank finds it in place from here on (or none does)
-        return model
+        def make(work: Path) -> None:
+            trained.append(train())
+            trained[0].save_pretrained(work)
+
+        made_once(target, make)
+        return trained[0] if trained else load_causal_model(target, RunDirectoryError).to(self.device)
 
     # -- data -------------------------------------------------------------------------------------
     @property
@@ -250,10 +260,9 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None, previous=None
     ) -> Fit:
         model, curve = self._train(parts, rng, scratch, previous)
-        references = self._references  # (before the model writes: a fine-tuned measuring model writes first)
         # each written sequence's perplexity under the measuring model (Shumailov et al.'s histograms)
         perplexities = [round(float(p), 6) for p in self._written(model)[2]]
-        diagnostics = {"learning_curve": curve, "reference": references, "generated_perplexity": perplexities}
+        diagnostics = {"learning_curve": curve, "reference": self._references, "generated_perplexity": perplexities}
         return Fit(model, diagnostics)
 
     def _train(self, parts: Sequence[Examples], rng: np.random.Generator, scratch: Path | None = None, previous=None):
@@ -356,8 +365,12 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         format filter, and their perplexities under the measuring model. Kept for the last model: ``fit``
         records the perplexities, ``evaluate`` measures the same sequences."""
         memo = self.__dict__.get("_written_memo")
-        if memo is not None and memo[0] is model:
-            return memo[1]
+        if memo is None or memo[0] is not model:
+            self._written_memo = memo = (model, self._write(model))
+        return memo[1]
+
+    def _write(self, model) -> tuple[Examples, float, np.ndarray]:
+        """``_written``, not kept."""
         seed, rows = self._prompts
         model.to(self.device)
         if not len(rows):
@@ -368,16 +381,15 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
             written = self._samples(model, len(rows), seed, None)
             share = len(written) / len(rows)
         perplexities = self._perplexities(self._measuring_model, written) if len(written) else np.zeros(0)
-        self._written_memo = (model, (written, share, perplexities))
         return written, share, perplexities
 
     def _generated(self, model) -> dict[str, float]:
         """The generated-data metrics: ``_written``'s perplexities under the measuring model and diversity."""
         names = [name for name in self.metrics if name.startswith(("generated", "well_formed", "distinct", "repeated"))]
-        threshold = self._references.get("tail_threshold")  # (first: the fine-tuned reference writes too)
         written, share, perplexities = self._written(model)
         if not len(written):
             return {**dict.fromkeys(names, float("nan")), "well_formed": share}
+        threshold = self._references["tail_threshold"]
         return {
             "generated_perplexity_q05": float(np.quantile(perplexities, 0.05)),
             "generated_perplexity_median": float(np.median(perplexities)),
