@@ -380,3 +380,59 @@ def test_a_damaged_shared_first_iteration_is_computed_again(tmp_path):
     assert shared_first_iterations(tmp_path, specs, [0, 0], 2) == [shared] and not damaged.exists()
     assert shared_first_iterations(tmp_path, specs, [1, 0], 2) == []  # one chain left to start: nothing to share
     assert shared_first_iterations(tmp_path, specs, [0, 0], 1) == []  # one iteration: nothing after it to share
+
+
+def _definition(regime, iteration, T):
+    """(train size, real fraction) of ``regime`` at ``iteration`` >= 2 by its definition in the README's
+    regime table, an empty part simply absent (written out here, not asked of the regime)."""
+    p = regime.value
+    if regime.name == "replace":
+        return T, 0.0
+    if regime.name == "accumulate":
+        return iteration * T, 1 / iteration
+    if regime.name == "accumulate-subsample":
+        return T, None
+    if regime.name == "replace-grown":
+        return iteration * T, 0.0
+    if regime.name in ("keep-real-fraction", "fresh-real"):
+        return T, round(p * T) / T
+    if regime.name == "mix":
+        return T + round(p * T), T / (T + round(p * T))
+    real, synthetic = regime.real, regime.synthetic
+    return real + synthetic, real / (real + synthetic)
+
+
+def test_every_regime_runs_over_its_whole_parameter_range_and_small_sizes():
+    """The baselines at the ends of a sweep (mix:0, keep-real-fraction:1, fresh-real:0 and 1, a share that
+    rounds a batch to no sample for the run's T) run, training on what the regime's definition gives."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    share = st.one_of(st.sampled_from([0.0, 1.0, 0.001, 0.5]), st.floats(0, 1, allow_nan=False))
+    regimes = st.one_of(
+        st.sampled_from(["replace", "accumulate", "accumulate-subsample", "replace-grown"]),
+        st.builds(lambda p: f"keep-real-fraction:{p!r}", share),
+        st.builds(lambda p: f"fresh-real:{p!r}", share),
+        st.builds(lambda p: f"mix:{p!r}", st.one_of(share, st.floats(0, 5, allow_nan=False))),
+        st.builds(lambda r, s: f"real-synthetic:{r}+{s}", st.integers(0, 1), st.integers(0, 4)).filter(
+            lambda label: label != "real-synthetic:0+0"
+        ),
+    )
+
+    @settings(max_examples=120, deadline=None)
+    @given(regimes, st.integers(1, 5), st.integers(1, 4))
+    def check(label, T, iterations):
+        regime = parse_regime(label)
+        cls = SETTINGS["discrete"]
+        setting = cls(cls.Config(outcomes=3, samples=T), (0, 1))
+        for record in run_chain(setting, regime, iterations):
+            if record.iteration == 1:
+                assert record.train_size == T
+                continue
+            size, fraction = _definition(regime, record.iteration, T)
+            assert record.train_size == size, label
+            if fraction is not None:
+                np.testing.assert_allclose(record.real_fraction, fraction)
+            assert all(np.isfinite(values).all() for values in record.metrics.values())
+
+    check()

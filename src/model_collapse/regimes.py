@@ -196,9 +196,12 @@ class Regime(ABC):
 
     @staticmethod
     def _nonempty(selection: Selection, sizes: Mapping[Source, int]) -> bool:
+        """Whether a selection takes any row: a batch of zero samples (``mix:0``, ``fresh-real:1``, a
+        share that rounds to nothing) is never drawn, so it is absent from ``sizes``, and its part of the
+        training set is simply left out."""
         if selection.rows is not None:
             return selection.rows.shape[1] > 0
-        return any(sizes[s] for s in selection.sources)
+        return any(sizes.get(s, 0) for s in selection.sources)
 
     @abstractmethod
     def _plan(
