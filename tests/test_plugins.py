@@ -233,3 +233,51 @@ def test_the_python_api_runs_a_setting_class_given_in_place_of_its_name(tmp_path
     assert set(frame["setting"]) == {f"{__name__}:Renamed"}
     baseline = model_collapse.run({**raw, "setting": {"name": "discrete", "samples": 8}}, out=tmp_path / "base")
     pd.testing.assert_frame_equal(frame.drop(columns="setting"), baseline.table().drop(columns="setting"))
+
+
+BUGGY = PLUGIN + '''
+
+class BuggySetting(MeanSetting):
+    """A plugin with a bug: its fit fails from the second iteration on."""
+
+    def fit(self, parts, rng, scratch=None):
+        if len(parts) > 1 or parts[0] is not self.real_train:
+            raise ZeroDivisionError("the plugin divided by zero")
+        return super().fit(parts, rng, scratch)
+'''
+
+
+@pytest.fixture()
+def buggy(plugin):
+    (plugin / "mean_plugin" / "__init__.py").write_text(BUGGY)
+    return "mean_plugin:BuggySetting"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_chain_stopped_by_a_bug_is_one_line_naming_the_chain_error_and_traceback(buggy, tmp_path, workers):
+    """Wherever the chain ran (this process or a worker): one line with the chain, the error, the file
+    that keeps the traceback, and the resume command with the --setting the run needs."""
+    out = tmp_path / "run"
+    result = cli("run", config(tmp_path, buggy, regimes=["replace"]), "--out", out, "-q", "-j", workers)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    (log,) = (out / "logs").iterdir()
+    assert line == (
+        f"error: chain base / replace failed: ZeroDivisionError: the plugin divided by zero (its traceback is in "
+        f"{log}); finish it with `model-collapse resume {out} --setting {buggy}`"
+    )
+    text = log.read_text()
+    assert text.startswith("Traceback") and 'raise ZeroDivisionError("the plugin divided by zero")' in text
+    status = cli("status", out, "--setting", buggy)
+    assert "failed" in status.stdout and "ZeroDivisionError: the plugin divided by zero" in status.stdout
+
+
+def test_the_python_api_raises_a_chain_stopped_by_a_bug_as_chain_failed(buggy, tmp_path):
+    from model_collapse.errors import ChainFailed
+
+    raw = {"setting": {"name": buggy, "samples": 10}, "regimes": ["replace"], "iterations": 3, "seeds": 2}
+    with pytest.raises(ChainFailed, match=r"^chain base / replace failed: ZeroDivisionError") as caught:
+        model_collapse.run(raw, out=tmp_path / "run", workers=1)
+    assert caught.value.log is not None and caught.value.log.parent == tmp_path / "run" / "logs"
+    assert isinstance(caught.value.original, ZeroDivisionError)

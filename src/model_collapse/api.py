@@ -84,7 +84,34 @@ def default_directory(config: str | Path | Mapping[str, Any]) -> Path:
     return Path("runs") / Path(config).stem
 
 
-def _unguarded(action: Callable[[], Any], resume_hint: Path | None = None) -> Any:
+def resume_command(run_directory: Path, experiment: Any) -> str:
+    """The command that finishes ``run_directory``: ``model-collapse resume RUN``, with ``--setting`` for
+    a setting named by import path and ``--allow-import`` for each reward or verifier its curation
+    names (a run directory alone never makes model-collapse import code)."""
+    import shlex
+
+    from .settings import SETTINGS
+    from .settings.registry import is_import_path
+
+    words = ["model-collapse", "resume", str(run_directory)]
+    name = experiment.setting_name
+    if is_import_path(name) and name not in SETTINGS.registered_paths():
+        words += ["--setting", name]
+    curations = [point.curation for point in experiment.points if point.curation is not None]
+    for path in dict.fromkeys(curation.scored_by for curation in curations if curation.score is None):
+        words += ["--allow-import", path]
+    return shlex.join(words)
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """A run under way, for the line that says how to finish it: its directory and the command."""
+
+    directory: Path
+    command: str
+
+
+def _unguarded(action: Callable[[], Any], resumable: Resumable | None = None) -> Any:
     return action()
 
 
@@ -98,8 +125,8 @@ def run_locked(
 ) -> None:
     """Run (or finish) the chains of ``prepared`` in ``directory`` while holding its lock, taken by
     ``take`` (creating the run, or locking an existing one) on rank 0 alone under torchrun, with SIGTERM
-    stopping it as Ctrl-C does. ``guard(action, resume_hint)`` runs taking the lock and then the chains
-    (the command line's turns what stops them into one line naming ``resume``)."""
+    stopping it as Ctrl-C does. ``guard(action, resumable)`` runs taking the lock and then the chains
+    (the command line's turns what stops them into one line naming the resume command)."""
     from . import distributed
     from .runner import run_experiment
     from .signals import terminate_like_ctrl_c
@@ -120,7 +147,7 @@ def run_locked(
     with terminate_like_ctrl_c():
         distributed.start()
         lock = guard(lock_on_rank_0)
-        guard(chains, directory)
+        guard(chains, Resumable(directory, resume_command(directory, prepared.experiment)))
 
 
 def setting_record(experiment: Any) -> dict[str, Any]:

@@ -48,10 +48,11 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _guarded(action, resume_hint: Path | None = None):
+def _guarded(action, resumable: api.Resumable | None = None):
     """Run ``action``; what the user or the machine caused becomes one line and an exit code: 2 for
-    bad input, 1 for a fault (disk full, memory, a killed worker), 130 for Ctrl-C, 143 for SIGTERM."""
-    hint = f"; finish it with `model-collapse resume {resume_hint}`" if resume_hint else ""
+    bad input, 1 for a fault (disk full, memory, a killed worker) or a chain stopped by a bug, 130 for
+    Ctrl-C, 143 for SIGTERM. With ``resumable``, the line ends with the command that finishes the run."""
+    hint = f"; finish it with `{resumable.command}`" if resumable else ""
     try:
         return action()
     except (ResourceError, ChainFailed) as error:
@@ -63,7 +64,7 @@ def _guarded(action, resume_hint: Path | None = None):
     except Terminated:
         _fail(f"terminated{hint}", code=143)
     except (OSError, MemoryError) as error:
-        fault = one_line_error(error, resume_hint or Path.cwd())
+        fault = one_line_error(error, resumable.directory if resumable else Path.cwd())
         if fault is None:
             raise
         _fail(f"{fault}{hint}", code=1)
@@ -134,7 +135,7 @@ def resume(
     prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
     take = lambda: api._lock_for_resume(run_directory, prepared, recompute_damaged, say=_say)  # noqa: E731
 
-    def guard(action, resume_hint=None):
+    def guard(action, resumable=None):
         def with_the_way_forward():
             try:
                 return action()
@@ -148,7 +149,7 @@ def resume(
                     "them again"
                 ) from None
 
-        return _guarded(with_the_way_forward, resume_hint)
+        return _guarded(with_the_way_forward, resumable)
 
     api.run_locked(run_directory, take, prepared, workers, quiet, guard=guard)
     _say(f"done: {run_directory}")

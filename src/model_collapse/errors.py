@@ -33,7 +33,15 @@ class ResourceError(ModelCollapseError):
 
 
 class ChainFailed(Exception):
-    """A chain stopped on an unexpected error (a bug); its traceback has been printed."""
+    """A chain stopped on an unexpected error (a bug in a setting, shipped or a plugin): the message
+    names the chain, the error and the file in the run directory that keeps its full traceback
+    (``log``; None where it could not be written, and the traceback went to stderr instead).
+    ``original`` is the error itself when the chain ran in this process, for a debugger."""
+
+    def __init__(self, message: str, log: Path | None = None, original: BaseException | None = None):
+        super().__init__(message)
+        self.log = log
+        self.original = original
 
 
 def one_line_error(error: BaseException, where: Path) -> ModelCollapseError | None:

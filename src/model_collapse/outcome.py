@@ -4,7 +4,9 @@ what stopped it, as the one line the run ends with.
 ``run_chain_spec`` runs a chain and returns an ``Outcome`` instead of raising: it crosses a pipe, Ray
 or a pickle file back to the driver, which raises it with ``Outcome.raise_for``. This is the one place
 where a failure becomes its message: a user's error as it is, a fault of the machine (a full disk,
-memory running out, a worker killed) as a ``ResourceError``, a bug as its traceback.
+memory running out, a worker killed) as a ``ResourceError``, a bug as a ``ChainFailed`` of one line
+naming the chain, the error and the file of the run directory that keeps its traceback: the same
+wherever the chain ran, in this process or elsewhere.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Outcome:
         if fault is not None:
             return cls(type(fault).__name__, str(fault))
         text = "".join(traceback.format_exception(error))
-        return cls(message=f"{type(error).__name__}: {error}", traceback=text, exception=error)
+        return cls(message=_first_line(f"{type(error).__name__}: {error}"), traceback=text, exception=error)
 
     @classmethod
     def died(cls, reason: str) -> Outcome:
@@ -56,7 +58,7 @@ class Outcome:
     def crashed(cls, traceback_text: str) -> Outcome:
         """A bug reported by its traceback alone (a Slurm job's)."""
         lines = [line.strip() for line in traceback_text.splitlines() if line.strip()]
-        return cls(message=lines[-1] if lines else "it failed", traceback=traceback_text)
+        return cls(message=_first_line(lines[-1]) if lines else "it failed", traceback=traceback_text)
 
     def __getstate__(self) -> dict:
         return {key: value for key, value in self.__dict__.items() if key != "exception"}
@@ -66,14 +68,22 @@ class Outcome:
         shows it) and raise the chain's error."""
         if self.complete:
             return
-        ChainStore.of(run_directory, spec, writer=False).record_failure(self.message)
+        store = ChainStore.of(run_directory, spec, writer=False)
+        store.record_failure(self.message)
         if self.error is not None:
             raise _ERRORS.get(self.error, ModelCollapseError)(f"chain {spec.label}: {self.message}")
-        if self.exception is not None:
-            raise self.exception
         text = self.traceback or ""
-        sys.stderr.write(text if text.endswith("\n") else text + "\n")
-        raise ChainFailed(f"chain {spec.label} failed (traceback above)")
+        log = store.keep_traceback(run_directory, text)
+        if log is None:  # (the run directory cannot take it: the one place left to say it)
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
+        where = f"its traceback is in {log}" if log is not None else "its traceback is above"
+        raise ChainFailed(f"chain {spec.label} failed: {self.message} ({where})", log, self.exception)
+
+
+def _first_line(message: str, limit: int = 300) -> str:
+    """An error's message as one line of a readable length (the whole of it is in the traceback)."""
+    line = (message.strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def run_spec(

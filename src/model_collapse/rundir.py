@@ -28,6 +28,8 @@
     RUN/shared/                       what a setting makes once per run for all its chains (a model
                                       the fine-tuning setting pretrains): ``Setting.shared``
     RUN/figures/                      written by `model-collapse plot`
+    RUN/logs/<UTC time>-<chain>.txt   the full traceback of a chain that stopped on an unexpected error
+                                      (the command prints one line naming this file)
 
 Every file is written to a temporary name, flushed to disk and renamed into place (``atomic.py``); a commit is
 assembled in ``iter_....partial`` and renamed as a whole, and only then does progress.json move on.
@@ -89,6 +91,7 @@ CONFIG = "config.yaml"
 LOCK = "run.lock"
 SHARED = "shared"  # Setting.shared: what a setting makes once per run
 DAMAGED = "damaged"  # resume --recompute-damaged: commits set aside, by time
+LOGS = "logs"  # the tracebacks of chains stopped by a bug, by time
 _COMMIT = re.compile(r"iter_(\d+)(?:-(\d+))?(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)
@@ -395,6 +398,19 @@ class ChainStore:
                 write_json(self.directory / self.FAILURE, {"reason": reason, "at": when})
         except OSError:
             pass
+
+    def keep_traceback(self, run_directory: Path, text: str) -> Path | None:
+        """Keep the traceback of the error that stopped the chain in ``RUN/logs/`` (kept across its
+        resume, unlike ``failure.json``); its path, or None where it cannot be written (a full disk)."""
+        when = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        name = "-".join(self.directory.relative_to(run_directory).parts[1:]) or self.directory.name
+        path = run_directory / LOGS / f"{when}-{name}.txt"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            write_text_atomic(path, text if text.endswith("\n") else text + "\n")
+        except OSError:
+            return None
+        return path
 
     def failure(self) -> dict[str, Any] | None:
         """What ``record_failure`` recorded, or None (also for an unreadable record)."""
