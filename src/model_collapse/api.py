@@ -169,7 +169,8 @@ def run(
     directory ``out`` (default: ``default_directory``); returns the finished ``Run``.
 
     In a dict, ``setting.name`` may be a setting class itself, which runs under its import path
-    (``module:Class``; a class defined in a notebook runs in this process alone: ``workers=1``).
+    (``module:Class``; a class defined in a notebook or the script itself keeps the chains in this
+    process, one at a time, saying so: worker processes cannot import ``__main__``).
 
     ``overrides`` are ``dotted.key=value`` strings, as on the command line; ``workers`` parallel local
     processes (default: the config's, else one per CPU); ``executor``: ``local``, ``ray`` or ``slurm``

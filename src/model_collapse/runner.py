@@ -7,6 +7,7 @@ running the same function again: chains already complete are skipped, others res
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from .experiment import FIRST_ITERATIONS, ChainSpec, ExecutorConfig, Experiment
 from .rundir import ChainStore
 from .settings import SETTINGS
 
+log = logging.getLogger(__name__)
 
 def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
     """Iterations each chain has completed (0 for a chain not started), checked on disk.
@@ -36,6 +38,23 @@ def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterat
             store.records(len(spec.seeds), spec.metrics, completed)
         done.append(completed)
     return done
+
+
+def code_only_here(experiment: Experiment) -> str | None:
+    """Why the chains of ``experiment`` can run only in this process (None: they can run anywhere): its
+    setting, reward or verifier is defined in ``__main__`` (a notebook, a script), which a worker
+    process cannot import."""
+    named = [("the setting", experiment.setting_name)]
+    named += [
+        (f"setting.curation.{point.curation.scorer_key}", point.curation.scored_by)
+        for point in experiment.points
+        if point.curation is not None and point.curation.score is None
+    ]
+    for what, path in named:
+        if path.partition(":")[0] == "__main__":
+            name = path.partition(":")[2]
+            return f"{what} {name} is defined in __main__ (a notebook or a script), which worker processes cannot import"
+    return None
 
 
 def resolve_workers(experiment: Experiment, workers: int | None) -> int:
@@ -107,6 +126,11 @@ def run_experiment(
     workers = resolve_workers(experiment, workers)
     if distributed.world_size() > 1:
         workers, quiet = 1, quiet or not distributed.is_main()  # ranks run the chains together, one at a time
+    if workers > 1 and options.name == "local":
+        reason = code_only_here(experiment)
+        if reason is not None:
+            log.warning("note: the chains run in this process, one at a time: %s", reason)
+            workers = 1
     done = completed_iterations(run_directory, specs, iterations)
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
     cheap = SETTINGS.declared(experiment.setting_name).cheap

@@ -9,6 +9,7 @@ on which a cheap chain commits what it has computed, then SIGKILL after ``STOP_G
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.connection
@@ -17,6 +18,8 @@ import signal
 import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 from typing import Any
 
 from .. import activity
@@ -125,7 +128,8 @@ def _run_in_processes(work: Work, progress: Progress, workers: int) -> None:
                     args=(writer, os.getpid(), work.specs[index], light),
                     name=f"chain-{index}",
                 )
-                process.start()
+                with _main_left_out():
+                    process.start()
                 writer.close()  # the worker holds the only writing end: its death reads as end of file
                 running[index] = (process, reader)
             for ready in multiprocessing.connection.wait([r for _, r in running.values()], timeout=1.0):
@@ -152,6 +156,20 @@ def _run_in_processes(work: Work, progress: Progress, workers: int) -> None:
         _stop([process for process, _ in running.values()])
         for _, reader in running.values():
             reader.close()
+
+
+@contextlib.contextmanager
+def _main_left_out() -> Iterator[None]:
+    """Start a worker without the parent's ``__main__``: a spawned process runs the user's script (or
+    ``python -m`` module) again as ``__mp_main__`` before anything else, its unguarded
+    ``model_collapse.run(...)`` included (the README's example saved as a file), and no chain needs it:
+    a setting or function defined in ``__main__`` makes the runner keep the chains in this process."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to re-run
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _stop(processes: list) -> None:
