@@ -235,8 +235,7 @@ def test_the_python_api_runs_a_setting_class_given_in_place_of_its_name(tmp_path
     pd.testing.assert_frame_equal(frame.drop(columns="setting"), baseline.table().drop(columns="setting"))
 
 
-BUGGY = PLUGIN + '''
-
+BUGGY_CODE = '''
 class BuggySetting(MeanSetting):
     """A plugin with a bug: its fit fails from the second iteration on."""
 
@@ -245,6 +244,7 @@ class BuggySetting(MeanSetting):
             raise ZeroDivisionError("the plugin divided by zero")
         return super().fit(parts, rng, scratch)
 '''
+BUGGY = PLUGIN + BUGGY_CODE
 
 
 @pytest.fixture()

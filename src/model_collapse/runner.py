@@ -25,6 +25,7 @@ from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
+
 def completed_iterations(run_directory: Path, specs: Sequence[ChainSpec], iterations: int) -> list[int]:
     """Iterations each chain has completed (0 for a chain not started), checked on disk.
 
@@ -53,7 +54,9 @@ def code_only_here(experiment: Experiment) -> str | None:
     for what, path in named:
         if path.partition(":")[0] == "__main__":
             name = path.partition(":")[2]
-            return f"{what} {name} is defined in __main__ (a notebook or a script), which worker processes cannot import"
+            return (
+                f"{what} {name} is defined in __main__ (a notebook or a script), which worker processes cannot import"
+            )
     return None
 
 
