@@ -388,3 +388,27 @@ def test_list_finds_a_settings_missing_extra_from_the_packages_own_extras():
         if extra is not None:
             declared = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in extras["optional-dependencies"][extra]]
             assert registry._extra_distributions(extra) == declared
+
+
+def test_list_never_cuts_names_piped_or_in_80_columns():
+    """Piped: plain lines by default; a terminal of 80 columns: a table whose names fold, never cut."""
+    from model_collapse.settings import SETTINGS
+
+    names = list(SETTINGS)
+    assert "gaussian-mixture" in names  # the example plugin, installed by the test command
+    piped = helpers.cli("list")
+    assert piped.returncode == 0, piped.stderr
+    assert "…" not in piped.stdout and "┃" not in piped.stdout
+    starts = [line.split("  (")[0] for line in piped.stdout.splitlines() if line and not line.startswith(" ")]
+    assert set(names) <= set(starts)
+    assert "gaussian-mixture  (collapse-gmm 0.1.0 (entry point collapse_gmm:GaussianMixtureSetting))" in piped.stdout
+    assert "keep-real-fraction (fraction=0.1): T samples" in piped.stdout
+    table = invoke("list", "--format", "table", env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and "…" not in table.output
+    cells = {line.split("│")[1].strip() for line in table.output.splitlines() if line.startswith("│")}
+    assert set(names) <= cells
+    listed = json.loads(helpers.cli("list", "--format", "json").stdout)
+    assert [entry["setting"] for entry in listed["settings"]] == names
+    assert listed["settings"][0]["fields"] == {"dim": 10, "samples": 100, "noise_variance": 1.0}
+    wrong = helpers.cli("list", "--format", "xml")
+    assert wrong.returncode == 2 and wrong.stderr == "error: --format 'xml': choose one of table, text, json\n"

@@ -289,27 +289,43 @@ def list_(
     markdown: bool = typer.Option(
         False, "--markdown", help="Print the config reference as Markdown: every field, its default and meaning."
     ),
+    format: str | None = typer.Option(
+        None,
+        "--format",
+        help="table (a terminal's default), text (plain lines: the default when the output is not a terminal) or json.",
+        show_default=False,
+    ),
 ) -> None:
-    """List the settings (with their config fields) and the regimes."""
-    from rich.table import Table
-
-    from .curation import offered_scores
-    from .reference import config_fields, reference_markdown
-    from .regimes import REGIMES
+    """List the settings (where they come from, their config fields, metrics) and the regimes."""
+    from .reference import reference_markdown
     from .settings import SETTINGS
 
     if markdown:
         sys.stdout.write(_guarded(lambda: reference_markdown(list(SETTINGS))))
         return
-    console = Console()
-    settings = Table(
-        "setting", "from", "fields (default)", "metrics", "closed forms", "curation scores", title="settings"
-    )
+    chosen = format or ("table" if sys.stdout.isatty() else "text")
+    if chosen not in _LIST_FORMATS:
+        _fail(f"--format {chosen!r}: choose one of {', '.join(_LIST_FORMATS)}")
+    settings, regimes = _listing()
+    _LIST_FORMATS[chosen](settings, regimes)
+
+
+def _listing() -> tuple[list[dict], list[dict]]:
+    """What ``list`` shows: a dict per setting (a setting that cannot be imported here says why under
+    ``problem``) and per regime, every value whole."""
+    from .curation import offered_scores
+    from .reference import config_fields
+    from .regimes import REGIMES
+    from .settings import SETTINGS
+
+    settings = []
     for name in SETTINGS:
+        entry: dict = {"setting": name}
+        settings.append(entry)
         try:
-            origin = escape(SETTINGS.origin(name).describe())
+            entry["from"] = SETTINGS.origin(name).describe()
         except ConfigError as error:  # two packages register the name
-            settings.add_row(name, f"[dim]{escape(str(error))}[/]", "", "", "", "")
+            entry["problem"] = str(error)
             continue
         try:  # the declaration alone: listing imports no model code (PyTorch, RDKit)
             missing = SETTINGS.unavailable(name)
@@ -317,18 +333,84 @@ def list_(
                 raise missing
             cls = SETTINGS.declared(name)
         except ConfigError as error:  # an optional dependency is missing: say how to get it
-            settings.add_row(name, origin, f"[dim]{escape(str(error))}[/]", "", "", "")
+            entry["problem"] = str(error)
             continue
-        fields = ", ".join(f"{k}={f.get_default(call_default_factory=True)}" for k, f in config_fields(cls.Config))
-        theory = "yes" if _states_theory(name) else ""
-        scores = ", ".join(offered_scores(cls))
-        settings.add_row(name, origin, escape(fields), ", ".join(cls.metrics), theory, scores)
-    console.print(settings)
-    regimes = Table("regime", "parameter (default)", "what it trains on", title="regimes")
+        entry["fields"] = {k: f.get_default(call_default_factory=True) for k, f in config_fields(cls.Config)}
+        entry["metrics"] = list(cls.metrics)
+        entry["closed_forms"] = _states_theory(name)
+        entry["curation_scores"] = list(offered_scores(cls))
+    regimes = []
     for name, regime in REGIMES.items():
         parameter = f"{regime.parameter}={regime.default}" if regime.parameter else ", ".join(regime.parameters())
-        regimes.add_row(name, parameter, (regime.__doc__ or "").strip())
-    console.print(regimes)
+        regimes.append({"regime": name, "parameters": parameter, "trains_on": (regime.__doc__ or "").strip()})
+    return settings, regimes
+
+
+def _fields_text(fields: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in fields.items())
+
+
+def _list_table(settings: list[dict], regimes: list[dict]) -> None:
+    """Rich tables for a terminal: names and origins never cut (they fold), the long cells wrap."""
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="settings")
+    widest = max(len(entry["setting"]) for entry in settings)
+    table.add_column("setting", no_wrap=True, min_width=widest)
+    table.add_column("from", overflow="fold")
+    for column in ("fields (default)", "metrics", "closed forms", "curation scores"):
+        table.add_column(column, overflow="fold")
+    for entry in settings:
+        if "problem" in entry:
+            table.add_row(entry["setting"], escape(entry.get("from", "")), f"[dim]{escape(entry['problem'])}[/]")
+            continue
+        table.add_row(
+            entry["setting"],
+            escape(entry["from"]),
+            escape(_fields_text(entry["fields"])),
+            ", ".join(entry["metrics"]),
+            "yes" if entry["closed_forms"] else "",
+            ", ".join(entry["curation_scores"]),
+        )
+    console.print(table)
+    table = Table(title="regimes")
+    table.add_column("regime", no_wrap=True, min_width=max(len(entry["regime"]) for entry in regimes))
+    table.add_column("parameter (default)", overflow="fold")
+    table.add_column("what it trains on", overflow="fold")
+    for entry in regimes:
+        table.add_row(entry["regime"], entry["parameters"], entry["trains_on"])
+    console.print(table)
+
+
+def _list_text(settings: list[dict], regimes: list[dict]) -> None:
+    """Plain lines, nothing cut or wrapped: a setting's name and origin, then its details indented."""
+    lines = ["settings:"]
+    for entry in settings:
+        lines.append(f"{entry['setting']}  ({entry.get('from', 'origin unknown')})")
+        if "problem" in entry:
+            lines.append(f"    unavailable: {entry['problem']}")
+            continue
+        lines.append(f"    fields: {_fields_text(entry['fields'])}")
+        lines.append(f"    metrics: {', '.join(entry['metrics'])}")
+        if entry["closed_forms"]:
+            lines.append("    closed forms: yes")
+        if entry["curation_scores"]:
+            lines.append(f"    curation scores: {', '.join(entry['curation_scores'])}")
+    lines += ["", "regimes:"]
+    for entry in regimes:
+        parameters = f" ({entry['parameters']})" if entry["parameters"] else ""
+        lines.append(f"{entry['regime']}{parameters}: {entry['trains_on']}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _list_json(settings: list[dict], regimes: list[dict]) -> None:
+    import json
+
+    sys.stdout.write(json.dumps({"settings": settings, "regimes": regimes}, indent=2, default=str) + "\n")
+
+
+_LIST_FORMATS = {"table": _list_table, "text": _list_text, "json": _list_json}
 
 
 def _states_theory(name: str) -> bool:
