@@ -160,3 +160,14 @@ def test_a_grid_of_real_and_synthetic_counts_is_drawn_as_the_follow_up_draws_it(
     final = {r.spec.regime.label: r.metrics["mean_sq_error"][-1].mean() for r in results}
     np.testing.assert_allclose(lines["400 synthetic"].get_ydata()[1], final["real-synthetic:8+400"])
     assert final["real-synthetic:8+400"] < final["real-synthetic:8+0"]
+
+
+def test_every_metric_figures_title_says_what_its_file_name_says(quickstart):
+    """``<metric>_by_regime``: a row of panels per regime; ``<metric>``: every regime overlaid."""
+    for metric in ("test_error", "real_fraction"):
+        overlaid = quickstart[metric]
+        assert overlaid._suptitle.get_text() == f"linear-regression: {metric}, every regime overlaid"
+        assert {line.get_label() for line in overlaid.legends[0].get_lines()} >= {"replace", "accumulate"}
+    by_regime = quickstart["test_error_by_regime"]
+    assert by_regime._suptitle.get_text() == "linear-regression: test_error by regime (a row of panels per regime)"
+    assert [ax.get_title() for ax in by_regime.axes[:3]] == ["replace", "accumulate", "accumulate-subsample"]

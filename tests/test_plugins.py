@@ -281,3 +281,83 @@ def test_the_python_api_raises_a_chain_stopped_by_a_bug_as_chain_failed(buggy, t
         model_collapse.run(raw, out=tmp_path / "run", workers=1)
     assert caught.value.log is not None and caught.value.log.parent == tmp_path / "run" / "logs"
     assert isinstance(caught.value.original, ZeroDivisionError)
+
+
+THREADS_CODE = """
+import torch
+from threadpoolctl import threadpool_info
+
+
+class ThreadsSetting(MeanSetting):
+    '''A costly plugin that records the threads its evaluation computes with.'''
+
+    cheap = False
+    metrics = {**MeanSetting.metrics, "torch_threads": Metric("torch threads"), "blas_threads": Metric("BLAS threads")}
+
+    def evaluate(self, model):
+        blas = max(pool["num_threads"] for pool in threadpool_info())
+        counts = {"torch_threads": torch.get_num_threads(), "blas_threads": blas}
+        return {**super().evaluate(model), **{k: np.full(self.seed_count, float(v)) for k, v in counts.items()}}
+"""
+
+
+@pytest.mark.parametrize(
+    "arguments,changes,chains_at_once",
+    [
+        (["-j", "1"], {}, 1),  # in this process: every core to the one chain at once
+        (["-j", "2"], {"regimes": ["replace"], "sweep": {"samples": [10, 12]}}, 2),  # two workers: half the cores
+        (["-j", "1", "--threads", "1"], {}, None),
+        (["-j", "2"], {"threads": 1}, None),
+    ],
+)
+def test_every_chain_computes_within_its_thread_budget(plugin, tmp_path, arguments, changes, chains_at_once):
+    """torch's intra-op pool as well as BLAS, in this process or a worker: the cores divided by the chains
+    running at once, or what --threads or the config's threads say."""
+    from model_collapse.threads import available_cores
+
+    (plugin / "mean_plugin" / "__init__.py").write_text(PLUGIN + THREADS_CODE)
+    path = config(tmp_path, "mean_plugin:ThreadsSetting", iterations=2, seeds=1, **changes)
+    result = cli("run", path, "--out", tmp_path / "run", "-q", *arguments)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(io.StringIO(cli("table", tmp_path / "run", "--setting", "mean_plugin:ThreadsSetting").stdout))
+    expected = 1 if chains_at_once is None else max(1, available_cores() // chains_at_once)
+    assert set(frame["torch_threads"]) == {expected} and set(frame["blas_threads"]) == {expected}, frame
+
+
+PREVIEWS_CODE = """
+
+class PreviewSetting(MeanSetting):
+    '''A cheap plugin whose previews are texts: a few of its samples, written out.'''
+
+    preview_size = 3
+
+    def preview(self, data):
+        return np.array([f"x = {x:.3f}" for x in data["x"][0, : self.preview_size]])
+"""
+
+
+def test_a_cheap_settings_previews_are_kept_for_every_iteration(plugin, tmp_path):
+    """Its chains commit iterations in groups: each iteration's preview goes with its group, and the
+    report shows them (it showed an empty "(0)" entry per regime and iteration)."""
+    from model_collapse.rundir import ChainStore
+
+    (plugin / "mean_plugin" / "__init__.py").write_text(PLUGIN + PREVIEWS_CODE)
+    name = "mean_plugin:PreviewSetting"
+    result = cli("run", config(tmp_path, name), "--out", tmp_path / "run", "-q", "-j", "1")
+    assert result.returncode == 0, result.stderr
+    chain = tmp_path / "run" / "chains" / "base" / "replace"
+    (commit,) = [path.name for path in chain.glob("iter_*")]
+    assert commit == "iter_0001-0005"  # one group: five iterations within a second
+    store = ChainStore(chain, {}, writer=False)
+    previews = [store.preview(i) for i in range(1, 6)]
+    assert all(p is not None and p.shape == (3,) and p[0].startswith("x = ") for p in previews)
+    assert len({tuple(p) for p in previews}) == 5  # each iteration's own model
+    assert store.preview(6) is None
+    report = cli("report", tmp_path / "run", "--setting", name)
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "run" / "report.html").read_text()
+    summaries = [line for line in html.splitlines() if line.startswith("<summary>") and "config" not in line]
+    assert summaries == [
+        "<summary>real data (3)</summary>",
+        *(f"<summary>{regime}, iteration {i} (3)</summary>" for regime in ("replace", "accumulate") for i in (1, 5)),
+    ]

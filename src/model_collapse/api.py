@@ -122,6 +122,7 @@ def run_locked(
     workers: int | None,
     quiet: bool,
     guard: Callable[..., Any] = _unguarded,
+    threads: int | None = None,
 ) -> None:
     """Run (or finish) the chains of ``prepared`` in ``directory`` while holding its lock, taken by
     ``take`` (creating the run, or locking an existing one) on rank 0 alone under torchrun, with SIGTERM
@@ -138,7 +139,7 @@ def run_locked(
 
     def chains():
         try:
-            run_experiment(directory, prepared.experiment, workers, quiet, prepared.options)
+            run_experiment(directory, prepared.experiment, workers, quiet, prepared.options, threads)
         finally:
             if lock is not None:
                 lock.release()
@@ -164,6 +165,7 @@ def run(
     workers: int | None = None,
     quiet: bool = True,
     executor: str | None = None,
+    threads: int | None = None,
 ) -> Run:
     """Run every chain of ``config`` (a YAML file's path, or the same mapping as a dict) into the new run
     directory ``out`` (default: ``default_directory``); returns the finished ``Run``.
@@ -174,16 +176,16 @@ def run(
 
     ``overrides`` are ``dotted.key=value`` strings, as on the command line; ``workers`` parallel local
     processes (default: the config's, else one per CPU); ``executor``: ``local``, ``ray`` or ``slurm``
-    (default: the config's). Ctrl-C or SIGTERM stops the chains after committing what they computed;
-    ``resume`` finishes the run."""
+    (default: the config's); ``threads``: each chain's thread budget, BLAS and PyTorch (default: the
+    config's, else the cores divided by the chains running at once). Ctrl-C or SIGTERM stops the chains
+    after committing what they computed; ``resume`` finishes the run."""
     from .rundir import create_run
 
     prepared = prepare(config, tuple(overrides), workers, executor)
     directory = Path(out) if out is not None else default_directory(config)
     record = setting_record(prepared.experiment)
-    run_locked(
-        directory, lambda: create_run(directory, prepared.experiment.resolved(), record), prepared, workers, quiet
-    )
+    take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
+    run_locked(directory, take, prepared, workers, quiet, threads=threads)
     return Run(directory)
 
 
@@ -278,13 +280,15 @@ def resume(
     setting: str | type | None = None,
     allow_import: Sequence[str] = (),
     recompute_damaged: bool = False,
+    threads: int | None = None,
 ) -> Run:
     """Finish an interrupted run: committed iterations are kept, the rest computed as in one go.
 
     ``setting``: the import path (or class) of a setting the run names by import path, which a run
     directory alone never makes this import; ``allow_import``: the same for the reward or verifier
     functions (``package.module:function``) its curation names; ``recompute_damaged``: a chain's
-    damaged record and the commits after it are moved into ``RUN/damaged/`` and computed again."""
+    damaged record and the commits after it are moved into ``RUN/damaged/`` and computed again;
+    ``threads``: as for ``run``."""
     from .curation import allow_function
 
     directory = Path(run_directory)
@@ -292,7 +296,8 @@ def resume(
     for path in allow_import:
         allow_function(path)
     prepared = prepare_resume(directory, executor)
-    run_locked(directory, lambda: _lock_for_resume(directory, prepared, recompute_damaged), prepared, workers, quiet)
+    take = lambda: _lock_for_resume(directory, prepared, recompute_damaged)  # noqa: E731
+    run_locked(directory, take, prepared, workers, quiet, threads=threads)
     return Run(directory)
 
 
@@ -382,6 +387,7 @@ class Run:
         quiet: bool = True,
         executor: str | None = None,
         recompute_damaged: bool = False,
+        threads: int | None = None,
     ) -> Run:
         """Finish this run (see ``model_collapse.resume``)."""
-        return resume(self.directory, workers, quiet, executor, recompute_damaged=recompute_damaged)
+        return resume(self.directory, workers, quiet, executor, recompute_damaged=recompute_damaged, threads=threads)

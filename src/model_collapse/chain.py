@@ -155,14 +155,28 @@ class _Uncommitted:
         pass
 
 
+def _preview(setting: Setting, model: Any, iteration: int, where: Any) -> np.ndarray | None:
+    """A few samples of ``model`` for figures (``Setting.preview``), on a stream of their own; None for a
+    setting without previews, or a model that writes nothing usable (its metrics say so)."""
+    if not setting.preview_size:
+        return None
+    try:
+        samples = setting.sample(model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
+    except NoSamples as error:
+        log.warning("%s: no preview of iteration %d: %s", where, iteration, error)
+        return None
+    return setting.preview(samples)
+
+
 class _CheapCommits(_Uncommitted):
     """A cheap chain: records committed in groups, at most every ``interval_s`` (and at the end, and
-    when stopped), models only as ``checkpoints`` asks; resumed by recomputing."""
+    when stopped), with their previews; models only as ``checkpoints`` asks; resumed by recomputing."""
 
     def __init__(self, chain: _Chain, store: ChainStore, checkpoints: str, interval_s: float) -> None:
         self.chain, self.store, self.checkpoints, self.interval_s = chain, store, checkpoints, interval_s
         self.setting = chain.setting
         self.pending: list[IterationRecord] = []
+        self.previews: dict[int, np.ndarray] = {}
         self.last_commit = time.monotonic()
 
     def start(self, iterations: int) -> list[IterationRecord]:
@@ -173,6 +187,9 @@ class _CheapCommits(_Uncommitted):
 
     def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
         self.pending.append(record)
+        preview = _preview(self.setting, fitted.model, record.iteration, self.store.directory)
+        if preview is not None:
+            self.previews[record.iteration] = preview
         save_model = _saves_model(self.checkpoints, final, resumes_from_model=False)
         if save_model or final or time.monotonic() - self.last_commit >= self.interval_s:
             self._commit_pending(fitted.model if save_model else None)
@@ -190,8 +207,15 @@ class _CheapCommits(_Uncommitted):
     def _commit_pending(self, model: Any | None) -> None:
         setting = self.setting
         save = (lambda directory: setting.save_model(model, directory)) if model is not None else None
-        self.store.commit(self.pending, save_model=save, drop_earlier_models=self.checkpoints != "all")
-        self.pending, self.last_commit = [], time.monotonic()
+        previews = {
+            record.iteration: self.previews[record.iteration]
+            for record in self.pending
+            if record.iteration in self.previews
+        }
+        self.store.commit(
+            self.pending, save_model=save, drop_earlier_models=self.checkpoints != "all", previews=previews
+        )
+        self.pending, self.previews, self.last_commit = [], {}, time.monotonic()
 
 
 class _CostlyCommits(_Uncommitted):
@@ -211,22 +235,15 @@ class _CostlyCommits(_Uncommitted):
     def commit(self, record: IterationRecord, fitted: Fit, new_synthetic: Any | None, final: bool) -> None:
         setting, iteration = self.setting, record.iteration
         kept = new_synthetic if new_synthetic is not None and self.chain.regime.keeps_history else None
-        preview = None
-        if setting.preview_size:  # on every rank of a data-parallel run, since sampling may be split across them
-            rng = chain_rng(setting.seeds, iteration, "preview")
-            try:
-                samples = setting.sample(fitted.model, setting.preview_size, rng)
-            except NoSamples as error:  # a model that writes nothing usable: its metrics say so
-                log.warning("%s: no preview of iteration %d: %s", self.store.directory, iteration, error)
-            else:
-                preview = setting.preview(samples)
+        # on every rank of a data-parallel run, since sampling may be split across them
+        preview = _preview(setting, fitted.model, iteration, self.store.directory)
         save_model = _saves_model(self.checkpoints, final, resumes_from_model=True)
         self.store.commit(
             [record],
             save_model=(lambda directory: setting.save_model(fitted.model, directory)) if save_model else None,
             save_synthetic=kept.save if kept is not None else None,
             drop_earlier_models=self.checkpoints != "all",
-            preview=preview,
+            previews={iteration: preview} if preview is not None else None,
             diagnostics=fitted.diagnostics,
         )
         if kept is not None:

@@ -35,6 +35,13 @@ err = Console(stderr=True)
 OVERRIDES = typer.Argument(None, help="Config overrides, dotted.key=value (lists as \\[a,b]).", show_default=False)
 WORKERS = typer.Option(None, "--workers", "-j", min=1, help="Parallel processes (default: config's, else CPU count).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+THREADS = typer.Option(
+    None,
+    "--threads",
+    min=1,
+    help="Threads each chain computes with, BLAS and PyTorch (default: the config's, else the cores divided by "
+    "the chains running at once).",
+)
 EXECUTOR = typer.Option(None, "--executor", help="Where chains run: local, ray or slurm (default: the config's).")
 
 
@@ -93,6 +100,7 @@ def run(
     workers: int | None = WORKERS,
     quiet: bool = QUIET,
     executor: str | None = EXECUTOR,
+    threads: int | None = THREADS,
 ) -> None:
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
@@ -101,7 +109,7 @@ def run(
     directory = out or api.default_directory(config)
     record = _guarded(lambda: api.setting_record(prepared.experiment))
     take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
-    api.run_locked(directory, take, prepared, workers, quiet, guard=_guarded)
+    api.run_locked(directory, take, prepared, workers, quiet, guard=_guarded, threads=threads)
     _say(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
@@ -111,6 +119,7 @@ def resume(
     workers: int | None = WORKERS,
     quiet: bool = QUIET,
     executor: str | None = EXECUTOR,
+    threads: int | None = THREADS,
     setting: str | None = SETTING,
     allow_import: list[str] = typer.Option(  # noqa: B008 (typer's way)
         [],
@@ -151,7 +160,7 @@ def resume(
 
         return _guarded(with_the_way_forward, resumable)
 
-    api.run_locked(run_directory, take, prepared, workers, quiet, guard=guard)
+    api.run_locked(run_directory, take, prepared, workers, quiet, guard=guard, threads=threads)
     _say(f"done: {run_directory}")
 
 

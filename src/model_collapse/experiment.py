@@ -110,6 +110,11 @@ class RunConfig(StrictConfig):
     iterations: PositiveInt
     seeds: PositiveInt = Field(description="how many seeds; the seeds are 0..seeds-1")
     workers: PositiveInt | None = Field(None, description="parallel processes for a sweep (default: CPU count)")
+    threads: PositiveInt | None = Field(
+        None,
+        description="threads each chain computes with, BLAS and PyTorch (default: the cores divided by the chains "
+        "running at once; ray, slurm: executor.cpus_per_chain; a cheap setting's chains always use one)",
+    )
     checkpoints: Checkpoints = Field(
         "last", description="models left once a chain is complete: none, the last one, or every iteration's"
     )

@@ -22,6 +22,7 @@ from .chain import run_chain
 from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, one_line_error
 from .experiment import ChainSpec, setting_class
 from .rundir import SHARED, ChainStore, IterationRecord
+from .threads import limited as limited_threads
 
 _ERRORS = {cls.__name__: cls for cls in (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)}
 
@@ -113,21 +114,16 @@ def run_chain_spec(
     iterations: int,
     checkpoints: str,
     on_iteration: Callable[[IterationRecord], None] | None = None,
-    one_thread: bool = True,
+    threads: int = 1,
 ) -> Outcome:
-    """``run_spec``, its ending as an ``Outcome`` (Ctrl-C and SIGTERM still raise). ``one_thread``: on
-    one BLAS/OpenMP thread, as in a worker, where the parallelism is across chains and a cheap chain's
-    numbers must not depend on where it ran; the setting's module (and with it PyTorch) is imported
-    first, so that the limit covers its thread pools."""
-    from threadpoolctl import threadpool_limits
-
+    """``run_spec`` within the chain's thread budget (``threads.py``: ``threads``, or one for a cheap
+    setting, whose numbers must not depend on where it ran), its ending as an ``Outcome`` (Ctrl-C and
+    SIGTERM still raise). The setting's module (and with it PyTorch) is imported first, so that the
+    limit covers its thread pools."""
     try:
-        if not one_thread:
+        budget = 1 if setting_class(spec.point).cheap else threads
+        with limited_threads(budget):
             run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
-        else:
-            setting_class(spec.point)
-            with threadpool_limits(limits=1):
-                run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
     except Exception as error:
         return Outcome.of(error, run_directory)
     return Outcome()

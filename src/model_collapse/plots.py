@@ -180,7 +180,8 @@ def text_samples(experiment, results: list[ChainResult]) -> dict[str, list[tuple
         for label, chain in chains.items():
             for iteration in sorted({1, int(chain.iterations.max())}):
                 texts = chain.preview(iteration)
-                sections.append((f"{label}, iteration {iteration}", [] if texts is None else [str(t) for t in texts]))
+                if texts is not None:  # (none: a chain stopped before it, a model that wrote nothing usable)
+                    sections.append((f"{label}, iteration {iteration}", [str(t) for t in texts]))
         pages[point] = sections
     return pages
 
@@ -457,7 +458,7 @@ def _by_regime_figure(layout: _Layout, metric: str, info):
             axes[row * layout.block + k // layout.columns][k % layout.columns].set_visible(False)
     figure_legend(figure)
     figure.supylabel(info.label, fontsize=9)
-    figure.suptitle(f"{layout.experiment.setting_name}: {metric}")
+    figure.suptitle(f"{layout.experiment.setting_name}: {metric} by regime (a row of panels per regime)")
     return figure
 
 
@@ -562,7 +563,7 @@ def _combined_figure(layout: _Layout, metric: str, label: str, log_scale: bool):
         handles=regime_lines + theory_lines, loc="outside lower center", ncols=4, fontsize=7, title=layout.band,
         title_fontsize=7,
     )  # fmt: skip
-    figure.suptitle(f"{layout.experiment.setting_name}: {metric} by regime")
+    figure.suptitle(f"{layout.experiment.setting_name}: {metric}, every regime overlaid")
     return figure
 
 

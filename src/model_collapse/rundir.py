@@ -12,6 +12,7 @@
             metrics.npz               their records: train size, real fraction and metrics per seed
                                       (metrics.json, one record, in run formats 1 and 2)
             model/                    the model of the commit's last iteration, when kept (``checkpoints``)
+            preview_0001.npy …        samples of each iteration's model, for a cheap setting with previews
         iter_0043/                    a commit of one iteration, holding the same and, for that iteration:
             synthetic/                its synthetic batch, kept when the regime needs its history
             preview.npy               samples of its model: images (uint8 N,H,W,C) or texts
@@ -530,19 +531,19 @@ class ChainStore:
         save_model: Callable[[Path], None] | None,
         save_synthetic: Callable[[Path], None] | None = None,
         drop_earlier_models: bool = True,
-        preview: np.ndarray | None = None,
+        previews: Mapping[int, np.ndarray] | None = None,
         diagnostics: dict[str, Any] | None = None,
     ) -> None:
         """Commit ``records`` (consecutive iterations) as one directory, with the model of the last
-        when ``save_model`` is given; the synthetic batch, preview and diagnostics belong to the last
-        iteration and are kept only in a commit of one iteration."""
+        when ``save_model`` is given, and the previews of its iterations (by iteration); the synthetic
+        batch and diagnostics belong to the last iteration and are kept only in a commit of one."""
         if not self.writer:
             return
         first, last = records[0].iteration, records[-1].iteration
         if [r.iteration for r in records] != list(range(first, last + 1)):
             raise ValueError("a commit holds consecutive iterations")
-        if first != last and (save_synthetic is not None or preview is not None or diagnostics is not None):
-            raise ValueError("a synthetic batch, preview or diagnostics is committed with its iteration alone")
+        if first != last and (save_synthetic is not None or diagnostics is not None):
+            raise ValueError("a synthetic batch or diagnostics is committed with its iteration alone")
 
         def fill(partial: Path) -> None:
             with open(partial / RECORDS, "wb") as handle:
@@ -553,8 +554,8 @@ class ChainStore:
             if save_synthetic is not None:
                 (partial / "synthetic").mkdir()
                 save_synthetic(partial / "synthetic")
-            if preview is not None:
-                np.save(partial / "preview.npy", preview)
+            for iteration, preview in (previews or {}).items():
+                np.save(partial / _preview_name(first, last, iteration), preview)
             if diagnostics is not None:
                 write_json(partial / "diagnostics.json", diagnostics, compact=True)
 
@@ -615,7 +616,11 @@ class ChainStore:
         return self._load_preview(self.directory / "real_preview.npy")
 
     def preview(self, iteration: int) -> np.ndarray | None:
-        return self._load_preview(self.directory / commit_name(iteration, iteration) / "preview.npy")
+        """The preview of ``iteration``'s model, or None (none kept, or the iteration not committed)."""
+        commit = next((c for c in self.commits() if c.first <= iteration <= c.last), None)
+        if commit is None:
+            return None
+        return self._load_preview(commit.path / _preview_name(commit.first, commit.last, iteration))
 
     @staticmethod
     def _load_preview(path: Path) -> np.ndarray | None:
@@ -730,6 +735,11 @@ class ChainStore:
 RECORDS = "metrics.npz"
 _RECORD_ARRAYS = ("iteration", "train_size", "real_fraction")
 _METRIC = "metric."
+
+
+def _preview_name(first: int, last: int, iteration: int) -> str:
+    """The file of an iteration's preview in the commit of iterations ``first``..``last``."""
+    return "preview.npy" if first == last else f"preview_{iteration:04d}.npy"
 
 
 def _link_or_copy(source: str, destination: str) -> None:

@@ -22,6 +22,7 @@ from .executors import EXECUTORS, Work, executor_class
 from .experiment import FIRST_ITERATIONS, ChainSpec, ExecutorConfig, Experiment
 from .rundir import ChainStore
 from .settings import SETTINGS
+from .threads import share_of_cores
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,17 @@ def code_only_here(experiment: Experiment) -> str | None:
                 f"{what} {name} is defined in __main__ (a notebook or a script), which worker processes cannot import"
             )
     return None
+
+
+def chain_threads(options: ExecutorConfig, threads: int | None, chains_at_once: int) -> int:
+    """Each chain's thread budget (``threads.py``): ``threads`` when given; else, locally, its share of
+    this machine's cores; else the CPUs a Ray task or a Slurm task of the chain reserves."""
+    if threads is not None:
+        return threads
+    if options.name == "local":
+        return share_of_cores(chains_at_once)
+    tasks = options.tasks_per_chain if options.name == "slurm" else 1
+    return max(1, int(options.cpus_per_chain // tasks))
 
 
 def resolve_workers(experiment: Experiment, workers: int | None) -> int:
@@ -120,9 +132,11 @@ def run_experiment(
     workers: int | None = None,
     quiet: bool = False,
     options: ExecutorConfig | None = None,
+    threads: int | None = None,
 ) -> None:
     """Run the unfinished chains of ``experiment`` with the executor of ``options`` (from
-    ``resolve_executor``; default: the config's), locally in at most ``workers`` processes."""
+    ``resolve_executor``; default: the config's), locally in at most ``workers`` processes, each chain
+    on ``threads`` threads (default: the config's, else its share of the cores: ``threads.py``)."""
     options = options or experiment.config.executor
     specs = experiment.chains()
     iterations = experiment.config.iterations
@@ -137,13 +151,16 @@ def run_experiment(
     done = completed_iterations(run_directory, specs, iterations)
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
     cheap = SETTINGS.declared(experiment.setting_name).cheap
-    work = Work(run_directory, specs, todo, iterations, experiment.config.checkpoints, workers, quiet, cheap)
+    budget = threads or experiment.config.threads
+    each = chain_threads(options, budget, min(workers, len(todo)))
+    work = Work(run_directory, specs, todo, iterations, experiment.config.checkpoints, workers, quiet, each)
     first = [] if cheap else shared_first_iterations(run_directory, specs, done, iterations)
     activity.show_messages(quiet)
     executor = executor_class(options.name)(options)
     with _display(Console(stderr=True, quiet=quiet)) as display:
         if first:  # the chains then commit them as their own (outcome.run_spec), rather than each fitting its own
-            shared = Work(run_directory, first, range(len(first)), 1, "last", workers, quiet, cheap)
+            each = chain_threads(options, budget, min(workers, len(first)))
+            shared = Work(run_directory, first, range(len(first)), 1, "last", workers, quiet, each)
             executor.run(shared, _ProgressBars(display, first, [0] * len(first), 1, "first iterations, shared"))
         executor.run(work, _ProgressBars(display, specs, done, iterations))
     if distributed.is_main():  # every chain is complete: what they shared is theirs now

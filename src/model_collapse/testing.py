@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .chain import run_chain
 from .errors import ModelCollapseError
@@ -64,6 +63,7 @@ from .randomness import chain_rng
 from .regimes import Regime, parse_regime
 from .rundir import ChainStore, IterationRecord
 from .settings.base import Data, Evaluation, Fit, Setting, SettingConfig
+from .threads import limited as limited_threads
 
 CHECKS = (
     "deterministic",
@@ -460,13 +460,13 @@ class _Checker:
     def straight(self, regime: Regime) -> list[IterationRecord]:
         """The chain run once, uninterrupted, on one thread (as in a worker): what the others must equal."""
         if regime.label not in self._straight:
-            with _threads(1):
+            with limited_threads(1):
                 self._straight[regime.label] = self.chain(regime)
         return self._straight[regime.label]
 
     def repeatable(self, regime: Regime) -> None:
         first = self.straight(regime)
-        with _threads(1):
+        with limited_threads(1):
             second = self.chain(regime)
         _same(
             "repeatable",
@@ -478,7 +478,7 @@ class _Checker:
 
     def repeatable_on_threads(self, regime: Regime) -> None:
         cores = max(2, os.cpu_count() or 1)
-        with _threads(cores):
+        with limited_threads(cores):
             first = self.chain(regime)
             with _busy_processes(2):
                 second = self.chain(regime)
@@ -489,7 +489,7 @@ class _Checker:
     def resume(self, regime: Regime) -> None:
         stop = max(1, self.iterations - 1)
         straight = self.straight(regime)
-        with _threads(1), tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
+        with limited_threads(1), tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
             description = {"check": regime.label}
             store = ChainStore(Path(directory) / "chain", description)
             self.chain(regime, store, stop, commit_interval_s=0.0)
@@ -571,21 +571,6 @@ def _global_random_state_untouched(method: str) -> Iterator[None]:
         raise SettingCheckFailed(
             "deterministic", f"{method} draws from Python's global random state (random.*): draw from the generator"
         )
-
-
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """BLAS/OpenMP pools, and torch's when it is imported, at ``count`` threads."""
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    with threadpool_limits(limits=count):
-        if torch is not None:
-            torch.set_num_threads(count)
-        try:
-            yield
-        finally:
-            if torch is not None:
-                torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ class Work:
     checkpoints: str
     workers: int  # local processes at most (the local executor)
     quiet: bool  # notices off in the workers as in the driver
-    cheap: bool  # the setting's chains take milliseconds per iteration (run on one BLAS thread)
+    threads: int  # each chain's thread budget (threads.py; a cheap setting's chains use one)
 
 
 class Progress(Protocol):

@@ -1,7 +1,7 @@
 """The ``local`` executor: the chains in this process one after another, or in spawned local processes,
 at most ``--workers`` at once (each chain is independent and resumable on its own).
 
-A worker runs its chain on one BLAS/OpenMP thread (the parallelism is across chains), reports its
+Every chain computes within its thread budget (``threads.py``), in this process as in a worker; a worker reports its
 iterations at most every ``REPORT_INTERVAL_S`` and what a long iteration is doing through a pipe, and
 dies with the driver, however the driver ends. The first chain that fails stops the others: SIGTERM,
 on which a cheap chain commits what it has computed, then SIGKILL after ``STOP_GRACE_S``.
@@ -48,9 +48,7 @@ class LocalExecutor:
 
 
 def _run_here(work: Work, progress: Progress) -> None:
-    """The chains one after another in this process. A cheap chain computes with one BLAS thread here
-    too, as in a worker: its numbers then do not depend on --workers, which its resume (recomputing,
-    then comparing) relies on; a costly one uses every thread."""
+    """The chains one after another in this process, each within its thread budget, as in a worker."""
     for index in work.todo:
 
         def report(record: IterationRecord, index: int = index) -> None:
@@ -61,9 +59,7 @@ def _run_here(work: Work, progress: Progress) -> None:
 
         spec = work.specs[index]
         with activity.listening(show):
-            outcome = run_chain_spec(
-                work.run_directory, spec, work.iterations, work.checkpoints, report, one_thread=work.cheap
-            )
+            outcome = run_chain_spec(work.run_directory, spec, work.iterations, work.checkpoints, report, work.threads)
         outcome.raise_for(work.run_directory, spec)
 
 
@@ -101,7 +97,7 @@ def _worker(connection: Any, parent: int, spec: ChainSpec, work: Work) -> None:
 
     try:
         with activity.listening(lambda line: connection.send(("activity", line))):
-            outcome = run_chain_spec(work.run_directory, spec, work.iterations, work.checkpoints, report)
+            outcome = run_chain_spec(work.run_directory, spec, work.iterations, work.checkpoints, report, work.threads)
     except BaseException:  # Terminated: stopped by the parent, which is on its way out; nothing to report
         os._exit(143)
     connection.send(("outcome", outcome))
@@ -117,7 +113,7 @@ def _run_in_processes(work: Work, progress: Progress, workers: int) -> None:
     pending = list(work.todo)
     running: dict[int, tuple[Any, Any]] = {}  # chain -> (its process, the reading end of its pipe)
     # what a worker needs, without the other chains' specs (pickled into every worker otherwise)
-    light = Work(work.run_directory, (), (), work.iterations, work.checkpoints, 1, work.quiet, work.cheap)
+    light = Work(work.run_directory, (), (), work.iterations, work.checkpoints, 1, work.quiet, work.threads)
     try:
         while pending or running:
             while pending and len(running) < workers:

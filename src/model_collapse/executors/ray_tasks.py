@@ -20,9 +20,9 @@ from ..rundir import ChainStore
 from . import POLL_INTERVAL_S, STOP_GRACE_S, Progress, Work
 
 
-def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str) -> Outcome:
+def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str, threads: int) -> Outcome:
     """One chain, in a Ray worker, as a local worker runs it (so with the same numbers)."""
-    return run_chain_spec(Path(run_directory), spec, iterations, checkpoints)
+    return run_chain_spec(Path(run_directory), spec, iterations, checkpoints, threads=threads)
 
 
 class RayExecutor:
@@ -64,7 +64,7 @@ def _run_with_ray(work: Work, options: ExecutorConfig, progress: Progress) -> No
         retry_exceptions=False,
     )
     where = str(run_directory.resolve())
-    running = {task.remote(where, specs[i], iterations, work.checkpoints): i for i in work.todo}
+    running = {task.remote(where, specs[i], iterations, work.checkpoints, work.threads): i for i in work.todo}
     stores = {i: ChainStore.of(run_directory, specs[i], writer=False) for i in work.todo}
     try:
         while running:

@@ -59,8 +59,9 @@ class ChainJob:
     for the driver. ``checkpoint`` is submitit's hook on a time limit or preemption: the same call,
     resubmitted, resumes the chain."""
 
-    def __init__(self, run_directory: Path, spec: ChainSpec, iterations: int, checkpoints: str) -> None:
+    def __init__(self, run_directory: Path, spec: ChainSpec, iterations: int, checkpoints: str, threads: int) -> None:
         self.run_directory, self.spec, self.iterations, self.checkpoints = run_directory, spec, iterations, checkpoints
+        self.threads = threads
 
     def __call__(self) -> Outcome:
         import submitit
@@ -70,7 +71,7 @@ class ChainJob:
             # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, from Slurm's task variables
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             distributed.start()
-        outcome = run_chain_spec(self.run_directory, self.spec, self.iterations, self.checkpoints)
+        outcome = run_chain_spec(self.run_directory, self.spec, self.iterations, self.checkpoints, threads=self.threads)
         if outcome.traceback is not None:
             sys.stderr.write(outcome.traceback)  # into the job's log too
         if outcome.complete:
@@ -105,7 +106,9 @@ def _run_with_slurm(work: Work, options: ExecutorConfig, progress: Progress) -> 
     executor.update_parameters(**sbatch_parameters(options, f"model-collapse:{run.name}"))
     try:
         with executor.batch():
-            jobs = {i: executor.submit(ChainJob(run, specs[i], iterations, work.checkpoints)) for i in todo}
+            jobs = {
+                i: executor.submit(ChainJob(run, specs[i], iterations, work.checkpoints, work.threads)) for i in todo
+            }
     except Exception as error:  # submitit wraps sbatch's refusal (a controller down, say) in its own errors
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ConfigError(f"executor slurm: sbatch refused the jobs: {message}") from None
