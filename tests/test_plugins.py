@@ -5,6 +5,7 @@ Python API over such a run."""
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -361,3 +362,50 @@ def test_a_cheap_settings_previews_are_kept_for_every_iteration(plugin, tmp_path
         "<summary>real data (3)</summary>",
         *(f"<summary>{regime}, iteration {i} (3)</summary>" for regime in ("replace", "accumulate") for i in (1, 5)),
     ]
+
+
+CONTRACT_CODE = """
+
+class SevenValues(MeanSetting):
+    def evaluate(self, model):
+        return {"error": np.zeros(7)}
+
+
+class NoError(MeanSetting):
+    def evaluate(self, model):
+        return {}
+
+
+class ShortSamples(MeanSetting):
+    def sample(self, model, size, rng, scratch=None):
+        return super().sample(model, size - 1, rng, scratch)
+"""
+
+
+@pytest.mark.parametrize(
+    "cls,message",
+    [
+        (
+            "SevenValues",
+            "error: setting 'mean': evaluate returned error of shape (7,) for 3 seeds, where one value per seed, "
+            "shape (3,), is expected",
+        ),
+        ("NoError", "error: setting 'mean': evaluate left out error, which it declares (its metrics: error)"),
+        ("ShortSamples", "error: setting 'mean': sample returned 9 samples per seed where 10 were asked"),
+    ],
+)
+def test_what_a_setting_returns_is_checked_before_anything_is_committed(plugin, tmp_path, cls, message):
+    """Committed, a wrong shape made table call the record corrupted, and --recompute-damaged computed the
+    same again; now the run stops at once with one line, and check_setting names the same fault."""
+    from model_collapse.testing import SettingCheckFailed, check_setting
+
+    (plugin / "mean_plugin" / "__init__.py").write_text(PLUGIN + CONTRACT_CODE)
+    name = f"mean_plugin:{cls}"
+    result = cli("run", config(tmp_path, name, regimes=["replace"]), "--out", tmp_path / "run", "-q", "-j", "1")
+    line = message.replace("error: ", "error: chain base / replace: ", 1)
+    assert result.returncode == 2 and result.stderr == f"{line}\n", result.stderr
+    assert not list((tmp_path / "run" / "chains").rglob("iter_*"))
+    status = cli("status", tmp_path / "run", "--setting", name)
+    assert "failed" in status.stdout and message.removeprefix("error: ") in status.stdout
+    with pytest.raises(SettingCheckFailed, match=re.escape(message.removeprefix("error: "))):
+        check_setting(SETTINGS.allow(name) and SETTINGS[name], {"samples": 10}, seeds=(0, 1, 2))

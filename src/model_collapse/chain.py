@@ -24,13 +24,14 @@ from typing import Any, get_args
 
 import numpy as np
 
+from .contract import checked_data, checked_evaluation, checked_fit
 from .curation import Curator, metrics_for
 from .errors import NoSamples, RunDirectoryError, Terminated
 from .experiment import Checkpoints
 from .randomness import chain_rng
 from .regimes import REAL, Regime, Source, TrainingPlan, fresh_real_source, synthetic_source
 from .rundir import ChainStore, IterationRecord
-from .settings import Data, Evaluation, Fit, Setting
+from .settings import Data, Fit, Setting
 
 # How often a cheap chain commits at most (and at its end, and when stopped); the environment may set it
 # (a slow shared filesystem; the tests, which stop chains between commits).
@@ -77,17 +78,16 @@ class _Chain:
                 else:
                     curation_rng = chain_rng(seeds, iteration, "curation")
                     new_synthetic, curated = self.curator.draw(self.model, size, rng, curation_rng, scratch)
-                self.pool[synthetic_source(iteration)] = new_synthetic
+                self.pool[synthetic_source(iteration)] = checked_data(setting, "sample", new_synthetic, size)
             size = regime.fresh_real_size(iteration, len(real))
             if size:
                 fresh = setting.fresh_real(size, chain_rng(seeds, iteration, "fresh-real"))
-                self.pool[fresh_real_source(iteration)] = fresh
+                self.pool[fresh_real_source(iteration)] = checked_data(setting, "fresh_real", fresh, size)
         sizes = {source: len(data) for source, data in self.pool.items()}
         plan = regime.plan(sizes, iteration, setting.seed_count, chain_rng(seeds, iteration, "regime"))
         parts = _training_parts(type(real), plan, self.pool)
         previous = {"previous": self.model} if setting.warm_start else {}  # None at iteration 1
-        result = setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch, **previous)
-        fitted = result if isinstance(result, Fit) else Fit(result, None)
+        fitted = checked_fit(setting, setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch, **previous))
         self.model = fitted.model
         self.curated = curated()  # after the fit: scoring a batch of one candidate each may draw its rows
         return fitted, plan, new_synthetic
@@ -95,7 +95,7 @@ class _Chain:
     def evaluate(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The last model's metrics with its iteration's curation metrics, and the details its
         evaluation keeps (``Evaluation.diagnostics``; none for most settings)."""
-        evaluated = Evaluation.of(self.setting.evaluate(self.model))
+        evaluated = checked_evaluation(self.setting, self.setting.evaluate(self.model))
         return {**evaluated.metrics, **self.curated}, evaluated.diagnostics
 
     def restore(self, store: ChainStore, completed: int) -> None:

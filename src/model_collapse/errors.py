@@ -27,6 +27,11 @@ class NoSamples(ModelCollapseError):
     the model's samples goes without."""
 
 
+class SettingError(ModelCollapseError):
+    """A setting (shipped or a plugin) that breaks the protocol: ``evaluate`` giving the wrong number of
+    values, ``sample`` the wrong number of samples. Found before anything of it is committed."""
+
+
 class ResourceError(ModelCollapseError):
     """The machine ran out of something (disk space, memory) or a worker was killed: the run
     directory is intact and ``resume`` continues it."""

@@ -58,7 +58,8 @@ from typing import Any, cast
 import numpy as np
 
 from .chain import run_chain
-from .errors import ModelCollapseError
+from .contract import checked_data, checked_evaluation
+from .errors import ModelCollapseError, SettingError
 from .randomness import chain_rng
 from .regimes import Regime, parse_regime
 from .rundir import ChainStore, IterationRecord
@@ -198,24 +199,27 @@ class _Checker:
 
     def fingerprint(self, setting: Setting, data: Any) -> dict[str, np.ndarray]:
         """The metrics of a model fitted on ``data`` with a fixed generator: equal data, equal metrics."""
-        return self.evaluate(setting, self.fit(setting, [data]), "data_contract")
+        return self.evaluate(setting, self.fit(setting, [data]))
 
-    def evaluate(self, setting: Setting, model: Any, check: str) -> dict[str, np.ndarray]:
-        return self.evaluation(setting, model, check).metrics
+    def evaluate(self, setting: Setting, model: Any) -> dict[str, np.ndarray]:
+        return self.evaluation(setting, model).metrics
 
-    def evaluation(self, setting: Setting, model: Any, check: str) -> Evaluation:
+    def evaluation(self, setting: Setting, model: Any) -> Evaluation:
+        """``evaluate``'s result, checked as a chain checks it before committing (``contract.py``): a
+        fault there is the ``metrics`` check's, whichever check came upon it."""
         result = setting.evaluate(model)
-        if not isinstance(result, Mapping | Evaluation):
-            raise SettingCheckFailed(
-                check, f"evaluate returned a {type(result).__name__}, not a mapping of metric names to arrays"
-            )
-        evaluated = Evaluation.of(result)
-        return Evaluation(
-            {name: np.asarray(v, dtype=float) for name, v in evaluated.metrics.items()}, evaluated.diagnostics
-        )
+        try:
+            return checked_evaluation(setting, result)
+        except SettingError as error:
+            raise SettingCheckFailed("metrics", str(error)) from None
 
     def sample(self, setting: Setting, model: Any, size: int, iteration: int = 2) -> Any:
-        return setting.sample(model, size, chain_rng(self.seeds, iteration, "sample"))
+        """``sample``'s result, checked as a chain checks it (``contract.py``)."""
+        samples = setting.sample(model, size, chain_rng(self.seeds, iteration, "sample"))
+        try:
+            return checked_data(setting, "sample", samples, size)
+        except SettingError as error:
+            raise SettingCheckFailed("data_contract", str(error)) from None
 
     # -- checks on the pieces ------------------------------------------------------------------------
 
@@ -226,7 +230,7 @@ class _Checker:
         with _global_random_state_untouched("sample"):
             self.sample(setting, first, len(setting.real_train))
         second = self.fit(setting, [setting.real_train])
-        name = _differs(self.evaluate(setting, first, "deterministic"), self.evaluate(setting, second, "deterministic"))
+        name = _differs(self.evaluate(setting, first), self.evaluate(setting, second))
         if name:
             raise SettingCheckFailed(
                 "deterministic",
@@ -245,23 +249,13 @@ class _Checker:
 
     def metrics(self) -> None:
         setting = self.new()
-        evaluated = self.evaluation(setting, self.fit(setting, [setting.real_train]), "metrics")
+        evaluated = self.evaluation(setting, self.fit(setting, [setting.real_train]))
         metrics = evaluated.metrics
         try:  # an Evaluation's details are written to the iteration's diagnostics.json
             json.dumps(evaluated.diagnostics)
         except (TypeError, ValueError) as error:
             raise SettingCheckFailed("metrics", f"evaluate's Evaluation.diagnostics are not JSON: {error}") from None
-        declared = set(type(setting).metrics_of(self.config))
-        if set(metrics) != declared:
-            missing, extra = sorted(declared - set(metrics)), sorted(set(metrics) - declared)
-            raise SettingCheckFailed(
-                "metrics", f"evaluate gave {sorted(metrics)}; missing {missing}, not declared {extra}"
-            )
-        for name, values in metrics.items():
-            if values.shape != (len(self.seeds),):
-                raise SettingCheckFailed(
-                    "metrics", f"{name} has shape {values.shape}, expected one value per seed, ({len(self.seeds)},)"
-                )
+        for name, values in metrics.items():  # (every declared one, one value per seed: ``evaluation``)
             if not np.isfinite(values).all():
                 raise SettingCheckFailed("metrics", f"{name} = {values.tolist()} is not finite for every seed")
 
@@ -332,11 +326,11 @@ class _Checker:
     def model_round_trip(self) -> None:
         setting = self.new()
         model = self.fit(setting, [setting.real_train])
-        before = self.evaluate(setting, model, "model_round_trip")
+        before = self.evaluate(setting, model)
         with tempfile.TemporaryDirectory(prefix="check-setting-") as directory:
             setting.save_model(model, Path(directory))
             loaded = self.new().load_model(Path(directory))
-        after = self.evaluate(setting, loaded, "model_round_trip")
+        after = self.evaluate(setting, loaded)
         name = _differs(before, after)
         if name:
             raise SettingCheckFailed(
@@ -369,12 +363,12 @@ class _Checker:
         real = setting.real_train
         model = self.fit(setting, [real])
         synthetic = self.sample(setting, model, len(real))
-        metrics = self.evaluate(setting, model, "damaged_files")
+        metrics = self.evaluate(setting, model)
         fingerprint = self.fingerprint(setting, synthetic)
         self._refuses_damage(
             "a saved model",
             lambda directory: setting.save_model(model, directory),
-            lambda directory: self.evaluate(setting, self.new().load_model(directory), "damaged_files"),
+            lambda directory: self.evaluate(setting, self.new().load_model(directory)),
             metrics,
         )
         self._refuses_damage(
