@@ -33,3 +33,9 @@ def gives_text(samples):
 
 
 NOT_A_FUNCTION = 3
+
+
+def above_one(samples):
+    """A verifier that rules out (-inf) every sample whose first coordinate is not above 1: few pass."""
+    x = samples["x"][..., 0]
+    return np.where(x > 1.0, x, -np.inf)

@@ -3,9 +3,12 @@ one candidate is the plain loop bit for bit, that curated chains pass the confor
 regime (repeatable, resumed exactly, cheap and costly), the 1-D closed form against simulation, the
 settings' oracle densities, and one line for every bad curation or user function."""
 
+import io
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -350,3 +353,24 @@ def test_a_run_directory_alone_never_makes_a_curation_function_imported(tmp_path
         "(resume --allow-import curation_functions:closeness)"
     )
     assert invoke("resume", out, "--quiet", "--allow-import", "curation_functions:closeness").exit_code == 0
+
+
+@pytest.mark.parametrize("keep", ["top", "threshold", "weighted"])
+def test_kept_samples_that_their_score_rules_out_are_counted_in_a_warning(tmp_path, monkeypatch, keep):
+    """Fewer candidates pass than the regime needs: the rest are kept (the training set keeps its size),
+    and the user is told how many, per iteration and seed (it was silent)."""
+    monkeypatch.chdir(Path(__file__).parent)
+    curation = {"candidates": 2, "verifier": "curation_functions:above_one", "keep": keep}
+    if keep == "threshold":
+        curation["threshold"] = 1.0
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_of(curation)))
+    result = invoke("run", config, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "rules them out" in line]
+    assert [line.split(":")[0] for line in warnings] == ["iteration 2", "iteration 3"], result.stderr
+    counts = re.findall(r"seed (\d): (\d+) of 10", warnings[0])
+    assert counts and all(0 < int(n) <= 10 for _, n in counts)
+    assert warnings[0].endswith("fewer of the 20 candidates per seed passed than the regime needs")
+    table = pd.read_csv(io.StringIO(invoke("table", tmp_path / "run").stdout))
+    assert set(table["train_size"]) == {10}  # the training set keeps the size the regime asks

@@ -77,7 +77,7 @@ class _Chain:
                     new_synthetic = setting.sample(self.model, size, rng, scratch)
                 else:
                     curation_rng = chain_rng(seeds, iteration, "curation")
-                    new_synthetic, curated = self.curator.draw(self.model, size, rng, curation_rng, scratch)
+                    new_synthetic, curated = self.curator.draw(self.model, size, rng, curation_rng, scratch, iteration)
                 self.pool[synthetic_source(iteration)] = checked_data(setting, "sample", new_synthetic, size)
             size = regime.fresh_real_size(iteration, len(real))
             if size:

@@ -34,6 +34,7 @@ a run whose curation names a function takes the user's word for it (``allow_func
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,8 @@ from .errors import ConfigError
 from .settings import CurationConfig, Metric, Setting, SettingConfig
 from .settings.base import Declaration
 from .settings.registry import import_object
+
+log = logging.getLogger(__name__)
 
 # What every curated chain records per iteration (NaN at iteration 1, which samples nothing).
 CURATION_METRICS = {
@@ -133,19 +136,44 @@ class Curator:
         return {name: np.full(self.setting.seed_count, np.nan) for name in CURATION_METRICS}
 
     def draw(
-        self, model: Any, size: int, sample_rng: np.random.Generator, rng: np.random.Generator, scratch: Any = None
+        self,
+        model: Any,
+        size: int,
+        sample_rng: np.random.Generator,
+        rng: np.random.Generator,
+        scratch: Any = None,
+        iteration: int | None = None,
     ) -> tuple[Any, Callable[[], dict[str, np.ndarray]]]:
         """``size`` curated samples per seed from ``model``, and the function giving their metrics (to
-        call after the fit: with one candidate, scoring must not change what the fit sees)."""
+        call after the fit: with one candidate, scoring must not change what the fit sees). Kept samples
+        that their score rules out (-inf: fewer candidates passed than the regime needs) are counted in a
+        warning."""
         m = self.curation.candidates
         drawn = self.setting.sample(model, m * size, sample_rng, scratch)
         if m == 1:
             return drawn, lambda: self._metrics(self._scores(model, drawn), None, rng)
         scores = self._scores(model, drawn)
         rows, accepted = self._choose(scores, size, rng)
+        self._warn_of_ruled_out(np.take_along_axis(scores, rows, axis=1), iteration)
         kept = type(self.setting.real_train).select([drawn], rows)
         metrics = self._metrics(scores, rows, None, accepted)
         return kept, lambda: metrics
+
+    def _warn_of_ruled_out(self, kept: np.ndarray, iteration: int | None) -> None:
+        ruled_out = np.isneginf(kept).sum(axis=1)
+        if not ruled_out.any():
+            return
+        when = f"iteration {iteration}: " if iteration is not None else ""
+        size = kept.shape[1]
+        seeds = ", ".join(f"seed {self.setting.seeds[i]}: {n} of {size}" for i, n in enumerate(ruled_out) if n)
+        log.warning(
+            "%ssamples kept although %s rules them out (score -inf; %s): fewer of the %d candidates per seed "
+            "passed than the regime needs",
+            when,
+            self.what,
+            seeds,
+            self.curation.candidates * size,
+        )
 
     def _scores(self, model: Any, samples: Any) -> np.ndarray:
         if self._function is None and self.curation.scored_by == IMPORTANCE:
