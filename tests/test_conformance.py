@@ -128,3 +128,26 @@ def test_a_setting_without_fresh_real_skips_what_needs_it():
         "fresh_real_unseen: the setting has no fresh_real",
         "resume [fresh-real:0.5]: the setting has no fresh_real",
     ]
+
+
+def test_a_fit_that_seeds_torchs_global_random_state_fails_deterministic():
+    """torch.manual_seed(0) at the top of fit gives every seed the same initial weights: watched as numpy's
+    global state is (it passed every check)."""
+    torch = pytest.importorskip("torch")
+
+    class SeedsTorch(Discrete):
+        def fit(self, parts, rng, scratch=None):
+            torch.manual_seed(0)
+            torch.rand(1)
+            return super().fit(parts, rng, scratch)
+
+    class SeedsInsideForkRng(Discrete):
+        def fit(self, parts, rng, scratch=None):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**63)))
+                torch.rand(1)
+            return super().fit(parts, rng, scratch)
+
+    with pytest.raises(SettingCheckFailed, match="deterministic: fit draws from or seeds PyTorch's global random"):
+        check_setting(SeedsTorch, TINY["discrete"], regimes=["replace"])
+    check_setting(SeedsInsideForkRng, TINY["discrete"], regimes=["replace"])

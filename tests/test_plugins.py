@@ -409,3 +409,38 @@ def test_what_a_setting_returns_is_checked_before_anything_is_committed(plugin, 
     assert "failed" in status.stdout and message.removeprefix("error: ") in status.stdout
     with pytest.raises(SettingCheckFailed, match=re.escape(message.removeprefix("error: "))):
         check_setting(SETTINGS.allow(name) and SETTINGS[name], {"samples": 10}, seeds=(0, 1, 2))
+
+
+def test_a_directory_named_like_an_installed_plugin_is_never_imported_in_its_place(tmp_path):
+    """The example plugin installed editable (as docs/plugins.md shows): a run directory named after its
+    module, in the directory the command runs from, was imported as the plugin (its __init__.py run)."""
+    gmm = Path(__file__).resolve().parents[1] / "examples" / "gaussian-mixture" / "gmm.yaml"
+    runs = tmp_path / "runs"
+    result = cli("run", gmm, "--out", runs / "collapse_gmm", "-q", "iterations=2", "seeds=1", "regimes=[replace]")
+    assert result.returncode == 0, result.stderr
+    (runs / "collapse_gmm" / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    for command in (["status", "collapse_gmm"], ["table", "collapse_gmm"], ["resume", "collapse_gmm"]):
+        result = cli(*command, cwd=runs)  # python -m: the working directory is first on sys.path
+        assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_module_inside_a_run_directory_is_refused_naming_its_file(plugin, tmp_path):
+    """An import path the user writes may name a module of the working directory, but never one that lies
+    inside a run directory; an import that fails names the file it imported."""
+    result = cli("run", config(tmp_path, "mean"), "--out", tmp_path / "run", "-q")
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "run" / "planted.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    result = cli("run", config(tmp_path, "planted:Setting"), "--out", tmp_path / "other", cwd=tmp_path / "run")
+    assert result.returncode == 2 and not (tmp_path / "ran").exists()
+    assert result.stderr == (
+        f"error: setting 'planted:Setting': planted would be imported from {tmp_path / 'run' / 'planted.py'}, "
+        f"inside the run directory {tmp_path / 'run'}: a run directory never holds code that model-collapse runs "
+        "(run from another directory, or install the package)\n"
+    )
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no GPU here')\n")
+    result = cli("run", config(tmp_path, "broken:Setting"), "--out", tmp_path / "other", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == (
+        f"error: setting 'broken:Setting': importing broken ({tmp_path / 'broken.py'}) failed: "
+        "RuntimeError: no GPU here\n"
+    )

@@ -78,3 +78,51 @@ def test_a_setting_class_defined_in_the_script_runs_in_this_process_saying_so(wo
         "note: the chains run in this process, one at a time: the setting Renamed is defined in __main__ "
         "(a notebook or a script), which worker processes cannot import"
     )
+
+
+RAW = {"setting": {"name": "discrete", "samples": 8}, "regimes": ["replace"], "iterations": 3, "seeds": 2}
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (
+            {"overrides": "seeds=5"},
+            "overrides='seeds=5': expected a list of 'dotted.key=value' strings, not one string "
+            "(overrides=['seeds=5'])",
+        ),
+        ({"overrides": [5]}, "overrides: 5 is not a 'dotted.key=value' string"),
+        ({"overrides": 5}, "overrides=5: expected a list of 'dotted.key=value' strings"),
+        ({"workers": "two"}, "workers='two': expected a whole number >= 1 (or None for the default)"),
+        ({"workers": 0}, "workers=0: expected a whole number >= 1 (or None for the default)"),
+        ({"workers": True}, "workers=True: expected a whole number >= 1 (or None for the default)"),
+        ({"threads": 0}, "threads=0: expected a whole number >= 1 (or None for the default)"),
+        ({"threads": 1.5}, "threads=1.5: expected a whole number >= 1 (or None for the default)"),
+        ({"executor": 3}, "executor=3: expected a name (a string) or None"),
+        ({"executor": "cloud"}, "--executor 'cloud': choose one of local, ray, slurm"),
+        ({"out": 3}, "out=3: expected a path (a string or pathlib.Path)"),
+    ],
+)
+def test_the_apis_arguments_are_checked_with_one_line_errors(tmp_path, arguments, message):
+    """As the command line checks its own: a string of overrides was iterated by character, workers=0
+    accepted, others raised a raw AttributeError or TypeError."""
+    import model_collapse
+    from model_collapse.errors import ConfigError
+
+    arguments = {"out": tmp_path / "run", **arguments}
+    with pytest.raises(ConfigError) as refused:
+        model_collapse.run(RAW, **arguments)
+    assert str(refused.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_and_open_check_their_arguments_too(tmp_path):
+    import model_collapse
+    from model_collapse.errors import ConfigError
+
+    run = model_collapse.run(RAW, out=tmp_path / "run", workers=1)
+    with pytest.raises(ConfigError, match=r"^workers=0: expected a whole number >= 1"):
+        model_collapse.resume(run.directory, workers=0)
+    with pytest.raises(ConfigError, match=r"^run_directory=None: expected the path of a run directory$"):
+        model_collapse.open(None)
+    assert model_collapse.resume(str(run.directory), workers=1, threads=1).table().equals(run.table())

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelCollapseError
+from .errors import ConfigError, ModelCollapseError
 
 if TYPE_CHECKING:  # imported when called: `import model_collapse` stays light
     from .experiment import ExecutorConfig, Experiment
@@ -43,6 +43,45 @@ class Prepared:
 
     experiment: Experiment
     options: ExecutorConfig
+
+
+def _count(name: str, value: Any) -> int | None:
+    """A count argument (``workers``, ``threads``): None, or a whole number >= 1, as the command line's
+    ``--workers`` and ``--threads`` take."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r}: expected a whole number >= 1 (or None for the default)")
+    return value
+
+
+def _overrides(overrides: Any) -> tuple[str, ...]:
+    """The ``overrides`` argument: ``dotted.key=value`` strings, as the command line takes them."""
+    if isinstance(overrides, str | bytes):
+        raise ConfigError(
+            f"overrides={overrides!r}: expected a list of 'dotted.key=value' strings, not one string "
+            f"(overrides=[{overrides!r}])"
+        )
+    try:
+        items = tuple(overrides)
+    except TypeError:
+        raise ConfigError(f"overrides={overrides!r}: expected a list of 'dotted.key=value' strings") from None
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides: {item!r} is not a 'dotted.key=value' string")
+    return items
+
+
+def _choice(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r}: expected a name (a string) or None")
+    return value
+
+
+def _directory(name: str, value: Any) -> Path | None:
+    if value is not None and not isinstance(value, str | Path):
+        raise ConfigError(f"{name}={value!r}: expected a path (a string or pathlib.Path)")
+    return Path(value) if value is not None else None
 
 
 def prepare(
@@ -57,6 +96,10 @@ def prepare(
     from .memory import estimate_memory
     from .runner import resolve_executor, resolve_workers
     from .settings import SETTINGS
+
+    overrides, workers, executor = _overrides(overrides), _count("workers", workers), _choice("executor", executor)
+    if not isinstance(config, Mapping) and _directory("config", config) is None:
+        raise ConfigError("config=None: expected a YAML file's path or a dict")
 
     if isinstance(config, Mapping):
         setting = config.get("setting")
@@ -181,8 +224,9 @@ def run(
     after committing what they computed; ``resume`` finishes the run."""
     from .rundir import create_run
 
-    prepared = prepare(config, tuple(overrides), workers, executor)
-    directory = Path(out) if out is not None else default_directory(config)
+    threads = _count("threads", threads)
+    prepared = prepare(config, overrides, workers, executor)
+    directory = _directory("out", out) or default_directory(config)
     record = setting_record(prepared.experiment)
     take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
     run_locked(directory, take, prepared, workers, quiet, threads=threads)
@@ -291,7 +335,12 @@ def resume(
     ``threads``: as for ``run``."""
     from .curation import allow_function
 
-    directory = Path(run_directory)
+    directory = _directory("run_directory", run_directory)
+    if directory is None:
+        raise ConfigError("run_directory=None: expected the path of a run directory")
+    workers, threads, executor = _count("workers", workers), _count("threads", threads), _choice("executor", executor)
+    if isinstance(allow_import, str):
+        allow_import = [allow_import]
     _allow(setting)
     for path in allow_import:
         allow_function(path)
@@ -318,8 +367,11 @@ def open(run_directory: str | Path, setting: str | type | None = None) -> Run:  
     """An existing run directory, checked to be one (its config read and validated).
 
     ``setting``: as for ``resume``."""
+    directory = _directory("run_directory", run_directory)
+    if directory is None:
+        raise ConfigError("run_directory=None: expected the path of a run directory")
     _allow(setting)
-    found = Run(Path(run_directory))
+    found = Run(directory)
     found.experiment  # noqa: B018 (checks the directory now rather than at the first table)
     return found
 

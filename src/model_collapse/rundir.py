@@ -76,18 +76,17 @@ from .atomic import (
 )
 from .errors import RunDirectoryError
 from .provenance import environment
+from .runmarker import FORMAT, MARKER
 from .yaml_text import YamlProblem, load_yaml
 
 if TYPE_CHECKING:
     from .experiment import ChainSpec
 
-FORMAT = "model-collapse-run"
 # 3: commits of several iterations (``iter_0001-0042``, metrics.json a list); 2: config.yaml holds the
 # sweep under ``sweep:`` and sectioned settings; 1: sweeps as lists inside ``setting`` (see config.py).
 # Versions 1 and 2 are read as they are (a commit of one iteration each); resuming one marks it 3.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-MARKER = "run.json"
 CONFIG = "config.yaml"
 LOCK = "run.lock"
 SHARED = "shared"  # Setting.shared: what a setting makes once per run

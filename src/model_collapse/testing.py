@@ -546,14 +546,39 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
+def _torch_random_states() -> list[Any]:
+    """PyTorch's global random states, the CPU's and every initialised CUDA device's (none without
+    PyTorch imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    states = [torch.random.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states += torch.cuda.get_rng_state_all()
+    return states
+
+
 @contextlib.contextmanager
 def _global_random_state_untouched(method: str) -> Iterator[None]:
-    """Fail ``deterministic`` if the block draws from numpy's or Python's global random state (a library
-    called without a seed does), which no key of the chain's fixes."""
+    """Fail ``deterministic`` if the block draws from (or seeds) numpy's, Python's or PyTorch's global
+    random state (a library called without a seed does; ``torch.manual_seed(0)`` in ``fit`` gives every
+    seed the same initial weights), which no key of the chain's fixes: a setting seeds a
+    ``torch.Generator`` of its own, or seeds inside ``torch.random.fork_rng()``."""
     import random
 
     numpy_before, python_before = cast(tuple, np.random.get_state()), random.getstate()
+    torch_before = _torch_random_states()
     yield
+    torch_after = _torch_random_states()
+    if torch_after and not torch_before:  # imported by the block: its global state started as a new generator's
+        torch_before, torch_after = [sys.modules["torch"].Generator().get_state()], torch_after[:1]
+    if any(not a.equal(b) for a, b in zip(torch_after, torch_before)):
+        raise SettingCheckFailed(
+            "deterministic",
+            f"{method} draws from or seeds PyTorch's global random state (torch.manual_seed, torch.rand*, "
+            "nn.Module initialisation outside torch.random.fork_rng()): seed a torch.Generator from the "
+            "generator it is handed",
+        )
     numpy_after = cast(tuple, np.random.get_state())
     if not (np.array_equal(numpy_after[1], numpy_before[1]) and numpy_after[2:] == numpy_before[2:]):
         raise SettingCheckFailed(

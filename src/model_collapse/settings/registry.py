@@ -20,7 +20,9 @@ imported because the user installed that package.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..runmarker import enclosing_run_directory
 from .base import Declaration, Setting
 
 ENTRY_POINT_GROUP = "model_collapse.settings"
@@ -131,36 +134,83 @@ def _distribution_of(module: str) -> tuple[str | None, str | None]:
         return names[0], None
 
 
-def import_object(target: str, what: str) -> Any:
-    """The object an import path (``package.module:name``) names; one line for anything that goes
-    wrong, starting with ``what`` (``setting 'pkg.mod:Cls'``)."""
-    module_name, _, attribute = target.partition(":")
-    here = str(Path.cwd())
-    if here not in sys.path:
-        # a module in the directory the user runs from, as ``python -m`` finds it; last, so that it
-        # never hides an installed package
-        sys.path.append(here)
+def _is_working_directory(entry: str) -> bool:
+    here = Path.cwd()
     try:
-        obj = importlib.import_module(module_name)
-    except ImportError as error:
-        missing = error.name or module_name
-        raise SettingUnavailable(
-            f"{what}: cannot import {module_name} ({missing} is not installed); install the package that provides it"
-        ) from None
-    except Exception as error:  # the package's own code failed while importing
-        failure = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-        raise ConfigError(f"{what}: importing {module_name} failed: {failure}") from None
+        return Path(entry or ".").resolve() == here.resolve()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _search_path(working_directory: bool) -> Iterator[None]:
+    """sys.path for an import: with the directory the user runs from, last (a module there, as
+    ``python -m`` finds it, never hiding an installed package), or without it (a registered name: a
+    directory named like the package, a run directory among them, must never stand in for it)."""
+    if working_directory:
+        here = str(Path.cwd())
+        if here not in sys.path:
+            sys.path.append(here)
+        yield
+        return
+    before = list(sys.path)
+    sys.path[:] = [entry for entry in before if not _is_working_directory(entry)]
+    try:
+        yield
+    finally:
+        sys.path[:] = before
+
+
+def _located(module_name: str, what: str) -> str:
+    """Where the top-level package of ``module_name`` would be imported from (``module (path)``, for
+    messages), refused if that lies inside a run directory: a run directory never holds code to run."""
+    top = module_name.split(".")[0]
+    try:
+        spec = sys.modules[top].__spec__ if top in sys.modules else importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return module_name
+    places = [spec.origin] if spec.has_location and spec.origin else list(spec.submodule_search_locations or [])
+    for place in places:
+        run = enclosing_run_directory(Path(place))
+        if run is not None:
+            raise ConfigError(
+                f"{what}: {top} would be imported from {place}, inside the run directory {run}: a run directory "
+                "never holds code that model-collapse runs (run from another directory, or install the package)"
+            )
+    return f"{module_name} ({places[0]})" if places else module_name
+
+
+def import_object(target: str, what: str, working_directory: bool = True) -> Any:
+    """The object an import path (``package.module:name``) names; one line for anything that goes
+    wrong, starting with ``what`` (``setting 'pkg.mod:Cls'``) and naming the file imported.
+    ``working_directory``: whether a module in the directory the user runs from may be it (an import
+    path the user wrote: yes; an installed entry point's: never)."""
+    module_name, _, attribute = target.partition(":")
+    with _search_path(working_directory):
+        where = _located(module_name, what)
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError as error:
+            missing = error.name or module_name
+            raise SettingUnavailable(
+                f"{what}: cannot import {where} ({missing} is not installed); install the package that provides it"
+            ) from None
+        except Exception as error:  # the package's own code failed while importing
+            failure = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            raise ConfigError(f"{what}: importing {where} failed: {failure}") from None
     for part in attribute.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"{what}: {module_name} has no {attribute}")
+            raise ConfigError(f"{what}: {where} has no {attribute}")
         obj = getattr(obj, part)
     return obj
 
 
-def load_target(target: str, what: str):
+def load_target(target: str, what: str, working_directory: bool = True):
     """The setting class an import path names; one line for anything that goes wrong, naming ``what``
     (the setting's name as the config wrote it)."""
-    obj = import_object(target, f"setting {what!r}")
+    obj = import_object(target, f"setting {what!r}", working_directory)
     if not (isinstance(obj, type) and issubclass(obj, Setting)):
         raise ConfigError(f"setting {what!r}: {target} is not a model_collapse Setting subclass")
     return obj
@@ -244,7 +294,7 @@ class Registry(Mapping[str, "type[Setting]"]):
             return _built_in(module, cls, name, extra)
         if name not in self._resolved:
             if name in self._entry_points:
-                self._resolved[name] = load_target(self._entry_point(name).value, name)
+                self._resolved[name] = load_target(self._entry_point(name).value, name, working_directory=False)
             elif is_import_path(name):
                 if not import_paths and name not in self._allowed and name not in self.registered_paths():
                     raise SettingUnavailable(
