@@ -5,6 +5,7 @@ resuming inside an iteration, and one line for each thing a user can get wrong."
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -278,7 +279,7 @@ def test_what_a_user_can_get_wrong_is_one_line(checkpoints, wikitext, tmp_path):
     foreign = tmp_path / "foreign"
     shutil.copytree(checkpoints["gpt2"], foreign)
     (foreign / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
-    assert "no usable causal language model" in refused(foreign)
+    assert "holds a t5 model, which transformers has no causal language model of" in refused(foreign)
     remote = tmp_path / "remote"
     shutil.copytree(checkpoints["gpt2"], remote)
     fields = json.loads((remote / "config.json").read_text())
@@ -530,3 +531,87 @@ def test_the_footprint_reads_a_checkpoints_size_and_shape_from_its_files(checkpo
         tiny_fine_tuning(model={"path": str(tmp_path / "nothing")}, data_dir=str(wikitext))
     )
     assert FineTuning.footprint(empty) is None
+
+
+def tiny_bert(directory: Path, saved_as: str = "BertForMaskedLM") -> Path:
+    """A BERT checkpoint as save_pretrained writes one (a masked LM: not a causal one), with a tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    source = tiny_checkpoint(directory.parent / f"{directory.name}-tokenizer", "gpt2")
+    config = BertConfig(vocab_size=300, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    BertForMaskedLM(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, directory / name)
+    fields = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**fields, "architectures": [saved_as]}))
+    return directory
+
+
+def test_the_checkpoint_and_data_files_are_checked_before_the_run_directory_is_written(checkpoints, wikitext, tmp_path):
+    """Checked in a worker, the run directory existed already, and the corrected command into the same --out
+    was refused; now every one of these is one line, exit 2, and nothing written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def refused(setting_fields) -> str:
+        raw = {"setting": tiny_fine_tuning(**setting_fields), "regimes": ["replace"], "iterations": 2, "seeds": 1}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        result = invoke("run", path, "--out", tmp_path / "run", "-q")
+        assert result.exit_code == 2 and not (tmp_path / "run").exists(), result.output
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+        return result.stderr.strip()
+
+    def with_path(path, data_dir=wikitext, **fields):
+        return refused(
+            {"model": {"path": str(path)}, "data_dir": None if data_dir is None else str(data_dir), **fields}
+        )
+
+    assert with_path(tmp_path / "missing").endswith("is not a directory")
+    bert = tiny_bert(tmp_path / "bert")
+    assert with_path(bert) == (
+        f"error: setting.model.path: {bert} holds a BertForMaskedLM, not a causal language model (BertLMHeadModel)"
+    )
+    t5 = tmp_path / "t5"
+    shutil.copytree(checkpoints["gpt2"], t5)
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
+    assert (
+        with_path(t5) == f"error: setting.model.path: {t5} holds a t5 model, which transformers has no causal "
+        "language model of"
+    )
+    short = tiny_checkpoint(tmp_path / "short", "gpt2", positions=24)
+    assert with_path(short).endswith("block_size + generation.new_tokens = 32 exceeds the model's context of 24 tokens")
+    assert with_path(checkpoints["gpt2"], tmp_path / "no-data").endswith(f"{tmp_path / 'no-data'} is not a directory")
+    assert "holds no wikitext-2 train split" in with_path(checkpoints["gpt2"], tmp_path)
+    # the same config, corrected, runs into the same --out
+    good = {"setting": tiny_fine_tuning(model={"path": str(checkpoints["gpt2"])}, data_dir=str(wikitext))}
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump({**good, "regimes": ["replace"], "iterations": 2, "seeds": 1}))
+    assert invoke("run", tmp_path / "good.yaml", "--out", tmp_path / "run", "-q").exit_code == 0
+    # files that are there but hold nothing usable: one line naming the file (read in the chain)
+    empty = wikitext_files(tmp_path / "empty-raw", layout="raw")
+    (empty / "wiki.train.raw").write_text("\n \n")
+    numbers = wikitext_files(tmp_path / "numbers")
+    train = numbers / "wikitext-2-raw-v1" / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), train)
+    for data_dir, message in (
+        (empty, f"{empty / 'wiki.train.raw'} holds no text: an empty wikitext-2 train split"),
+        (numbers, f"{train}: its text column holds no strings (int), not wikitext-2's lines"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            setting(checkpoints["gpt2"], data_dir).real_train  # noqa: B018
+
+
+def test_helpsteer2_records_with_a_null_prompt_or_response_are_refused_naming_them(checkpoints, tmp_path):
+    """They became the text "None" and were trained on."""
+    import gzip
+
+    data = helpsteer_files(tmp_path / "helpsteer2", train=6, validation=2)
+    with gzip.open(data / "train.jsonl.gz", "rt") as lines:
+        records = [json.loads(line) for line in lines]
+    records[3]["response"] = None
+    with gzip.open(data / "train.jsonl.gz", "wt") as out:
+        out.writelines(json.dumps(record) + "\n" for record in records)
+    with pytest.raises(ConfigError) as caught:
+        setting(checkpoints["gpt2"], data, format="prompt-response", generation={"method": "sample"}).real_train  # noqa: B018
+    assert str(caught.value) == f"{data / 'train.jsonl.gz'}: record 4 has null for its response, not a text"

@@ -111,6 +111,10 @@ def prepare(
         experiment = load_experiment(Path(config), overrides)
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed
     options = resolve_executor(experiment, executor)
+    if options.runs_here:  # (elsewhere, the files may be the cluster's)
+        declared = SETTINGS.declared(experiment.setting_name)
+        for point in experiment.points:
+            declared.check_inputs(point)
     estimate_memory(experiment, resolve_workers(experiment, workers), here=options.runs_here)
     return Prepared(experiment, options)
 

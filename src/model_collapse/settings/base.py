@@ -197,6 +197,12 @@ class Declaration(Generic[C]):
         return None
 
     @classmethod
+    def check_inputs(cls, config: C) -> None:  # noqa: B027 (most settings read nothing they could check early)
+        """Check what ``config`` names on this machine (a data directory, a checkpoint) before anything is
+        written, raising a ``ConfigError`` of one line: called for a run whose chains run here, so that
+        a wrong path is refused before its run directory exists (nothing, by default)."""
+
+    @classmethod
     def theory(cls, config: C, regime_name: str, iterations: int) -> list[Curve]:
         """Closed forms of the metrics under a regime, as ``Curve`` s over iterations 1..N
         (none by default)."""

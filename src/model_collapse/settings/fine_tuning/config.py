@@ -199,6 +199,19 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
     )
 
     @classmethod
+    def check_inputs(cls, config: FineTuningConfig) -> None:
+        """The checkpoint (a causal language model with its tokenizer, whose context holds what the config
+        trains on and writes) and the data files, read without loading a weight."""
+        from .data import check_data_files
+        from .pretrained import check_context, check_model_directory, context_length
+
+        if config.model.path is not None:
+            fields = check_model_directory(Path(config.model.path).expanduser())
+            check_context(config, context_length(fields))
+        if config.data_dir is not None:
+            check_data_files(Path(config.data_dir).expanduser(), text=config.format == "text")
+
+    @classmethod
     def footprint(cls, config: FineTuningConfig) -> Footprint | None:
         """Where the model trains in this machine's memory: the trained copy with its gradients and
         AdamW's two moments (16 bytes a parameter), the original model every fit starts from and every

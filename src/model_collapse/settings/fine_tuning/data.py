@@ -37,8 +37,14 @@ def _first_existing(candidates: list[Path]) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
-def text_lines(data_dir: Path, split: str) -> list[str]:
-    """The lines of a wikitext-2 split (``train`` or ``held-out``, the test split)."""
+def _data_directory(data_dir: Path) -> Path:
+    if not data_dir.is_dir():
+        raise ConfigError(f"setting.data_dir: {data_dir} is not a directory")
+    return data_dir
+
+
+def text_file(data_dir: Path, split: str) -> Path:
+    """The file of a wikitext-2 split (``train`` or ``held-out``, the test split)."""
     parquet, raw = _TEXT_SPLITS[split]
     name = f"{parquet}-00000-of-00001.parquet"
     path = _first_existing(
@@ -47,15 +53,30 @@ def text_lines(data_dir: Path, split: str) -> list[str]:
     )
     if path is None:
         raise ConfigError(
-            f"setting.data_dir: {data_dir} holds no wikitext-2 {parquet} split (wikitext-2-raw-v1/{name}, "
-            f"or wiki.{raw}.raw, directly or under wikitext-2-raw/)"
+            f"setting.data_dir: {_data_directory(data_dir)} holds no wikitext-2 {parquet} split "
+            f"(wikitext-2-raw-v1/{name}, or wiki.{raw}.raw, directly or under wikitext-2-raw/)"
         )
+    return path
+
+
+def text_lines(data_dir: Path, split: str) -> list[str]:
+    """The lines of a wikitext-2 split (``train`` or ``held-out``, the test split); a file without a line
+    of text (empty, or a parquet ``text`` column that holds no strings) is one line naming it."""
+    path = text_file(data_dir, split)
     if path.suffix == ".parquet":
-        return [line for line in read_fields(path, ["text"])["text"] if isinstance(line, str)]
-    try:
-        return path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read {path} as text: {error}") from None
+        column = read_fields(path, ["text"])["text"]
+        lines = [line for line in column if isinstance(line, str)]
+        if column and not lines:
+            kinds = sorted({type(value).__name__ for value in column})
+            raise ConfigError(f"{path}: its text column holds no strings ({', '.join(kinds)}), not wikitext-2's lines")
+    else:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read {path} as text: {error}") from None
+    if not any(line.strip() for line in lines):
+        raise ConfigError(f"{path} holds no text: an empty wikitext-2 {split} split")
+    return lines
 
 
 def text_blocks(tokenizer, lines: list[str], block_size: int) -> Examples:
@@ -67,22 +88,40 @@ def text_blocks(tokenizer, lines: list[str], block_size: int) -> Examples:
     return Examples(stream[: count * block_size], offsets, np.zeros(count, dtype=np.int64))
 
 
-def conversations(data_dir: Path, split: str) -> list[tuple[str, str]]:
-    """(prompt, response) pairs of a HelpSteer2 split (``train``, or ``held-out``: validation)."""
+def conversation_files(data_dir: Path, split: str) -> list[Path]:
+    """The files of a HelpSteer2 split (``train``, or ``held-out``: validation)."""
     name = _CONVERSATION_SPLITS[split]
     jsonl = _first_existing([data_dir / f"{name}.jsonl.gz", data_dir / f"{name}.jsonl"])
     parquets = sorted((data_dir / "data").glob(f"{name}-*.parquet")) + sorted(data_dir.glob(f"{name}*.parquet"))
     files = [jsonl] if jsonl is not None else parquets
     if not files:
         raise ConfigError(
-            f"setting.data_dir: {data_dir} holds no HelpSteer2 {name} split ({name}.jsonl.gz, {name}.jsonl or "
-            f"{name}*.parquet, directly or under data/)"
+            f"setting.data_dir: {_data_directory(data_dir)} holds no HelpSteer2 {name} split ({name}.jsonl.gz, "
+            f"{name}.jsonl or {name}*.parquet, directly or under data/)"
         )
+    return files
+
+
+def conversations(data_dir: Path, split: str) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of a HelpSteer2 split (``train``, or ``held-out``: validation). A record
+    whose prompt or response is not a string (null) is refused in one line naming its file and record:
+    it would otherwise become the text "None" and be trained on."""
     pairs: list[tuple[str, str]] = []
-    for path in files:
+    for path in conversation_files(data_dir, split):
         columns = read_fields(path, ["prompt", "response"])
-        pairs += [(str(p), str(r)) for p, r in zip(columns["prompt"], columns["response"])]
+        for index, (prompt, response) in enumerate(zip(columns["prompt"], columns["response"]), 1):
+            for field, value in (("prompt", prompt), ("response", response)):
+                if not isinstance(value, str):
+                    found = "null" if value is None else f"a {type(value).__name__}"
+                    raise ConfigError(f"{path}: record {index} has {found} for its {field}, not a text")
+            pairs.append((prompt, response))
     return pairs
+
+
+def check_data_files(data_dir: Path, text: bool) -> None:
+    """That ``data_dir`` holds both splits a config needs (found, not read): before anything is written."""
+    for split in ("train", "held-out"):
+        text_file(data_dir, split) if text else conversation_files(data_dir, split)
 
 
 # The bundled stand-in for conversations: a prompt quoting a passage's first words, the rest of the

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import FineTuningConfig
 
 
 def _first_line(error: Exception) -> str:
@@ -17,8 +20,9 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def check_model_directory(directory: Path) -> None:
-    """One line naming what makes ``directory`` no Hugging Face model directory."""
+def check_model_directory(directory: Path) -> dict[str, Any]:
+    """One line naming what makes ``directory`` no Hugging Face causal language model's directory, read
+    from its files alone (no weights loaded); its config.json's fields."""
     if not directory.is_dir():
         raise ConfigError(f"setting.model.path: {directory} is not a directory")
     config = directory / "config.json"
@@ -37,14 +41,36 @@ def check_model_directory(directory: Path) -> None:
             f"setting.model.path: {directory} needs its own code (auto_map in config.json); model-collapse runs "
             "only architectures that transformers ships"
         )
+    _check_causal(directory, fields)
+    if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        # AutoTokenizer would make an empty one from the model's type rather than refuse
+        raise ConfigError(f"setting.model.path: {directory} holds no usable tokenizer: no tokenizer.json")
+    return fields
+
+
+def _check_causal(directory: Path, fields: dict[str, Any]) -> None:
+    """A checkpoint of a causal language model: its model type has one in transformers, and the classes
+    it was saved as (``architectures``) include it (a BERT saved as BertForMaskedLM is not one)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = fields["model_type"]
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if causal is None:
+        raise ConfigError(
+            f"setting.model.path: {directory} holds a {model_type} model, which transformers has no causal "
+            "language model of"
+        )
+    saved = fields.get("architectures")
+    if isinstance(saved, list) and saved and causal not in saved:
+        raise ConfigError(
+            f"setting.model.path: {directory} holds a {', '.join(map(str, saved))}, not a causal language model "
+            f"({causal})"
+        )
 
 
 def load_tokenizer(directory: Path):
     from transformers import AutoTokenizer
 
-    if not any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        # AutoTokenizer would make an empty one from the model's type rather than refuse
-        raise ConfigError(f"setting.model.path: {directory} holds no usable tokenizer: no tokenizer.json")
     try:
         tokenizer: Any = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except Exception as error:  # transformers raises several types, some with long messages
@@ -70,11 +96,22 @@ def load_causal_model(directory: Path, error_type: type[Exception] = ConfigError
     return model.eval()
 
 
-def context_length(model) -> int:
-    """The longest sequence the model's positions take (GPT-2: n_positions; most: max_position_embeddings)."""
-    config = model.config
+def context_length(fields: dict[str, Any]) -> int:
+    """The longest sequence a model's positions take, from its config's fields (GPT-2: n_positions; most:
+    max_position_embeddings); unbounded when it names none."""
     for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
+        value = fields.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 2**31
+
+
+def check_context(config: FineTuningConfig, positions: int) -> None:
+    """That the longest sequence ``config`` trains on or writes fits the model's ``positions``."""
+    g = config.generation
+    if config.format == "prompt-response" and config.max_length > positions:
+        raise ConfigError(f"setting.max_length {config.max_length} exceeds the model's context of {positions} tokens")
+    longest = config.block_size + g.new_tokens if g.method == "beam" else 1 + g.max_new_tokens
+    if longest > positions:
+        what = "block_size + generation.new_tokens" if g.method == "beam" else "1 + generation.max_new_tokens"
+        raise ConfigError(f"setting: {what} = {longest} exceeds the model's context of {positions} tokens")

@@ -55,7 +55,7 @@ from .data import (
     well_formed,
 )
 from .examples import IGNORE, ExampleBatches, Examples
-from .pretrained import check_model_directory, context_length, load_causal_model, load_tokenizer
+from .pretrained import check_context, check_model_directory, context_length, load_causal_model, load_tokenizer
 from .pretraining import made_once
 
 transformers_logging.set_verbosity_error()
@@ -68,10 +68,10 @@ class _Data:
     """What every chain of a run shares: the tokenizer, the real splits and the original model."""
 
     def __init__(self, config: FineTuningConfig, directory: Path):
-        check_model_directory(directory)
+        fields = check_model_directory(directory)
         self.tokenizer = load_tokenizer(directory)
         self.original = load_causal_model(directory)
-        self.positions = context_length(self.original)
+        self.positions = context_length(fields)
         tokenizer = self.tokenizer
         self.eos = int(tokenizer.eos_token_id)
         self.pad = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos
@@ -143,15 +143,8 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         return data
 
     def _check_context(self, data: _Data) -> None:
-        c, g = self.config, self.config.generation
-        longest = c.block_size + g.new_tokens if g.method == "beam" else 1 + g.max_new_tokens
-        if c.format == "prompt-response" and c.max_length > data.positions:
-            raise ConfigError(
-                f"setting.max_length {c.max_length} exceeds the model's context of {data.positions} tokens"
-            )
-        if longest > data.positions:
-            what = "block_size + generation.new_tokens" if g.method == "beam" else "1 + generation.max_new_tokens"
-            raise ConfigError(f"setting: {what} = {longest} exceeds the model's context of {data.positions} tokens")
+        check_context(self.config, data.positions)
+        c = self.config
         size = c.samples or len(data.train)
         if size > len(data.train):
             raise ConfigError(f"setting.samples: the training split has {len(data.train)} examples, asked for {size}")
