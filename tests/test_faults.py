@@ -420,6 +420,68 @@ def test_a_full_disk_gives_one_line_and_the_run_resumes_once_there_is_room(tmp_p
     )
 
 
+@pytest.mark.slow
+def test_a_full_disk_while_a_costly_setting_saves_its_model_is_one_line_and_resumes(tmp_path, small_disk):
+    """torch.save's short write raises RuntimeError("... unexpected pos ..."), not an OSError: it read as a
+    bug with a traceback; it is a full disk, and the line says how to resume."""
+    path = config(
+        tmp_path / "vae.yaml",
+        setting=tiny_vae(model={"widths": [256, 512], "latent_dim": 2}),
+        regimes=["replace"],
+        iterations=2,
+        seeds=1,
+    )  # fmt: skip  (a model of about 4 MiB, more than the disk holds)
+    run = small_disk / "run"
+    line = one_line_error(cli("run", path, "--out", run, "-q"), code=1)
+    assert re.fullmatch(
+        rf"error: chain base / replace / seed 0: no space left on the device while writing {run}/chains/base/"
+        rf"replace/seed-0/iter_0001\.partial/model/model\.pt; finish it with `model-collapse resume {run}`",
+        line,
+    ), line
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert cli("resume", run, "-q").returncode == 0
+    assert table(run).count("\n") == 1 + 2  # the header, two iterations of one seed
+
+
+SAVES_WITH_TORCH = '''
+import torch
+
+from model_collapse.settings.discrete import Discrete, DiscreteConfig
+
+
+class SavesConfig(DiscreteConfig):
+    name: str = "saves-with-torch"
+
+
+class SavesWithTorch(Discrete):
+    """A costly plugin that saves its model with torch.save itself, padded to 4 MiB."""
+
+    name = "saves-with-torch"
+    Config = SavesConfig
+    cheap = False
+
+    def save_model(self, model, directory):
+        torch.save({"model": torch.from_numpy(model), "padding": torch.zeros(1 << 20)}, directory / "model.pt")
+
+    def load_model(self, directory):
+        return torch.load(directory / "model.pt", weights_only=True)["model"].numpy()
+'''
+
+
+def test_a_plugins_own_torch_save_on_a_full_disk_is_one_line(tmp_path, small_disk):
+    (tmp_path / "torch_plugin.py").write_text(SAVES_WITH_TORCH)
+    path = config(
+        tmp_path / "plugin.yaml", setting={"name": "torch_plugin:SavesWithTorch", "samples": 10},
+        regimes=["replace"], iterations=2, seeds=1,
+    )  # fmt: skip
+    run = small_disk / "run"
+    line = one_line_error(cli("run", path, "--out", run, "-q", cwd=tmp_path), code=1)
+    assert line == (
+        f"error: chain base / replace: no space left on the device while writing {run}; finish it with "
+        f"`model-collapse resume {run} --setting torch_plugin:SavesWithTorch`"
+    )
+
+
 def _used_bytes(mount: Path) -> int:
     stats = os.statvfs(mount)
     return (stats.f_blocks - stats.f_bfree) * stats.f_frsize

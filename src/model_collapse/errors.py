@@ -59,7 +59,33 @@ def one_line_error(error: BaseException, where: Path) -> ModelCollapseError | No
         return ResourceError(f"no space left on the device while writing {error.filename or where}")
     if isinstance(error, MemoryError):
         return ResourceError("out of memory (lower seeds, setting sizes or --workers)")
+    if is_torch_write_failure(error):  # a plugin's own torch.save, say: writes.py converts the shipped ones
+        if disk_full(where):
+            return ResourceError(f"no space left on the device while writing {where}")
+        first = (str(error).strip().splitlines() or [""])[0]
+        return ResourceError(f"PyTorch could not finish writing a file in {where} ({first})")
     return None
+
+
+# What PyTorch's file writer (caffe2's inline_container) raises when a write comes up short: a full disk,
+# mostly, as a RuntimeError rather than an OSError.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def is_torch_write_failure(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _TORCH_WRITE_FAILURES)
+
+
+def disk_full(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the filesystem of ``path`` (or of its nearest existing parent) has less than ``margin``
+    bytes left for this user: after a write came up short, whether that was for want of space."""
+    import os
+
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            stats = os.statvfs(candidate)
+            return stats.f_bavail * stats.f_frsize < margin
+    return False
 
 
 class Terminated(BaseException):

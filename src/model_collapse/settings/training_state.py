@@ -7,16 +7,19 @@ a fit run again with the same data, options and random generator continues from 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import pickle
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from ..atomic import write_file_atomic
-from ..errors import RunDirectoryError
+from ..errors import RunDirectoryError, disk_full, is_torch_write_failure
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,20 @@ class TrainingState:
 
     def save(self, state: dict) -> None:
         assert self.path is not None, "saving a training state needs a directory"  # due() says when
-        write_file_atomic(self.path, lambda handle: torch.save({**state, "fingerprint": self.fingerprint}, handle))
+        path = self.path
+        write_file_atomic(path, lambda handle: torch_save({**state, "fingerprint": self.fingerprint}, handle, path))
         self.last_saved = time.monotonic()
+
+
+def torch_save(value: object, target: Path | BinaryIO, path: Path) -> None:
+    """``torch.save``, whose short write on a full disk (a RuntimeError, "unexpected pos …") becomes the
+    OSError of a full disk naming ``path``, which the run reports in one line with how to resume."""
+    try:
+        torch.save(value, target)
+    except RuntimeError as error:
+        if is_torch_write_failure(error) and disk_full(path.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
 
 
 WEIGHTS = "model.pt"
@@ -76,7 +91,7 @@ WEIGHTS = "model.pt"
 
 def save_weights(model: torch.nn.Module, directory: Path) -> None:
     """A fitted network's parameters, for ``load_weights`` (the chain's model directory)."""
-    torch.save(model.state_dict(), directory / WEIGHTS)
+    torch_save(model.state_dict(), directory / WEIGHTS, directory / WEIGHTS)
 
 
 def load_weights(model: torch.nn.Module, directory: Path, device: torch.device | str) -> torch.nn.Module:
