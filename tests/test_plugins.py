@@ -444,3 +444,16 @@ def test_a_module_inside_a_run_directory_is_refused_naming_its_file(plugin, tmp_
         f"error: setting 'broken:Setting': importing broken ({tmp_path / 'broken.py'}) failed: "
         "RuntimeError: no GPU here\n"
     )
+
+
+def test_a_plugin_whose_construction_raises_is_one_line(plugin, tmp_path):
+    (plugin / "mean_plugin" / "__init__.py").write_text(
+        PLUGIN + "\n\nclass Unready(MeanSetting):\n    def __init__(self, config, seeds):\n"
+        "        raise FileNotFoundError('the data are not mounted')\n"
+    )
+    result = cli("run", config(tmp_path, "mean_plugin:Unready", regimes=["replace"]), "--out", tmp_path / "run", "-q")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        "error: chain base / replace failed: FileNotFoundError: the data are not mounted (its traceback is in "
+    )
