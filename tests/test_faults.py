@@ -881,22 +881,46 @@ def test_deep_nesting_is_one_line_at_any_depth(tmp_path, depth):
 
 
 @pytest.mark.parametrize(
-    "config_name,arguments",
+    "config_name,arguments,named",
     [
-        ("vae_digits_cpu.yaml", ["setting.model.widths=[100000,100000]"]),  # a 640 GB layer
-        ("lm_tiny_cpu.yaml", ["setting.vocab_size=1000000000"]),
-        ("conformers_cpu.yaml", ["setting.network.hidden_dim=1000000"]),  # 16 TB of parameters
+        ("vae_digits_cpu.yaml", ["setting.model.widths=[100000,100000]"], "setting.model.widths=[100000, 100000]"),
+        ("lm_tiny_cpu.yaml", ["setting.vocab_size=1000000000"], "setting.vocab_size=1000000000"),
+        ("conformers_cpu.yaml", ["setting.network.hidden_dim=1000000"], ""),  # 16 TB of parameters
         # activations, on the CPU
-        ("conformers_cpu.yaml", ["setting.training.batch_size=1000000", "setting.device=cpu"]),
-        ("vae_digits_cpu.yaml", ["setting.training.batch_size=10000000", "setting.device=cpu"]),
-        ("lm_tiny_cpu.yaml", ["setting.training.batch_size=100000", "setting.device=cpu"]),
-        ("finetune_cpu.yaml", ["setting.training.batch_size=1000000", "setting.device=cpu"]),
+        ("conformers_cpu.yaml", ["setting.training.batch_size=1000000", "setting.device=cpu"], ""),
+        (
+            "vae_digits_cpu.yaml",
+            ["setting.training.batch_size=10000000", "setting.device=cpu"],
+            "setting.training.batch_size=10000000",
+        ),
+        ("lm_tiny_cpu.yaml", ["setting.training.batch_size=100000", "setting.device=cpu"], ""),
+        (
+            "finetune_cpu.yaml",
+            ["setting.training.batch_size=1000000", "setting.device=cpu"],
+            "setting.training.batch_size=1000000",
+        ),
+        # peft's adapters of rank r (a billion: 256 GB), and a billion candidates to curate
+        ("finetune_cpu.yaml", ["setting.lora={rank: 1000000000}"], "setting.lora.rank=1000000000"),
+        (
+            "finetune_cpu.yaml",
+            ["setting.curation={candidates: 1000000000, score: likelihood}"],
+            "setting.curation.candidates=1000000000",
+        ),
+        (
+            "sft_cpu.yaml",
+            ["setting.curation={candidates: 1000000000, score: likelihood}"],
+            "setting.curation.candidates=1000000000",
+        ),
     ],
 )
-def test_a_model_too_large_for_the_machine_is_refused_before_anything_is_written(tmp_path, config_name, arguments):
+def test_a_model_too_large_for_the_machine_is_refused_before_anything_is_written(
+    tmp_path, config_name, arguments, named
+):
+    """One line naming the field that makes the chain too large (the VAE's widths, LoRA's rank, the
+    candidates of a curation), before anything is written."""
     root = Path(__file__).resolve().parents[1]
     line = one_line_error(cli("run", root / "configs" / config_name, *arguments, "--out", tmp_path / "run"))
-    assert "a chain would hold about" in line and "in memory" in line
+    assert "a chain would hold about" in line and "in memory" in line and named in line, line
     assert not (tmp_path / "run").exists()
 
 

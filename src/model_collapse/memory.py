@@ -36,12 +36,18 @@ def estimate_memory(experiment: Experiment, workers: int, here: bool = True) -> 
             continue
         for regime in experiment.regimes:
             rows = footprint.rows + peak_synthetic_rows(regime, config.iterations, footprint.rows)
+            candidates = 0
             if point.curation is not None:  # the candidates of the largest batch, before all but 1 in m go
-                rows += (point.curation.candidates - 1) * regime.synthetic_size(config.iterations, footprint.rows)
+                candidates = (point.curation.candidates - 1) * regime.synthetic_size(config.iterations, footprint.rows)
             activations = footprint.activation_bytes if here else 0
-            need = seeds_per_chain * (footprint.fixed_bytes + activations + rows * footprint.bytes_per_row)
+            parts = {
+                "model": footprint.fixed_bytes + activations,
+                "data": rows * footprint.bytes_per_row,
+                "candidates": candidates * footprint.bytes_per_row,
+            }
+            need = seeds_per_chain * sum(parts.values())
             if need > worst:
-                worst, worst_case = need, (point, regime)
+                worst, worst_case = need, (point, regime, footprint, max(parts, key=lambda k: parts[k]))
     parallel = max(1, min(workers, chains))
     if worst * parallel + bookkeeping <= total:
         return
@@ -51,15 +57,37 @@ def estimate_memory(experiment: Experiment, workers: int, here: bool = True) -> 
             f"{where}: {chains} chains would need about {_bytes(bookkeeping)} of memory to track, "
             f"this machine has {_bytes(total)}"
         )
-    point, regime = worst_case
-    sizes = ", ".join(
-        f"setting.{k}={v}" for k, v in point.model_dump().items() if isinstance(v, int) and not isinstance(v, bool)
-    )
+    point, regime, footprint, largest = worst_case
+    sizes = ", ".join(f"setting.{key}={_text(value)}" for key, value in _blamed(point, footprint, largest))
     at_once = f" x {parallel} chains at once (--workers)" if parallel > 1 else ""
     raise ConfigError(
         f"{where}, {sizes}, regime {regime.label}: a chain would hold about {_bytes(worst)} in memory{at_once}, "
         f"this machine has {_bytes(total)}"
     )
+
+
+def _blamed(point, footprint, largest: str) -> list[tuple[str, object]]:
+    """The config fields to name for the largest part of a chain's memory: the model's own fields
+    (``Footprint.fields``), the curation's candidates, or the sizes of the data (every whole number)."""
+    values = point.model_dump()
+    if largest == "candidates":
+        return [("curation.candidates", point.curation.candidates)]
+    if largest == "model" and footprint.fields:
+        found = []
+        for key in footprint.fields:
+            value: object = values
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                found.append((key, value))
+        if found:
+            return found
+    return [(k, v) for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _text(value: object) -> str:
+    """A config value as an override writes it: ``[32, 64]`` for a list or tuple."""
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, list | tuple) else str(value)
 
 
 def peak_synthetic_rows(regime: Regime, iterations: int, real_size: int) -> int:

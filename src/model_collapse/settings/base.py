@@ -83,6 +83,9 @@ class Footprint:
     # a model's activations where they take host memory (``activations_on_host``): counted when the
     # chains run on this machine, not when Slurm or a remote Ray cluster runs them elsewhere
     activation_bytes: int = 0
+    # the config fields (dotted, below ``setting.``) that the fixed and activation bytes grow with
+    # (``model.widths``, ``lora.rank``): a refusal names them when the model is what does not fit
+    fields: tuple[str, ...] = ()
 
 
 def activations_on_host(device: str) -> bool:

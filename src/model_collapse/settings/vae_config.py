@@ -147,7 +147,8 @@ class VAEDeclaration(Declaration[VAEConfig]):
         if activations_on_host(config.device):  # training, or measuring FID: one after the other
             activations = max(activation_bytes(config), INCEPTION_BYTES if config.inception_weights is not None else 0)
         images = image * (real + config.test_samples)
-        return Footprint(real, 0, fixed_bytes=16 * parameters + images, activation_bytes=activations)
+        fields = ("model.widths", "image_size", "training.batch_size")
+        return Footprint(real, 0, fixed_bytes=16 * parameters + images, activation_bytes=activations, fields=fields)
 
 
 def activation_bytes(config: VAEConfig) -> int:

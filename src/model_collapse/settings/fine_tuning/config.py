@@ -222,10 +222,16 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
         if model is None:
             return None
         family, parameters, width, layers, heads = model
-        if not activations_on_host(config.device):  # the original model, kept on the host to copy from
-            return Footprint(config.samples or 1, 0, fixed_bytes=4 * parameters)
-        measuring = 4 * parameters if config.generation.measured_by == "fine-tuned" else 0  # a second model
         g = config.generation
+        length = config.block_size if config.format == "text" else config.max_length
+        row = length * 4 + 16  # an example: its tokens (uint32) and two offsets
+        if not activations_on_host(config.device):  # the original model, kept on the host to copy from
+            return Footprint(config.samples or 1, row, fixed_bytes=4 * parameters, fields=("model.path",))
+        measuring = 4 * parameters if config.generation.measured_by == "fine-tuned" else 0  # a second model
+        adapters = 0
+        if config.lora is not None:  # r x (in + out) per adapted matrix: two per layer unless named
+            matrices = len(config.lora.target_modules or ()) or 2
+            adapters = 16 * config.lora.rank * 2 * width * matrices * layers  # trained: weights, grads, AdamW
         written = (
             (g.batch_size * g.num_beams, 2 * config.block_size)
             if g.method == "beam"
@@ -234,10 +240,16 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
         activations = transformer_activation_bytes(
             family, width, layers, heads,
             rows=config.training.micro_batch_size or config.training.batch_size,
-            length=config.block_size if config.format == "text" else config.max_length,
-            sampled=written[0], sampled_length=written[1],
+            length=length, sampled=written[0], sampled_length=written[1],
         )  # fmt: skip
-        return Footprint(config.samples or 1, 0, fixed_bytes=20 * parameters + measuring, activation_bytes=activations)
+        fields = ("lora.rank",) if adapters > 20 * parameters else ("model.path", "training.batch_size")
+        return Footprint(
+            config.samples or 1,
+            row,
+            fixed_bytes=20 * parameters + measuring + adapters,
+            activation_bytes=activations,
+            fields=fields,
+        )
 
 
 # config.json's names of (width, layers, attention heads) across Hugging Face architectures
