@@ -751,6 +751,25 @@ def test_a_costly_chain_resumes_from_what_it_kept_and_names_what_is_damaged(vae_
 
 
 @pytest.mark.slow
+def test_a_damaged_shared_judge_names_recompute_damaged_which_makes_it_again(vae_run, tmp_path):
+    """The VAE's judge, trained once per run into RUN/shared/: damaged, it was refused with no way out."""
+    run, chain = unfinished_vae(vae_run, tmp_path)
+    (judge,) = (run / "shared").glob("vae-judge-*.npz")
+    judge.write_bytes(b"not a judge")
+    line = one_line_error(cli("resume", run, "-q"))
+    assert f"corrupted file {judge}" in line, line
+    assert line.endswith(
+        f"; `model-collapse resume {run} --recompute-damaged` moves the damaged file of {run / 'shared'}/ into "
+        f"{run / 'damaged'}/ and makes it again"
+    ), line
+    result = cli("resume", run, "-q", "--recompute-damaged")
+    assert result.returncode == 0, result.stderr
+    (kept,) = (run / "damaged").glob(f"*/shared/{judge.name}")
+    assert kept.read_bytes() == b"not a judge" and f"{judge} moved to {kept}, to be made again" in result.stderr
+    assert table(run) == table(vae_run)  # the judge is trained again, the same
+
+
+@pytest.mark.slow
 def test_a_vae_chain_kept_before_batches_were_memory_mapped_resumes(vae_run, tmp_path):
     """Earlier versions kept a VAE's synthetic batch as samples.npz: such a run still resumes, the same."""
     run, chain = unfinished_vae(vae_run, tmp_path)

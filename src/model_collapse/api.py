@@ -297,10 +297,29 @@ def _unreadable_state(run_directory: Path, spec, store, iterations: int) -> int 
     return first_unreadable_state(setting, spec.regime, store, completed)
 
 
+def damaged_shared(run_directory: Path, experiment) -> list[Path]:
+    """The files of ``RUN/shared/`` (what a setting makes once per run: the VAE's judge, say) that a
+    chain's recorded failure names as damaged."""
+    from .rundir import SHARED, ChainStore
+
+    shared = (run_directory / SHARED).resolve()
+    found: dict[Path, None] = {}
+    for spec in experiment.chains():
+        failure = ChainStore.of(run_directory, spec, writer=False).failure()
+        reason = failure["reason"] if failure else ""
+        for word in reason.replace(":", " ").split():
+            path = Path(word)
+            if path.is_file() and shared in path.resolve().parents:
+                found[path] = None
+    return list(found)
+
+
 def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
     """``resume --recompute-damaged``: every chain's damaged commit and the ones after it moved into
     ``RUN/damaged/<UTC time>/<chain>/`` (nothing deleted), so that resuming recomputes them (exactly:
-    chains are deterministic); a line per chain saying which iterations go. Call it holding the lock."""
+    chains are deterministic), and a damaged file of ``RUN/shared/`` into ``RUN/damaged/<UTC
+    time>/shared/``, so that the setting makes it again; a line per chain or file saying what goes. Call
+    it holding the lock."""
     from datetime import timezone
 
     from .experiment import FIRST_ITERATIONS
@@ -308,6 +327,11 @@ def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     lines = []
+    for path in damaged_shared(run_directory, experiment):
+        destination = run_directory / DAMAGED / stamp / path.resolve().relative_to(run_directory.resolve())
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(destination)
+        lines.append(f"{path} moved to {destination}, to be made again")
     damaged = damaged_commits(run_directory, experiment)
     if damaged:  # a first iteration the chains shared may be the damage: they compute it afresh
         shutil.rmtree(run_directory / FIRST_ITERATIONS, ignore_errors=True)

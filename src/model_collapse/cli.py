@@ -136,7 +136,7 @@ def resume(
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
     from .curation import allow_function
-    from .rundir import DAMAGED
+    from .rundir import DAMAGED, SHARED
 
     _allow(setting)
     for path in allow_import:
@@ -149,13 +149,18 @@ def resume(
             try:
                 return action()
             except (RunDirectoryError, ChainFailed) as error:
-                # a damaged record, model or kept batch has a way forward: name it
-                if recompute_damaged or not api.damaged_commits(run_directory, prepared.experiment):
+                # a damaged record, model, kept batch or shared file has a way forward: name it
+                if recompute_damaged:
+                    raise
+                if api.damaged_commits(run_directory, prepared.experiment):
+                    what = "the damaged iteration and the later ones of its chain into {} and computes them again"
+                elif api.damaged_shared(run_directory, prepared.experiment):
+                    what = f"the damaged file of {run_directory / SHARED}/ into {{}} and makes it again"
+                else:
                     raise
                 raise RunDirectoryError(
-                    f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves the damaged "
-                    f"iteration and the later ones of its chain into {run_directory / DAMAGED}/ and computes "
-                    "them again"
+                    f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves "
+                    + what.format(f"{run_directory / DAMAGED}/")
                 ) from None
 
         return _guarded(with_the_way_forward, resumable)
