@@ -615,3 +615,29 @@ def test_helpsteer2_records_with_a_null_prompt_or_response_are_refused_naming_th
     with pytest.raises(ConfigError) as caught:
         setting(checkpoints["gpt2"], data, format="prompt-response", generation={"method": "sample"}).real_train  # noqa: B018
     assert str(caught.value) == f"{data / 'train.jsonl.gz'}: record 4 has null for its response, not a text"
+
+
+class _Planted:
+    """An object whose unpickling creates a file: what a pickled weights file may run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_weights_file_is_never_unpickled_and_says_so(checkpoints, wikitext, tmp_path):
+    """torch's own message advised weights_only=False; the line says the file is never unpickled."""
+    pickled = tmp_path / "pickled"
+    shutil.copytree(checkpoints["gpt2"], pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"transformer.wte.weight": _Planted(tmp_path / "ran")}, pickled / "pytorch_model.bin")
+    with pytest.raises(ConfigError) as caught:
+        setting(pickled, wikitext).real_train  # noqa: B018
+    assert str(caught.value) == (
+        f"{pickled} holds no usable causal language model: its weights file holds objects other than tensors "
+        "(a pickle), which model-collapse never unpickles; save the model with save_pretrained (safetensors)"
+    )
+    assert not (tmp_path / "ran").exists()

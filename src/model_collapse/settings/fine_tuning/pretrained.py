@@ -92,8 +92,25 @@ def load_causal_model(directory: Path, error_type: type[Exception] = ConfigError
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, trust_remote_code=False)
     except Exception as error:  # transformers raises several types, some with long messages
+        if _refused_pickle(error):  # torch's own message advises weights_only=False: never, here
+            raise error_type(
+                f"{directory} holds no usable causal language model: its weights file holds objects other than "
+                "tensors (a pickle), which model-collapse never unpickles; save the model with "
+                "save_pretrained (safetensors)"
+            ) from None
         raise error_type(f"{directory} holds no usable causal language model: {_first_line(error)}") from None
     return model.eval()
+
+
+def _refused_pickle(error: BaseException | None) -> bool:
+    """Whether loading failed because torch's weights-only unpickler met an object that is not a tensor."""
+    import pickle
+
+    while error is not None:
+        if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def context_length(fields: dict[str, Any]) -> int:
