@@ -2,9 +2,12 @@
 setting gained a field or a metric stay readable."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 from typer.testing import CliRunner
 
 from helpers import invoke
@@ -192,3 +195,20 @@ def test_a_damaged_model_or_kept_batch_of_a_stopped_costly_chain_has_the_same_wa
         # iteration 1 kept no model to go on from once iteration 2's is set aside: the chain starts again
         assert "base / accumulate / seed 0: iterations 1-2 moved to" in result.output
         assert invoke("table", run).output == table, damaged_file
+
+
+def test_a_damaged_chain_counts_the_iterations_it_holds_whole(tmp_path):
+    """A run whose last commit is missing said `damaged 30/30` and summed every iteration as committed."""
+    path = tmp_path / "config.yaml"
+    raw = {"setting": {"name": "gaussian", "dim": 1, "samples": 10}, "regimes": ["replace", "accumulate"]}
+    path.write_text(yaml.safe_dump({**raw, "iterations": 30, "seeds": 2}))
+    assert invoke("run", path, "--out", tmp_path / "run", "-q").exit_code == 0
+    chain = tmp_path / "run" / "chains" / "base" / "replace"
+    last = sorted(chain.glob("iter_*"))[-1]
+    shutil.rmtree(last)
+    kept = int(last.name.removeprefix("iter_").split("-")[0]) - 1
+    result = invoke("status", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("base / replace "))
+    assert re.match(rf"base / replace\s+damaged\s+{kept}/30\s", line), line
+    assert result.output.splitlines()[-1] == f"2 chains: 1 done, 1 damaged; {30 + kept} of 60 iterations committed"

@@ -679,6 +679,19 @@ class ChainStore:
         (``keeps_models``), also those after the last readable commit that still holds its model.
         Nothing when every record reads."""
         commits = self.commits()
+        good = self._readable(commits, seed_count, metrics, unreadable_from)
+        if good == len(commits):
+            return []
+        if keeps_models:
+            while good and not (commits[good - 1].path / "model").is_dir():
+                good -= 1  # the chain would resume from this commit's model, which is gone
+        return commits[good:]
+
+    def _readable(
+        self, commits: list[Commit], seed_count: int, metrics: Collection[str], unreadable_from: int | None = None
+    ) -> int:
+        """How many of ``commits``, from the first, hold iterations 1, 2, ... without a gap, with records
+        that read (and no iteration from ``unreadable_from`` on)."""
         end, good = 0, 0
         for commit in commits:
             try:
@@ -692,12 +705,17 @@ class ChainStore:
             except RunDirectoryError:
                 break
             end, good = commit.last, good + 1
-        if good == len(commits):
-            return []
-        if keeps_models:
-            while good and not (commits[good - 1].path / "model").is_dir():
-                good -= 1  # the chain would resume from this commit's model, which is gone
-        return commits[good:]
+        return good
+
+    def readable_iterations(self, seed_count: int, metrics: Collection[str]) -> int:
+        """The iterations committed whole before a damaged chain's damage (what ``status`` counts, where
+        progress.json may count iterations that are missing or unreadable)."""
+        try:
+            commits = self.commits()
+        except RunDirectoryError:
+            return 0
+        good = self._readable(commits, seed_count, metrics)
+        return commits[good - 1].last if good else 0
 
     def set_aside(self, commits: list[Commit], destination: Path) -> None:
         """Move ``commits`` (the last ones of the chain) into ``destination``, nothing deleted, and record

@@ -87,7 +87,8 @@ def run_status(run_directory: Path, read_records: bool = True) -> RunStatus:
                 store.records(len(spec.seeds), metrics, completed)  # every record whole, as table reads them
             failure = store.failure() if store.directory.exists() else None
         except RunDirectoryError as damage:
-            chains.append(ChainStatus(spec.label, "damaged", store.progress(), iterations, str(damage)))
+            readable = store.readable_iterations(len(spec.seeds), metrics)
+            chains.append(ChainStatus(spec.label, "damaged", min(readable, iterations), iterations, str(damage)))
             continue
         reason = failure["reason"] if failure else ""
         if not completed and failure is None:  # it may be waiting on the first iteration its regimes share
