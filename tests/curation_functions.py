@@ -39,3 +39,11 @@ def above_one(samples):
     """A verifier that rules out (-inf) every sample whose first coordinate is not above 1: few pass."""
     x = samples["x"][..., 0]
     return np.where(x > 1.0, x, -np.inf)
+
+
+def slow(samples, seconds=2.5):
+    """A reward model that takes its time."""
+    import time
+
+    time.sleep(seconds)
+    return closeness(samples)

@@ -368,9 +368,27 @@ def test_kept_samples_that_their_score_rules_out_are_counted_in_a_warning(tmp_pa
     result = invoke("run", config, "--out", tmp_path / "run", "--quiet")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "rules them out" in line]
-    assert [line.split(":")[0] for line in warnings] == ["iteration 2", "iteration 3"], result.stderr
+    assert [line.split(": ")[:2] for line in warnings] == [
+        ["chain base / replace", "iteration 2"],
+        ["chain base / replace", "iteration 3"],
+    ], result.stderr
     counts = re.findall(r"seed (\d): (\d+) of 10", warnings[0])
     assert counts and all(0 < int(n) <= 10 for _, n in counts)
     assert warnings[0].endswith("fewer of the 20 candidates per seed passed than the regime needs")
     table = pd.read_csv(io.StringIO(invoke("table", tmp_path / "run").stdout))
     assert set(table["train_size"]) == {10}  # the training set keeps the size the regime asks
+
+
+def test_a_reward_that_does_not_return_is_named_with_the_chain_waiting_on_it(tmp_path, monkeypatch):
+    """A reward model that hangs hung the run without a word."""
+    monkeypatch.chdir(Path(__file__).parent)
+    curation = {"candidates": 2, "reward": "curation_functions:slow", "warn_after_seconds": 1.0}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**config_of(curation), "iterations": 2}))
+    result = invoke("run", config, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    waits = [line for line in result.stderr.splitlines() if "has not returned" in line]
+    assert waits and waits[0] == (
+        "chain base / replace: iteration 2: waiting on setting.curation.reward 'curation_functions:slow' for 1 s: "
+        "it has not returned (called on 20 candidates per seed)"
+    ), result.stderr

@@ -18,6 +18,23 @@ from collections.abc import Callable, Iterator
 REPORT_INTERVAL_S = 0.5
 
 _listener: Callable[[str], None] | None = None
+_chain: str | None = None  # the label of the chain this process runs, for messages that name it
+
+
+@contextlib.contextmanager
+def in_chain(label: str) -> Iterator[None]:
+    """Messages from inside the block (a warning of a setting or a curation) belong to chain ``label``."""
+    global _chain
+    previous, _chain = _chain, label
+    try:
+        yield
+    finally:
+        _chain = previous
+
+
+def chain_prefix() -> str:
+    """``chain <label>: `` inside ``in_chain``, for a message that names its chain; else nothing."""
+    return f"chain {_chain}: " if _chain is not None else ""
 
 
 @contextlib.contextmanager

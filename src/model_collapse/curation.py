@@ -34,12 +34,16 @@ a run whose curation names a function takes the user's word for it (``allow_func
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from . import activity
 from .errors import ConfigError
 from .settings import CurationConfig, Metric, Setting, SettingConfig
 from .settings.base import Declaration
@@ -124,6 +128,7 @@ class Curator:
     def __init__(self, setting: Setting, curation: CurationConfig):
         self.setting, self.curation = setting, curation
         self.what = f"setting.curation.{curation.scorer_key} {curation.scored_by!r}"
+        self.iteration: int | None = None  # the iteration whose candidates are being drawn and scored
         self._function = None if curation.score is not None else _function(curation)
 
     @classmethod
@@ -149,6 +154,7 @@ class Curator:
         that their score rules out (-inf: fewer candidates passed than the regime needs) are counted in a
         warning."""
         m = self.curation.candidates
+        self.iteration = iteration
         drawn = self.setting.sample(model, m * size, sample_rng, scratch)
         if m == 1:
             return drawn, lambda: self._metrics(self._scores(model, drawn), None, rng)
@@ -163,7 +169,7 @@ class Curator:
         ruled_out = np.isneginf(kept).sum(axis=1)
         if not ruled_out.any():
             return
-        when = f"iteration {iteration}: " if iteration is not None else ""
+        when = activity.chain_prefix() + (f"iteration {iteration}: " if iteration is not None else "")
         size = kept.shape[1]
         seeds = ", ".join(f"seed {self.setting.seeds[i]}: {n} of {size}" for i, n in enumerate(ruled_out) if n)
         log.warning(
@@ -183,11 +189,37 @@ class Curator:
             values = self.setting.score(self.curation.scored_by, model, samples)
         else:
             try:
-                values = self._function(samples, **self.curation.options)
+                with self._watched(len(samples)):
+                    values = self._function(samples, **self.curation.options)
             except Exception as error:  # the user's function: its failure is one line naming it
                 message = (str(error).splitlines() or [""])[0]
                 raise ConfigError(f"{self.what} raised {type(error).__name__}: {message}") from None
         return self._checked(values, len(samples))
+
+    @contextlib.contextmanager
+    def _watched(self, candidates: int) -> Iterator[None]:
+        """A user's function that has not returned after ``warn_after_seconds`` (a reward model that
+        hangs) is named in a warning, with the chain and iteration waiting on it, and again every as long."""
+        interval, started, returned = self.curation.warn_after_seconds, time.monotonic(), threading.Event()
+        where = f"{activity.chain_prefix()}{f'iteration {self.iteration}: ' if self.iteration else ''}"
+
+        def watch() -> None:
+            while not returned.wait(interval):
+                log.warning(
+                    "%swaiting on %s for %.0f s: it has not returned (called on %d candidates per seed)",
+                    where,
+                    self.what,
+                    time.monotonic() - started,
+                    candidates,
+                )
+
+        watcher = threading.Thread(target=watch, name="curation-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            returned.set()
+            watcher.join()
 
     def _checked(self, values: Any, count: int) -> np.ndarray:
         expected = (self.setting.seed_count, count)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import distributed
+from . import activity, distributed
 from .chain import run_chain
 from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, one_line_error
 from .experiment import ChainSpec, setting_class
@@ -122,7 +122,7 @@ def run_chain_spec(
     limit covers its thread pools."""
     try:
         budget = 1 if setting_class(spec.point).cheap else threads
-        with limited_threads(budget):
+        with limited_threads(budget), activity.in_chain(spec.label):
             run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
     except Exception as error:
         return Outcome.of(error, run_directory)

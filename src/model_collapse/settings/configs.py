@@ -141,6 +141,11 @@ class CurationConfig(StrictConfig):
         0.0, title="noise", description="standard deviation of Gaussian noise on the scores a choice sees"
     )
     flip: float = Field(0.0, ge=0, le=1, description="keep: threshold: the probability that a verdict is flipped")
+    warn_after_seconds: PositiveFloat = Field(
+        300.0,
+        description="a reward or verifier still running after this long is named in a warning (again every as "
+        "long), with the chain and iteration that wait on it",
+    )
 
     @property
     def scored_by(self) -> str:
