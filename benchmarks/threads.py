@@ -17,30 +17,18 @@ shared machine; the time is the median of ``--repeat`` runs, and each ratio is a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from model_collapse.testing import busy_processes  # noqa: E402
 from model_collapse.threads import available_cores  # noqa: E402
-
-
-@contextlib.contextmanager
-def busy(count: int) -> Iterator[None]:
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
-    try:
-        yield
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
 
 
 def seconds(arguments: list[str], repeat: int) -> float:
@@ -79,7 +67,7 @@ def main() -> None:
         rows = {}
         for variant, extra in variants.items():
             idle = seconds([*common, *extra], args.repeat)
-            with busy(2):
+            with busy_processes(2):
                 loaded = seconds([*common, *extra], args.repeat)
             rows[variant] = (idle, loaded)
         default_idle, default_busy = next(iter(rows.values()))

@@ -474,7 +474,7 @@ class _Checker:
         cores = max(2, os.cpu_count() or 1)
         with limited_threads(cores):
             first = self.chain(regime)
-            with _busy_processes(2):
+            with busy_processes(2):
                 second = self.chain(regime)
         _same(
             "repeatable_on_threads", regime, f"a second run on {cores} threads with two busy processes", second, first
@@ -593,8 +593,9 @@ def _global_random_state_untouched(method: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _busy_processes(count: int) -> Iterator[None]:
-    """``count`` processes spinning on the CPU while the block runs, as a loaded machine has."""
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` processes spinning on the CPU while the block runs, as a loaded machine has (for
+    ``repeatable_on_threads``, and ``benchmarks/threads.py``)."""
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
         yield
