@@ -247,7 +247,10 @@ def config_of(curation, **setting):
         ({"score": "oracle", "temperature": 2.0}, "temperature: weights the choice of keep: weighted"),
         ({"score": "oracle", "options": {"a": 1}}, "options: keyword arguments are for a reward or verifier"),
         ({"score": "oracle", "candidates": 0}, "candidates"),
-        ({"reward": "curation_functions:absent"}, "curation_functions has no absent"),
+        (
+            {"reward": "curation_functions:absent"},
+            f"curation_functions ({Path(__file__).parent / 'curation_functions.py'}) has no absent",
+        ),
         ({"reward": "no_such_module_here:fn"}, "cannot import no_such_module_here"),
         ({"verifier": "curation_functions:NOT_A_FUNCTION"}, "the int 3, not a function"),
     ],

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -79,8 +80,10 @@ def plugin(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text("[model_collapse.settings]\nmean = mean_plugin:MeanSetting\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    sys.modules.pop("mean_plugin", None)  # an earlier test's, from its own site directory
     SETTINGS.refresh()
     yield site
+    sys.modules.pop("mean_plugin", None)
     SETTINGS.refresh()
 
 
@@ -119,7 +122,7 @@ def test_a_registered_setting_and_its_import_path_run_to_the_same_numbers(plugin
 
 @pytest.mark.slow
 def test_list_says_where_every_setting_comes_from(plugin):
-    result = cli("list", env={**os.environ, "COLUMNS": "300"})
+    result = cli("list", "--format", "table", env={**os.environ, "COLUMNS": "300"})
     assert result.returncode == 0, result.stderr
     lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
     assert "built in" in lines["gaussian"]
@@ -179,7 +182,11 @@ def test_a_run_whose_package_is_gone_names_the_package_to_install(plugin, tmp_pa
     "name, message",
     [
         ("no_such_package.module:Setting", "cannot import no_such_package.module (no_such_package is not installed)"),
-        ("model_collapse.settings.gaussian:NoSuchClass", "model_collapse.settings.gaussian has no NoSuchClass"),
+        (
+            "model_collapse.settings.gaussian:NoSuchClass",
+            f"model_collapse.settings.gaussian ({Path(model_collapse.__file__).parent / 'settings' / 'gaussian.py'}) "
+            "has no NoSuchClass",
+        ),
         ("model_collapse.settings.arrays:Samples", "is not a model_collapse Setting subclass"),
         ("not a path", "unknown setting 'not a path'"),
     ],
@@ -307,8 +314,7 @@ class ThreadsSetting(MeanSetting):
     [
         (["-j", "1"], {}, 1),  # in this process: every core to the one chain at once
         (["-j", "2"], {"regimes": ["replace"], "sweep": {"samples": [10, 12]}}, 2),  # two workers: half the cores
-        (["-j", "1", "--threads", "1"], {}, None),
-        (["-j", "2"], {"threads": 1}, None),
+        (["-j", "2", "--threads", "1"], {"threads": 2}, None),  # the command line's, over the config's
     ],
 )
 def test_every_chain_computes_within_its_thread_budget(plugin, tmp_path, arguments, changes, chains_at_once):
@@ -419,7 +425,7 @@ def test_a_directory_named_like_an_installed_plugin_is_never_imported_in_its_pla
     result = cli("run", gmm, "--out", runs / "collapse_gmm", "-q", "iterations=2", "seeds=1", "regimes=[replace]")
     assert result.returncode == 0, result.stderr
     (runs / "collapse_gmm" / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
-    for command in (["status", "collapse_gmm"], ["table", "collapse_gmm"], ["resume", "collapse_gmm"]):
+    for command in (["status", "collapse_gmm"], ["resume", "collapse_gmm"]):
         result = cli(*command, cwd=runs)  # python -m: the working directory is first on sys.path
         assert result.returncode == 0, result.stderr
     assert not (tmp_path / "ran").exists()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SettingError
-from .settings.base import Evaluation, Fit, Setting
+from .settings.base import Data, Evaluation, Fit, Setting
 
 
 def _name(setting: Setting) -> str:
@@ -37,12 +37,12 @@ def checked_fit(setting: Setting, result: Any) -> Fit:
 
 
 def checked_data(setting: Setting, method: str, data: Any, size: int) -> Any:
-    """What ``sample`` or ``fresh_real`` returned: ``size`` samples per seed, of the type of the real
-    data (the type whose ``select`` and ``save`` the chain calls), with a row of them per seed."""
-    kind = type(setting.real_train)
-    if not isinstance(data, kind):
+    """What ``sample`` or ``fresh_real`` returned: data of the data contract (``select`` and ``save``
+    are what the chain calls), ``size`` samples per seed, with a row of them per seed."""
+    if not isinstance(data, Data):
         raise SettingError(
-            f"{_name(setting)}: {method} returned a {type(data).__name__}, not {kind.__name__} as real_train is"
+            f"{_name(setting)}: {method} returned a {type(data).__name__}, not data of the data contract "
+            "(settings.base.Data: len, select, save, load)"
         )
     if len(data) != size:
         raise SettingError(f"{_name(setting)}: {method} returned {len(data)} samples per seed where {size} were asked")

@@ -19,12 +19,24 @@ from pathlib import Path
 
 from . import activity, distributed
 from .chain import run_chain
-from .errors import ChainFailed, ConfigError, ModelCollapseError, ResourceError, RunDirectoryError, one_line_error
+from .errors import (
+    ChainFailed,
+    ConfigError,
+    ModelCollapseError,
+    NoSamples,
+    ResourceError,
+    RunDirectoryError,
+    SettingError,
+    one_line_error,
+)
 from .experiment import ChainSpec, setting_class
 from .rundir import SHARED, ChainStore, IterationRecord
 from .threads import limited as limited_threads
 
-_ERRORS = {cls.__name__: cls for cls in (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError)}
+_ERRORS = {
+    cls.__name__: cls
+    for cls in (ModelCollapseError, ConfigError, RunDirectoryError, ResourceError, SettingError, NoSamples)
+}
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ def import_object(target: str, what: str, working_directory: bool = True) -> Any
         except Exception as error:  # the package's own code failed while importing
             failure = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
             raise ConfigError(f"{what}: importing {where} failed: {failure}") from None
+    where = f"{module_name} ({obj.__file__})" if getattr(obj, "__file__", None) else where  # the module's own
     for part in attribute.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{what}: {where} has no {attribute}")
@@ -223,6 +224,7 @@ class Registry(Mapping[str, "type[Setting]"]):
     def __init__(self) -> None:
         self._resolved: dict[str, type] = {}  # import paths and entry points imported so far
         self._allowed: set[str] = set()  # import paths the user named (``allow``)
+        self._given: set[str] = set()  # the import paths of classes ``allow`` was given
 
     def allow(self, setting: str | type) -> str:
         """Let this process import a setting the user names themselves (``--setting``, the Python API's
@@ -235,6 +237,7 @@ class Registry(Mapping[str, "type[Setting]"]):
                 raise ConfigError(f"setting {setting.__qualname__} is not a model_collapse Setting subclass")
             name = f"{setting.__module__}:{setting.__qualname__}"
             self._resolved[name] = setting
+            self._given.add(name)
         else:
             name = setting
             if not is_import_path(name):
@@ -251,8 +254,10 @@ class Registry(Mapping[str, "type[Setting]"]):
         return found
 
     def refresh(self) -> None:
-        """Look for installed entry points again (a package installed since this process started)."""
+        """Look for installed entry points again (a package installed since this process started), and
+        resolve names to classes afresh (but the classes ``allow`` was given)."""
         self.__dict__.pop("_entry_points", None)
+        self._resolved = {name: cls for name, cls in self._resolved.items() if name in self._given}
 
     def _entry_point(self, name: str) -> metadata.EntryPoint:
         entries = self._entry_points[name]
