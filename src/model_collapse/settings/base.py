@@ -14,7 +14,9 @@ Everything else has a default a setting may override: ``save_model``/``load_mode
 ``fresh_real`` is needed only under the regimes that draw fresh real data (``fresh-real``), and a config
 that asks for one of them with a setting without it is refused; ``score`` (with ``scores``) only for a
 config's ``curation`` to rank samples by the setting's own scores; ``cheap``, ``one_seed_per_chain``,
-``preview_size``, ``footprint`` and ``theory`` are declarations with defaults.
+``preview_size``, ``footprint``, ``check_inputs`` and ``theory`` are declarations with defaults. What
+``fit``, ``sample``, ``fresh_real`` and ``evaluate`` return is checked before it is committed
+(``contract.py``).
 
 A setting is bound to the seeds of one chain when it is constructed. Cheap settings run all seeds of a
 chain at once and vectorise over them; costly ones set ``one_seed_per_chain`` and get one seed per chain.
