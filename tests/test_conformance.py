@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import setting_params, tiny_settings
+from helpers import NEURAL, tiny_settings
 from model_collapse.settings import SETTINGS, Evaluation, Samples, Setting, SettingUnavailable, registry
 from model_collapse.settings.discrete import Discrete
 from model_collapse.settings.gaussian import Gaussian
-from model_collapse.testing import CHECKS, REGIMES, SettingCheckFailed, check_setting
+from model_collapse.testing import CHECKS, REGIMES, SettingCheckFailed, check_setting, setting_checks
 
 TINY = tiny_settings()
 
@@ -19,15 +19,37 @@ def test_the_table_has_a_row_for_every_built_in_setting():
     assert set(TINY) == set(registry._BUILT_IN)
 
 
-@pytest.mark.parametrize("name", setting_params(TINY))
-def test_every_shipped_setting_conforms(name):
-    try:
-        setting_class = SETTINGS[name]
-    except SettingUnavailable as missing:  # an extra that is not installed: say which
-        pytest.skip(str(missing))
-    report = check_setting(setting_class, TINY[name])
-    # the checks of pieces once, repeatable_on_threads on one chain, repeatable and resume per regime
-    assert len(report.passed) == len(CHECKS) - 3 + 1 + 2 * len(REGIMES) and not report.skipped, report
+def _shipped_checks() -> list:
+    """Every check of every shipped setting on its tiny config, a test item each (the neural ones in the
+    slow lane); a setting whose extra is not installed is one skipped item saying which."""
+    params = []
+    for name in TINY:
+        marks = [pytest.mark.slow] if name in NEURAL else []
+        try:
+            setting_class = SETTINGS[name]
+        except SettingUnavailable as missing:
+            params.append(pytest.param(None, id=name, marks=[*marks, pytest.mark.skip(reason=str(missing))]))
+            continue
+        params += [pytest.param(c, id=c.id, marks=marks) for c in setting_checks(setting_class, TINY[name])]
+    return params
+
+
+@pytest.mark.parametrize("check", _shipped_checks())
+def test_every_shipped_setting_conforms(check):
+    assert check.run() is None, f"{check.id} is skipped for a shipped setting"  # every check applies to them
+
+
+def test_the_checks_of_a_setting_are_check_settings_one_by_one():
+    """One item per check and regime: the checks of pieces once, repeatable_on_threads on one chain,
+    repeatable and resume per regime; check_setting runs exactly these."""
+    found = setting_checks(SETTINGS["discrete"], TINY["discrete"])
+    assert len(found) == len(CHECKS) - 3 + 1 + 2 * len(REGIMES)
+    assert [c.id for c in found[:2]] == ["discrete:deterministic", "discrete:metrics"]
+    assert "discrete:resume[accumulate]" in {c.id for c in found}
+    report = check_setting(SETTINGS["discrete"], TINY["discrete"])
+    assert report.passed == [c.label for c in found] and not report.skipped
+    without = setting_checks(Discrete, TINY["discrete"], checks=["resume"], regimes=["fresh-real:0.5"])
+    assert [c.run() for c in without] == [None]  # discrete has fresh_real
 
 
 class GlobalRandomSample(Gaussian):

@@ -1,12 +1,16 @@
 """The conformance suite every setting passes, built in or brought by a researcher: ``check_setting``.
 
 As scikit-learn's ``check_estimator`` holds every estimator to its protocol, ``check_setting`` holds a
-setting to what the chain relies on. Use it in a setting package's tests::
+setting to what the chain relies on. Use it in a setting package's tests, every check a test item of its
+own (``parametrize_with_checks``, scikit-learn's design; ``setting_checks`` lists them)::
 
-    from model_collapse.testing import check_setting
+    from model_collapse.testing import parametrize_with_checks
 
-    def test_my_setting_conforms():
-        check_setting(MySetting, {"components": 2, "samples": 50})
+    @parametrize_with_checks([(MySetting, {"components": 2, "samples": 50})])
+    def test_my_setting_conforms(check):
+        check()
+
+or all of them in one test, raising at the first failure: ``check_setting(MySetting, {...})``.
 
 It runs small chains under every regime (``regimes``; a regime that draws fresh real data is skipped,
 saying so, for a setting without ``fresh_real``) and checks, in this order (``CHECKS``):
@@ -116,6 +120,86 @@ class CheckReport:
         return f"{self.setting}: {len(self.passed)} checks passed{skipped}"
 
 
+@dataclass(frozen=True)
+class SettingCheck:
+    """One check of one setting (under one regime, for the checks run per regime): what a test item runs.
+
+    Calling it runs the check: it raises ``SettingCheckFailed`` when the setting fails it, and skips the
+    test (``pytest.skip``) with the reason when the check does not apply (``fresh_real`` checks of a
+    setting without it). ``run`` does the same without pytest, returning the reason it skips, or None."""
+
+    setting: str  # the setting's name
+    check: str  # one of CHECKS
+    regime: str | None  # the regime's label, for a check run per regime
+    skip: str | None  # why the check does not apply to this setting, or None
+    _checker: _Checker = field(repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """``check`` or ``check [regime]``, as ``CheckReport`` lists it."""
+        return self.check if self.regime is None else f"{self.check} [{self.regime}]"
+
+    @property
+    def id(self) -> str:
+        """The test item's id: ``setting:check`` or ``setting:check[regime]``."""
+        return f"{self.setting}:{self.check}" + (f"[{self.regime}]" if self.regime is not None else "")
+
+    def run(self) -> str | None:
+        if self.skip is not None:
+            return self.skip
+        method = getattr(self._checker, self.check)
+        method(parse_regime(self.regime)) if self.regime is not None else method()
+        return None
+
+    def __call__(self) -> None:
+        reason = self.run()
+        if reason is not None:
+            import pytest
+
+            pytest.skip(reason)
+
+
+def setting_checks(
+    setting_class: type[Setting],
+    config: Mapping[str, Any] | SettingConfig,
+    *,
+    seeds: Sequence[int] | None = None,
+    iterations: int = 3,
+    regimes: Iterable[str] = REGIMES,
+    checks: Iterable[str] = CHECKS,
+) -> list[SettingCheck]:
+    """Every check ``check_setting`` runs on ``setting_class`` and ``config``, in its order, each a
+    ``SettingCheck`` to run on its own (one test item each: ``parametrize_with_checks``). They share the
+    chains they compute (a chain run straight is compared by ``repeatable`` and ``resume``), so running
+    them all costs what ``check_setting`` costs. The arguments are ``check_setting``'s."""
+    wanted, point = _arguments(setting_class, config, iterations, checks)
+    if seeds is None:
+        seeds = (0,) if setting_class.one_seed_per_chain else (0, 1)
+    checker = _Checker(setting_class, point, tuple(int(s) for s in seeds), iterations)
+    parsed = [parse_regime(spec) for spec in regimes]
+    fresh = setting_class.provides_fresh_real()
+    runnable = [r for r in parsed if fresh or not r.draws_fresh_real]
+
+    def item(name: str, regime: str | None = None, skip: str | None = None) -> SettingCheck:
+        return SettingCheck(setting_class.name, name, regime, skip, checker)
+
+    found = []
+    for name in wanted:
+        if name == "repeatable_on_threads":
+            # one chain: what it catches does not depend on the regime; one that keeps its history
+            # (several parts, rows taken across them) runs the most code
+            regime = next((r for r in runnable if r.keeps_history), runnable[0]) if runnable else None
+            label = regime.label if regime is not None else None
+            found.append(item(name, label, None if regime is not None else "no regime the setting can run"))
+        elif name in _PER_REGIME:
+            found += [item(name, r.label, None if r in runnable else "the setting has no fresh_real") for r in parsed]
+        else:
+            found.append(
+                item(name, skip="the setting has no fresh_real" if name == "fresh_real_unseen" and not fresh else None)
+            )
+    return found
+
+
 def check_setting(
     setting_class: type[Setting],
     config: Mapping[str, Any] | SettingConfig,
@@ -129,37 +213,33 @@ def check_setting(
     config object); raises ``SettingCheckFailed`` at the first check it fails.
 
     ``config`` should be tiny: every check runs chains of ``iterations`` iterations (at least 2) under
-    every one of ``regimes``. ``seeds``: default (0, 1), or (0,) for a setting with one seed per chain."""
-    wanted, point = _arguments(setting_class, config, iterations, checks)
-    if seeds is None:
-        seeds = (0,) if setting_class.one_seed_per_chain else (0, 1)
-    checker = _Checker(setting_class, point, tuple(int(s) for s in seeds), iterations)
+    every one of ``regimes``. ``seeds``: default (0, 1), or (0,) for a setting with one seed per chain.
+    ``setting_checks`` gives the same checks one by one, for a test item each."""
+    found = setting_checks(setting_class, config, seeds=seeds, iterations=iterations, regimes=regimes, checks=checks)
     report = CheckReport(setting_class.name)
-    parsed = [parse_regime(spec) for spec in regimes]
-    runnable = [r for r in parsed if setting_class.provides_fresh_real() or not r.draws_fresh_real]
-    for name in wanted:
-        if name == "repeatable_on_threads":
-            if not runnable:
-                report.skipped.append(f"{name}: no regime the setting can run")
-                continue
-            # one chain: what it catches does not depend on the regime; one that keeps its history
-            # (several parts, rows taken across them) runs the most code
-            regime = next((r for r in runnable if r.keeps_history), runnable[0])
-            checker.repeatable_on_threads(regime)
-            report.passed.append(f"{name} [{regime.label}]")
-        elif name in _PER_REGIME:
-            for regime in parsed:
-                if regime not in runnable:
-                    report.skipped.append(f"{name} [{regime.label}]: the setting has no fresh_real")
-                    continue
-                getattr(checker, name)(regime)
-                report.passed.append(f"{name} [{regime.label}]")
-        elif name == "fresh_real_unseen" and not setting_class.provides_fresh_real():
-            report.skipped.append(f"{name}: the setting has no fresh_real")
+    for check in found:
+        reason = check.run()
+        if reason is None:
+            report.passed.append(check.label)
         else:
-            getattr(checker, name)()
-            report.passed.append(name)
+            report.skipped.append(f"{check.label}: {reason}")
     return report
+
+
+def parametrize_with_checks(cases: Iterable[tuple[type[Setting], Mapping[str, Any] | SettingConfig]], **options: Any):
+    """A pytest decorator that makes every check of every (setting class, config) case a test item of its
+    own, as scikit-learn's ``parametrize_with_checks`` does: ``-k resume`` picks a check, and one failure
+    hides none of the others. ``options`` are ``setting_checks``'s (``seeds``, ``iterations``,
+    ``regimes``, ``checks``)::
+
+        @parametrize_with_checks([(MySetting, {"samples": 20})])
+        def test_my_setting(check):
+            check()
+    """
+    import pytest
+
+    found = [check for setting_class, config in cases for check in setting_checks(setting_class, config, **options)]
+    return pytest.mark.parametrize("check", found, ids=[check.id for check in found])
 
 
 _PER_REGIME = ("repeatable", "resume")

@@ -8,14 +8,15 @@ import pytest
 from collapse_gmm import GaussianMixtureSetting
 
 from model_collapse.settings import Samples, gather
-from model_collapse.testing import SettingCheckFailed, check_setting
+from model_collapse.testing import SettingCheckFailed, check_setting, parametrize_with_checks
 
 TINY = {"components": 2, "dim": 2, "samples": 40, "test_samples": 40}
 
 
-def test_the_setting_conforms():
-    report = check_setting(GaussianMixtureSetting, TINY)
-    assert not report.skipped, report.skipped
+@parametrize_with_checks([(GaussianMixtureSetting, TINY)])
+def test_the_setting_conforms(check):
+    """Every check of the conformance suite, a test item each (``-k resume`` picks one)."""
+    check()
 
 
 class GlobalRandomFit(GaussianMixtureSetting):
