@@ -410,5 +410,6 @@ def test_list_never_cuts_names_piped_or_in_80_columns():
     listed = json.loads(helpers.cli("list", "--format", "json").stdout)
     assert [entry["setting"] for entry in listed["settings"]] == names
     assert listed["settings"][0]["fields"] == {"dim": 10, "samples": 100, "noise_variance": 1.0}
-    wrong = helpers.cli("list", "--format", "xml")
-    assert wrong.returncode == 2 and wrong.stderr == "error: --format 'xml': choose one of table, text, json\n"
+    for bad in ("xml", ""):
+        wrong = helpers.cli("list", "--format", bad)
+        assert wrong.returncode == 2 and wrong.stderr == f"error: --format {bad!r}: choose one of table, text, json\n"

@@ -252,6 +252,10 @@ def config_of(curation, **setting):
             f"curation_functions ({Path(__file__).parent / 'curation_functions.py'}) has no absent",
         ),
         ({"reward": "no_such_module_here:fn"}, "cannot import no_such_module_here"),
+        (  # a warning a second at most
+            {"reward": "curation_functions:closeness", "warn_after_seconds": 0.001},
+            "curation.warn_after_seconds: Input should be greater than or equal to 1",
+        ),
         ({"verifier": "curation_functions:NOT_A_FUNCTION"}, "the int 3, not a function"),
     ],
 )

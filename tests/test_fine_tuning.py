@@ -580,6 +580,14 @@ def test_the_checkpoint_and_data_files_are_checked_before_the_run_directory_is_w
         with_path(t5) == f"error: setting.model.path: {t5} holds a t5 model, which transformers has no causal "
         "language model of"
     )
+    # a class of no task transformers lists (a multimodal model's, say) is left to the loader, not refused
+    from model_collapse.settings.fine_tuning.pretrained import check_model_directory
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(checkpoints["gpt2"], renamed)
+    fields = json.loads((renamed / "config.json").read_text())
+    (renamed / "config.json").write_text(json.dumps({**fields, "architectures": ["GPT2ForConditionalGeneration"]}))
+    assert check_model_directory(renamed)["model_type"] == "gpt2"
     short = tiny_checkpoint(tmp_path / "short", "gpt2", positions=24)
     assert with_path(short).endswith("block_size + generation.new_tokens = 32 exceeds the model's context of 24 tokens")
     assert with_path(checkpoints["gpt2"], tmp_path / "no-data").endswith(f"{tmp_path / 'no-data'} is not a directory")

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from model_collapse.threads import available_cores
+
 ROOT = Path(__file__).resolve().parents[1]
+CORES = available_cores()
 
 
 def readme_example() -> str:
@@ -98,6 +101,7 @@ RAW = {"setting": {"name": "discrete", "samples": 8}, "regimes": ["replace"], "i
         ({"workers": True}, "workers=True: expected a whole number >= 1 (or None for the default)"),
         ({"threads": 0}, "threads=0: expected a whole number >= 1 (or None for the default)"),
         ({"threads": 1.5}, "threads=1.5: expected a whole number >= 1 (or None for the default)"),
+        ({"threads": 10**6}, f"threads=1000000: more threads per chain than the {CORES} cores this process may use"),
         ({"executor": 3}, "executor=3: expected a name (a string) or None"),
         ({"executor": "cloud"}, "--executor 'cloud': choose one of local, ray, slurm"),
         ({"out": 3}, "out=3: expected a path (a string or pathlib.Path)"),
@@ -126,3 +130,19 @@ def test_resume_and_open_check_their_arguments_too(tmp_path):
     with pytest.raises(ConfigError, match=r"^run_directory=None: expected the path of a run directory$"):
         model_collapse.open(None)
     assert model_collapse.resume(str(run.directory), workers=1, threads=1).table().equals(run.table())
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--threads", "1000000"], f"threads=1000000: more threads per chain than the {CORES} cores"),
+        (["threads=1000000"], f"threads: 1000000: more threads per chain than the {CORES} cores"),
+        (["threads=0"], "threads: Input should be greater than 0 (got 0)"),
+    ],
+)
+def test_a_thread_budget_beyond_the_cores_is_refused_before_anything_is_written(workdir, arguments, message):
+    """A hundred thousand threads per chain exhausted the process's memory map inside the chain."""
+    command = [sys.executable, "-m", "model_collapse", "run", "configs/quickstart.yaml", "--out", "run", *arguments]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1 and not (workdir / "run").exists()

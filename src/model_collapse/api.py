@@ -84,20 +84,44 @@ def _directory(name: str, value: Any) -> Path | None:
     return Path(value) if value is not None else None
 
 
+def _run_directory(value: Any) -> Path:
+    """The ``run_directory`` argument of ``resume`` and ``open``: a path, which they cannot do without."""
+    directory = _directory("run_directory", value)
+    if directory is None:
+        raise ConfigError("run_directory=None: expected the path of a run directory")
+    return directory
+
+
+def _check_threads(threads: int | None, experiment: Experiment, options: ExecutorConfig) -> None:
+    """A thread budget (``threads``, else the config's) no larger than the cores of this machine, where
+    the chains run here: more threads than cores only thrash, and a huge count exhausts the process's
+    memory map (where the chains run elsewhere, their nodes' cores are not known here)."""
+    from .threads import available_cores
+
+    budget = threads if threads is not None else experiment.config.threads
+    cores = available_cores()
+    if budget is not None and options.runs_here and budget > cores:
+        given = f"threads={budget}" if threads is not None else f"threads: {budget}"  # the argument's, the config's
+        raise ConfigError(f"{given}: more threads per chain than the {cores} cores this process may use")
+
+
 def prepare(
     config: str | Path | Mapping[str, Any],
     overrides: Iterable[str] = (),
     workers: int | None = None,
     executor: str | None = None,
+    threads: int | None = None,
 ) -> Prepared:
     """Read and check a config (a path or a dict) with its overrides: every field, the setting's
-    dependencies, the executor (Slurm's ``sbatch --test-only``) and the memory the chains need."""
+    dependencies, the executor (Slurm's ``sbatch --test-only``), the thread budget (``threads``, the
+    command line's) and the memory the chains need."""
     from .config import apply_overrides, build_experiment, load_experiment
     from .memory import estimate_memory
     from .runner import resolve_executor, resolve_workers
     from .settings import SETTINGS
 
     overrides, workers, executor = _overrides(overrides), _count("workers", workers), _choice("executor", executor)
+    threads = _count("threads", threads)
     if not isinstance(config, Mapping) and _directory("config", config) is None:
         raise ConfigError("config=None: expected a YAML file's path or a dict")
 
@@ -111,6 +135,7 @@ def prepare(
         experiment = load_experiment(Path(config), overrides)
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed
     options = resolve_executor(experiment, executor)
+    _check_threads(threads, experiment, options)
     if options.runs_here:  # (elsewhere, the files may be the cluster's)
         declared = SETTINGS.declared(experiment.setting_name)
         for point in experiment.points:
@@ -228,8 +253,7 @@ def run(
     after committing what they computed; ``resume`` finishes the run."""
     from .rundir import create_run
 
-    threads = _count("threads", threads)
-    prepared = prepare(config, overrides, workers, executor)
+    prepared = prepare(config, overrides, workers, executor, threads)
     directory = _directory("out", out) or default_directory(config)
     record = setting_record(prepared.experiment)
     take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
@@ -244,7 +268,7 @@ def _allow(setting: str | type | None) -> None:
         SETTINGS.allow(setting)
 
 
-def prepare_resume(run_directory: Path, executor: str | None = None) -> Prepared:
+def prepare_resume(run_directory: Path, executor: str | None = None, threads: int | None = None) -> Prepared:
     """The experiment a run directory records, checked as ``prepare`` checks a config."""
     from .curation import check_functions_allowed
     from .results import open_experiment
@@ -255,7 +279,9 @@ def prepare_resume(run_directory: Path, executor: str | None = None) -> Prepared
     SETTINGS[experiment.setting_name]  # its optional dependencies are installed
     for point in experiment.points:
         check_functions_allowed(point)
-    return Prepared(experiment, resolve_executor(experiment, executor))
+    options = resolve_executor(experiment, executor)
+    _check_threads(threads, experiment, options)
+    return Prepared(experiment, options)
 
 
 def damaged_commits(run_directory: Path, experiment) -> list[tuple[Any, Any, list]]:
@@ -302,16 +328,14 @@ def damaged_shared(run_directory: Path, experiment) -> list[Path]:
     chain's recorded failure names as damaged."""
     from .rundir import SHARED, ChainStore
 
-    shared = (run_directory / SHARED).resolve()
-    found: dict[Path, None] = {}
-    for spec in experiment.chains():
-        failure = ChainStore.of(run_directory, spec, writer=False).failure()
-        reason = failure["reason"] if failure else ""
-        for word in reason.replace(":", " ").split():
-            path = Path(word)
-            if path.is_file() and shared in path.resolve().parents:
-                found[path] = None
-    return list(found)
+    shared = run_directory / SHARED
+    files = [path for path in shared.rglob("*") if path.is_file()] if shared.is_dir() else []
+    if not files:
+        return []
+    failures = [ChainStore.of(run_directory, spec, writer=False).failure() for spec in experiment.chains()]
+    reasons = [failure["reason"] for failure in failures if failure is not None]
+    # a chain names the file as its run directory was given to it: as here, or resolved (Slurm, Ray)
+    return [path for path in files if any(str(path) in r or str(path.resolve()) in r for r in reasons)]
 
 
 def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
@@ -363,16 +387,14 @@ def resume(
     ``threads``: as for ``run``."""
     from .curation import allow_function
 
-    directory = _directory("run_directory", run_directory)
-    if directory is None:
-        raise ConfigError("run_directory=None: expected the path of a run directory")
+    directory = _run_directory(run_directory)
     workers, threads, executor = _count("workers", workers), _count("threads", threads), _choice("executor", executor)
     if isinstance(allow_import, str):
         allow_import = [allow_import]
     _allow(setting)
     for path in allow_import:
         allow_function(path)
-    prepared = prepare_resume(directory, executor)
+    prepared = prepare_resume(directory, executor, threads)
     take = lambda: _lock_for_resume(directory, prepared, recompute_damaged)  # noqa: E731
     run_locked(directory, take, prepared, workers, quiet, threads=threads)
     return Run(directory)
@@ -395,9 +417,7 @@ def open(run_directory: str | Path, setting: str | type | None = None) -> Run:  
     """An existing run directory, checked to be one (its config read and validated).
 
     ``setting``: as for ``resume``."""
-    directory = _directory("run_directory", run_directory)
-    if directory is None:
-        raise ConfigError("run_directory=None: expected the path of a run directory")
+    directory = _run_directory(run_directory)
     _allow(setting)
     found = Run(directory)
     found.experiment  # noqa: B018 (checks the directory now rather than at the first table)

@@ -207,13 +207,8 @@ class _CheapCommits(_Uncommitted):
     def _commit_pending(self, model: Any | None) -> None:
         setting = self.setting
         save = (lambda directory: setting.save_model(model, directory)) if model is not None else None
-        previews = {
-            record.iteration: self.previews[record.iteration]
-            for record in self.pending
-            if record.iteration in self.previews
-        }
         self.store.commit(
-            self.pending, save_model=save, drop_earlier_models=self.checkpoints != "all", previews=previews
+            self.pending, save_model=save, drop_earlier_models=self.checkpoints != "all", previews=self.previews
         )
         self.pending, self.previews, self.last_commit = [], {}, time.monotonic()
 

@@ -105,7 +105,7 @@ def run(
     """Run every chain of a config into a new run directory."""
     from .rundir import create_run
 
-    prepared = _guarded(lambda: api.prepare(config, overrides or [], workers, executor))
+    prepared = _guarded(lambda: api.prepare(config, overrides or [], workers, executor, threads))
     directory = out or api.default_directory(config)
     record = _guarded(lambda: api.setting_record(prepared.experiment))
     take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
@@ -141,7 +141,7 @@ def resume(
     _allow(setting)
     for path in allow_import:
         allow_function(path)
-    prepared = _guarded(lambda: api.prepare_resume(run_directory, executor))
+    prepared = _guarded(lambda: api.prepare_resume(run_directory, executor, threads))
     take = lambda: api._lock_for_resume(run_directory, prepared, recompute_damaged, say=_say)  # noqa: E731
 
     def guard(action, resumable=None):
@@ -152,15 +152,15 @@ def resume(
                 # a damaged record, model, kept batch or shared file has a way forward: name it
                 if recompute_damaged:
                     raise
+                aside = f"{run_directory / DAMAGED}/"
                 if api.damaged_commits(run_directory, prepared.experiment):
-                    what = "the damaged iteration and the later ones of its chain into {} and computes them again"
+                    what = f"the damaged iteration and the later ones of its chain into {aside} and computes them again"
                 elif api.damaged_shared(run_directory, prepared.experiment):
-                    what = f"the damaged file of {run_directory / SHARED}/ into {{}} and makes it again"
+                    what = f"the damaged file of {run_directory / SHARED}/ into {aside} and makes it again"
                 else:
                     raise
                 raise RunDirectoryError(
-                    f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves "
-                    + what.format(f"{run_directory / DAMAGED}/")
+                    f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves {what}"
                 ) from None
 
         return _guarded(with_the_way_forward, resumable)
@@ -317,7 +317,7 @@ def list_(
     if markdown:
         sys.stdout.write(_guarded(lambda: reference_markdown(list(SETTINGS))))
         return
-    chosen = format or ("table" if sys.stdout.isatty() else "text")
+    chosen = format if format is not None else ("table" if sys.stdout.isatty() else "text")
     if chosen not in _LIST_FORMATS:
         _fail(f"--format {chosen!r}: choose one of {', '.join(_LIST_FORMATS)}")
     settings, regimes = _listing()

@@ -160,22 +160,25 @@ class Curator:
             return drawn, lambda: self._metrics(self._scores(model, drawn), None, rng)
         scores = self._scores(model, drawn)
         rows, accepted = self._choose(scores, size, rng)
-        self._warn_of_ruled_out(np.take_along_axis(scores, rows, axis=1), iteration)
+        self._warn_of_ruled_out(np.take_along_axis(scores, rows, axis=1))
         kept = type(self.setting.real_train).select([drawn], rows)
         metrics = self._metrics(scores, rows, None, accepted)
         return kept, lambda: metrics
 
-    def _warn_of_ruled_out(self, kept: np.ndarray, iteration: int | None) -> None:
+    def _where(self) -> str:
+        """``chain LABEL: iteration N: ``, as much of it as is known, to open a warning."""
+        return activity.chain_prefix() + (f"iteration {self.iteration}: " if self.iteration is not None else "")
+
+    def _warn_of_ruled_out(self, kept: np.ndarray) -> None:
         ruled_out = np.isneginf(kept).sum(axis=1)
         if not ruled_out.any():
             return
-        when = activity.chain_prefix() + (f"iteration {iteration}: " if iteration is not None else "")
         size = kept.shape[1]
         seeds = ", ".join(f"seed {self.setting.seeds[i]}: {n} of {size}" for i, n in enumerate(ruled_out) if n)
         log.warning(
             "%ssamples kept although %s rules them out (score -inf; %s): fewer of the %d candidates per seed "
             "passed than the regime needs",
-            when,
+            self._where(),
             self.what,
             seeds,
             self.curation.candidates * size,
@@ -201,7 +204,7 @@ class Curator:
         """A user's function that has not returned after ``warn_after_seconds`` (a reward model that
         hangs) is named in a warning, with the chain and iteration waiting on it, and again every as long."""
         interval, started, returned = self.curation.warn_after_seconds, time.monotonic(), threading.Event()
-        where = f"{activity.chain_prefix()}{f'iteration {self.iteration}: ' if self.iteration else ''}"
+        where = self._where()
 
         def watch() -> None:
             while not returned.wait(interval):

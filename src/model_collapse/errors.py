@@ -5,6 +5,7 @@ and a chain stopped by a bug (``ChainFailed``) with 1."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def one_line_error(error: BaseException, where: Path) -> ModelCollapseError | No
         return ResourceError(f"no space left on the device while writing {error.filename or where}")
     if isinstance(error, MemoryError):
         return ResourceError("out of memory (lower seeds, setting sizes or --workers)")
-    if is_torch_write_failure(error):  # a plugin's own torch.save, say: writes.py converts the shipped ones
+    if is_torch_write_failure(error):  # a plugin's own torch.save (training_state.torch_save names the file)
         if disk_full(where):
             return ResourceError(f"no space left on the device while writing {where}")
         first = (str(error).strip().splitlines() or [""])[0]
@@ -79,8 +80,6 @@ def is_torch_write_failure(error: BaseException) -> bool:
 def disk_full(path: Path, margin: int = 1 << 20) -> bool:
     """Whether the filesystem of ``path`` (or of its nearest existing parent) has less than ``margin``
     bytes left for this user: after a write came up short, whether that was for want of space."""
-    import os
-
     for candidate in (path, *path.parents):
         if candidate.exists():
             stats = os.statvfs(candidate)

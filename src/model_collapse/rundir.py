@@ -616,6 +616,9 @@ class ChainStore:
 
     def preview(self, iteration: int) -> np.ndarray | None:
         """The preview of ``iteration``'s model, or None (none kept, or the iteration not committed)."""
+        alone = self.directory / commit_name(iteration, iteration)
+        if alone.is_dir():  # a commit of one iteration (every costly chain's): no need to list the others
+            return self._load_preview(alone / _preview_name(iteration, iteration, iteration))
         commit = next((c for c in self.commits() if c.first <= iteration <= c.last), None)
         if commit is None:
             return None

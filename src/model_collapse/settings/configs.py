@@ -141,8 +141,9 @@ class CurationConfig(StrictConfig):
         0.0, title="noise", description="standard deviation of Gaussian noise on the scores a choice sees"
     )
     flip: float = Field(0.0, ge=0, le=1, description="keep: threshold: the probability that a verdict is flipped")
-    warn_after_seconds: PositiveFloat = Field(
+    warn_after_seconds: float = Field(
         300.0,
+        ge=1.0,  # (a warning a second at most: a smaller interval would flood the log)
         description="a reward or verifier still running after this long is named in a warning (again every as "
         "long), with the chain and iteration that wait on it",
     )

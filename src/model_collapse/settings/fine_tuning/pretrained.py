@@ -50,18 +50,32 @@ def check_model_directory(directory: Path) -> dict[str, Any]:
 
 def _check_causal(directory: Path, fields: dict[str, Any]) -> None:
     """A checkpoint of a causal language model: its model type has one in transformers, and the classes
-    it was saved as (``architectures``) include it (a BERT saved as BertForMaskedLM is not one)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    it was saved as (``architectures``) are not all of another task (a BERT saved as BertForMaskedLM is
+    not one; a class transformers lists for no task is left to the loader)."""
+    from transformers.models.auto import modeling_auto as auto
 
     model_type = fields["model_type"]
-    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    causal = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     if causal is None:
         raise ConfigError(
             f"setting.model.path: {directory} holds a {model_type} model, which transformers has no causal "
             "language model of"
         )
+    other_tasks = {
+        name
+        for mapping in (
+            auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+            auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+            auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+            auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES,
+            auto.MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
+            auto.MODEL_FOR_NEXT_SENTENCE_PREDICTION_MAPPING_NAMES,
+            auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+        )
+        for name in mapping.values()
+    } - set(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     saved = fields.get("architectures")
-    if isinstance(saved, list) and saved and causal not in saved:
+    if isinstance(saved, list) and saved and set(map(str, saved)) <= other_tasks:
         raise ConfigError(
             f"setting.model.path: {directory} holds a {', '.join(map(str, saved))}, not a causal language model "
             f"({causal})"

@@ -98,9 +98,7 @@ class _Data:
                 pairs = [conversation_text(prompt, response) for prompt, response in bundled_conversations(lines)]
                 return encode_conversations(self.tokenizer, pairs, config.max_length, config.train_on, self.start)
             return text_blocks(self.tokenizer, [line + "\n" for line in lines], config.block_size)
-        directory = Path(config.data_dir).expanduser()
-        if not directory.is_dir():
-            raise ConfigError(f"setting.data_dir: {directory} is not a directory")
+        directory = Path(config.data_dir).expanduser()  # (data.py names a directory that is not one)
         if config.format == "text":
             return text_blocks(self.tokenizer, text_lines(directory, split), config.block_size)
         pairs = [conversation_text(prompt, response) for prompt, response in conversations(directory, split)]
