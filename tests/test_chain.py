@@ -1,6 +1,7 @@
 """The chain loop: every regime on every setting, determinism, and resume after an interruption."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ REGIME_SPECS = list(CHECKED_REGIMES)  # every regime, with the parameters check_
 
 def small_setting(name, seeds=(0, 1, 2)):
     cls = SETTINGS[name]
-    return cls(cls.Config(**SMALL[name]), seeds[:1] if cls.one_seed_per_chain else seeds)
+    return cls(cls.Config(**SMALL[name]), seeds[:1] if cls.capabilities.one_seed_per_chain else seeds)
 
 
 def expected_sizes(regime, iteration, T=8):
@@ -96,7 +97,8 @@ def metrics_of(records):
 def costly(setting):
     """``setting`` resumed the way a costly one is: every iteration committed with its model and the
     synthetic batch the regime keeps, and read back on resume (instead of recomputed)."""
-    setting.cheap = False
+    cls = type(setting)
+    setting.__class__ = type(f"Costly{cls.__name__}", (cls,), {"capabilities": replace(cls.capabilities, cheap=False)})
     return setting
 
 
@@ -269,7 +271,8 @@ def test_a_warm_start_fit_continues_from_the_previous_model_and_leaves_it_as_it_
 
     cls = SETTINGS[setting_name]
     warm = cls(cls.Config(**_with_warm_start(setting_name)), [0])
-    assert warm.warm_start and not small_setting(setting_name, seeds=(0,)).warm_start
+    cold = small_setting(setting_name, seeds=(0,))
+    assert warm.capabilities_of(warm.config).warm_start and not cold.capabilities_of(cold.config).warm_start
     first = warm.fit([warm.real_train], np.random.default_rng(0))
     first = getattr(first, "model", first)
     before = [p.detach().clone() for p in first.parameters()]

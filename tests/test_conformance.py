@@ -1,6 +1,7 @@
 """Every shipped setting passes the conformance suite (``model_collapse.testing.check_setting``) on its
 row of the one table of tiny configs; and the suite catches what it promises to catch."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_the_checks_of_a_setting_are_check_settings_one_by_one():
     repeatable and resume per regime; check_setting runs exactly these."""
     found = setting_checks(SETTINGS["discrete"], TINY["discrete"])
     assert len(found) == len(CHECKS) - 3 + 1 + 2 * len(REGIMES)
-    assert [c.id for c in found[:2]] == ["discrete:deterministic", "discrete:metrics"]
+    assert [c.id for c in found[:3]] == ["discrete:declarations", "discrete:deterministic", "discrete:metrics"]
     assert "discrete:resume[accumulate]" in {c.id for c in found}
     report = check_setting(SETTINGS["discrete"], TINY["discrete"])
     assert report.passed == [c.label for c in found] and not report.skipped
@@ -75,7 +76,7 @@ class WarmStart(Discrete):
     """A costly setting whose fit leans on the model of its previous fit, kept on the object: a chain
     resumed by a new object (restoring the last model, not this state) fits otherwise."""
 
-    cheap = False
+    capabilities = replace(Discrete.capabilities, cheap=False)
     previous = None
 
     def fit(self, parts, rng, scratch=None):
@@ -141,6 +142,7 @@ def test_state_kept_on_the_setting_between_fits_breaks_resume():
 
 def test_a_setting_without_fresh_real_skips_what_needs_it():
     class NoFresh(Discrete):
+        capabilities = replace(Discrete.capabilities, fresh_real=False)
         fresh_real = Setting.fresh_real  # not provided
 
     regimes = ["replace", "fresh-real:0.5"]

@@ -128,7 +128,8 @@ def test_synthetic_conformers_are_for_the_training_molecules_in_their_proportion
     assert at_delta["cov_r"] == metrics["cov_r"][0]
     blocks = setting.preview(synthetic)
     assert len(blocks) == 4 and all("V2000" in block for block in blocks)
-    assert ConformerDiffusion.depict(blocks).shape == (4, 200, 200, 3)
+    assert ConformerDiffusion.presentation.depict is not None
+    assert ConformerDiffusion.presentation.depict(blocks).shape == (4, 200, 200, 3)
 
 
 def test_a_molecule_whose_sampling_diverges_twice_is_skipped_and_counted_as_geodiff_does(config):

@@ -5,6 +5,7 @@ settings' oracle densities, and one line for every bad curation or user function
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_curated_chains_conform_under_every_regime(name, curation):
 class CostlyGaussian(Gaussian):
     """The Gaussian resumed as a costly setting is: from its last model and the curated batches it kept."""
 
-    cheap = False
+    capabilities = replace(Gaussian.capabilities, cheap=False)
 
 
 def test_a_costly_curated_chain_keeps_the_curated_batches_and_resumes_from_them():
@@ -340,7 +341,7 @@ def test_a_score_is_one_number_per_seed_and_candidate_for_every_cheap_setting():
         setting = setting_with(name, None)
         model = setting.fit([setting.real_train], chain_rng(setting.seeds, 1, "fit"))
         samples = setting.sample(model, 12, chain_rng(setting.seeds, 2, "sample"))
-        for score in setting.scores:
+        for score in setting.capabilities.scores:
             values = setting.score(score, model, samples)
             assert values.shape == (3, 12) and not np.isnan(values).any(), (name, score)
         assert isinstance(samples, Samples)

@@ -444,6 +444,8 @@ def test_a_full_disk_while_a_costly_setting_saves_its_model_is_one_line_and_resu
 
 
 SAVES_WITH_TORCH = '''
+from dataclasses import replace
+
 import torch
 
 from model_collapse.settings.discrete import Discrete, DiscreteConfig
@@ -458,7 +460,7 @@ class SavesWithTorch(Discrete):
 
     name = "saves-with-torch"
     Config = SavesConfig
-    cheap = False
+    capabilities = replace(Discrete.capabilities, cheap=False)
 
     def save_model(self, model, directory):
         torch.save({"model": torch.from_numpy(model), "padding": torch.zeros(1 << 20)}, directory / "model.pt")

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field, PositiveInt
 
 from model_collapse.randomness import seed_rng
-from model_collapse.settings import Metric, Samples, Setting, SettingConfig, concatenate
+from model_collapse.settings import Capabilities, Metric, Presentation, Samples, Setting, SettingConfig, concatenate
 
 
 class MeanConfig(SettingConfig):
@@ -38,7 +38,7 @@ class MeanConfig(SettingConfig):
 class MeanSetting(Setting):
     name = "mean"
     Config = MeanConfig
-    cheap = True
+    capabilities = Capabilities(cheap=True)
     metrics = {"error": Metric("squared error of the mean")}
 
     def __init__(self, config, seeds):
@@ -299,7 +299,7 @@ from threadpoolctl import threadpool_info
 class ThreadsSetting(MeanSetting):
     '''A costly plugin that records the threads its evaluation computes with.'''
 
-    cheap = False
+    capabilities = Capabilities()
     metrics = {**MeanSetting.metrics, "torch_threads": Metric("torch threads"), "blas_threads": Metric("BLAS threads")}
 
     def evaluate(self, model):
@@ -336,10 +336,10 @@ PREVIEWS_CODE = """
 class PreviewSetting(MeanSetting):
     '''A cheap plugin whose previews are texts: a few of its samples, written out.'''
 
-    preview_size = 3
+    presentation = Presentation(preview_size=3)
 
     def preview(self, data):
-        return np.array([f"x = {x:.3f}" for x in data["x"][0, : self.preview_size]])
+        return np.array([f"x = {x:.3f}" for x in data["x"][0, : self.presentation.preview_size]])
 """
 
 

@@ -116,7 +116,7 @@ def test_checkpoints_round_trip_and_foreign_files_are_refused(tmp_path):
 def test_a_committed_iteration_keeps_a_preview_of_its_model(tmp_path):
     # (resuming every regime to the same numbers, fresh real images unseen: test_conformance.py)
     run_chain(VAE(tiny(), [0]), parse_regime("replace"), 2, ChainStore(tmp_path, {}))
-    assert ChainStore(tmp_path, {}).preview(2).shape[0] == VAE.preview_size
+    assert ChainStore(tmp_path, {}).preview(2).shape[0] == VAE.presentation.preview_size
 
 
 def test_fresh_real_images_are_refused_past_the_data_set():

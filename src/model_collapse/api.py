@@ -288,9 +288,8 @@ def damaged_commits(run_directory: Path, experiment) -> list[tuple[Any, Any, lis
     """(chain, its store, the commits ``resume --recompute-damaged`` would set aside) of every chain
     with a record that cannot be read."""
     from .rundir import ChainStore
-    from .settings import SETTINGS
 
-    keeps_models = not SETTINGS.declared(experiment.setting_name).cheap
+    keeps_models = not experiment.capabilities.cheap
     found = []
     for spec in experiment.chains():
         store = ChainStore.of(run_directory, spec, writer=True)

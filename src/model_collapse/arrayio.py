@@ -20,8 +20,8 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_arrays(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
     """Arrays from an .npz file, which must hold every name in ``required``."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
+    try:  # the file opened here, so that it is closed whatever numpy makes of it
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise RunDirectoryError(f"missing file {path}") from None

@@ -8,7 +8,7 @@ exactly, and there are two ways to resume:
 
 * a costly setting (a neural network per iteration) commits every iteration with its model and the
   synthetic batch the regime keeps, and resumes from them;
-* a cheap setting (``Setting.cheap``: milliseconds per iteration) commits its records in groups, at most
+* a cheap setting (``Capabilities.cheap``: milliseconds per iteration) commits its records in groups, at most
   every ``COMMIT_INTERVAL_S`` seconds, and keeps neither models nor synthetic data: on resume it
   recomputes its iterations from the first, without evaluating them, and checks that the last one gives
   the metrics it recorded before it goes on.
@@ -56,6 +56,7 @@ class _Chain:
 
     def __init__(self, setting: Setting, regime: Regime):
         self.setting, self.regime = setting, regime
+        self.capabilities = setting.capabilities_of(setting.config)
         self.pool: dict[Source, Any] = {REAL: setting.real_train}
         self.model: Any = None
         self.curator = Curator.of(setting)
@@ -86,7 +87,7 @@ class _Chain:
         sizes = {source: len(data) for source, data in self.pool.items()}
         plan = regime.plan(sizes, iteration, setting.seed_count, chain_rng(seeds, iteration, "regime"))
         parts = _training_parts(type(real), plan, self.pool)
-        previous = {"previous": self.model} if setting.warm_start else {}  # None at iteration 1
+        previous = {"previous": self.model} if self.capabilities.warm_start else {}  # None at iteration 1
         fitted = checked_fit(setting, setting.fit(parts, chain_rng(seeds, iteration, "fit"), scratch, **previous))
         self.model = fitted.model
         self.curated = curated()  # after the fit: scoring a batch of one candidate each may draw its rows
@@ -158,10 +159,11 @@ class _Uncommitted:
 def _preview(setting: Setting, model: Any, iteration: int, where: Any) -> np.ndarray | None:
     """A few samples of ``model`` for figures (``Setting.preview``), on a stream of their own; None for a
     setting without previews, or a model that writes nothing usable (its metrics say so)."""
-    if not setting.preview_size:
+    size = setting.presentation.preview_size
+    if not size:
         return None
     try:
-        samples = setting.sample(model, setting.preview_size, chain_rng(setting.seeds, iteration, "preview"))
+        samples = setting.sample(model, size, chain_rng(setting.seeds, iteration, "preview"))
     except NoSamples as error:
         log.warning("%s: no preview of iteration %d: %s", where, iteration, error)
         return None
@@ -280,8 +282,9 @@ def _open(store: ChainStore, setting: Setting, iterations: int) -> list[Iteratio
     store.prepare()
     metrics = metrics_for(type(setting), setting.config)
     records = store.records(setting.seed_count, metrics, min(store.completed(), iterations))
-    if setting.preview_size:
-        store.save_real_preview(setting.preview(setting.real_train)[: setting.preview_size])
+    size = setting.presentation.preview_size
+    if size:
+        store.save_real_preview(setting.preview(setting.real_train)[:size])
     return records
 
 
@@ -305,7 +308,7 @@ def run_chain(
     commits: _Uncommitted
     if store is None:
         commits = _Uncommitted()
-    elif setting.cheap:
+    elif chain.capabilities.cheap:
         commits = _CheapCommits(chain, store, checkpoints, commit_interval_s)
     else:
         commits = _CostlyCommits(chain, store, checkpoints)

@@ -229,12 +229,6 @@ def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Exper
         raise SETTINGS.unknown(name)
     regimes = _regimes(config.regimes)
     declared = SETTINGS.declared(name, import_paths)
-    for regime in regimes:
-        if regime.draws_fresh_real and not declared.provides_fresh_real():
-            raise ConfigError(
-                f"regimes: {regime.label} draws fresh real data every iteration, "
-                f"which the setting {name!r} does not provide (it has no fresh_real)"
-            )
     rows, varying = _expand(config, declared.Config)
     points = []
     for row in rows:
@@ -242,6 +236,12 @@ def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Exper
             points.append(declared.Config.model_validate(row))
         except ValidationError as error:
             raise validation_error(error, ("setting",)) from None
+    for regime in regimes:
+        if regime.draws_fresh_real and not all(declared.capabilities_of(p).fresh_real for p in points):
+            raise ConfigError(
+                f"regimes: {regime.label} draws fresh real data every iteration, "
+                f"which the setting {name!r} does not provide (its capabilities have no fresh_real)"
+            )
     checked: list[Any] = []
     for point in points:  # each curation once, not each sweep point
         if point.curation not in checked:

@@ -14,7 +14,7 @@ candidate (higher is better) and keeps T:
   the Bradley-Terry / Plackett-Luce choice among m of Ferbach et al. A setting whose samples belong to
   fixed slots (linear regression's design rows) keeps one sample per slot this way.
 
-Besides a setting's own scores (``Setting.scores``), ``score: importance`` is log p(x) - log q(x), the
+Besides a setting's own scores (``Capabilities.scores``), ``score: importance`` is log p(x) - log q(x), the
 ``oracle`` minus the ``likelihood``, for any setting that has both: with ``keep: weighted`` and
 temperature 1, each kept sample is a sampling-importance-resampling draw from the real distribution
 among its m candidates (exact as m grows): a perfect verifier, which ``noise`` makes imperfect.
@@ -69,8 +69,9 @@ IMPORTANCE = "importance"
 def offered_scores(declared: type[Declaration]) -> tuple[str, ...]:
     """The scores a config may rank a setting's samples by: its own, and ``importance`` with both
     ``oracle`` and ``likelihood``."""
-    derived = (IMPORTANCE,) if {"oracle", "likelihood"} <= set(declared.scores) else ()
-    return (*declared.scores, *derived)
+    scores = declared.capabilities.scores
+    derived = (IMPORTANCE,) if {"oracle", "likelihood"} <= set(scores) else ()
+    return (*scores, *derived)
 
 
 def metrics_for(declared: type[Declaration], point: SettingConfig) -> dict[str, Metric]:

@@ -28,7 +28,7 @@ from pydantic import (
 from .curation import metrics_for
 from .executors import EXECUTORS
 from .regimes import Regime
-from .settings import SETTINGS, Metric, SettingConfig
+from .settings import SETTINGS, Capabilities, Metric, SettingConfig
 from .settings.configs import StrictConfig, field_of
 from .validation import validation_error
 
@@ -165,13 +165,17 @@ class ChainSpec:
     @property
     def title(self) -> str:
         """The chain in the paper's words (``T = 32 / replace``, ``replace / seed 0``): reports, trackers."""
-        seed = f"seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
+        seed = f"seed {self.seeds[0]}" if self._one_seed_per_chain else ""
         return " / ".join(part for part in (self.point_title, self.regime.label, seed) if part)
 
     @property
     def label(self) -> str:
-        seeds = f" / seed {self.seeds[0]}" if SETTINGS.declared(self.point.name).one_seed_per_chain else ""
+        seeds = f" / seed {self.seeds[0]}" if self._one_seed_per_chain else ""
         return f"{self.point_name} / {self._regime_text}{seeds}"
+
+    @property
+    def _one_seed_per_chain(self) -> bool:
+        return SETTINGS.declared(self.point.name).capabilities_of(self.point).one_seed_per_chain
 
     @property
     def _regime_text(self) -> str:
@@ -183,7 +187,7 @@ class ChainSpec:
             path = Path(FIRST_ITERATIONS) / self.point_name
         else:
             path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
-        if SETTINGS.declared(self.point.name).one_seed_per_chain:
+        if self._one_seed_per_chain:
             path = path / f"seed-{self.seeds[0]}"
         return path
 
@@ -254,11 +258,17 @@ class Experiment:
         declared = SETTINGS.declared(self.setting_name)
         return {name: info for point in self.points for name, info in metrics_for(declared, point).items()}
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """The setting's capabilities for the first sweep point: how the run's chains run (a sweep may
+        vary what depends on the config, such as ``warm_start``, never whether chains are cheap or hold
+        one seed each)."""
+        return SETTINGS.declared(self.setting_name).capabilities_of(self.points[0])
+
     def chains(self) -> list[ChainSpec]:
         seeds = tuple(range(self.config.seeds))
-        seed_groups: Sequence[tuple[int, ...]] = (
-            [(s,) for s in seeds] if SETTINGS.declared(self.setting_name).one_seed_per_chain else [seeds]
-        )
+        one_each = self.capabilities.one_seed_per_chain
+        seed_groups: Sequence[tuple[int, ...]] = [(s,) for s in seeds] if one_each else [seeds]
         specs = [
             ChainSpec(point, self.varying, regime, group)
             for point in self.points

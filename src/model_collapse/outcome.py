@@ -114,7 +114,8 @@ def run_spec(
         store.prepare()  # under torchrun, the other ranks read the chain only once rank 0 has prepared it
     for regime in spec.sharing:  # a regime that cannot run on these data is named before anything is fitted
         regime.check_real_size(len(setting.real_train))
-    if store.writer and not (setting.cheap or spec.shared_first_iteration):  # computed once for every regime
+    cheap = setting.capabilities_of(spec.point).cheap
+    if store.writer and not (cheap or spec.shared_first_iteration):  # computed once for every regime
         store.adopt_first_iteration(ChainStore.of(run_directory, spec.first_iteration(), writer=False))
     distributed.barrier()
     run_chain(setting, spec.regime, iterations, store, checkpoints=checkpoints, on_iteration=on_iteration)
@@ -133,7 +134,7 @@ def run_chain_spec(
     SIGTERM still raise). The setting's module (and with it PyTorch) is imported first, so that the
     limit covers its thread pools."""
     try:
-        budget = 1 if setting_class(spec.point).cheap else threads
+        budget = 1 if setting_class(spec.point).capabilities_of(spec.point).cheap else threads
         with limited_threads(budget), activity.in_chain(spec.label):
             run_spec(run_directory, spec, iterations, checkpoints, on_iteration)
     except Exception as error:

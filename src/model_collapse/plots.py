@@ -14,7 +14,7 @@ Settings with previews also get ``samples_<point>``: for images the paper's Fig.
 the last iteration of every regime) and ``samples_by_iteration_<point>``; for texts a page of samples.
 Settings that record learning curves (language models) get ``learning_curves_<point>``: validation loss
 during training, one line per iteration, one panel per regime; settings that declare distributions
-(``Declaration.distributions``: the fine-tuned model's written sequences' perplexities) get
+(``Presentation.distributions``: the fine-tuned model's written sequences' perplexities) get
 ``distribution_<key>_<point>``, a histogram per iteration, one panel per regime.
 """
 
@@ -38,7 +38,7 @@ from .atomic import write_file_atomic, write_text_atomic
 from .regimes import RealSynthetic  # noqa: E402
 from .results import SEEDS_FOR_A_BAND, ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
-from .settings import SETTINGS  # noqa: E402
+from .settings import SETTINGS, Presentation  # noqa: E402
 
 _STYLES = {"expected": "--", "bound": ":"}
 _REFERENCE = "real data"
@@ -170,7 +170,7 @@ def text_samples(experiment, results: list[ChainResult]) -> dict[str, list[tuple
     """Per sweep point: (heading, texts) for real texts, then iteration 1 and the last iteration of every
     regime (first seed); empty for settings whose previews are not texts."""
     pages: dict[str, list[tuple[str, list[str]]]] = {}
-    if SETTINGS.declared(experiment.setting_name).depicts_previews():
+    if SETTINGS.declared(experiment.setting_name).presentation.depict is not None:
         return pages
     for point, chains in _first_seed_chains(results).items():
         real = _real_preview(chains)
@@ -202,25 +202,27 @@ def _text_page(setting_name: str, about: str, sections: list[tuple[str, list[str
 def preview_files(experiment, results: list[ChainResult]) -> dict[str, str]:
     """Per sweep point, the file of previews the setting exports for another tool (an SD file of
     molecules): the real data's and every previewed iteration's of every regime (first seed)."""
-    setting = SETTINGS.declared(experiment.setting_name)
-    files = {}
+    export = SETTINGS.declared(experiment.setting_name).presentation.export_previews
+    files: dict[str, str] = {}
+    if export is None:
+        return files
     for point, chains in _first_seed_chains(results).items():
         real = _real_preview(chains)
         sections = [("real data", real)]
         for label, chain in chains.items():
             sections += [(f"{label}, iteration {int(i)}", chain.preview(int(i))) for i in chain.iterations]
-        exported = setting.export_previews([(title, preview) for title, preview in sections if preview is not None])
+        exported = export([(title, preview) for title, preview in sections if preview is not None])
         if exported is not None:
             suffix, text = exported
             files[f"samples_{point}{suffix}"] = text
     return files
 
 
-def _pictures(setting, preview: np.ndarray | None) -> np.ndarray | None:
+def _pictures(presentation: Presentation, preview: np.ndarray | None) -> np.ndarray | None:
     """What a figure shows of a preview: images as they are, others as the setting depicts them."""
-    if preview is None or not setting.depicts_previews():
+    if preview is None or presentation.depict is None:
         return preview
-    return setting.depict(preview)
+    return presentation.depict(preview)
 
 
 def _first_seed_chains(results: list[ChainResult]) -> dict[str, dict[str, ChainResult]]:
@@ -241,20 +243,21 @@ def _real_preview(chains: dict[str, ChainResult]) -> np.ndarray | None:
 def sample_figures(experiment, results: list[ChainResult]):
     """(name, figure) for image previews: the paper's Fig. 6 layout (real images, then the last
     iteration of every regime), ``samples_<point>``, and every regime's samples over the iterations,
-    ``samples_by_iteration_<point>``. Previews that are not images are drawn by their setting's ``depict``."""
-    setting = SETTINGS.declared(experiment.setting_name)
+    ``samples_by_iteration_<point>``. Previews that are not images are drawn by their setting's
+    ``Presentation.depict``."""
+    presentation = SETTINGS.declared(experiment.setting_name).presentation
     for point, chains in _first_seed_chains(results).items():
         last = {label: int(result.iterations.max()) for label, result in chains.items()}
         real = _real_preview(chains)
-        if real is None or (real.ndim == 1 and not setting.depicts_previews()):
+        if real is None or (real.ndim == 1 and presentation.depict is None):
             continue
-        real = _pictures(setting, real)
+        real = _pictures(presentation, real)
         figure, axes = plt.subplots(
             1, 1 + len(chains), figsize=(3.2 * (1 + len(chains)), 3.6), squeeze=False, layout="constrained"
         )
         _show(axes[0][0], real, "real data")
         for ax, (label, chain) in zip(axes[0][1:], chains.items()):
-            _show(ax, _pictures(setting, chain.preview(last[label])), f"{label}, iteration {last[label]}")
+            _show(ax, _pictures(presentation, chain.preview(last[label])), f"{label}, iteration {last[label]}")
         figure.suptitle(f"{experiment.setting_name}: samples{_about(chains)}")
         yield f"samples_{point}", figure
 
@@ -268,7 +271,7 @@ def sample_figures(experiment, results: list[ChainResult]):
         )
         for row, (label, chain) in enumerate(chains.items()):
             for column, iteration in enumerate(iterations):
-                images = _pictures(setting, chain.preview(iteration)) if iteration <= last[label] else None
+                images = _pictures(presentation, chain.preview(iteration)) if iteration <= last[label] else None
                 if images is None:
                     axes[row][column].set_visible(False)
                     continue
@@ -280,11 +283,11 @@ def sample_figures(experiment, results: list[ChainResult]):
 def learning_curve_figures(experiment, results: list[ChainResult]):
     """(name, figure): validation loss during training, one line per iteration, one panel per regime
     (first seed), ``learning_curves_<point>`` (the paper's Fig. 3 and 4), on the axes the setting names;
-    then each further curve the setting declares (``Declaration.curves``), drawn alike as ``<key>_<point>``."""
-    declared = SETTINGS.declared(experiment.setting_name)
-    axes = declared.learning_curve_axes
+    then each further curve the setting declares (``Presentation.curves``), drawn alike as ``<key>_<point>``."""
+    presentation = SETTINGS.declared(experiment.setting_name).presentation
+    axes = presentation.learning_curve_axes
     yield from _curve_figures(experiment, results, "learning_curve", axes, "learning curves", "learning_curves")
-    for key, axes in declared.curves.items():
+    for key, axes in presentation.curves.items():
         yield from _curve_figures(experiment, results, key, axes, key.replace("_", " "), key)
 
 
@@ -323,9 +326,9 @@ def _curve_figures(
 
 
 def distribution_figures(experiment, results: list[ChainResult]):
-    """(name, figure): each distribution the setting declares (``Declaration.distributions``), as a
+    """(name, figure): each distribution the setting declares (``Presentation.distributions``), as a
     histogram per iteration (first seed), one panel per regime, ``distribution_<key>_<point>``."""
-    declared = SETTINGS.declared(experiment.setting_name).distributions
+    declared = SETTINGS.declared(experiment.setting_name).presentation.distributions
     for key, label_text in declared.items():
         for point, chains in _first_seed_chains(results).items():
             found: dict[str, dict[int, list]] = {}

@@ -21,7 +21,6 @@ from .errors import ConfigError, RunDirectoryError
 from .executors import EXECUTORS, Work, executor_class
 from .experiment import FIRST_ITERATIONS, ChainSpec, ExecutorConfig, Experiment
 from .rundir import ChainStore
-from .settings import SETTINGS
 from .threads import share_of_cores
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ def run_experiment(
             workers = 1
     done = completed_iterations(run_directory, specs, iterations)
     todo = [i for i, spec in enumerate(specs) if done[i] < iterations]
-    cheap = SETTINGS.declared(experiment.setting_name).cheap
+    cheap = experiment.capabilities.cheap
     budget = threads or experiment.config.threads
     each = chain_threads(options, budget, min(workers, len(todo)))
     work = Work(run_directory, specs, todo, iterations, experiment.config.checkpoints, workers, quiet, each)

@@ -15,6 +15,11 @@ or all of them in one test, raising at the first failure: ``check_setting(MySett
 It runs small chains under every regime (``regimes``; a regime that draws fresh real data is skipped,
 saying so, for a setting without ``fresh_real``) and checks, in this order (``CHECKS``):
 
+* ``declarations``: ``capabilities`` (``capabilities_of`` the config) is a ``Capabilities`` and
+  ``presentation`` a ``Presentation``, and they agree with what the class writes: ``fresh_real`` and
+  ``theory`` are written exactly when declared (the engine calls neither otherwise), ``score`` when
+  ``scores`` are declared, ``preview`` when ``preview_size`` is set, ``fit`` takes ``previous`` when
+  ``warm_start`` is declared;
 * ``deterministic``: ``fit`` and ``sample`` leave numpy's and Python's global random states untouched,
   and handed generators in the same state give the same model and samples, so every random number
   comes from the generators a setting is handed (or from ``randomness.seed_rng``);
@@ -25,7 +30,7 @@ saying so, for a setting without ``fresh_real``) and checks, in this order (``CH
 * ``data_round_trip``: real and synthetic data saved and loaded (``load(directory, like=real)``) are
   the same data;
 * ``model_round_trip``: a saved and loaded model evaluates to the same metrics, bit for bit;
-* ``scores``: every score the setting declares (``Setting.scores``, for a config's ``curation``) gives
+* ``scores``: every score the setting declares (``Capabilities.scores``, for a config's ``curation``) gives
   one number per seed and sample, higher better, never NaN or +inf, the same numbers twice;
 * ``damaged_files``: a saved model or batch with any file truncated, emptied or missing is refused with
   a ``ModelCollapseError`` of one line (what the command line prints), never another exception;
@@ -37,7 +42,7 @@ saying so, for a setting without ``fresh_real``) and checks, in this order (``CH
   the backward pass of advanced indexing on a CPU, show up when threads are scheduled differently); one
   chain, under the first of ``regimes`` that keeps its history, since the fault is not the regime's;
 * ``resume``: a chain committed to a run directory after some iterations and resumed by a new setting
-  object equals the uninterrupted chain bit for bit (recomputed for ``cheap`` settings, restored from
+  object equals the uninterrupted chain bit for bit (recomputed for ``cheap`` ones, restored from
   the kept models and synthetic batches for costly ones).
 
 Each failure raises ``SettingCheckFailed`` naming the check, the regime and what differed. Data are
@@ -48,6 +53,7 @@ random generator, evaluates to the same metrics, which needs nothing beyond the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -67,10 +73,11 @@ from .errors import ModelCollapseError, SettingError
 from .randomness import chain_rng
 from .regimes import Regime, parse_regime
 from .rundir import ChainStore, IterationRecord
-from .settings.base import Data, Evaluation, Fit, Setting, SettingConfig
+from .settings.base import Capabilities, Data, Evaluation, Fit, Presentation, Setting, SettingConfig
 from .threads import limited as limited_threads
 
 CHECKS = (
+    "declarations",
     "deterministic",
     "metrics",
     "data_contract",
@@ -173,11 +180,12 @@ def setting_checks(
     chains they compute (a chain run straight is compared by ``repeatable`` and ``resume``), so running
     them all costs what ``check_setting`` costs. The arguments are ``check_setting``'s."""
     wanted, point = _arguments(setting_class, config, iterations, checks)
+    capabilities = setting_class.capabilities_of(point)
     if seeds is None:
-        seeds = (0,) if setting_class.one_seed_per_chain else (0, 1)
+        seeds = (0,) if capabilities.one_seed_per_chain else (0, 1)
     checker = _Checker(setting_class, point, tuple(int(s) for s in seeds), iterations)
     parsed = [parse_regime(spec) for spec in regimes]
-    fresh = setting_class.provides_fresh_real()
+    fresh = capabilities.fresh_real
     runnable = [r for r in parsed if fresh or not r.draws_fresh_real]
 
     def item(name: str, regime: str | None = None, skip: str | None = None) -> SettingCheck:
@@ -303,6 +311,27 @@ class _Checker:
 
     # -- checks on the pieces ------------------------------------------------------------------------
 
+    def declarations(self) -> None:
+        cls = self.setting_class
+        capabilities, presentation = cls.capabilities_of(self.config), cls.presentation
+        for value, kind in ((capabilities, Capabilities), (presentation, Presentation)):
+            if not isinstance(value, kind):
+                raise SettingCheckFailed("declarations", f"{kind.__name__.lower()} is a {type(value).__name__}")
+        problems = []
+        for method, declared in (("fresh_real", capabilities.fresh_real), ("theory", capabilities.theory)):
+            if declared and not _written(cls, method):
+                problems.append(f"capabilities declare {method}, but {method} is not written")
+            if _written(cls, method) and not declared:
+                problems.append(f"{method} is written, but capabilities do not declare {method}=True (never called)")
+        if capabilities.scores and not _written(cls, "score"):
+            problems.append(f"capabilities declare scores {capabilities.scores}, but score is not written")
+        if presentation.preview_size and not _written(cls, "preview"):
+            problems.append("presentation has a preview_size, but preview is not written")
+        if capabilities.warm_start and "previous" not in inspect.signature(cls.fit).parameters:
+            problems.append("capabilities declare warm_start, but fit takes no previous=")
+        if problems:
+            raise SettingCheckFailed("declarations", "; ".join(problems))
+
     def deterministic(self) -> None:
         setting = self.new()
         with _global_random_state_untouched("fit"):
@@ -424,7 +453,7 @@ class _Checker:
         model = self.fit(setting, [setting.real_train])
         samples = self.sample(setting, model, len(setting.real_train))
         expected = (len(self.seeds), len(samples))
-        for name in setting.scores:
+        for name in setting.capabilities_of(setting.config).scores:
             try:
                 first, second = (np.asarray(setting.score(name, model, samples), dtype=float) for _ in range(2))
             except NotImplementedError as error:
@@ -567,11 +596,17 @@ class _Checker:
             description = {"check": regime.label}
             store = ChainStore(Path(directory) / "chain", description)
             self.chain(regime, store, stop, commit_interval_s=0.0)
-            how = "recomputed" if self.setting_class.cheap else "restored"
+            how = "recomputed" if self.setting_class.capabilities_of(self.config).cheap else "restored"
             resumed = self.chain(regime, ChainStore(Path(directory) / "chain", description), commit_interval_s=0.0)
             recorded = ChainStore(Path(directory) / "chain", description).records(len(self.seeds))
         _same("resume", regime, f"the chain stopped after iteration {stop} and resumed ({how})", resumed, straight)
         _same("resume", regime, "the records in the run directory", recorded, straight)
+
+
+def _written(cls: type[Setting], method: str) -> bool:
+    """Whether ``cls`` writes its own ``method`` rather than inheriting the protocol's default."""
+    mine, default = getattr(cls, method), getattr(Setting, method)
+    return getattr(mine, "__func__", mine) is not getattr(default, "__func__", default)
 
 
 def _same(check: str, regime: Regime, what: str, got: list[IterationRecord], expected: list[IterationRecord]) -> None:

@@ -16,14 +16,15 @@ def curves(config: SettingConfig, regime_name: str, iterations: int) -> list[Cur
     """The closed forms known for a setting under a regime (empty when there are none).
 
     A curated config (more than one candidate per sample) has only those of a setting whose ``theory``
-    reads its curation (``Declaration.theory_of_curation``): the plain loop's do not hold for it."""
+    reads its curation (``Capabilities.theory_of_curation``): the plain loop's do not hold for it."""
     declared = SETTINGS.declared(config.name)
+    capabilities = declared.capabilities_of(config)
     curated = config.curation is not None and config.curation.candidates > 1
-    if curated and not declared.theory_of_curation:
+    if not capabilities.theory or (curated and not capabilities.theory_of_curation):
         return []
     return declared.theory(config, regime_name, iterations)
 
 
 def has_theory(name: str) -> bool:
-    """Whether the setting ``name`` states closed forms (overrides ``Setting.theory``)."""
-    return SETTINGS.declared(name).states_theory()
+    """Whether the setting ``name`` states closed forms (``Capabilities.theory``)."""
+    return SETTINGS.declared(name).capabilities.theory

@@ -12,7 +12,7 @@ task, a Slurm job), computes with a budget of threads:
 * else, on Ray or Slurm, the CPUs each chain reserves (``executor.cpus_per_chain``, split among a
   Slurm chain's tasks).
 
-A cheap setting's chains (``Setting.cheap``) always compute on one thread: their numbers then do not
+A cheap setting's chains (``Capabilities.cheap``) always compute on one thread: their numbers then do not
 depend on where they ran, which their resume (recomputing, then comparing) relies on.
 """
 

@@ -27,7 +27,7 @@ from sklearn.datasets import make_blobs
 from sklearn.mixture import GaussianMixture
 
 from model_collapse.randomness import seed_rng
-from model_collapse.settings import Metric, Samples, Setting, SettingConfig, concatenate
+from model_collapse.settings import Capabilities, Metric, Samples, Setting, SettingConfig, concatenate
 
 __version__ = "0.1.0"
 
@@ -49,14 +49,16 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
-class GaussianMixtureSetting(Setting):
+class GaussianMixtureSetting(Setting[GaussianMixtureConfig, Samples]):
     name = "gaussian-mixture"
     Config = GaussianMixtureConfig
-    cheap = True  # EM on a thousand points takes milliseconds: resume recomputes rather than storing
     metrics = {
         "test_log_likelihood": Metric("mean log-likelihood of held-out real data"),
         "l2_distance": Metric("L2 distance to the real mixture"),
     }
+    # EM on a thousand points takes milliseconds (cheap: resume recomputes rather than storing); draws
+    # more real data (fresh_real: the fresh-real regime)
+    capabilities = Capabilities(cheap=True, fresh_real=True)
 
     def __init__(self, config: GaussianMixtureConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from collapse_gmm import GaussianMixtureSetting
 
-from model_collapse.settings import Samples, gather
+from model_collapse.settings import Capabilities, Samples, gather
 from model_collapse.testing import SettingCheckFailed, check_setting, parametrize_with_checks
 
 TINY = {"components": 2, "dim": 2, "samples": 40, "test_samples": 40}
@@ -41,10 +41,16 @@ class IgnoringSelect(GaussianMixtureSetting):
         self._real = RowsIgnored(**self._real.fields)
 
 
+class UndeclaredFreshReal(GaussianMixtureSetting):
+    """Writes fresh_real but declares no such capability: the engine would never call it."""
+
+    capabilities = Capabilities(cheap=True)
+
+
 @pytest.mark.parametrize(
     "broken, check",
-    [(GlobalRandomFit, "deterministic"), (IgnoringSelect, "data_contract")],
-    ids=["fit-from-global-random-state", "select-ignores-rows"],
+    [(GlobalRandomFit, "deterministic"), (IgnoringSelect, "data_contract"), (UndeclaredFreshReal, "declarations")],
+    ids=["fit-from-global-random-state", "select-ignores-rows", "fresh-real-not-declared"],
 )
 def test_broken_variants_fail_the_check_that_names_their_fault(broken, check):
     with pytest.raises(SettingCheckFailed) as failure:

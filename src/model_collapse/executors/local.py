@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import activity
+from ..deprecation import WORKER_ENVIRONMENT
 from ..experiment import ChainSpec, ExecutorConfig
 from ..outcome import Outcome, run_chain_spec
 from ..rundir import IterationRecord
@@ -162,10 +163,16 @@ def _main_left_out() -> Iterator[None]:
     a setting or function defined in ``__main__`` makes the runner keep the chains in this process."""
     main = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to re-run
+    before = os.environ.get(WORKER_ENVIRONMENT)
+    os.environ[WORKER_ENVIRONMENT] = "1"  # what the user's code is warned about, this process has said
     try:
         yield
     finally:
         sys.modules["__main__"] = main
+        if before is None:
+            del os.environ[WORKER_ENVIRONMENT]
+        else:
+            os.environ[WORKER_ENVIRONMENT] = before
 
 
 def _stop(processes: list) -> None:

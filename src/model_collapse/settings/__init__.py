@@ -8,13 +8,14 @@ A setting in a package of its own imports what it needs from here (and random st
 from __future__ import annotations
 
 from .arrays import MappedSamples, Samples, concatenate, gather
-from .base import Curve, Data, Evaluation, Fit, Footprint, Metric, Setting
+from .base import Capabilities, Curve, Data, Evaluation, Fit, Footprint, Metric, Presentation, Setting
 from .configs import CurationConfig, SettingConfig, StrictConfig
 from .registry import ENTRY_POINT_GROUP, SETTINGS, Origin, SettingUnavailable, install_hint, is_import_path
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "SETTINGS",
+    "Capabilities",
     "CurationConfig",
     "Curve",
     "Data",
@@ -24,6 +25,7 @@ __all__ = [
     "MappedSamples",
     "Metric",
     "Origin",
+    "Presentation",
     "Samples",
     "Setting",
     "SettingConfig",

@@ -1,44 +1,49 @@
 """The protocol every setting implements, and the contract of the data it produces.
 
-What a setting author writes, for data of rows per seed (``Samples``):
+A setting is ``Setting[Config, Data]``: its config type and the type of its data (for mypy). What a
+setting author writes, for data of rows per seed (``Samples``), is the compute contract:
 
 * ``name``, ``Config`` (a ``SettingConfig``) and ``metrics`` (a ``Metric`` per name);
 * ``__init__(config, seeds)`` drawing the real data of those seeds, and ``real_train`` returning them;
 * ``fit(parts, rng, scratch)``: one fresh model per seed on the union of ``parts``;
 * ``sample(model, size, rng, scratch)``: ``size`` synthetic samples per seed;
 * ``evaluate(model)``: one array of shape (seeds,) per metric, on held-out real data (or an
-  ``Evaluation`` that also keeps details beside them, as ``fit`` may return a ``Fit``).
+  ``Evaluation`` that also keeps details beside them, as ``fit`` may return a ``Fit``);
+* ``save_model``/``load_model``, whose defaults keep numpy arrays (an array or a mapping of named
+  arrays) or a torch module's weights (with ``new_model``);
+* optionally ``fresh_real`` (the ``fresh-real`` regime), ``score`` (a config's ``curation``) and
+  ``theory`` (closed forms);
 
-Everything else has a default a setting may override: ``save_model``/``load_model`` keep numpy arrays
-(an array or a mapping of named arrays) or a torch module's weights (with ``new_model``);
-``fresh_real`` is needed only under the regimes that draw fresh real data (``fresh-real``), and a config
-that asks for one of them with a setting without it is refused; ``score`` (with ``scores``) only for a
-config's ``curation`` to rank samples by the setting's own scores; ``cheap``, ``one_seed_per_chain``,
-``preview_size``, ``footprint``, ``check_inputs`` and ``theory`` are declarations with defaults. What
+and two declarations, values the engine reads instead of looking at the class (scikit-learn's tags):
+``capabilities`` (a ``Capabilities``: which optional members it wrote, how its chains run) and
+``presentation`` (a ``Presentation``: what figures and the report show of it, with ``preview``). What
 ``fit``, ``sample``, ``fresh_real`` and ``evaluate`` return is checked before it is committed
-(``contract.py``).
+(``contract.py``); ``footprint`` and ``check_inputs`` are checks made before a run, with defaults.
 
 A setting is bound to the seeds of one chain when it is constructed. Cheap settings run all seeds of a
-chain at once and vectorise over them; costly ones set ``one_seed_per_chain`` and get one seed per chain.
-A setting knows nothing about regimes: it is handed a list of data *parts* to fit on (whole sources it
-produced earlier, or rows taken from several of them). The data are of a type that follows ``Data``
-below (``Samples`` in ``arrays.py``, ``TokenCorpus``, ``Conformers``); the chain only calls that
-contract, so a setting may bring a data type of its own. Every random number comes from the generator a
-method is handed, or from ``randomness.seed_rng(seed, purpose)`` with a purpose of the setting's choice.
+chain at once and vectorise over them; costly ones declare ``one_seed_per_chain`` and get one seed per
+chain. A setting knows nothing about regimes: it is handed a list of data *parts* to fit on (whole
+sources it produced earlier, or rows taken from several of them). The data are of a type that follows
+``Data`` below (``Samples`` in ``arrays.py``, ``TokenCorpus``, ``Conformers``); the chain only calls
+that contract, so a setting may bring a data type of its own. Every random number comes from the
+generator a method is handed, or from ``randomness.seed_rng(seed, purpose)`` with a purpose of the
+setting's choice.
 """
 
 from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, runtime_checkable
 
 import numpy as np
+from typing_extensions import TypeVar
 
 from .configs import SettingConfig
+from .legacy import adopt_old_declarations
 
 D = TypeVar("D", bound="Data")
 
@@ -142,53 +147,104 @@ class Metric:
 
 
 C = TypeVar("C", bound=SettingConfig)
+# The type of a setting's data (``Samples``, ``TokenCorpus``, ``Conformers``), for type checkers:
+# ``class Gaussian(Setting[GaussianConfig, Samples])`` has mypy check that ``fit``, ``sample``,
+# ``real_train`` and ``fresh_real`` agree on it. Left out (``Setting[GaussianConfig]``), it is ``Any``.
+DataType = TypeVar("DataType", default=Any)
+
+Axes = tuple[str, str, str, str]  # (x key, x label, y key, y label) of a recorded curve
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a setting can do and how its chains run, declared once as a value (scikit-learn's tags):
+    the engine reads these and nothing else about a setting's abilities. A setting declares
+    ``capabilities = Capabilities(...)``; one whose capabilities depend on its config (``warm_start``,
+    from the neural settings' ``training.warm_start``) also overrides ``capabilities_of``."""
+
+    # Iterations of milliseconds, computed the same way every time: the chain commits them in groups,
+    # computes on one thread and, on resume, recomputes them rather than keeping models and samples.
+    cheap: bool = False
+    # A neural network per seed: chains of one seed each (``seeds`` has one element).
+    one_seed_per_chain: bool = False
+    # ``fresh_real`` draws never-seen real data, which the ``fresh-real`` regime needs; a config that
+    # asks for that regime with a setting without it is refused.
+    fresh_real: bool = False
+    # ``fit`` continues from the previous iteration's model: it is called with ``previous=`` (None at
+    # iteration 1).
+    warm_start: bool = False
+    # ``theory`` states closed forms of the metrics, which figures overlay on the simulation.
+    theory: bool = False
+    # ``theory`` reads a config's ``curation`` and returns only what holds under it; without it, a
+    # curated config (candidates > 1) has no closed forms.
+    theory_of_curation: bool = False
+    # The scores ``score`` computes for a batch of samples, which a config's ``curation.score`` may name:
+    # ``likelihood`` (under the model that drew them), ``oracle`` (under the real data's distribution),
+    # or scores of the setting's own. Higher is better.
+    scores: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scores, str) or not all(isinstance(name, str) for name in self.scores):
+            raise TypeError(f"Capabilities.scores is a tuple of score names, not {self.scores!r}")
+        object.__setattr__(self, "scores", tuple(self.scores))
+        if self.theory_of_curation and not self.theory:
+            raise ValueError("Capabilities(theory_of_curation=True) needs theory=True")
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """How figures and the report show a setting's results; nothing here changes a number. A setting
+    declares ``presentation = Presentation(...)`` (the default shows metrics only)."""
+
+    # Settings whose samples a person looks at keep this many of the real data and of every iteration's
+    # model as a preview (``Setting.preview`` makes them): images, texts, or anything ``depict`` draws.
+    preview_size: int = 0
+    # Fits that record a learning curve (``Fit.diagnostics["learning_curve"]``, a list of dicts): the
+    # keys and labels of its axes.
+    learning_curve_axes: Axes = ("epoch", "epoch", "validation_loss", "validation loss (nats / token)")
+    # Curves an evaluation or a fit records beyond the learning curve (``diagnostics[key]``, a list of
+    # dicts), by key, with their axes: drawn as the learning curves are, a line per iteration and a panel
+    # per regime (``<key>_<point>``).
+    curves: Mapping[str, Axes] = field(default_factory=dict)
+    # Distributions a fit records, one value per sample (``Fit.diagnostics[key]``, a list of numbers), by
+    # key, with the label of their axis: a histogram per iteration, a panel per regime
+    # (``distribution_<key>_<point>``; Shumailov et al.'s perplexity histograms).
+    distributions: Mapping[str, str] = field(default_factory=dict)
+    # Pictures (N, H, W, 3) uint8 of previews that are neither images nor texts (mol blocks, say); None:
+    # previews are shown as they are.
+    depict: Callable[[np.ndarray], np.ndarray] | None = None
+    # One file of previews for another tool, from (title, previews) sections (the real data, then every
+    # iteration of every regime): (file suffix, text), or None for no file.
+    export_previews: Callable[[list[tuple[str, np.ndarray]]], tuple[str, str] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.preview_size, int) or self.preview_size < 0:
+            raise ValueError(f"Presentation.preview_size is a count of samples, not {self.preview_size!r}")
 
 
 class Declaration(Generic[C]):
-    """What a setting is, readable without its model code: config type, metrics, how it runs. Every
-    setting class is one; the VAE and language models also have a light one of their own (see
-    ``settings/registry.py``) that their setting class inherits. ``C``, the type of its ``Config``, is
-    for type checkers (``class Gaussian(Setting[GaussianConfig])``); a plain ``Setting`` works alike."""
+    """What a setting is, readable without its model code: config type, metrics, capabilities and
+    presentation. Every setting class is one; the VAE and language models also have a light one of their
+    own (see ``settings/registry.py``) that their setting class inherits. ``C``, the type of its
+    ``Config``, is for type checkers."""
 
     name: ClassVar[str]
     Config: ClassVar[type[SettingConfig]]
     metrics: ClassVar[dict[str, Metric]]
-    one_seed_per_chain: ClassVar[bool] = False  # a neural network per seed: chains of one seed each
-    # Iterations of milliseconds, computed the same way every time: the chain commits them in groups
-    # and, on resume, recomputes them rather than keeping models and synthetic data on disk.
-    cheap: ClassVar[bool] = False
-    # Settings whose samples a person looks at (images, texts; others through ``depict``) keep this many
-    # of the real data and of every iteration's model as a preview, for figures.
-    preview_size: ClassVar[int] = 0
-    # Fits that record a learning curve (``Fit.diagnostics["learning_curve"]``, a list of dicts): the
-    # keys and labels of its axes, (x key, x label, y key, y label).
-    # Whether ``theory`` reads a config's ``curation`` (and returns only what holds under it); without
-    # it, a curated config (candidates > 1) has no closed forms.
-    theory_of_curation: ClassVar[bool] = False
-    # The scores ``Setting.score`` computes for a batch of samples, which a config's ``curation.score``
-    # may name: ``likelihood`` (under the model that drew them), ``oracle`` (under the real data's
-    # distribution), or scores of the setting's own. Higher is better.
-    scores: ClassVar[tuple[str, ...]] = ()
-    learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
-        "epoch",
-        "epoch",
-        "validation_loss",
-        "validation loss (nats / token)",
-    )
-    # Curves an evaluation or a fit records beyond the learning curve (``diagnostics[key]``, a list of
-    # dicts), by key, with their axes (x key, x label, y key, y label): drawn as the learning curves
-    # are, a line per iteration and a panel per regime (``<key>_<point>``).
-    curves: ClassVar[dict[str, tuple[str, str, str, str]]] = {}
-    # Distributions a fit records, one value per sample (``Fit.diagnostics[key]``, a list of numbers),
-    # by key, with the label of their axis: drawn as a histogram per iteration, a panel per regime
-    # (``distribution_<key>_<point>``; Shumailov et al.'s perplexity histograms).
-    distributions: ClassVar[dict[str, str]] = {}
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    presentation: ClassVar[Presentation] = Presentation()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        protocol = tuple(k for k in (Declaration, globals().get("Setting")) if isinstance(k, type))
+        if cls not in protocol and cls.__module__ != __name__:
+            adopt_old_declarations(cls, protocol)  # the old protocol, kept for one release
 
     @classmethod
-    def provides_fresh_real(cls) -> bool:
-        """Whether the setting draws never-seen real data (``fresh_real``), which the ``fresh-real``
-        regime needs; a config that asks for it with a setting without it is refused."""
-        return True
+    def capabilities_of(cls, config: C) -> Capabilities:
+        """The capabilities of a chain of ``config``: ``capabilities``, unless a setting's depend on its
+        config (the neural settings' ``warm_start`` reads ``training.warm_start``)."""
+        return cls.capabilities
 
     @classmethod
     def metrics_of(cls, config: C) -> dict[str, Metric]:
@@ -209,39 +265,14 @@ class Declaration(Generic[C]):
 
     @classmethod
     def theory(cls, config: C, regime_name: str, iterations: int) -> list[Curve]:
-        """Closed forms of the metrics under a regime, as ``Curve`` s over iterations 1..N
-        (none by default)."""
+        """Closed forms of the metrics under a regime, as ``Curve`` s over iterations 1..N, for a setting
+        that declares ``Capabilities(theory=True)`` (none by default)."""
         return []
 
-    @classmethod
-    def depict(cls, previews: np.ndarray) -> np.ndarray | None:
-        """Pictures (N, H, W, 3) uint8 of previews that are neither images nor texts (mol blocks, say), for
-        figures and the report; None (the default): previews are shown as they are."""
-        return None
 
-    @classmethod
-    def states_theory(cls) -> bool:
-        """Whether the setting states closed forms (overrides ``theory``)."""
-        return _overrides(cls, "theory")
+class Setting(Declaration[C], Generic[C, DataType], ABC):
+    """A setting: its declarations (``Declaration``) and its compute contract, the members below."""
 
-    @classmethod
-    def depicts_previews(cls) -> bool:
-        """Whether ``depict`` draws this setting's previews (they are then not texts)."""
-        return _overrides(cls, "depict")
-
-    @classmethod
-    def export_previews(cls, sections: list[tuple[str, np.ndarray]]) -> tuple[str, str] | None:
-        """One file of previews for another tool, from (title, previews) sections (the real data, then
-        every iteration of every regime): (file suffix, text), or None (the default: no such file)."""
-        return None
-
-
-def _overrides(cls: type, method: str) -> bool:
-    """Whether ``cls`` defines its own ``method`` rather than ``Declaration``'s default."""
-    return getattr(cls, method).__func__ is not getattr(Declaration, method).__func__
-
-
-class Setting(Declaration[C], ABC):
     # A directory of the run that all its chains share, for what a setting makes once per run and keeps
     # (a pretrained model): the engine sets it after constructing the setting, before any other call;
     # None outside a run directory. Chains run in parallel: write into it by renaming a finished
@@ -251,7 +282,7 @@ class Setting(Declaration[C], ABC):
     def __init__(self, config: C, seeds: Sequence[int]):
         self.config: C = config
         self.seeds = tuple(int(s) for s in seeds)
-        if self.one_seed_per_chain and len(self.seeds) != 1:
+        if self.capabilities_of(config).one_seed_per_chain and len(self.seeds) != 1:
             raise ValueError(f"the {self.name} setting runs one seed per chain, got {len(self.seeds)}")
 
     @property
@@ -260,39 +291,28 @@ class Setting(Declaration[C], ABC):
 
     @property
     @abstractmethod
-    def real_train(self) -> Any:
+    def real_train(self) -> DataType:
         """The real training data of every seed (iteration 1 fits on it); its type, which follows
         ``Data``, is the type of every part this setting produces and fits on."""
 
-    def fresh_real(self, size: int, rng: np.random.Generator) -> Any:
-        """``size`` new real training samples per seed, never seen before (only the regimes that draw
-        fresh real data call it)."""
+    def fresh_real(self, size: int, rng: np.random.Generator) -> DataType:
+        """``size`` new real training samples per seed, never seen before, for a setting that declares
+        ``Capabilities(fresh_real=True)`` (only the regimes that draw fresh real data call it)."""
         raise NotImplementedError(f"setting {self.name!r} draws no fresh real data")
 
-    @classmethod
-    def provides_fresh_real(cls) -> bool:
-        return cls.fresh_real is not Setting.fresh_real
-
-    @property
-    def warm_start(self) -> bool:
-        """Whether ``fit`` continues from the previous iteration's model rather than starting afresh;
-        a setting with a ``training.warm_start`` field (the neural ones) reads it from there."""
-        training = getattr(self.config, "training", None)
-        return bool(getattr(training, "warm_start", False))
-
     @abstractmethod
-    def fit(self, parts: Sequence[Any], rng: np.random.Generator, scratch: Path | None = None) -> Any:
+    def fit(self, parts: Sequence[DataType], rng: np.random.Generator, scratch: Path | None = None) -> Any:
         """A fresh model per seed fitted on the union of ``parts``, or a ``Fit`` with details to keep.
 
         ``scratch`` (with a run directory) is a directory, not yet created, where a long fit may save
         progress: an interrupted fit is run again with the same parts, ``rng`` and ``scratch`` and may
         continue from there. It goes once the iteration is committed; quick fits ignore it.
 
-        A setting whose ``warm_start`` is true is called with ``previous=``: the last iteration's model
+        A setting whose capabilities say ``warm_start`` is called with ``previous=``: the last iteration's model
         (None at iteration 1), to continue from; ``fit`` leaves it as it is (copy it)."""
 
     @abstractmethod
-    def sample(self, model: Any, size: int, rng: np.random.Generator, scratch: Path | None = None) -> Any:
+    def sample(self, model: Any, size: int, rng: np.random.Generator, scratch: Path | None = None) -> DataType:
         """``size`` synthetic samples per seed from ``model``.
 
         ``scratch`` is ``fit``'s (the iteration's), for a long sampling run to save what it has done."""
@@ -302,14 +322,15 @@ class Setting(Declaration[C], ABC):
         """Metrics on held-out real data: one array of shape (seeds,) per name in ``metrics``; or an
         ``Evaluation`` of those and details to keep beside them."""
 
-    def score(self, name: str, model: Any, samples: Any) -> np.ndarray:
-        """The score ``name`` (one of ``scores``) of every sample: an array (seeds, len(samples)), higher
+    def score(self, name: str, model: Any, samples: DataType) -> np.ndarray:
+        """The score ``name`` (one of ``capabilities.scores``) of every sample: an array (seeds, len(samples)), higher
         is better, -inf for a sample the score rules out. ``model`` drew ``samples``."""
         raise NotImplementedError(f"setting {self.name!r} computes no score {name!r}")
 
-    def preview(self, data: Any) -> np.ndarray:
-        """A few samples of the first seed of ``data``: uint8 images (N, H, W, C), strings (N,), or any
-        array the setting's ``depict`` draws (mol blocks)."""
+    def preview(self, data: DataType) -> np.ndarray:
+        """At most ``presentation.preview_size`` samples of the first seed of ``data``, for a setting that
+        keeps previews: uint8 images (N, H, W, C), strings (N,), or any array its
+        ``presentation.depict`` draws (mol blocks)."""
         raise NotImplementedError(f"setting {self.name!r} has no preview")
 
     def save_model(self, model: Any, directory: Path) -> None:

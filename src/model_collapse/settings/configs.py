@@ -4,7 +4,7 @@
 Curation (sample more candidates than the regime asks for, score them, keep some:
 ``model_collapse.curation`` does it between sampling and the regime) sits in the setting's config, not
 beside the regimes, because what can score a setting's samples is the setting's to say
-(``Setting.scores``), and so that it sweeps like any setting field: ``sweep: {curation.candidates: [1,
+(``Capabilities.scores``), and so that it sweeps like any setting field: ``sweep: {curation.candidates: [1,
 4, 16]}``. It is null unless a config writes it, and left out of the config's data then, so that a
 config without it describes the same chains as before it existed.
 """

@@ -29,7 +29,7 @@ from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
 from .arrays import RunningTotal, Samples, check_shape
-from .base import Curve, Footprint, Metric, Setting, SettingConfig
+from .base import Capabilities, Curve, Footprint, Metric, Setting, SettingConfig
 
 
 class DiscreteConfig(SettingConfig):
@@ -38,16 +38,15 @@ class DiscreteConfig(SettingConfig):
     samples: PositiveInt = Field(100, title="n", description="n, draws per seed (real, and synthetic per iteration)")
 
 
-class Discrete(Setting[DiscreteConfig]):
+class Discrete(Setting[DiscreteConfig, Samples]):
     name = "discrete"
     Config = DiscreteConfig
-    cheap = True
     metrics = {
         "entropy": Metric("entropy of the fitted distribution (nats)"),
         "zero_outcomes": Metric("outcomes of probability 0"),
         "simpson_diversity": Metric("Simpson diversity  1 - sum p^2"),
     }
-    scores = ("likelihood", "oracle")
+    capabilities = Capabilities(cheap=True, fresh_real=True, theory=True, scores=("likelihood", "oracle"))
 
     @classmethod
     def footprint(cls, config: DiscreteConfig) -> Footprint:

@@ -33,7 +33,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from ..arrayio import load_arrays, save_arrays
 from ..randomness import seed_rng
 from .arrays import RunningTotal, Samples, check_shape
-from .base import Curve, Footprint, Metric, Setting, SettingConfig
+from .base import Capabilities, Curve, Footprint, Metric, Setting, SettingConfig
 
 
 class GaussianConfig(SettingConfig):
@@ -237,10 +237,9 @@ def central_variance_factor(dim: int, samples: int, candidates: int) -> float:
     return float(total / samples * np.sum(weights * inner) / 2)
 
 
-class Gaussian(Setting[GaussianConfig]):
+class Gaussian(Setting[GaussianConfig, Samples]):
     name = "gaussian"
     Config = GaussianConfig
-    cheap = True
     metrics = {
         "mean_sq_error": Metric("||mu_hat - mu_0||^2", log_scale=True),
         "trace_ratio": Metric("tr(Sigma_hat) / tr(Sigma_0)"),
@@ -248,8 +247,9 @@ class Gaussian(Setting[GaussianConfig]):
         "log_det_ratio": Metric("log det(Sigma_hat) - log det(Sigma_0)"),
         "test_nll": Metric("test NLL on real data (nats)"),
     }
-    scores = ("likelihood", "oracle")
-    theory_of_curation = True
+    capabilities = Capabilities(
+        cheap=True, fresh_real=True, theory=True, theory_of_curation=True, scores=("likelihood", "oracle")
+    )
 
     @classmethod
     def footprint(cls, config: GaussianConfig) -> Footprint:

@@ -27,7 +27,7 @@ from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
 from .arrays import RunningTotal, Samples, check_shape, concatenate, gather
-from .base import Footprint, Metric, Setting, SettingConfig
+from .base import Capabilities, Footprint, Metric, Setting, SettingConfig
 
 DIMENSIONS = {"moons": 2, "circles": 2, "blobs": 2, "swiss-roll": 3}
 BLOB_BOX = (-10.0, 10.0)  # make_blobs' default box for random centres, as the follow-up drew them
@@ -189,12 +189,11 @@ class KDEModel:
         return sum(len(part) for part in self.parts)
 
 
-class KDE(Setting[KDEConfig]):
+class KDE(Setting[KDEConfig, Samples]):
     name = "kde"
     Config = KDEConfig
-    cheap = True
     metrics = {"test_nll": Metric("test NLL on real data (nats)", log_scale=True)}
-    scores = ("likelihood", "oracle")
+    capabilities = Capabilities(cheap=True, fresh_real=True, scores=("likelihood", "oracle"))
 
     @classmethod
     def footprint(cls, config: KDEConfig) -> Footprint:

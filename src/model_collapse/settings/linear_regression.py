@@ -28,7 +28,7 @@ from ..arrayio import load_arrays, save_arrays
 from ..errors import RunDirectoryError
 from ..randomness import seed_rng
 from .arrays import SAMPLES_FILE, RunningTotal, Samples, check_shape
-from .base import Curve, Footprint, Metric, Setting, SettingConfig
+from .base import Capabilities, Curve, Footprint, Metric, Setting, SettingConfig
 
 
 class LinearRegressionConfig(SettingConfig):
@@ -75,12 +75,11 @@ class DesignLabels(Samples):
         return Samples(y=y, row=row)
 
 
-class LinearRegression(Setting[LinearRegressionConfig]):
+class LinearRegression(Setting[LinearRegressionConfig, Samples]):
     name = "linear-regression"
     Config = LinearRegressionConfig
-    cheap = True
     metrics = {"test_error": Metric("test error  ||w_hat - w*||^2", log_scale=True)}
-    scores = ("likelihood", "oracle")
+    capabilities = Capabilities(cheap=True, fresh_real=True, theory=True, scores=("likelihood", "oracle"))
 
     @classmethod
     def footprint(cls, config: LinearRegressionConfig) -> Footprint:

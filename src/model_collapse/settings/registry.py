@@ -316,7 +316,7 @@ class Registry(Mapping[str, "type[Setting]"]):
         return self.resolve(name)
 
     def declared(self, name: str, import_paths: bool = True) -> type[Declaration]:
-        """What a setting is (``Config``, ``metrics``, ``one_seed_per_chain``, ``preview_size``), without
+        """What a setting is (``Config``, ``metrics``, ``capabilities``, ``presentation``), without
         importing the model code of a built-in setting that has a light declaration."""
         if name in _BUILT_IN:
             module, cls, extra, declaration = _BUILT_IN[name]

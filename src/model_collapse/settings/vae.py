@@ -213,7 +213,7 @@ def _real_images(
     return RealImages(train, test, features, real_spread, classifier)
 
 
-class VAE(VAEDeclaration, Setting[VAEConfig]):
+class VAE(VAEDeclaration, Setting[VAEConfig, Samples]):
     def __init__(self, config: VAEConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)

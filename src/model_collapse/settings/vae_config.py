@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import Declaration, Footprint, Metric, activations_on_host
+from .base import Footprint, Metric, Presentation, activations_on_host
 from .configs import SettingConfig, StrictConfig
 from .images import CHANNELS
+from .neural import NeuralDeclaration
 
 # What measuring inception_fid holds (inception.py): the weights (23.9 million float32) and a batch's
 # largest maps (64 x 147 x 147 float32 per image, 50 images, a few such maps alive at once).
@@ -101,7 +103,7 @@ class VAEConfig(SettingConfig):
         return self.channels or CHANNELS[self.dataset]
 
 
-class VAEDeclaration(Declaration[VAEConfig]):
+class VAEDeclaration(NeuralDeclaration[VAEConfig]):
     """The VAE setting's declaration; ``vae.VAE`` inherits it."""
 
     name = "vae"
@@ -118,9 +120,8 @@ class VAEDeclaration(Declaration[VAEConfig]):
         "density": Metric("density (k = 5, judge features)"),
         "coverage": Metric("coverage (k = 5, judge features)"),
     }
-    scores = ("confidence",)
-    one_seed_per_chain = True
-    preview_size = 64
+    capabilities = replace(NeuralDeclaration.capabilities, scores=("confidence",))
+    presentation = Presentation(preview_size=64)
 
     @classmethod
     def metrics_of(cls, config: VAEConfig) -> dict[str, Metric]:

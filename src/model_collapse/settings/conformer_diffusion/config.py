@@ -7,13 +7,15 @@ size is ``configs/geodiff_drugs.yaml`` (GeoDiff's ``drugs_1k`` configuration as 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from ..base import Declaration, Footprint, Metric, activations_on_host
+from ..base import Footprint, Metric, Presentation, activations_on_host
 from ..configs import SettingConfig, StrictConfig
+from ..neural import NeuralDeclaration
 
 # Atoms (hydrogens included) of a typical conformer, for the memory of a batch: GEOM-Drugs' mean is 44;
 # the bundled drug-like molecules are smaller.
@@ -172,7 +174,25 @@ def activation_bytes(config: ConformerDiffusionConfig) -> int:
     return 4 * edges * per_edge
 
 
-class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
+def depict_conformers(molblocks: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, 3) of the conformers in ``molblocks`` (their 3D geometry seen from above)."""
+    from .chemistry import depict
+
+    return depict(molblocks)
+
+
+def conformers_file(sections: list[tuple[str, np.ndarray]]) -> tuple[str, str] | None:
+    """An SD file of every previewed conformer, each titled with where it comes from, for a molecule
+    viewer."""
+    blocks = []
+    for title, molblocks in sections:
+        for block in molblocks:
+            name, _, rest = str(block).partition("\n")
+            blocks.append(f"{title}: {name}\n{rest}".rstrip("\n") + "\n$$$$\n")
+    return (".sdf", "".join(blocks)) if blocks else None
+
+
+class ConformerDiffusionDeclaration(NeuralDeclaration[ConformerDiffusionConfig]):
     """The conformer-diffusion setting's declaration; ``setting.ConformerDiffusion`` inherits it."""
 
     name = "conformer-diffusion"
@@ -191,13 +211,21 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
         "bond_length_rms": Metric("RMS error of bond lengths (A)"),
         "valid_bond_share": Metric("samples with every bond within 0.1 A (fraction)"),
     }
-    one_seed_per_chain = True
-    preview_size = 6
     # curation: minus the MMFF94 energy above the lowest of the molecule's real conformers (kcal/mol)
-    scores = ("mmff-energy",)
-    learning_curve_axes = ("step", "training step", "validation_loss_local", "local loss on test molecules (per atom)")
-    # COV-R over GeoDiff's thresholds, 0.05-3 A (``chemistry.COVERAGE_THRESHOLDS``), every iteration
-    curves = {"coverage_by_threshold": ("threshold", "RMSD threshold (A)", "cov_r", "COV-R, mean over molecules")}
+    capabilities = replace(NeuralDeclaration.capabilities, scores=("mmff-energy",))
+    presentation = Presentation(
+        preview_size=6,
+        learning_curve_axes=(
+            "step",
+            "training step",
+            "validation_loss_local",
+            "local loss on test molecules (per atom)",
+        ),
+        # COV-R over GeoDiff's thresholds, 0.05-3 A (``chemistry.COVERAGE_THRESHOLDS``), every iteration
+        curves={"coverage_by_threshold": ("threshold", "RMSD threshold (A)", "cov_r", "COV-R, mean over molecules")},
+        depict=depict_conformers,
+        export_previews=conformers_file,
+    )
 
     @classmethod
     def footprint(cls, config: ConformerDiffusionConfig) -> Footprint:
@@ -207,21 +235,3 @@ class ConformerDiffusionDeclaration(Declaration[ConformerDiffusionConfig]):
         activations = activation_bytes(config) if activations_on_host(config.device) else 0
         parameters = parameter_count(config.network)
         return Footprint(config.samples or 1, 0, fixed_bytes=16 * parameters, activation_bytes=activations)
-
-    @classmethod
-    def depict(cls, molblocks: np.ndarray) -> np.ndarray:
-        """Images (N, H, W, 3) of the conformers in ``molblocks`` (their 3D geometry seen from above)."""
-        from .chemistry import depict
-
-        return depict(molblocks)
-
-    @classmethod
-    def export_previews(cls, sections: list[tuple[str, np.ndarray]]) -> tuple[str, str] | None:
-        """An SD file of every previewed conformer, each titled with where it comes from, for a molecule
-        viewer."""
-        blocks = []
-        for title, molblocks in sections:
-            for block in molblocks:
-                name, _, rest = str(block).partition("\n")
-                blocks.append(f"{title}: {name}\n{rest}".rstrip("\n") + "\n$$$$\n")
-        return (".sdf", "".join(blocks)) if blocks else None

@@ -52,7 +52,7 @@ def _shard_directory(scratch: Path, index: int) -> Path:
     return scratch / f"samples_{index:05d}"
 
 
-class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusionConfig]):
+class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusionConfig, Conformers]):
     def __init__(self, config: ConformerDiffusionConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
@@ -85,7 +85,7 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
     def preview(self, data: Conformers) -> np.ndarray:
         """Mol blocks of the first conformer of each of ``data``'s first molecules."""
         _, first = np.unique(data.molecule, return_index=True)
-        rows = np.sort(first)[: self.preview_size]
+        rows = np.sort(first)[: self.presentation.preview_size]
         return molblocks(Conformers.select([data], rows[None]))
 
     # -- model ------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ Two protocols of the field, one setting:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from ..base import Declaration, Footprint, Metric, activations_on_host
+from ..base import Footprint, Metric, Presentation, activations_on_host
 from ..configs import SettingConfig, StrictConfig
 from ..language_model.config import (
     TrainingSection,
@@ -29,6 +30,7 @@ from ..language_model.config import (
     preset_dimensions,
     transformer_activation_bytes,
 )
+from ..neural import NeuralDeclaration
 
 
 class Pretraining(StrictConfig):
@@ -165,7 +167,7 @@ class FineTuningConfig(SettingConfig):
 GENERATED = ("generated_perplexity_q05", "generated_perplexity_median", "generated_perplexity_q95")
 
 
-class FineTuningDeclaration(Declaration[FineTuningConfig]):
+class FineTuningDeclaration(NeuralDeclaration[FineTuningConfig]):
     """The fine-tuning setting's declaration; ``setting.FineTuning`` inherits it."""
 
     name = "fine-tuning"
@@ -184,18 +186,11 @@ class FineTuningDeclaration(Declaration[FineTuningConfig]):
         "distinct_4": Metric("distinct-4 of generated data"),
         "repeated_4grams": Metric("share of 4-grams repeated within a generated sample"),
     }
-    one_seed_per_chain = True
-    preview_size = 6
-    scores = ("likelihood", "original-likelihood")
-
-    distributions: ClassVar[dict[str, str]] = {
-        "generated_perplexity": "perplexity of the written sequences under the measuring model",
-    }
-    learning_curve_axes: ClassVar[tuple[str, str, str, str]] = (
-        "epoch",
-        "epoch",
-        "validation_loss",
-        "held-out loss (nats / token)",
+    capabilities = replace(NeuralDeclaration.capabilities, scores=("likelihood", "original-likelihood"))
+    presentation = Presentation(
+        preview_size=6,
+        learning_curve_axes=("epoch", "epoch", "validation_loss", "held-out loss (nats / token)"),
+        distributions={"generated_perplexity": "perplexity of the written sequences under the measuring model"},
     )
 
     @classmethod

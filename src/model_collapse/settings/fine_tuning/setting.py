@@ -116,7 +116,7 @@ def _pretrained_directory(config: FineTuningConfig, shared: Path | None) -> Path
     return pretrained_once(config.model.pretrain, shared)
 
 
-class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
+class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
     def __init__(self, config: FineTuningConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
@@ -238,7 +238,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig]):
         return np.array(
             [
                 self._data.tokenizer.decode(data.example(i), skip_special_tokens=True)
-                for i in range(min(len(data), self.preview_size))
+                for i in range(min(len(data), self.presentation.preview_size))
             ]
         )
 

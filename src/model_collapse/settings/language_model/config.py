@@ -3,12 +3,14 @@ PyTorch or transformers: ``table``, ``plot`` and config validation need only thi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from ..base import Declaration, Footprint, Metric, activations_on_host
+from ..base import Footprint, Metric, Presentation, activations_on_host
 from ..configs import SettingConfig, StrictConfig
+from ..neural import NeuralDeclaration
 from .corpus import BUNDLED
 from .models import PRESETS, positions
 
@@ -150,7 +152,7 @@ class LanguageModelConfig(SettingConfig):
         return self
 
 
-class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
+class LanguageModelDeclaration(NeuralDeclaration[LanguageModelConfig]):
     """The language-model setting's declaration; ``setting.LanguageModel`` inherits it."""
 
     name = "language-model"
@@ -166,9 +168,8 @@ class LanguageModelDeclaration(Declaration[LanguageModelConfig]):
         "mean_length": Metric("mean length of sampled stories (tokens)"),
         "repeated_4grams": Metric("share of 4-grams repeated within a story"),
     }
-    one_seed_per_chain = True
-    preview_size = 8
-    scores = ("likelihood",)
+    capabilities = replace(NeuralDeclaration.capabilities, scores=("likelihood",))
+    presentation = Presentation(preview_size=8)
 
     @classmethod
     def footprint(cls, config: LanguageModelConfig) -> Footprint:

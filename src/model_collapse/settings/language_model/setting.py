@@ -64,7 +64,7 @@ def _load_shard(scratch: Path | None, index: int, stories: int) -> TokenCorpus |
     return shard if len(shard) == stories and int(shard.offsets[-1]) == len(shard.tokens) else None
 
 
-class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig]):
+class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig, TokenCorpus]):
     def __init__(self, config: LanguageModelConfig, seeds: Sequence[int]):
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
@@ -116,7 +116,9 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig]):
         return self._encode([self._reserve[i] for i in np.sort(rng.choice(len(self._reserve), size, replace=False))])
 
     def preview(self, data: TokenCorpus) -> np.ndarray:
-        return np.array([self.tokenizer.decode(data.document(i)) for i in range(min(len(data), self.preview_size))])
+        return np.array(
+            [self.tokenizer.decode(data.document(i)) for i in range(min(len(data), self.presentation.preview_size))]
+        )
 
     # -- model ------------------------------------------------------------------------------------
     def fit(
