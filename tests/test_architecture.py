@@ -21,7 +21,7 @@ FLOORS = {
     "threads": 0, "runmarker": 0, "deprecation": 0,
     "executors": 0,  # the registry alone: executors live on floor 6
     # the protocol, the settings and the regimes: what a chain is made of
-    "settings": 1, "settings.": 1, "regimes": 1, "curation": 1, "contract": 1,
+    "settings": 1, "settings.": 1, "regimes": 1, "regimes.": 1, "curation": 1, "contract": 1,
     # what an experiment is; closed forms
     "experiment": 2, "theory": 2, "reference": 2,
     # reading configs, the run directory, the memory estimate

@@ -388,7 +388,7 @@ def test_a_damaged_shared_first_iteration_is_computed_again(tmp_path):
 def _definition(regime, iteration, T):
     """(train size, real fraction) of ``regime`` at ``iteration`` >= 2 by its definition in the README's
     regime table, an empty part simply absent (written out here, not asked of the regime)."""
-    p = regime.value
+    p = next((getattr(regime, name) for name in regime.parameters()), None)
     if regime.name == "replace":
         return T, 0.0
     if regime.name == "accumulate":

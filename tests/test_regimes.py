@@ -123,7 +123,7 @@ def test_keep_real_fraction_keeps_a_fresh_subset_of_the_original_real_data(fract
 
 
 def test_keep_real_fraction_default_is_shumailovs_ten_percent():
-    assert parse_regime("keep-real-fraction").value == 0.1
+    assert parse_regime("keep-real-fraction").fraction == 0.1
     assert parse_regime("keep-real-fraction").label == "keep-real-fraction:0.1"
 
 
@@ -207,8 +207,9 @@ def test_regime_labels_record_parameters_exactly():
         if name != "mix":
             value = min(value, 1.0)
         regime = parse_regime(f"{name}:{value!r}")
-        assert regime.value == value
-        assert parse_regime(regime.label).value == value
+        (parameter,) = regime.parameters()
+        assert getattr(regime, parameter) == value
+        assert getattr(parse_regime(regime.label), parameter) == value
         assert parse_regime(regime.label).label == regime.label
 
     check()
@@ -269,3 +270,44 @@ def test_a_mapping_with_lists_is_the_grid_of_their_values():
     assert [r.label for r in with_zeros] == ["real-synthetic:0+7", "real-synthetic:5+0", "real-synthetic:5+7"]
     with pytest.raises(ValueError, match="ratio lists no value"):
         parse_regimes({"name": "mix", "ratio": []})
+
+
+def test_a_regime_is_a_frozen_dataclass_whose_fields_are_its_parameters_checked_in_one_place():
+    """A researcher's regime declares its parameters as fields; making it checks them, its label writes
+    them, and the grammar reads them back."""
+    import dataclasses
+
+    from model_collapse.regimes import Regime, Selection, parameter
+
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class HalfAndHalf(Regime):
+        """share of the newest batch, capped at a count"""
+
+        name = "half-and-half"
+        share: float = parameter(0.5, high=1.0)
+        cap: int = parameter(100, low=1, whole=True)
+
+        def _plan(self, sizes, iteration, seed_count, rng):
+            return [Selection((REAL,)), Selection((synthetic_source(iteration),))]
+
+    regime = HalfAndHalf(0.25, 7)
+    assert regime.label == "half-and-half:0.25+7" and regime.parameters() == ("share", "cap")
+    assert HalfAndHalf.defaults() == {"share": 0.5, "cap": 100}
+    assert regime == HalfAndHalf.from_values([0.25, 7]) and hash(regime) == hash(HalfAndHalf(0.25, 7.0))
+    assert isinstance(HalfAndHalf(0.25, 7.0).cap, int)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        regime.share = 0.5  # type: ignore[misc]
+    for values, problem in [
+        ((1.5, 7), "share must lie in [0, 1], got 1.5"),
+        ((0.5, 0), "cap must be a whole number of samples >= 1, got 0"),
+        ((0.5, 2.5), "cap must be a whole number of samples >= 1, got 2.5"),
+        ((float("nan"), 7), "share must be a finite number"),
+        (("half", 7), "share must be a number, got 'half'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(f"regime 'half-and-half': {problem}")):
+            HalfAndHalf(*values)
+
+
+def test_only_the_real_synthetic_grid_places_chains_in_the_value_of_synthetic_data_figure():
+    assert parse_regime("real-synthetic:256+2500").grid_counts == (256, 2500)
+    assert all(parse_regime(EXAMPLES[name]).grid_counts is None for name in REGIMES if name != "real-synthetic")

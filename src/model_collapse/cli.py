@@ -355,7 +355,8 @@ def _listing() -> tuple[list[dict], list[dict]]:
         entry["curation_scores"] = list(offered_scores(cls))
     regimes = []
     for name, regime in REGIMES.items():
-        parameter = f"{regime.parameter}={regime.default}" if regime.parameter else ", ".join(regime.parameters())
+        defaults = regime.defaults()
+        parameter = ", ".join(f"{p}={defaults[p]}" if p in defaults else p for p in regime.parameters())
         regimes.append({"regime": name, "parameters": parameter, "trains_on": (regime.__doc__ or "").strip()})
     return settings, regimes
 

@@ -35,7 +35,6 @@ from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator, NullLocator 
 
 from . import theory  # noqa: E402
 from .atomic import write_file_atomic, write_text_atomic
-from .regimes import RealSynthetic  # noqa: E402
 from .results import SEEDS_FOR_A_BAND, ChainResult, band_text, confidence_interval, load_run, merge_seeds  # noqa: E402
 from .rundir import inside  # noqa: E402
 from .settings import SETTINGS, Presentation  # noqa: E402
@@ -416,7 +415,7 @@ def metric_figures(experiment, chain_results: list[ChainResult]):
     if len(layout.points) <= MAX_POINTS_BY_REGIME and len(layout.regimes) <= MAX_REGIMES_BY_REGIME:
         for metric, info in metrics.items():
             yield f"{metric}_by_regime", _by_regime_figure(layout, metric, info)
-    grid = [r for r in layout.results if isinstance(r.spec.regime, RealSynthetic)]
+    grid = [r for r in layout.results if r.spec.regime.grid_counts is not None]
     last = max((int(r.iterations.max()) for r in grid), default=0)
     grid = [r for r in grid if r.iterations.max() == last]  # (a run in progress: the chains that got there)
     if len({_counts(r)[0] for r in grid}) > 1:
@@ -466,10 +465,10 @@ def _by_regime_figure(layout: _Layout, metric: str, info):
 
 
 def _counts(result: ChainResult) -> tuple[int, int]:
-    """(real, synthetic) of a ``real-synthetic`` chain."""
-    regime = result.spec.regime
-    assert isinstance(regime, RealSynthetic)
-    return regime.real, regime.synthetic
+    """(real, synthetic) of a chain in the value-of-synthetic-data grid (``Regime.grid_counts``)."""
+    counts = result.spec.regime.grid_counts
+    assert counts is not None
+    return counts
 
 
 def _real_and_synthetic_figure(layout: _Layout, grid: list[ChainResult], metric: str, info):

@@ -1,4 +1,4 @@
-"""Data regimes: which data the model of iteration n is fitted on.
+"""The data regimes: which data the model of iteration n is fitted on.
 
 A regime never touches data. It sees the *sizes* of the pool (which sources exist and how many rows
 each has) and answers with a ``TrainingPlan``: which rows of which sources make up the training set. The chain turns
@@ -11,15 +11,14 @@ of iteration n-1 for iteration n; iteration 1 always fits on the real data alone
 
 from __future__ import annotations
 
-import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Source(NamedTuple):
@@ -104,26 +103,43 @@ def _exact(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
+def parameter(default: float | None = None, *, low: float = 0.0, high: float | None = None, whole: bool = False) -> Any:
+    """A regime's parameter: a dataclass field that ``Regime`` checks when the regime is made, to be a
+    finite number within [``low``, ``high``] (no upper bound: None), a whole one if ``whole``."""
+    limits = {"low": low, "high": high, "whole": whole}
+    if default is None:
+        return field(metadata=limits)
+    return field(default=default, metadata=limits)
+
+
+@dataclass(frozen=True, repr=False)
 class Regime(ABC):
-    """A data policy. Subclasses set ``name`` and implement ``_plan`` for iterations n >= 2."""
+    """A data policy: a frozen dataclass whose fields, made with ``parameter``, are its parameters (in
+    the order its label writes them). Subclasses set ``name`` and implement ``_plan`` for n >= 2."""
 
     name: ClassVar[str]
-    parameter: ClassVar[str | None] = None  # the name of the one optional parameter, if any
-    default: ClassVar[float | None] = None
     # True when the plan of iteration n can use synthetic batches older than S_n, so they must be kept.
     keeps_history: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            object.__setattr__(self, spec.name, _checked(self.name, spec, getattr(self, spec.name)))
 
     @classmethod
     def parameters(cls) -> tuple[str, ...]:
         """The names of the regime's parameters, in the order its label writes them."""
-        return (cls.parameter,) if cls.parameter else ()
+        return tuple(spec.name for spec in fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict[str, float]:
+        """The parameters that have a default, with it."""
+        return {spec.name: spec.default for spec in fields(cls) if spec.default is not MISSING}
 
     @classmethod
     def from_values(cls, values: list[float]) -> Regime:
-        """The regime with these parameter values (in ``parameters()`` order; none: the default of a
-        regime that has one)."""
-        expected = len(cls.parameters())
-        if len(values) > expected or (len(values) < expected and cls.default is None):
+        """The regime with these parameter values (in ``parameters()`` order; those left out take their
+        defaults)."""
+        if not len(cls.parameters()) - len(cls.defaults()) <= len(values) <= len(cls.parameters()):
             raise ValueError(f"regime {cls.name!r} takes {_parameter_count(cls)}, got {len(values)}")
         return cls(*values)
 
@@ -132,36 +148,21 @@ class Regime(ABC):
         """Whether these parameter values leave no training set (a grid of values leaves them out)."""
         return False
 
-    def __init__(self, value: float | None = None):
-        if self.parameter is None:
-            if value is not None:
-                raise ValueError(f"regime {self.name!r} takes no parameter")
-            self.value = None
-        else:
-            chosen = self.default if value is None else value
-            assert chosen is not None, f"regime {self.name!r} has a parameter without a default"
-            self.value = float(chosen)
-            if not np.isfinite(self.value):
-                raise ValueError(f"regime {self.name!r}: {self.parameter} must be a finite number, got {value}")
-            self._check(self.value)
-
-    def _check(self, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"regime {self.name!r}: {self.parameter} must lie in [0, 1], got {value}")
-
     @property
     def label(self) -> str:
-        """The name as written in configs and tables, parameter included: ``keep-real-fraction:0.1``."""
-        return self.name if self.value is None else f"{self.name}:{_exact(self.value)}"
+        """The name as written in configs and tables, parameters included: ``keep-real-fraction:0.1``,
+        ``real-synthetic:256+2500``."""
+        values = [_exact(getattr(self, name)) for name in self.parameters()]
+        return f"{self.name}:{'+'.join(values)}" if values else self.name
+
+    @property
+    def grid_counts(self) -> tuple[int, int] | None:
+        """(real, synthetic) sample counts that place this regime's chains in the follow-up's
+        value-of-synthetic-data figure (``plots.py``); None for a regime that is no point of that grid."""
+        return None
 
     def __repr__(self) -> str:
         return f"<regime {self.label}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Regime) and other.label == self.label
-
-    def __hash__(self) -> int:
-        return hash(self.label)
 
     def synthetic_size(self, iteration: int, real_size: int) -> int:
         """How many samples to draw from the model of iteration n-1 for iteration n >= 2."""
@@ -209,6 +210,28 @@ class Regime(ABC):
     ) -> list[Selection]: ...
 
 
+def _checked(regime: str, spec: Field, value: Any) -> float:
+    """A parameter's value, checked against its limits (``parameter``): a float, or an int if whole."""
+    low, high, whole = spec.metadata["low"], spec.metadata["high"], spec.metadata["whole"]
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"regime {regime!r}: {spec.name} must be a number, got {value!r}")
+    if whole:
+        if not (np.isfinite(value) and value >= low and float(value).is_integer()):
+            raise ValueError(
+                f"regime {regime!r}: {spec.name} must be a whole number of samples >= {low:g}, got {value}"
+            )
+        return int(value)
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"regime {regime!r}: {spec.name} must be a finite number, got {value}")
+    if high is None and not value >= low:
+        raise ValueError(f"regime {regime!r}: {spec.name} must be >= {low:g}, got {value}")
+    if high is not None and not low <= value <= high:
+        raise ValueError(f"regime {regime!r}: {spec.name} must lie in [{low:g}, {high:g}], got {value}")
+    return value
+
+
+@dataclass(frozen=True, repr=False)
 class Replace(Regime):
     """S_n only: each model sees nothing but the previous model's T samples."""
 
@@ -218,6 +241,7 @@ class Replace(Regime):
         return [Selection((synthetic_source(iteration),))]
 
 
+@dataclass(frozen=True, repr=False)
 class Accumulate(Regime):
     """The real data plus every synthetic batch so far: n*T rows, real fraction 1/n."""
 
@@ -228,6 +252,7 @@ class Accumulate(Regime):
         return [Selection((REAL, *(synthetic_source(i) for i in range(2, iteration + 1))))]
 
 
+@dataclass(frozen=True, repr=False)
 class AccumulateSubsample(Regime):
     """A uniform T-subset (per seed, without replacement) of the accumulated pool: fixed compute."""
 
@@ -240,6 +265,7 @@ class AccumulateSubsample(Regime):
         return [Selection(sources, uniform_rows(rng, population, sizes[REAL], seed_count))]
 
 
+@dataclass(frozen=True, repr=False)
 class ReplaceGrown(Regime):
     """n*T fresh synthetic samples from the model of iteration n-1 (the paper's ablation)."""
 
@@ -256,56 +282,53 @@ def _share(fraction: float, real_size: int) -> int:
     return int(round(fraction * real_size))
 
 
+@dataclass(frozen=True, repr=False)
 class KeepRealFraction(Regime):
     """T samples: a fresh uniform subset of round(p*T) original real rows, the rest synthetic (Shumailov et al.)."""
 
     name = "keep-real-fraction"
-    parameter = "fraction"
-    default = 0.1
+    fraction: float = parameter(0.1, high=1.0)
 
     def synthetic_size(self, iteration, real_size):
-        return real_size - _share(self.value, real_size)
+        return real_size - _share(self.fraction, real_size)
 
     def _plan(self, sizes, iteration, seed_count, rng):
-        kept = uniform_rows(rng, sizes[REAL], _share(self.value, sizes[REAL]), seed_count)
+        kept = uniform_rows(rng, sizes[REAL], _share(self.fraction, sizes[REAL]), seed_count)
         return [Selection((REAL,), kept), Selection((synthetic_source(iteration),))]
 
 
+@dataclass(frozen=True, repr=False)
 class FreshReal(Regime):
     """T samples: round(p*T) never-seen real samples plus synthetic ones (Alemohammad et al.'s fresh-data loop)."""
 
     name = "fresh-real"
-    parameter = "fraction"
-    default = 0.5
+    fraction: float = parameter(0.5, high=1.0)
 
     def fresh_real_size(self, iteration, real_size):
-        return _share(self.value, real_size)
+        return _share(self.fraction, real_size)
 
     def synthetic_size(self, iteration, real_size):
-        return real_size - _share(self.value, real_size)
+        return real_size - _share(self.fraction, real_size)
 
     def _plan(self, sizes, iteration, seed_count, rng):
         return [Selection((fresh_real_source(iteration),)), Selection((synthetic_source(iteration),))]
 
 
+@dataclass(frozen=True, repr=False)
 class Mix(Regime):
     """All real data plus round(lambda*T) synthetic samples from the previous model (Bertrand et al.)."""
 
     name = "mix"
-    parameter = "ratio"
-    default = 0.5
-
-    def _check(self, value):
-        if not value >= 0.0:
-            raise ValueError(f"regime 'mix': ratio must be >= 0, got {value}")
+    ratio: float = parameter(0.5)
 
     def synthetic_size(self, iteration, real_size):
-        return _share(self.value, real_size)
+        return _share(self.ratio, real_size)
 
     def _plan(self, sizes, iteration, seed_count, rng):
         return [Selection((REAL,)), Selection((synthetic_source(iteration),))]
 
 
+@dataclass(frozen=True, repr=False)
 class RealSynthetic(Regime):
     """The first r real rows plus s synthetic samples from the previous model (the follow-up's grid)."""
 
@@ -313,29 +336,21 @@ class RealSynthetic(Regime):
     # a fixed real set plus a fresh synthetic batch is Alemohammad et al.'s synthetic augmentation loop.
 
     name = "real-synthetic"
+    real: int = parameter(whole=True)
+    synthetic: int = parameter(whole=True)
 
-    @classmethod
-    def parameters(cls) -> tuple[str, ...]:
-        return ("real", "synthetic")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.real + self.synthetic == 0:
+            raise ValueError(f"regime {self.name!r}: real and synthetic are both 0, which leaves nothing to train on")
 
     @classmethod
     def trains_on_nothing(cls, values: list[float]) -> bool:
         return len(values) == 2 and values[0] == values[1] == 0
 
-    def __init__(self, real: float, synthetic: float):  # (not Regime's: that one checks one parameter)
-        counts = []
-        for what, value in (("real", real), ("synthetic", synthetic)):
-            if not (np.isfinite(value) and value >= 0 and float(value).is_integer()):
-                raise ValueError(f"regime {self.name!r}: {what} must be a whole number of samples >= 0, got {value}")
-            counts.append(int(value))
-        self.real, self.synthetic = counts
-        if self.real + self.synthetic == 0:
-            raise ValueError(f"regime {self.name!r}: real and synthetic are both 0, which leaves nothing to train on")
-        self.value = None
-
     @property
-    def label(self) -> str:
-        return f"{self.name}:{self.real}+{self.synthetic}"
+    def grid_counts(self) -> tuple[int, int]:
+        return self.real, self.synthetic
 
     def synthetic_size(self, iteration, real_size):
         return self.synthetic
@@ -370,68 +385,3 @@ REGIMES: dict[str, type[Regime]] = {
     cls.name: cls
     for cls in (Replace, Accumulate, AccumulateSubsample, ReplaceGrown, KeepRealFraction, FreshReal, Mix, RealSynthetic)
 }
-
-
-def parse_regime(spec: Any) -> Regime:
-    """A regime from a config entry: ``"accumulate"``, ``"mix:0.25"``, ``"real-synthetic:256+2500"`` or a
-    mapping, ``{name: mix, ratio: 0.25}``."""
-    (regime,) = _parse(spec, expand=False)
-    return regime
-
-
-def parse_regimes(spec: Any) -> list[Regime]:
-    """The regimes of one config entry: as ``parse_regime``, but a mapping's parameter may be a list, and
-    the entry stands for every combination of the values listed: ``{name: real-synthetic, real: [256,
-    2500], synthetic: [0, 256]}`` is four regimes (a grid, in the order of the lists, the last fastest;
-    a cell that trains on nothing, real = synthetic = 0, is left out)."""
-    return _parse(spec, expand=True)
-
-
-def _parse(spec: Any, expand: bool) -> list[Regime]:
-    if isinstance(spec, Regime):
-        return [spec]
-    if isinstance(spec, str):
-        name, _, text = spec.strip().partition(":")
-        several = name in REGIMES and len(REGIMES[name].parameters()) > 1  # "256+2500" (a "," would split a YAML list)
-        parts = text.split("+") if several else [text]
-        axes: list[list[Any]] = [[part.strip()] for part in parts] if text.strip() else []
-    elif isinstance(spec, Mapping):
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"a regime given as a mapping needs a 'name', got {spec!r}")
-        names = REGIMES[name].parameters() if name in REGIMES else ()
-        missing = [p for p in names if p not in spec]
-        if missing and REGIMES[name].default is None:  # (as from_values: only a default stands in)
-            raise ValueError(f"regime {name!r}: {missing[0]} is missing")
-        axes = [_values(name, p, spec.pop(p), expand) for p in names if p in spec]
-        if spec:
-            raise ValueError(f"regime {name!r}: unknown field(s) {', '.join(map(str, spec))}")
-    else:
-        raise ValueError(f"a regime must be a name or a mapping, got {spec!r}")
-    if name not in REGIMES:
-        raise ValueError(f"unknown regime {name!r} (known: {', '.join(REGIMES)})")
-    cls = REGIMES[name]
-    combinations = [[_number(name, v) for v in values] for values in itertools.product(*axes)]
-    if len(combinations) > 1:  # a grid leaves out its cell that trains on nothing (real = synthetic = 0)
-        combinations = [values for values in combinations if not cls.trains_on_nothing(values)]
-    return [cls.from_values(values) for values in combinations]
-
-
-def _values(name: str, parameter: str, value: Any, expand: bool) -> list[Any]:
-    if not isinstance(value, list):
-        return [value]
-    if not expand:
-        raise ValueError(f"regime {name!r}: {parameter} must be one number, got a list")
-    if not value:
-        raise ValueError(f"regime {name!r}: {parameter} lists no value")
-    return value
-
-
-def _number(name: str, value: Any) -> float:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"regime {name!r}: parameter must be a number, got {value!r}") from None
