@@ -25,7 +25,7 @@ FLOORS = {
     # what an experiment is; closed forms
     "experiment": 2, "theory": 2, "reference": 2,
     # reading configs, the run directory, the memory estimate
-    "config": 3, "rundir": 3, "memory": 3,
+    "config": 3, "rundir": 3, "rundir.": 3, "memory": 3,
     # the chain; reading runs back
     "chain": 4, "results": 4, "status": 4,
     # one chain wherever it runs; the conformance suite

@@ -439,3 +439,31 @@ def test_every_regime_runs_over_its_whole_parameter_range_and_small_sizes():
             assert all(np.isfinite(values).all() for values in record.metrics.values())
 
     check()
+
+
+def test_a_chain_spec_is_a_plain_value_that_asks_no_registry(monkeypatch):
+    """What a Ray or Slurm worker is shipped: its names, directory and metrics need no setting registry."""
+    import pickle
+
+    from helpers import tiny_vae
+    from model_collapse.config import build_experiment
+    from model_collapse.settings.registry import Registry
+
+    config = {
+        "setting": {**tiny_vae(), "curation": {"candidates": 2, "score": "confidence"}},
+        "regimes": ["replace"],
+        "iterations": 2,
+        "seeds": 2,
+    }
+    specs = build_experiment(config).chains()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a chain spec asked the setting registry")
+
+    monkeypatch.setattr(Registry, "declared", refuse)
+    monkeypatch.setattr(Registry, "resolve", refuse)
+    for seed, spec in enumerate(specs):
+        copy = pickle.loads(pickle.dumps(spec))
+        assert copy == spec and copy.label == f"base / replace / seed {seed}"
+        assert copy.relative_directory.parts[-1] == f"seed-{seed}"
+        assert {"test_loss", "inception_fid", "acceptance_rate"} & set(copy.metrics) == {"test_loss", "acceptance_rate"}

@@ -234,7 +234,7 @@ def test_a_second_process_on_a_running_run_gets_one_line_naming_the_holder(tmp_p
 
 
 def test_a_crash_while_creating_the_run_directory_leaves_nothing(tmp_path, monkeypatch):
-    from model_collapse import rundir
+    from model_collapse.rundir import run as rundir
 
     def crash(path, value, compact=False):
         raise KeyboardInterrupt  # as if the process died between config.yaml and run.json

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from .curation import check_curation
 from .errors import ConfigError
-from .experiment import ChainSpec, Experiment, RunConfig
+from .experiment import Experiment, RunConfig, point_name
 from .regimes import Regime, parse_regimes
 from .settings import SETTINGS, SettingConfig
 from .settings.configs import field_of
@@ -249,7 +249,7 @@ def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Exper
             checked.append(point.curation)
     names: dict[str, SettingConfig] = {}
     for point in points:  # distinct values whose directory names would coincide (after cutting long ones)
-        name = ChainSpec(point, varying, regimes[0], (0,)).point_name
+        name = point_name(point, varying)
         if names.setdefault(name, point) is not point:
             raise ConfigError(
                 f"setting: the sweep points {names[name]} and {point} would share the directory chains/{name}"

@@ -1,6 +1,6 @@
 """What an experiment is, once its config is read: the run's options (``RunConfig``), its chains
 (``ChainSpec``: a sweep point, a regime, seeds) and the whole (``Experiment``). ``config.py`` builds
-these from YAML; the run directory (``rundir.py``), the chain runner and the readers take them.
+these from YAML; the run directory (``rundir/``), the chain runner and the readers take them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,12 +134,17 @@ _EVERY_REGIME = "iteration 1 of every regime"
 
 @dataclass(frozen=True)
 class ChainSpec:
-    """One chain of a run: a sweep point, a regime and its seeds (all of them, or one)."""
+    """One chain of a run: a sweep point, a regime and its seeds (all of them, or one), with what its
+    setting declares that the chain's records and names need. A plain value: it asks no registry, so it
+    travels to a Ray or Slurm worker as it is."""
 
     point: SettingConfig
     varying: tuple[str, ...]  # the (dotted) setting keys the sweep varies (they name the chain's directory)
     regime: Regime
     seeds: tuple[int, ...]
+    one_seed_per_chain: bool  # the setting's capability: a chain per seed, named by it
+    # what the chain records every iteration: its setting's metrics, and curation's if it curates
+    metrics: Mapping[str, Metric] = field(compare=False)
     # The first iteration alone, which every regime of this point and these seeds shares (it fits the
     # real data alone, on streams keyed without the regime): computed once into RUN/first-iterations/
     # and adopted by the chains (``runner``).
@@ -152,8 +157,7 @@ class ChainSpec:
 
     @property
     def point_name(self) -> str:
-        values = self.point.model_dump(mode="json")
-        return safe_name("_".join(f"{key}-{_token(dotted_value(values, key))}" for key in self.varying)) or "base"
+        return point_name(self.point, self.varying)
 
     @property
     def point_title(self) -> str:
@@ -165,17 +169,13 @@ class ChainSpec:
     @property
     def title(self) -> str:
         """The chain in the paper's words (``T = 32 / replace``, ``replace / seed 0``): reports, trackers."""
-        seed = f"seed {self.seeds[0]}" if self._one_seed_per_chain else ""
+        seed = f"seed {self.seeds[0]}" if self.one_seed_per_chain else ""
         return " / ".join(part for part in (self.point_title, self.regime.label, seed) if part)
 
     @property
     def label(self) -> str:
-        seeds = f" / seed {self.seeds[0]}" if self._one_seed_per_chain else ""
+        seeds = f" / seed {self.seeds[0]}" if self.one_seed_per_chain else ""
         return f"{self.point_name} / {self._regime_text}{seeds}"
-
-    @property
-    def _one_seed_per_chain(self) -> bool:
-        return SETTINGS.declared(self.point.name).capabilities_of(self.point).one_seed_per_chain
 
     @property
     def _regime_text(self) -> str:
@@ -187,14 +187,9 @@ class ChainSpec:
             path = Path(FIRST_ITERATIONS) / self.point_name
         else:
             path = Path("chains") / self.point_name / self.regime.label.replace(":", "-")
-        if self._one_seed_per_chain:
+        if self.one_seed_per_chain:
             path = path / f"seed-{self.seeds[0]}"
         return path
-
-    @property
-    def metrics(self) -> dict[str, Metric]:
-        """What the chain records every iteration: its setting's metrics, and curation's if it curates."""
-        return metrics_for(SETTINGS.declared(self.point.name), self.point)
 
     def description(self) -> dict[str, Any]:
         return {"setting": self.point.model_dump(mode="json"), "regime": self._regime_text, "seeds": list(self.seeds)}
@@ -203,6 +198,13 @@ class ChainSpec:
         """The description of a chain whose setting holds every default: a chain started before its
         setting gained a field is still this chain if the field holds its default (``rundir.ChainStore``)."""
         return {"setting": type(self.point).model_construct().model_dump(mode="json")}  # type: ignore[call-arg]
+
+
+def point_name(point: SettingConfig, varying: tuple[str, ...]) -> str:
+    """The directory name of a sweep point: the values of the keys the sweep varies (``base`` without a
+    sweep), made safe."""
+    values = point.model_dump(mode="json")
+    return safe_name("_".join(f"{key}-{_token(dotted_value(values, key))}" for key in varying)) or "base"
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
@@ -269,8 +271,9 @@ class Experiment:
         seeds = tuple(range(self.config.seeds))
         one_each = self.capabilities.one_seed_per_chain
         seed_groups: Sequence[tuple[int, ...]] = [(s,) for s in seeds] if one_each else [seeds]
+        declared = SETTINGS.declared(self.setting_name)
         specs = [
-            ChainSpec(point, self.varying, regime, group)
+            ChainSpec(point, self.varying, regime, group, one_each, metrics_for(declared, point))
             for point in self.points
             for regime in self.regimes
             for group in seed_groups

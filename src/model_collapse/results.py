@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 from dataclasses import dataclass
@@ -113,9 +114,7 @@ def merge_seeds(results: list[ChainResult]) -> list[ChainResult]:
             continue
         n = min(len(r.iterations) for r in group)
         first = group[0]
-        spec = ChainSpec(
-            first.spec.point, first.spec.varying, first.spec.regime, tuple(s for r in group for s in r.spec.seeds)
-        )
+        spec = dataclasses.replace(first.spec, seeds=tuple(s for r in group for s in r.spec.seeds))
         merged.append(
             ChainResult(
                 spec,

@@ -1,6 +1,6 @@
 """What makes a directory a run directory: its marker file, ``run.json``, of our format.
 
-Kept apart from ``rundir.py`` so that the lowest floors can ask it: the setting registry refuses to
+Kept apart from ``rundir/`` so that the lowest floors can ask it: the setting registry refuses to
 import a module that lies inside a run directory (a run directory never holds code model-collapse runs).
 """
 

@@ -1,59 +1,15 @@
-"""The run directory: the single record of a run.
-
-    RUN/run.json                      marker: format, version, tool version, creation time, environment
-                                      (the tool's commit, libraries, machine: provenance.py)
-    RUN/config.yaml                   the resolved config (overrides applied)
-    RUN/run.lock                      locked (flock) by the one process running or resuming the run
-    RUN/chains/<point>/<regime>/      one directory per chain
-        chain.json                    what the chain is: setting fields, regime, seeds
-        real_preview.npy              a few real samples beside which figures show the synthetic ones
-        progress.json                 {"completed": n}: the last iteration that is fully on disk
-        iter_0001-0042/               a commit of several iterations (cheap settings commit in groups)
-            metrics.npz               their records: train size, real fraction and metrics per seed
-                                      (metrics.json, one record, in run formats 1 and 2)
-            model/                    the model of the commit's last iteration, when kept (``checkpoints``)
-            preview_0001.npy …        samples of each iteration's model, for a cheap setting with previews
-        iter_0043/                    a commit of one iteration, holding the same and, for that iteration:
-            synthetic/                its synthetic batch, kept when the regime needs its history
-            preview.npy               samples of its model: images (uint8 N,H,W,C) or texts
-            diagnostics.json          details of the fit a setting keeps (a language model's learning curve)
-        iter_0044.scratch/            the running iteration's own progress (a language model's finished
-                                      sampling shards, its last saved training step): kept across an
-                                      interruption, removed at commit
-    RUN/first-iterations/<point>/     while a run of a costly setting is under way: the first iteration
-                                      of each sweep point (and seed), computed once and committed as it
-                                      is into every regime's chain (it fits the real data alone, so it
-                                      is the same in every regime); removed once the run is complete
-    RUN/damaged/<UTC time>/chains/…   commits ``resume --recompute-damaged`` set aside (a damaged one
-                                      and those after it), as they were
-    RUN/shared/                       what a setting makes once per run for all its chains (a model
-                                      the fine-tuning setting pretrains): ``Setting.shared``
-    RUN/figures/                      written by `model-collapse plot`
-    RUN/logs/<UTC time>-<chain>.txt   the full traceback of a chain that stopped on an unexpected error
-                                      (the command prints one line naming this file)
-
-Every file is written to a temporary name, flushed to disk and renamed into place (``atomic.py``); a commit is
-assembled in ``iter_....partial`` and renamed as a whole, and only then does progress.json move on.
-A crash at any point therefore leaves either the old state or the new one, never a half-written one.
-A commit's directory is committed the moment it appears, so nothing ever deletes one: progress.json
-is a record kept in step with them, rebuilt from them when it lags behind (a crash between the rename
-and its update, or a file rolled back), and a gap in the iterations is refused rather than repaired.
-The run directory itself is assembled beside its final name and renamed into place, so a crash while
-creating it leaves no half-made run.
+"""One chain's directory (``ChainStore``): its commits, written whole and never deleted; its progress,
+rebuilt from the commits when it lags; what a commit keeps (models, synthetic batches, previews,
+diagnostics); and the repair of a damaged chain (damaged commits set aside, a gap refused).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import socket
-import sys
-import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,250 +17,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
-from . import distributed
-from ._version import __version__
-from .arrayio import load_array, load_arrays
-from .atomic import (
+from .. import distributed
+from ..arrayio import load_array, load_arrays
+from ..atomic import (
     fsync_directory,
-    honour_umask,
     write_directory_atomic,
     write_file_atomic,
     write_json,
     write_text_atomic,
 )
-from .errors import RunDirectoryError
-from .provenance import environment
-from .runmarker import FORMAT, MARKER
-from .yaml_text import YamlProblem, load_yaml
+from ..errors import RunDirectoryError
+from .records import RECORD_ARRAYS, RECORDS, IterationRecord, records_from_arrays, records_to_arrays
+from .run import LOGS, inside, read_json
 
 if TYPE_CHECKING:
-    from .experiment import ChainSpec
+    from ..experiment import ChainSpec
 
-# 3: commits of several iterations (``iter_0001-0042``, metrics.json a list); 2: config.yaml holds the
-# sweep under ``sweep:`` and sectioned settings; 1: sweeps as lists inside ``setting`` (see config.py).
-# Versions 1 and 2 are read as they are (a commit of one iteration each); resuming one marks it 3.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-CONFIG = "config.yaml"
-LOCK = "run.lock"
-SHARED = "shared"  # Setting.shared: what a setting makes once per run
-DAMAGED = "damaged"  # resume --recompute-damaged: commits set aside, by time
-LOGS = "logs"  # the tracebacks of chains stopped by a bug, by time
 _COMMIT = re.compile(r"iter_(\d+)(?:-(\d+))?(\.partial|\.scratch)?")
 
 log = logging.getLogger(__name__)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirectoryError(f"missing file {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunDirectoryError(f"corrupted file {path}: {error}") from None
-    except OSError as error:
-        raise RunDirectoryError(f"cannot read {path}: {error.strerror}") from None
-
-
-# -- the run ---------------------------------------------------------------------------------------
-class RunLock:
-    """An exclusive lock on a run directory, held for the life of ``run`` or ``resume``.
-
-    ``flock`` on ``RUN/run.lock``: the kernel releases it when the holder exits, however it exits, so
-    a killed run never leaves a stale lock behind. The file names the holder for the error message."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as error:
-            raise RunDirectoryError(f"cannot open the lock file {self.path}: {error.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise RunDirectoryError(
-                f"{self.path.parent} is in use by {holder}; wait for it to end or stop it, then try again"
-            ) from None
-        name = f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:2])})\n".encode()
-        os.pwrite(fd, name, 0)  # written before trimmed, so that a contender reading it sees a whole name
-        os.ftruncate(fd, len(name))
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays, holding no meaning by itself
-            self._fd = None
-
-
-def run_in_use(directory: Path) -> str | None:
-    """Who holds the run's lock (a ``run`` or ``resume`` going on), or None when nobody does."""
-    try:
-        fd = os.open(directory / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken only while no run holds it exclusively
-    except BlockingIOError:
-        return os.read(fd, 512).decode("utf-8", "replace").strip() or "another process"
-    finally:
-        os.close(fd)
-    return None
-
-
-def lock_run(directory: Path) -> RunLock:
-    """Lock an existing run directory (see ``RunLock``)."""
-    return RunLock(directory / LOCK).acquire()
-
-
-def _check_out_path(directory: Path) -> None:
-    """Refuse an --out whose existing part is not a directory, before anything is written."""
-    for ancestor in [directory, *directory.parents]:
-        if ancestor.exists() or ancestor.is_symlink():
-            if not ancestor.is_dir():
-                raise RunDirectoryError(f"cannot create the run directory {directory}: {ancestor} is not a directory")
-            return
-
-
-def create_run(directory: Path, config: Mapping[str, Any], setting: Mapping[str, Any] | None = None) -> RunLock:
-    """Start a run directory and return its lock, held; refuses one that already holds anything.
-    ``setting``: where the setting's code came from (its origin and version), recorded in run.json.
-
-    The directory is assembled beside its final name (config, marker, lock) and renamed into place in
-    one step, so a crash leaves either no run or a whole one, and of two processes starting the same
-    directory at once exactly one succeeds (rename refuses a non-empty target)."""
-    _check_out_path(directory)
-    if directory.exists():
-        if (directory / MARKER).exists():
-            raise RunDirectoryError(
-                f"{directory} already holds a run: continue it with `model-collapse resume {directory}` "
-                "or choose another --out"
-            )
-        if any(directory.iterdir()):
-            raise RunDirectoryError(f"{directory} exists and is not an empty directory")
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.creating-"))
-    except OSError as error:
-        raise RunDirectoryError(f"cannot create the run directory {directory}: {error.strerror}") from None
-    lock = RunLock(staging / LOCK)
-    try:
-        honour_umask(staging, directory=True)
-        lock.acquire()  # the lock follows the file through the rename below
-        write_text_atomic(staging / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
-        write_json(
-            staging / MARKER,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "tool_version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "environment": environment(),
-                **({"setting": dict(setting)} if setting is not None else {}),
-            },
-        )
-        try:
-            os.rename(staging, directory)  # replaces an empty directory, refuses a non-empty one
-        except OSError as error:
-            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise RunDirectoryError(f"{directory} was started by another process at the same moment") from None
-            raise RunDirectoryError(f"cannot create the run directory {directory}: {error.strerror}") from None
-        lock.path = directory / LOCK
-        fsync_directory(directory.parent)
-    except BaseException:
-        lock.release()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return lock
-
-
-def inside(root: Path, relative: Path | str) -> Path:
-    """``root / relative``, refused unless it lies inside ``root`` once every link is resolved and
-    every existing part of it is a directory: no config value can make the run touch other files."""
-    parts = Path(relative).parts
-    path = root.joinpath(*parts)
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        raise RunDirectoryError(f"{path} lies outside the run directory {root}") from None
-    for depth in range(1, len(parts) + 1):
-        candidate = root.joinpath(*parts[:depth])
-        if candidate.exists() and not candidate.is_dir():
-            raise RunDirectoryError(f"corrupted run directory: {candidate} is not a directory")
-    return path
-
-
-def run_marker(directory: Path) -> dict[str, Any]:
-    """The marker of a run directory (checked by ``open_run``): format, creation time, environment."""
-    return read_json(directory / MARKER)
-
-
-def open_run(directory: Path) -> tuple[dict[str, Any], int]:
-    """The resolved config of an existing run directory and its format version, after checking that
-    it is one of ours."""
-    if not directory.is_dir():
-        raise RunDirectoryError(f"{directory} is not a directory")
-    marker_path = directory / MARKER
-    if not marker_path.exists():
-        raise RunDirectoryError(f"{directory} is not a model-collapse run directory (no {MARKER})")
-    marker = read_json(marker_path)
-    if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-        raise RunDirectoryError(f"{marker_path} is not a model-collapse run marker")
-    version = marker.get("format_version")
-    if version not in READABLE_VERSIONS:
-        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
-        raise RunDirectoryError(f"{directory} was written in run format {version}, this version reads {readable}")
-    try:
-        config = load_yaml((directory / CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirectoryError(f"missing file {directory / CONFIG}") from None
-    except UnicodeDecodeError:
-        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: not a text file (not UTF-8)") from None
-    except YamlProblem as problem:
-        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: {problem}") from None
-    if not isinstance(config, dict):
-        raise RunDirectoryError(f"corrupted file {directory / CONFIG}: not a mapping")
-    return config, version
-
-
-# -- one chain -------------------------------------------------------------------------------------
-@dataclass
-class IterationRecord:
-    iteration: int
-    train_size: int
-    real_fraction: np.ndarray  # (batch,)
-    metrics: dict[str, np.ndarray]  # name -> (batch,)
-    seconds: float = float("nan")  # wall-clock time of the iteration (sample, fit, evaluate); NaN: not recorded
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "iteration": self.iteration,
-            "train_size": self.train_size,
-            "real_fraction": self.real_fraction.tolist(),
-            "metrics": {name: np.asarray(values, dtype=float).tolist() for name, values in self.metrics.items()},
-        }
-
-    @classmethod
-    def from_json(cls, value: Any, path: Path, batch: int) -> IterationRecord:
-        try:
-            record = cls(
-                iteration=int(value["iteration"]),
-                train_size=int(value["train_size"]),
-                real_fraction=np.asarray(value["real_fraction"], dtype=float),
-                metrics={k: np.asarray(v, dtype=float) for k, v in value["metrics"].items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise RunDirectoryError(f"corrupted file {path}: {error!r}") from None
-        if any(a.shape != (batch,) for a in (record.real_fraction, *record.metrics.values())):
-            raise RunDirectoryError(f"corrupted file {path}: expected {batch} values per metric")
-        return record
 
 
 def _without_added(description: Any, found: Any, defaults: Any) -> Any:
@@ -742,7 +474,7 @@ class ChainStore:
         """The records of a commit, checked to be those of its iterations with ``seed_count`` seeds."""
         path = self._records_path(commit)
         if path.name == RECORDS:
-            records = records_from_arrays(load_arrays(path, _RECORD_ARRAYS), path, seed_count)
+            records = records_from_arrays(load_arrays(path, RECORD_ARRAYS), path, seed_count)
         else:
             records = [IterationRecord.from_json(read_json(path), path, seed_count)]
         found = [r.iteration for r in records]
@@ -750,11 +482,6 @@ class ChainStore:
             span = commit.first if commit.first == commit.last else f"{commit.first}-{commit.last}"
             raise RunDirectoryError(f"corrupted file {path}: it records iterations {found}, not {span}")
         return records
-
-
-RECORDS = "metrics.npz"
-_RECORD_ARRAYS = ("iteration", "train_size", "real_fraction")
-_METRIC = "metric."
 
 
 def _preview_name(first: int, last: int, iteration: int) -> str:
@@ -769,44 +496,3 @@ def _link_or_copy(source: str, destination: str) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copy2(source, destination)
-
-
-def records_to_arrays(records: list[IterationRecord]) -> dict[str, np.ndarray]:
-    """Consecutive records as arrays over (iterations,) and (iterations, seeds), one per metric."""
-    arrays = {
-        "iteration": np.array([r.iteration for r in records], dtype=np.int64),
-        "train_size": np.array([r.train_size for r in records], dtype=np.int64),
-        "real_fraction": np.stack([r.real_fraction for r in records]).astype(float),
-    }
-    arrays["seconds"] = np.array([r.seconds for r in records], dtype=float)
-    for name in records[0].metrics:
-        arrays[_METRIC + name] = np.stack([np.asarray(r.metrics[name], dtype=float) for r in records])
-    return arrays
-
-
-def records_from_arrays(arrays: dict[str, np.ndarray], path: Path, seed_count: int) -> list[IterationRecord]:
-    iteration, train_size, real_fraction = (arrays[name] for name in _RECORD_ARRAYS)
-    metrics = {name[len(_METRIC) :]: a for name, a in arrays.items() if name.startswith(_METRIC)}
-    count = iteration.shape[0] if iteration.ndim == 1 else -1
-    seconds = arrays.get("seconds", np.full(max(count, 0), np.nan))  # not kept before the report came
-    shapes_ok = (
-        count >= 1
-        and train_size.shape == (count,)
-        and all(a.shape == (count, seed_count) for a in (real_fraction, *metrics.values()))
-        and seconds.shape == (count,)
-        and all(a.dtype.kind in "iuf" for a in (iteration, train_size, real_fraction, seconds, *metrics.values()))
-    )
-    if not shapes_ok:
-        raise RunDirectoryError(
-            f"corrupted file {path}: expected records of {seed_count} values per metric for each iteration"
-        )
-    return [
-        IterationRecord(
-            int(iteration[i]),
-            int(train_size[i]),
-            real_fraction[i].astype(float),
-            {name: a[i].astype(float) for name, a in metrics.items()},
-            float(seconds[i]),
-        )
-        for i in range(count)
-    ]
