@@ -86,6 +86,48 @@ def test_a_setting_class_defined_in_the_script_runs_in_this_process_saying_so(wo
 RAW = {"setting": {"name": "discrete", "samples": 8}, "regimes": ["replace"], "iterations": 3, "seeds": 2}
 
 
+def test_the_api_takes_keywords_after_its_first_argument(tmp_path):
+    import model_collapse
+
+    with pytest.raises(TypeError, match="positional"):
+        model_collapse.run(RAW, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_hooks_hear_each_step_and_a_damaged_record_names_its_way_forward_in_python_too(tmp_path):
+    """The command line's messages and exit codes come through these hooks (``cli._CommandLine``); a
+    caller of the Python API may bring its own."""
+    import model_collapse
+    from model_collapse.api import Hooks
+    from model_collapse.errors import RunDirectoryError
+
+    class Recorder(Hooks):
+        def __init__(self):
+            self.steps, self.lines = [], []
+
+        def guard(self, action, resumable=None):
+            self.steps.append(resumable.command if resumable else None)
+            return action()
+
+        def say(self, line):
+            self.lines.append(line)
+
+    hooks = Recorder()
+    run = model_collapse.run(RAW, out=tmp_path / "run", workers=1, hooks=hooks)
+    assert hooks.steps[-1] == f"model-collapse resume {run.directory}" and None in hooks.steps
+    table = run.table()
+    (commit,) = (run.directory / "chains" / "base" / "replace").glob("iter_*")
+    (commit / "metrics.npz").write_bytes(b"not an archive")
+    with pytest.raises(RunDirectoryError, match=re.escape(f"resume {run.directory} --recompute-damaged` moves")):
+        model_collapse.resume(run.directory, workers=1)
+    hooks = Recorder()
+    assert model_collapse.resume(run.directory, workers=1, recompute_damaged=True, hooks=hooks).table().equals(table)
+    assert hooks.lines == [
+        f"base / replace: iterations 1-3 moved to {next((run.directory / 'damaged').iterdir())}"
+        f"/chains/base/replace, to be computed again"
+    ]
+
+
 @pytest.mark.parametrize(
     "arguments,message",
     [

@@ -24,17 +24,21 @@ prints. The command (``cli.py``) is a thin layer over these functions.
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigError, ModelCollapseError
 
 if TYPE_CHECKING:  # imported when called: `import model_collapse` stays light
+    import pandas
+
     from .experiment import ExecutorConfig, Experiment
+    from .status import RunStatus
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def _check_threads(threads: int | None, experiment: Experiment, options: Executo
         raise ConfigError(f"{given}: more threads per chain than the {cores} cores this process may use")
 
 
-def prepare(
+def _prepare(
     config: str | Path | Mapping[str, Any],
     overrides: Iterable[str] = (),
     workers: int | None = None,
@@ -144,7 +148,7 @@ def prepare(
     return Prepared(experiment, options)
 
 
-def default_directory(config: str | Path | Mapping[str, Any]) -> Path:
+def _default_directory(config: str | Path | Mapping[str, Any]) -> Path:
     """Where a run goes without ``out``: ``runs/<config file's name>``, or for a dict
     ``runs/<setting>-<time>``."""
     if isinstance(config, Mapping):
@@ -156,7 +160,7 @@ def default_directory(config: str | Path | Mapping[str, Any]) -> Path:
     return Path("runs") / Path(config).stem
 
 
-def resume_command(run_directory: Path, experiment: Any) -> str:
+def _resume_command(run_directory: Path, experiment: Any) -> str:
     """The command that finishes ``run_directory``: ``model-collapse resume RUN``, with ``--setting`` for
     a setting named by import path and ``--allow-import`` for each reward or verifier its curation
     names (a run directory alone never makes model-collapse import code)."""
@@ -183,23 +187,37 @@ class Resumable:
     command: str
 
 
-def _unguarded(action: Callable[[], Any], resumable: Resumable | None = None) -> Any:
-    return action()
+T = TypeVar("T")
 
 
-def run_locked(
+class Hooks:
+    """How the caller of ``run`` and ``resume`` hears of what happens. The Python API's (these defaults)
+    lets errors rise as they are and logs its notices; the command line's turns an error into one line
+    and an exit code, and prints notices as they are."""
+
+    def guard(self, action: Callable[[], T], resumable: Resumable | None = None) -> T:
+        """Run ``action``, a step of the run; ``resumable`` (while the chains run) says how to finish
+        the run should it stop."""
+        return action()
+
+    def say(self, line: str) -> None:
+        """A notice for the user (a damaged commit set aside)."""
+        logging.getLogger(__name__).warning(line)
+
+
+def _run_locked(
     directory: Path,
     take: Callable[[], Any],
     prepared: Prepared,
     workers: int | None,
     quiet: bool,
-    guard: Callable[..., Any] = _unguarded,
+    hooks: Hooks,
     threads: int | None = None,
 ) -> None:
     """Run (or finish) the chains of ``prepared`` in ``directory`` while holding its lock, taken by
     ``take`` (creating the run, or locking an existing one) on rank 0 alone under torchrun, with SIGTERM
-    stopping it as Ctrl-C does. ``guard(action, resumable)`` runs taking the lock and then the chains
-    (the command line's turns what stops them into one line naming the resume command)."""
+    stopping it as Ctrl-C does; the taking of the lock and then the chains each run under
+    ``hooks.guard``, the chains with the command that finishes the run."""
     from . import distributed
     from .runner import run_experiment
     from .signals import terminate_like_ctrl_c
@@ -219,11 +237,11 @@ def run_locked(
 
     with terminate_like_ctrl_c():
         distributed.start()
-        lock = guard(lock_on_rank_0)
-        guard(chains, Resumable(directory, resume_command(directory, prepared.experiment)))
+        lock = hooks.guard(lock_on_rank_0)
+        hooks.guard(chains, Resumable(directory, _resume_command(directory, prepared.experiment)))
 
 
-def setting_record(experiment: Any) -> dict[str, Any]:
+def _setting_record(experiment: Any) -> dict[str, Any]:
     """What run.json records of the setting: its name as the config gives it, and where its code is from."""
     from .settings import SETTINGS
 
@@ -232,15 +250,18 @@ def setting_record(experiment: Any) -> dict[str, Any]:
 
 def run(
     config: str | Path | Mapping[str, Any],
+    *,
     out: str | Path | None = None,
     overrides: Iterable[str] = (),
     workers: int | None = None,
     quiet: bool = True,
     executor: str | None = None,
     threads: int | None = None,
+    hooks: Hooks | None = None,
 ) -> Run:
     """Run every chain of ``config`` (a YAML file's path, or the same mapping as a dict) into the new run
-    directory ``out`` (default: ``default_directory``); returns the finished ``Run``.
+    directory ``out`` (default: ``runs/<config file's name>``, or ``runs/<setting>-<time>`` for a dict);
+    returns the finished ``Run``.
 
     In a dict, ``setting.name`` may be a setting class itself, which runs under its import path
     (``module:Class``; a class defined in a notebook or the script itself keeps the chains in this
@@ -249,15 +270,17 @@ def run(
     ``overrides`` are ``dotted.key=value`` strings, as on the command line; ``workers`` parallel local
     processes (default: the config's, else one per CPU); ``executor``: ``local``, ``ray`` or ``slurm``
     (default: the config's); ``threads``: each chain's thread budget, BLAS and PyTorch (default: the
-    config's, else the cores divided by the chains running at once). Ctrl-C or SIGTERM stops the chains
-    after committing what they computed; ``resume`` finishes the run."""
+    config's, else the cores divided by the chains running at once); ``hooks``: how errors and notices
+    reach the caller (``Hooks``; the default raises and logs). Ctrl-C or SIGTERM stops the chains after
+    committing what they computed; ``resume`` finishes the run."""
     from .rundir import create_run
 
-    prepared = prepare(config, overrides, workers, executor, threads)
-    directory = _directory("out", out) or default_directory(config)
-    record = setting_record(prepared.experiment)
+    hooks = hooks or Hooks()
+    prepared = hooks.guard(lambda: _prepare(config, overrides, workers, executor, threads))
+    directory = hooks.guard(lambda: _directory("out", out)) or _default_directory(config)
+    record = hooks.guard(lambda: _setting_record(prepared.experiment))
     take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
-    run_locked(directory, take, prepared, workers, quiet, threads=threads)
+    _run_locked(directory, take, prepared, workers, quiet, hooks, threads)
     return Run(directory)
 
 
@@ -268,8 +291,8 @@ def _allow(setting: str | type | None) -> None:
         SETTINGS.allow(setting)
 
 
-def prepare_resume(run_directory: Path, executor: str | None = None, threads: int | None = None) -> Prepared:
-    """The experiment a run directory records, checked as ``prepare`` checks a config."""
+def _prepare_resume(run_directory: Path, executor: str | None = None, threads: int | None = None) -> Prepared:
+    """The experiment a run directory records, checked as ``_prepare`` checks a config."""
     from .curation import check_functions_allowed
     from .results import open_experiment
     from .runner import resolve_executor
@@ -284,7 +307,7 @@ def prepare_resume(run_directory: Path, executor: str | None = None, threads: in
     return Prepared(experiment, options)
 
 
-def damaged_commits(run_directory: Path, experiment) -> list[tuple[Any, Any, list]]:
+def _damaged_commits(run_directory: Path, experiment) -> list[tuple[Any, Any, list]]:
     """(chain, its store, the commits ``resume --recompute-damaged`` would set aside) of every chain
     with a record that cannot be read."""
     from .rundir import ChainStore
@@ -322,7 +345,7 @@ def _unreadable_state(run_directory: Path, spec, store, iterations: int) -> int 
     return first_unreadable_state(setting, spec.regime, store, completed)
 
 
-def damaged_shared(run_directory: Path, experiment) -> list[Path]:
+def _damaged_shared(run_directory: Path, experiment) -> list[Path]:
     """The files of ``RUN/shared/`` (what a setting makes once per run: the VAE's judge, say) that a
     chain's recorded failure names as damaged."""
     from .rundir import SHARED, ChainStore
@@ -337,7 +360,7 @@ def damaged_shared(run_directory: Path, experiment) -> list[Path]:
     return [path for path in files if any(str(path) in r or str(path.resolve()) in r for r in reasons)]
 
 
-def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
+def _set_aside_damaged(run_directory: Path, experiment) -> list[str]:
     """``resume --recompute-damaged``: every chain's damaged commit and the ones after it moved into
     ``RUN/damaged/<UTC time>/<chain>/`` (nothing deleted), so that resuming recomputes them (exactly:
     chains are deterministic), and a damaged file of ``RUN/shared/`` into ``RUN/damaged/<UTC
@@ -350,12 +373,12 @@ def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     lines = []
-    for path in damaged_shared(run_directory, experiment):
+    for path in _damaged_shared(run_directory, experiment):
         destination = run_directory / DAMAGED / stamp / path.resolve().relative_to(run_directory.resolve())
         destination.parent.mkdir(parents=True, exist_ok=True)
         path.rename(destination)
         lines.append(f"{path} moved to {destination}, to be made again")
-    damaged = damaged_commits(run_directory, experiment)
+    damaged = _damaged_commits(run_directory, experiment)
     if damaged:  # a first iteration the chains shared may be the damage: they compute it afresh
         shutil.rmtree(run_directory / FIRST_ITERATIONS, ignore_errors=True)
     for spec, store, commits in damaged:
@@ -369,6 +392,7 @@ def set_aside_damaged(run_directory: Path, experiment) -> list[str]:
 
 def resume(
     run_directory: str | Path,
+    *,
     workers: int | None = None,
     quiet: bool = True,
     executor: str | None = None,
@@ -376,43 +400,92 @@ def resume(
     allow_import: Sequence[str] = (),
     recompute_damaged: bool = False,
     threads: int | None = None,
+    hooks: Hooks | None = None,
 ) -> Run:
     """Finish an interrupted run: committed iterations are kept, the rest computed as in one go.
 
     ``setting``: the import path (or class) of a setting the run names by import path, which a run
     directory alone never makes this import; ``allow_import``: the same for the reward or verifier
     functions (``package.module:function``) its curation names; ``recompute_damaged``: a chain's
-    damaged record and the commits after it are moved into ``RUN/damaged/`` and computed again;
-    ``threads``: as for ``run``."""
+    damaged record and the commits after it are moved into ``RUN/damaged/`` and computed again
+    (without it, a damaged record stops the run with an error that says so); ``threads`` and ``hooks``:
+    as for ``run``."""
+    hooks = hooks or Hooks()
+    directory, prepared = hooks.guard(lambda: _resumable(run_directory, executor, threads, setting, allow_import))
+    workers = hooks.guard(lambda: _count("workers", workers))
+    take = lambda: _lock_for_resume(directory, prepared, recompute_damaged, hooks.say)  # noqa: E731
+    _run_locked(directory, take, prepared, workers, quiet, _WayForward(hooks, directory, prepared, recompute_damaged))
+    return Run(directory)
+
+
+def _resumable(
+    run_directory: Any, executor: Any, threads: Any, setting: str | type | None, allow_import: Sequence[str]
+) -> tuple[Path, Prepared]:
+    """``resume``'s arguments checked, the functions it may import allowed, and its run prepared."""
     from .curation import allow_function
 
     directory = _run_directory(run_directory)
-    workers, threads, executor = _count("workers", workers), _count("threads", threads), _choice("executor", executor)
+    threads, executor = _count("threads", threads), _choice("executor", executor)
     if isinstance(allow_import, str):
         allow_import = [allow_import]
     _allow(setting)
     for path in allow_import:
         allow_function(path)
-    prepared = prepare_resume(directory, executor, threads)
-    take = lambda: _lock_for_resume(directory, prepared, recompute_damaged)  # noqa: E731
-    run_locked(directory, take, prepared, workers, quiet, threads=threads)
-    return Run(directory)
+    return directory, _prepare_resume(directory, executor, threads)
 
 
-def _lock_for_resume(directory: Path, prepared: Prepared, recompute_damaged: bool, say=None):
+class _WayForward(Hooks):
+    """``hooks``, with the way forward added to an error that a damaged record, model, kept batch or
+    shared file caused: ``--recompute-damaged`` moves it aside and computes it again."""
+
+    def __init__(self, hooks: Hooks, directory: Path, prepared: Prepared, recompute_damaged: bool):
+        self.hooks, self.directory, self.prepared, self.recompute_damaged = (
+            hooks,
+            directory,
+            prepared,
+            recompute_damaged,
+        )
+
+    def say(self, line: str) -> None:
+        self.hooks.say(line)
+
+    def guard(self, action: Callable[[], T], resumable: Resumable | None = None) -> T:
+        return self.hooks.guard(lambda: self._named(action), resumable)
+
+    def _named(self, action: Callable[[], T]) -> T:
+        from .errors import ChainFailed, RunDirectoryError
+        from .rundir import DAMAGED, SHARED
+
+        try:
+            return action()
+        except (RunDirectoryError, ChainFailed) as error:
+            if self.recompute_damaged:
+                raise
+            directory, experiment = self.directory, self.prepared.experiment
+            aside = f"{directory / DAMAGED}/"
+            if _damaged_commits(directory, experiment):
+                what = f"the damaged iteration and the later ones of its chain into {aside} and computes them again"
+            elif _damaged_shared(directory, experiment):
+                what = f"the damaged file of {directory / SHARED}/ into {aside} and makes it again"
+            else:
+                raise
+            raise RunDirectoryError(
+                f"{error}; `model-collapse resume {directory} --recompute-damaged` moves {what}"
+            ) from None
+
+
+def _lock_for_resume(directory: Path, prepared: Prepared, recompute_damaged: bool, say: Callable[[str], None]):
     """The run's lock, and with ``recompute_damaged`` its damaged commits set aside under it."""
-    import logging
-
     from .rundir import lock_run
 
     lock = lock_run(directory)
     if recompute_damaged:
-        for line in set_aside_damaged(directory, prepared.experiment):
-            (say or logging.getLogger(__name__).warning)(line)
+        for line in _set_aside_damaged(directory, prepared.experiment):
+            say(line)
     return lock
 
 
-def open(run_directory: str | Path, setting: str | type | None = None) -> Run:  # noqa: A001 (model_collapse.open)
+def open(run_directory: str | Path, *, setting: str | type | None = None) -> Run:  # noqa: A001 (model_collapse.open)
     """An existing run directory, checked to be one (its config read and validated).
 
     ``setting``: as for ``resume``."""
@@ -434,7 +507,7 @@ class Run:
         return f"Run({str(self.directory)!r})"
 
     @property
-    def experiment(self):
+    def experiment(self) -> Experiment:
         """The run's validated config (``config.Experiment``): points, regimes, iterations, seeds."""
         if self._experiment is None:
             from .results import open_experiment
@@ -448,7 +521,7 @@ class Run:
 
         return table(self.directory)
 
-    def table(self):
+    def table(self) -> pandas.DataFrame:
         """The tidy table as a pandas DataFrame (the ``pandas`` extra): the same rows and columns as
         ``table_csv``, numbers read back exactly (they are written as Python's shortest round-trip text)."""
         try:
@@ -467,13 +540,13 @@ class Run:
 
         return plot_run(self.directory)
 
-    def report(self, out: str | Path | None = None) -> Path:
+    def report(self, *, out: str | Path | None = None) -> Path:
         """Write the self-contained HTML report (default RUN/report.html); returns its path."""
         from .report import write_report
 
         return write_report(self.directory, Path(out) if out is not None else None)
 
-    def status(self):
+    def status(self) -> RunStatus:
         """How far every chain has got (``status.RunStatus``: its ``chains`` and ``holder``; ``str`` of it
         is what ``model-collapse status`` prints)."""
         from .status import run_status
@@ -482,11 +555,21 @@ class Run:
 
     def resume(
         self,
+        *,
         workers: int | None = None,
         quiet: bool = True,
         executor: str | None = None,
         recompute_damaged: bool = False,
         threads: int | None = None,
+        hooks: Hooks | None = None,
     ) -> Run:
         """Finish this run (see ``model_collapse.resume``)."""
-        return resume(self.directory, workers, quiet, executor, recompute_damaged=recompute_damaged, threads=threads)
+        return resume(
+            self.directory,
+            workers=workers,
+            quiet=quiet,
+            executor=executor,
+            recompute_damaged=recompute_damaged,
+            threads=threads,
+            hooks=hooks,
+        )

@@ -20,7 +20,6 @@ from .errors import (
     ConfigError,
     ModelCollapseError,
     ResourceError,
-    RunDirectoryError,
     Terminated,
     one_line_error,
 )
@@ -77,6 +76,17 @@ def _guarded(action, resumable: api.Resumable | None = None):
         _fail(f"{fault}{hint}", code=1)
 
 
+class _CommandLine(api.Hooks):
+    """The command's hooks into ``api.run`` and ``api.resume``: errors as one line and an exit code,
+    notices on stderr as they are."""
+
+    def guard(self, action, resumable=None):
+        return _guarded(action, resumable)
+
+    def say(self, line: str) -> None:
+        _say(line)
+
+
 SETTING = typer.Option(
     None,
     "--setting",
@@ -103,13 +113,18 @@ def run(
     threads: int | None = THREADS,
 ) -> None:
     """Run every chain of a config into a new run directory."""
-    from .rundir import create_run
-
-    prepared = _guarded(lambda: api.prepare(config, overrides or [], workers, executor, threads))
-    directory = out or api.default_directory(config)
-    record = _guarded(lambda: api.setting_record(prepared.experiment))
-    take = lambda: create_run(directory, prepared.experiment.resolved(), record)  # noqa: E731
-    api.run_locked(directory, take, prepared, workers, quiet, guard=_guarded, threads=threads)
+    hooks = _CommandLine()
+    finished = api.run(
+        config,
+        out=out,
+        overrides=overrides or [],
+        workers=workers,
+        quiet=quiet,
+        executor=executor,
+        threads=threads,
+        hooks=hooks,
+    )
+    directory = finished.directory
     _say(f"done: {directory}  (next: model-collapse report {directory}; model-collapse table {directory})")
 
 
@@ -135,37 +150,17 @@ def resume(
     ),
 ) -> None:
     """Finish an interrupted run: completed iterations are kept, the rest is computed as in one go."""
-    from .curation import allow_function
-    from .rundir import DAMAGED, SHARED
-
-    _allow(setting)
-    for path in allow_import:
-        allow_function(path)
-    prepared = _guarded(lambda: api.prepare_resume(run_directory, executor, threads))
-    take = lambda: api._lock_for_resume(run_directory, prepared, recompute_damaged, say=_say)  # noqa: E731
-
-    def guard(action, resumable=None):
-        def with_the_way_forward():
-            try:
-                return action()
-            except (RunDirectoryError, ChainFailed) as error:
-                # a damaged record, model, kept batch or shared file has a way forward: name it
-                if recompute_damaged:
-                    raise
-                aside = f"{run_directory / DAMAGED}/"
-                if api.damaged_commits(run_directory, prepared.experiment):
-                    what = f"the damaged iteration and the later ones of its chain into {aside} and computes them again"
-                elif api.damaged_shared(run_directory, prepared.experiment):
-                    what = f"the damaged file of {run_directory / SHARED}/ into {aside} and makes it again"
-                else:
-                    raise
-                raise RunDirectoryError(
-                    f"{error}; `model-collapse resume {run_directory} --recompute-damaged` moves {what}"
-                ) from None
-
-        return _guarded(with_the_way_forward, resumable)
-
-    api.run_locked(run_directory, take, prepared, workers, quiet, guard=guard, threads=threads)
+    api.resume(
+        run_directory,
+        workers=workers,
+        quiet=quiet,
+        executor=executor,
+        setting=setting,
+        allow_import=allow_import,
+        recompute_damaged=recompute_damaged,
+        threads=threads,
+        hooks=_CommandLine(),
+    )
     _say(f"done: {run_directory}")
 
 
@@ -228,7 +223,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page of the run: what ran, every metric's figures and table, samples."""
     _allow(setting)
-    print(_guarded(lambda: api.Run(run_directory).report(out)))
+    print(_guarded(lambda: api.Run(run_directory).report(out=out)))
 
 
 @app.command()
