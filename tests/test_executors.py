@@ -77,6 +77,57 @@ def test_bad_executor_choices_get_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
     result = cli("run", ROOT / "configs" / "quickstart.yaml", "executor.gpus_per_chain=-1", "--out", tmp_path / "run")
     assert result.returncode == 2 and "executor.gpus_per_chain" in result.stderr
+    result = cli("run", ROOT / "configs" / "quickstart.yaml", "executor.partitions=gpu", "--out", tmp_path / "run")
+    assert result.stderr.strip() == "error: executor.partitions: unknown key (no executor takes it)"
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+
+
+# An executor an installed package registers, owning its options: the local one, saying hello first.
+GREETING_EXECUTOR = """
+import sys
+
+from pydantic import Field
+
+from model_collapse.executors.local import LocalExecutor, LocalOptions
+
+
+class GreetingOptions(LocalOptions):
+    greeting: str = Field("hello", description="what it says before the chains run")
+
+
+class GreetingExecutor(LocalExecutor):
+    Options = GreetingOptions
+
+    def run(self, work, progress):
+        print(f"{self.options.greeting}: {len(work.todo)} chains", file=sys.stderr)
+        super().run(work, progress)
+"""
+
+
+def test_an_installed_executor_owns_its_options_and_one_section_serves_every_executor(tmp_path):
+    site = tmp_path / "site"
+    (site / "greeting_executor-1.0.dist-info").mkdir(parents=True)
+    (site / "greeting_executor.py").write_text(GREETING_EXECUTOR)
+    info = site / "greeting_executor-1.0.dist-info"
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: greeting-executor\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[model_collapse.executors]\ngreeting = greeting_executor:GreetingExecutor\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    config = tmp_path / "config.yaml"
+    raw = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    # a section for a laptop and a cluster: Ray's fraction of a CPU and Slurm's options ride along
+    raw["executor"] = {"name": "greeting", "greeting": "hi", "cpus_per_chain": 0.5, "partition": "gpu"}
+    config.write_text(yaml.safe_dump(raw))
+    greeted = cli("run", config, "--out", tmp_path / "greeted", "-q", "iterations=3", env=env)
+    assert greeted.returncode == 0, greeted.stderr
+    assert greeted.stderr.startswith("hi: 3 chains\n"), greeted.stderr
+    local = cli("run", config, "--out", tmp_path / "local", "-q", "iterations=3", "--executor", "local", env=env)
+    assert local.returncode == 0 and "hi:" not in local.stderr, local.stderr
+    assert cli("table", tmp_path / "greeted").stdout == cli("table", tmp_path / "local").stdout
+    slurm = cli("run", config, "--out", tmp_path / "slurm", "iterations=3", "--executor", "slurm", env=env)
+    assert slurm.returncode == 2 and not (tmp_path / "slurm").exists()
+    assert "executor: cpus_per_chain: Slurm reserves whole CPUs and GPUs, not 0.5" in slurm.stderr
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ from .errors import ConfigError, ModelCollapseError
 if TYPE_CHECKING:  # imported when called: `import model_collapse` stays light
     import pandas
 
-    from .experiment import ExecutorConfig, Experiment
+    from .executors.options import ExecutorOptions
+    from .experiment import Experiment
     from .status import RunStatus
 
 
@@ -46,7 +47,7 @@ class Prepared:
     """A validated experiment and the executor options it runs with, before anything is written."""
 
     experiment: Experiment
-    options: ExecutorConfig
+    options: ExecutorOptions
 
 
 def _count(name: str, value: Any) -> int | None:
@@ -96,7 +97,7 @@ def _run_directory(value: Any) -> Path:
     return directory
 
 
-def _check_threads(threads: int | None, experiment: Experiment, options: ExecutorConfig) -> None:
+def _check_threads(threads: int | None, experiment: Experiment, options: ExecutorOptions) -> None:
     """A thread budget (``threads``, else the config's) no larger than the cores of this machine, where
     the chains run here: more threads than cores only thrash, and a huge count exhausts the process's
     memory map (where the chains run elsewhere, their nodes' cores are not known here)."""

@@ -16,87 +16,18 @@ from typing import Any, Literal
 from pydantic import (
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
-    ValidationError,
     field_validator,
-    model_validator,
 )
 
 from .curation import metrics_for
-from .executors import EXECUTORS
+from .executors import executor_targets
 from .regimes import Regime
 from .settings import SETTINGS, Capabilities, Metric, SettingConfig
 from .settings.configs import StrictConfig, field_of
-from .validation import validation_error
 
 # Which models a chain leaves once it is complete (``chain.run_chain``).
 Checkpoints = Literal["none", "last", "all"]
-
-
-class ExecutorConfig(StrictConfig):
-    """Where the chains run (``executors/``); every executor gives the same table."""
-
-    name: str = Field(
-        "local", description="local processes, one Ray task per chain, or one Slurm job per chain (a job array)"
-    )
-    cpus_per_chain: PositiveFloat = Field(1.0, description="CPUs reserved per chain (slurm: whole, split among tasks)")
-    gpus_per_chain: NonNegativeFloat = Field(0.0, description="GPUs per chain (ray: fractions share one)")
-    max_retries: NonNegativeInt = Field(
-        3, description="ray: reruns of a chain whose worker died; slurm: requeues of a job at its time limit"
-    )
-    address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
-    partition: str | None = Field(None, description="slurm: the partition (default: the cluster's)")
-    time_minutes: PositiveInt = Field(
-        60, description="slurm: a job's time limit; a chain still running then is requeued and resumes"
-    )
-    memory_gb_per_chain: PositiveFloat | None = Field(
-        None, description="slurm: memory per job (default: the cluster's)"
-    )
-    tasks_per_chain: PositiveInt = Field(
-        1, description="slurm: data-parallel ranks of a neural chain, one task each (elsewhere: one process)"
-    )
-    max_parallel_chains: PositiveInt | None = Field(None, description="slurm: jobs of the array running at once")
-    sbatch: dict[str, str | int] = Field(
-        default_factory=dict, description="slurm: further sbatch options (account, qos, constraint, ...)"
-    )
-    setup: list[str] = Field(
-        default_factory=list, description="slurm: shell lines each job runs first (module load, source venv)"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in EXECUTORS:
-            raise ValueError(f"choose one of {', '.join(EXECUTORS)}, not {name!r}")
-        return name
-
-    @model_validator(mode="after")
-    def _fits_the_executor(self) -> ExecutorConfig:
-        if self.name == "slurm":
-            for key in ("cpus_per_chain", "gpus_per_chain"):
-                if getattr(self, key) != int(getattr(self, key)):
-                    raise ValueError(f"{key}: Slurm reserves whole CPUs and GPUs, not {getattr(self, key)}")
-            if self.cpus_per_chain % self.tasks_per_chain:
-                raise ValueError(
-                    f"cpus_per_chain: {self.cpus_per_chain:g} CPUs do not split evenly among "
-                    f"tasks_per_chain: {self.tasks_per_chain} tasks"
-                )
-        return self
-
-    @property
-    def runs_here(self) -> bool:
-        """Whether the chains run on this machine (local processes, or a Ray cluster this run starts)."""
-        return self.name == "local" or (self.name == "ray" and self.address is None)
-
-    def named(self, name: str) -> ExecutorConfig:
-        """These options for the executor ``name`` (``--executor``), checked again for it."""
-        try:
-            return ExecutorConfig.model_validate({**self.model_dump(), "name": name})
-        except ValidationError as error:
-            raise validation_error(error, ("executor",)) from None
 
 
 class RunConfig(StrictConfig):
@@ -118,7 +49,20 @@ class RunConfig(StrictConfig):
     checkpoints: Checkpoints = Field(
         "last", description="models left once a chain is complete: none, the last one, or every iteration's"
     )
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    executor: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where the chains run: name (local, ray, slurm or an installed executor) and the options of "
+        "each executor (each takes its own: one section serves a laptop and a cluster)",
+    )
+
+    @field_validator("executor")
+    @classmethod
+    def _a_known_executor(cls, section: dict[str, Any]) -> dict[str, Any]:
+        name = section.get("name", "local")
+        names = executor_targets()
+        if name not in names:
+            raise ValueError(f"name: choose one of {', '.join(names)}, not {name!r}")
+        return section
 
 
 def dotted_value(data: Mapping[str, Any], dotted: str) -> Any:

@@ -12,16 +12,21 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import activity, distributed
 from .errors import ConfigError, RunDirectoryError
-from .executors import EXECUTORS, Work, executor_class
-from .experiment import FIRST_ITERATIONS, ChainSpec, ExecutorConfig, Experiment
+from .executors import EXECUTORS, executor_class, executor_targets
+from .executors.options import ExecutorOptions
+from .executors.protocol import Work
+from .experiment import FIRST_ITERATIONS, ChainSpec, Experiment
 from .rundir import ChainStore
 from .threads import share_of_cores
+from .validation import validation_error
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +65,14 @@ def code_only_here(experiment: Experiment) -> str | None:
     return None
 
 
-def chain_threads(options: ExecutorConfig, threads: int | None, chains_at_once: int) -> int:
-    """Each chain's thread budget (``threads.py``): ``threads`` when given; else, locally, its share of
-    this machine's cores; else the CPUs a Ray task or a Slurm task of the chain reserves."""
+def chain_threads(options: ExecutorOptions, threads: int | None, chains_at_once: int) -> int:
+    """Each chain's thread budget (``threads.py``): ``threads`` when given; else what the executor
+    reserves for a chain (the CPUs of a Ray task, or of a Slurm task of the chain); else, locally, its
+    share of this machine's cores."""
     if threads is not None:
         return threads
-    if options.name == "local":
-        return share_of_cores(chains_at_once)
-    tasks = options.tasks_per_chain if options.name == "slurm" else 1
-    return max(1, int(options.cpus_per_chain // tasks))
+    reserved = options.threads_per_chain
+    return reserved if reserved is not None else share_of_cores(chains_at_once)
 
 
 def resolve_workers(experiment: Experiment, workers: int | None) -> int:
@@ -76,16 +80,49 @@ def resolve_workers(experiment: Experiment, workers: int | None) -> int:
     return workers or experiment.config.workers or os.cpu_count() or 1
 
 
-def resolve_executor(experiment: Experiment, executor: str | None) -> ExecutorConfig:
-    """The config's executor section, its name replaced by the command line's ``--executor`` if given,
-    checked by the executor (Slurm asks the cluster) before anything is written."""
-    options = experiment.config.executor
+def resolve_executor(experiment: Experiment, executor: str | None) -> ExecutorOptions:
+    """The options of the executor that runs the chains: the config's ``executor`` section, its name
+    replaced by the command line's ``--executor`` if given, checked by that executor (Slurm asks the
+    cluster) before anything is written."""
+    section = dict(experiment.config.executor)
+    name = section.pop("name", "local")
+    names = executor_targets()
     if executor is not None:
-        if executor not in EXECUTORS:
-            raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
-        options = options.named(executor)
-    executor_class(options.name)(options).check()
+        if executor not in names:
+            raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(names)}")
+        name = executor
+    options = executor_options(name, section)
+    executor_class(name)(options).check()
     return options
+
+
+def executor_options(name: str, section: dict[str, Any]) -> ExecutorOptions:
+    """``section``'s options for the executor ``name``. Every executor checks the values of the options it
+    takes, whichever runs (one section serves a laptop and a cluster); a key that no executor takes is
+    refused. An installed executor that cannot be imported here takes nothing, unless it is to run."""
+    classes = {}
+    for other in executor_targets():
+        try:
+            classes[other] = executor_class(other).Options
+        except Exception as error:
+            if other == name:
+                target = executor_targets()[name]
+                raise ConfigError(
+                    f"executor {name!r}: importing {target} failed: {type(error).__name__}: {error}"
+                ) from None
+            if other in EXECUTORS:
+                raise
+    unknown = [key for key in section if not any(key in cls.model_fields for cls in classes.values())]
+    if unknown:
+        raise ConfigError(f"executor.{unknown[0]}: unknown key (no executor takes it)")
+    checked = {}
+    for other, cls in classes.items():
+        own = {key: value for key, value in section.items() if key in cls.model_fields}
+        try:
+            checked[other] = cls.model_validate({**own, "name": other})
+        except ValidationError as error:
+            raise validation_error(error, ("executor",)) from None
+    return checked[name]
 
 
 class _ProgressBars:
@@ -130,19 +167,19 @@ def run_experiment(
     experiment: Experiment,
     workers: int | None = None,
     quiet: bool = False,
-    options: ExecutorConfig | None = None,
+    options: ExecutorOptions | None = None,
     threads: int | None = None,
 ) -> None:
     """Run the unfinished chains of ``experiment`` with the executor of ``options`` (from
     ``resolve_executor``; default: the config's), locally in at most ``workers`` processes, each chain
     on ``threads`` threads (default: the config's, else its share of the cores: ``threads.py``)."""
-    options = options or experiment.config.executor
+    options = options or resolve_executor(experiment, None)
     specs = experiment.chains()
     iterations = experiment.config.iterations
     workers = resolve_workers(experiment, workers)
     if distributed.world_size() > 1:
         workers, quiet = 1, quiet or not distributed.is_main()  # ranks run the chains together, one at a time
-    if workers > 1 and options.name == "local":
+    if workers > 1 and options.runs_here and options.name == "local":
         reason = code_only_here(experiment)
         if reason is not None:
             log.warning("note: the chains run in this process, one at a time: %s", reason)

@@ -22,18 +22,8 @@ Importing this module imports no executor: the registry holds where each lives.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from ..experiment import ChainSpec, ExecutorConfig
-
-# How often a driver reads the chains' progress from the run directory.
-POLL_INTERVAL_S = 0.5
-# How long chains stopped by Ctrl-C get to commit what they have computed before they are killed.
-STOP_GRACE_S = 10.0
+from importlib import metadata
+from typing import Any
 
 # name -> "module:class", imported when a run uses it (Ray and submitit are optional extras).
 EXECUTORS = {
@@ -41,42 +31,17 @@ EXECUTORS = {
     "ray": "model_collapse.executors.ray_tasks:RayExecutor",
     "slurm": "model_collapse.executors.slurm_jobs:SlurmExecutor",
 }
+# Installed packages add executors here (``[project.entry-points."model_collapse.executors"]``).
+ENTRY_POINT_GROUP = "model_collapse.executors"
 
 
-@dataclass(frozen=True)
-class Work:
-    """The chains an executor is to run (``specs[i]`` for each ``i`` in ``todo``) and how."""
-
-    run_directory: Path
-    specs: Sequence[ChainSpec]
-    todo: Sequence[int]
-    iterations: int
-    checkpoints: str
-    workers: int  # local processes at most (the local executor)
-    quiet: bool  # notices off in the workers as in the driver
-    threads: int  # each chain's thread budget (threads.py; a cheap setting's chains use one)
+def executor_targets() -> dict[str, str]:
+    """Every executor by name: the built-in ones, then those installed packages register."""
+    installed = {entry.name: entry.value for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return {**EXECUTORS, **{k: v for k, v in installed.items() if k not in EXECUTORS}}
 
 
-class Progress(Protocol):
-    """Where an executor reports how far each chain (by its index in ``Work.specs``) has got."""
-
-    def reached(self, chain: int, iteration: int) -> None: ...
-
-    def doing(self, chain: int, activity: str) -> None: ...
-
-
-class Executor(Protocol):
-    """Runs chains. Constructed with the config's ``executor`` options; ``check`` runs before anything
-    is written (a cluster refusing the jobs is a config error then); ``run`` returns when every chain
-    of ``work`` is complete, or raises the first chain's error after stopping the others."""
-
-    def __init__(self, options: ExecutorConfig) -> None: ...
-
-    def check(self) -> None: ...
-
-    def run(self, work: Work, progress: Progress) -> None: ...
-
-
-def executor_class(name: str) -> type[Executor]:
-    module, _, cls = EXECUTORS[name].partition(":")
+def executor_class(name: str) -> Any:
+    """The class of the executor ``name`` (an ``executors.protocol.Executor``), imported now."""
+    module, _, cls = executor_targets()[name].partition(":")
     return getattr(importlib.import_module(module), cls)

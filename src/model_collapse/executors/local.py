@@ -24,18 +24,30 @@ from typing import Any
 
 from .. import activity
 from ..deprecation import WORKER_ENVIRONMENT
-from ..experiment import ChainSpec, ExecutorConfig
+from ..experiment import ChainSpec
 from ..outcome import Outcome, run_chain_spec
 from ..rundir import IterationRecord
 from ..signals import raise_terminated
-from . import STOP_GRACE_S, Progress, Work
+from .options import ExecutorOptions
+from .protocol import STOP_GRACE_S, Progress, Work
 
 # A worker reports its progress at most this often: a cheap chain's iterations take a fraction of a millisecond.
 REPORT_INTERVAL_S = 0.1
 
 
+class LocalOptions(ExecutorOptions):
+    """The local executor takes no option of its own: ``--workers`` (or the config's ``workers``) says how
+    many processes."""
+
+    @property
+    def runs_here(self) -> bool:
+        return True
+
+
 class LocalExecutor:
-    def __init__(self, options: ExecutorConfig) -> None:
+    Options = LocalOptions
+
+    def __init__(self, options: LocalOptions) -> None:
         self.options = options
 
     def check(self) -> None:

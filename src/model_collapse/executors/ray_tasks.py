@@ -13,11 +13,14 @@ import logging
 import time
 from pathlib import Path
 
+from pydantic import Field, NonNegativeInt
+
 from ..errors import ConfigError
-from ..experiment import ChainSpec, ExecutorConfig
+from ..experiment import ChainSpec
 from ..outcome import Outcome, run_chain_spec
 from ..rundir import ChainStore
-from . import POLL_INTERVAL_S, STOP_GRACE_S, Progress, Work
+from .options import ReservedOptions
+from .protocol import POLL_INTERVAL_S, STOP_GRACE_S, Progress, Work
 
 
 def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoints: str, threads: int) -> Outcome:
@@ -25,8 +28,21 @@ def _chain_task(run_directory: str, spec: ChainSpec, iterations: int, checkpoint
     return run_chain_spec(Path(run_directory), spec, iterations, checkpoints, threads=threads)
 
 
+class RayOptions(ReservedOptions):
+    """A Ray task per chain, on this machine or a cluster."""
+
+    max_retries: NonNegativeInt = Field(3, description="ray: reruns of a chain whose worker died")
+    address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
+
+    @property
+    def runs_here(self) -> bool:
+        return self.address is None  # a Ray this run starts
+
+
 class RayExecutor:
-    def __init__(self, options: ExecutorConfig) -> None:
+    Options = RayOptions
+
+    def __init__(self, options: RayOptions) -> None:
         self.options = options
 
     def check(self) -> None:
@@ -39,7 +55,7 @@ class RayExecutor:
         _run_with_ray(work, self.options, progress)
 
 
-def _run_with_ray(work: Work, options: ExecutorConfig, progress: Progress) -> None:
+def _run_with_ray(work: Work, options: RayOptions, progress: Progress) -> None:
     import ray
     from ray import exceptions as ray_errors
 
@@ -82,7 +98,7 @@ def _run_with_ray(work: Work, options: ExecutorConfig, progress: Progress) -> No
             ray.shutdown()
 
 
-def _outcome(ray, ray_errors, ref, options: ExecutorConfig) -> Outcome:
+def _outcome(ray, ray_errors, ref, options: RayOptions) -> Outcome:
     """How a chain's task ended: as the chain reported it, or its worker's death."""
     try:
         return ray.get(ref)

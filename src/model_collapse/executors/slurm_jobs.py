@@ -29,13 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+
 from .. import activity, distributed
 from ..atomic import write_json
 from ..errors import ConfigError, RunDirectoryError
-from ..experiment import ChainSpec, ExecutorConfig
+from ..experiment import ChainSpec
 from ..outcome import Outcome, run_chain_spec
 from ..rundir import ChainStore
-from . import POLL_INTERVAL_S, Progress, Work
+from .options import ReservedOptions
+from .protocol import POLL_INTERVAL_S, Progress, Work
 
 # How often the driver asks slurmctld for the jobs' states (progress is read from files far more often).
 SQUEUE_INTERVAL_S = 5.0
@@ -84,8 +87,49 @@ class ChainJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+class SlurmOptions(ReservedOptions):
+    """A Slurm job per chain, all in one job array."""
+
+    max_retries: NonNegativeInt = Field(3, description="slurm: requeues of a job at its time limit")
+    partition: str | None = Field(None, description="slurm: the partition (default: the cluster's)")
+    time_minutes: PositiveInt = Field(
+        60, description="slurm: a job's time limit; a chain still running then is requeued and resumes"
+    )
+    memory_gb_per_chain: PositiveFloat | None = Field(
+        None, description="slurm: memory per job (default: the cluster's)"
+    )
+    tasks_per_chain: PositiveInt = Field(
+        1, description="slurm: data-parallel ranks of a neural chain, one task each (elsewhere: one process)"
+    )
+    max_parallel_chains: PositiveInt | None = Field(None, description="slurm: jobs of the array running at once")
+    sbatch: dict[str, str | int] = Field(
+        default_factory=dict, description="slurm: further sbatch options (account, qos, constraint, ...)"
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="slurm: shell lines each job runs first (module load, source venv)"
+    )
+
+    @property
+    def threads_per_chain(self) -> int:
+        return max(1, int(self.cpus_per_chain // self.tasks_per_chain))
+
+    def check_whole(self) -> None:
+        """What Slurm can reserve: whole CPUs and GPUs, the CPUs split evenly among the tasks (checked
+        when Slurm is to run the chains: a Ray config may share GPUs by fractions)."""
+        for key in ("cpus_per_chain", "gpus_per_chain"):
+            if getattr(self, key) != int(getattr(self, key)):
+                raise ConfigError(f"executor: {key}: Slurm reserves whole CPUs and GPUs, not {getattr(self, key)}")
+        if self.cpus_per_chain % self.tasks_per_chain:
+            raise ConfigError(
+                f"executor: cpus_per_chain: {self.cpus_per_chain:g} CPUs do not split evenly among "
+                f"tasks_per_chain: {self.tasks_per_chain} tasks"
+            )
+
+
 class SlurmExecutor:
-    def __init__(self, options: ExecutorConfig) -> None:
+    Options = SlurmOptions
+
+    def __init__(self, options: SlurmOptions) -> None:
         self.options = options
 
     def check(self) -> None:
@@ -95,7 +139,7 @@ class SlurmExecutor:
         _run_with_slurm(work, self.options, progress)
 
 
-def _run_with_slurm(work: Work, options: ExecutorConfig, progress: Progress) -> None:
+def _run_with_slurm(work: Work, options: SlurmOptions, progress: Progress) -> None:
     import submitit
 
     run_directory, specs, todo, iterations = work.run_directory, work.specs, work.todo, work.iterations
@@ -138,7 +182,7 @@ def _run_with_slurm(work: Work, options: ExecutorConfig, progress: Progress) -> 
             job.cancel(check=False)  # a chain cancelled mid-iteration resumes from its last commit
 
 
-def sbatch_parameters(options: ExecutorConfig, job_name: str) -> dict:
+def sbatch_parameters(options: SlurmOptions, job_name: str) -> dict:
     """submitit's SlurmExecutor parameters for one chain's job."""
     tasks = options.tasks_per_chain
     parameters = {
@@ -162,9 +206,10 @@ def sbatch_parameters(options: ExecutorConfig, job_name: str) -> dict:
     return parameters
 
 
-def check_submission(options: ExecutorConfig) -> None:
+def check_submission(options: SlurmOptions) -> None:
     """Ask Slurm whether it would take a chain's job (``sbatch --test-only``), before anything is
     written: a wrong partition, account, time or size is refused here in one line."""
+    options.check_whole()
     try:
         import submitit  # noqa: F401
     except ImportError:
@@ -241,7 +286,7 @@ def refuse_while_earlier_jobs_run(folder: Path) -> None:
         )
 
 
-def _outcome(job, state: str, options: ExecutorConfig) -> Outcome:
+def _outcome(job, state: str, options: SlurmOptions) -> Outcome:
     """How a chain's job ended: the first outcome among its tasks that is not complete (one task per
     rank of a data-parallel chain), else complete; or why the job left none."""
     from submitit.core.utils import FailedJobError, UncompletedJobError

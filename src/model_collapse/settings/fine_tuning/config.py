@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from ...errors import ConfigError
 from ..base import Footprint, Metric, Presentation, activations_on_host
 from ..configs import SettingConfig, StrictConfig
 from ..language_model.config import (
@@ -198,7 +199,7 @@ class FineTuningDeclaration(NeuralDeclaration[FineTuningConfig]):
         """The checkpoint (a causal language model with its tokenizer, whose context holds what the config
         trains on and writes) and the data files, read without loading a weight."""
         from .data import check_data_files
-        from .pretrained import check_context, check_model_directory, context_length
+        from .pretrained import check_model_directory, context_length
 
         if config.model.path is not None:
             fields = check_model_directory(Path(config.model.path).expanduser())
@@ -280,3 +281,14 @@ def model_dimensions(config: FineTuningConfig) -> tuple[str, int, int, int, int]
     width, layers, heads = (int(d) for d in dimensions)  # type: ignore[arg-type]
     parameters = weights // _BYTES_PER_VALUE.get(str(fields.get("torch_dtype", "float32")), 4)
     return str(fields.get("model_type", "")), parameters, width, layers, heads
+
+
+def check_context(config: FineTuningConfig, positions: int) -> None:
+    """That the longest sequence ``config`` trains on or writes fits the model's ``positions``."""
+    g = config.generation
+    if config.format == "prompt-response" and config.max_length > positions:
+        raise ConfigError(f"setting.max_length {config.max_length} exceeds the model's context of {positions} tokens")
+    longest = config.block_size + g.new_tokens if g.method == "beam" else 1 + g.max_new_tokens
+    if longest > positions:
+        what = "block_size + generation.new_tokens" if g.method == "beam" else "1 + generation.max_new_tokens"
+        raise ConfigError(f"setting: {what} = {longest} exceeds the model's context of {positions} tokens")

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import ConfigError
-
-if TYPE_CHECKING:
-    from .config import FineTuningConfig
 
 
 def _first_line(error: Exception) -> str:
@@ -135,14 +132,3 @@ def context_length(fields: dict[str, Any]) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 2**31
-
-
-def check_context(config: FineTuningConfig, positions: int) -> None:
-    """That the longest sequence ``config`` trains on or writes fits the model's ``positions``."""
-    g = config.generation
-    if config.format == "prompt-response" and config.max_length > positions:
-        raise ConfigError(f"setting.max_length {config.max_length} exceeds the model's context of {positions} tokens")
-    longest = config.block_size + g.new_tokens if g.method == "beam" else 1 + g.max_new_tokens
-    if longest > positions:
-        what = "block_size + generation.new_tokens" if g.method == "beam" else "1 + generation.max_new_tokens"
-        raise ConfigError(f"setting: {what} = {longest} exceeds the model's context of {positions} tokens")

@@ -44,7 +44,7 @@ from ..language_model.sampling import stream_stories
 from ..language_model.training import cross_entropy as mean_cross_entropy
 from ..language_model.training import train
 from .beam_search import beam_continuations
-from .config import FineTuningConfig, FineTuningDeclaration
+from .config import FineTuningConfig, FineTuningDeclaration, check_context
 from .data import (
     bundled_conversations,
     conversation_text,
@@ -55,7 +55,7 @@ from .data import (
     well_formed,
 )
 from .examples import IGNORE, ExampleBatches, Examples
-from .pretrained import check_context, check_model_directory, context_length, load_causal_model, load_tokenizer
+from .pretrained import check_model_directory, context_length, load_causal_model, load_tokenizer
 from .pretraining import made_once
 
 transformers_logging.set_verbosity_error()
