@@ -349,12 +349,12 @@ def test_the_closing_line_is_not_wrapped_when_written_to_a_pipe(tmp_path):
     assert f"done: {out}  (next: model-collapse report {out}; model-collapse table {out})\n" in result.stderr
 
 
-def test_the_readmes_config_reference_is_what_list_markdown_prints():
+def test_the_config_reference_page_is_what_list_markdown_prints():
     from model_collapse.reference import BEGIN, END, curation_markdown, reference_markdown, settings_markdown
     from model_collapse.settings import SETTINGS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    copied = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)].strip()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text(encoding="utf-8")
+    copied = page[page.index(BEGIN) + len(BEGIN) : page.index(END)].strip()
     built_in = [name for name in SETTINGS if SETTINGS.origin(name).kind == "built in"]
     assert copied == reference_markdown(built_in).strip(), "run `model-collapse list --markdown` and paste it"
     printed = invoke("list", "--markdown")

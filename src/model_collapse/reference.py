@@ -1,6 +1,6 @@
 """The config reference of settings, as Markdown, from their config classes: every field (dotted inside
 sections) with its default and description, and every metric with its label. ``model-collapse list
---markdown`` prints it; the README's copy is checked against it (``tests/test_cli.py``)."""
+--markdown`` prints it; docs/configs.md's copy is checked against it (``tests/test_cli.py``)."""
 
 from __future__ import annotations
 
