@@ -18,7 +18,7 @@ FLOORS = {
     # foundations: no module of the package above them
     "_version": 0, "errors": 0, "atomic": 0, "randomness": 0, "activity": 0, "distributed": 0,
     "yaml_text": 0, "arrayio": 0, "signals": 0, "validation": 0, "provenance": 0, "data": 0, "rewards": 0,
-    "threads": 0, "runmarker": 0, "deprecation": 0,
+    "threads": 0, "runmarker": 0, "deprecation": 0, "vouched": 0,
     "executors": 0,  # the registry alone: executors live on floor 6
     # the protocol, the settings and the regimes: what a chain is made of
     "settings": 1, "settings.": 1, "regimes": 1, "regimes.": 1, "curation": 1, "contract": 1,

@@ -242,7 +242,7 @@ def config_of(curation, **setting):
         ({"score": "likelihood", "reward": "a:b"}, "found score, reward"),
         ({"score": "energy"}, "the gaussian setting has no score 'energy'; it scores likelihood, oracle"),
         ({"score": "pkg.mod:fn"}, "a function goes in reward or verifier"),
-        ({"reward": "no colon"}, "expected a function as package.module:function"),
+        ({"reward": "no colon"}, "expected a function as package.module:function or a registered name"),
         ({"score": "oracle", "keep": "threshold"}, "threshold: give it with keep: threshold"),
         ({"score": "oracle", "flip": 0.1}, "flip: flips the verdicts of keep: threshold"),
         ({"score": "oracle", "temperature": 2.0}, "temperature: weights the choice of keep: weighted"),

@@ -480,7 +480,7 @@ def test_a_plugins_own_torch_save_on_a_full_disk_is_one_line(tmp_path, small_dis
     line = one_line_error(cli("run", path, "--out", run, "-q", cwd=tmp_path), code=1)
     assert line == (
         f"error: chain base / replace: no space left on the device while writing {run}; finish it with "
-        f"`model-collapse resume {run} --setting torch_plugin:SavesWithTorch`"
+        f"`model-collapse resume {run} --allow-import torch_plugin:SavesWithTorch`"
     )
 
 

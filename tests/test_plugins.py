@@ -145,7 +145,7 @@ def test_a_run_directory_never_makes_the_tool_import_a_path(tmp_path, monkeypatc
         result = cli(command, tmp_path / "run", env=env, cwd=tmp_path)
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.count("\n") == 1 and "cannot make model-collapse import code" in result.stderr
-        assert "--setting payload:S" in result.stderr
+        assert "--allow-import payload:S" in result.stderr
     assert not (tmp_path / MARKER).exists()
     # named by the user, it is imported (and refused: it is no setting)
     result = cli("table", tmp_path / "run", "--setting", "payload:S", env=env, cwd=tmp_path)
@@ -161,9 +161,10 @@ def test_a_run_by_import_path_reads_back_when_the_user_names_the_path(plugin, tm
     # without the entry point, only when the user names it
     (plugin / "mean_plugin-1.2.3.dist-info" / "entry_points.txt").unlink()
     refused = cli("table", tmp_path / "run")
-    assert refused.returncode == 2 and "--setting mean_plugin:MeanSetting" in refused.stderr
-    named = cli("table", tmp_path / "run", "--setting", "mean_plugin:MeanSetting")
-    assert named.returncode == 0 and named.stdout.count("\n") == 1 + 2 * 3 * 5
+    assert refused.returncode == 2 and "--allow-import mean_plugin:MeanSetting" in refused.stderr
+    for flag in ("--allow-import", "--setting"):  # (--setting: the flag's earlier name)
+        named = cli("table", tmp_path / "run", flag, "mean_plugin:MeanSetting")
+        assert named.returncode == 0 and named.stdout.count("\n") == 1 + 2 * 3 * 5
 
 
 def test_a_run_whose_package_is_gone_names_the_package_to_install(plugin, tmp_path):
@@ -176,6 +177,59 @@ def test_a_run_whose_package_is_gone_names_the_package_to_install(plugin, tmp_pa
         assert result.stderr.count("\n") == 1, result.stderr
         assert "unknown setting 'mean'" in result.stderr
         assert "the run was made with mean-plugin==1.2.3: pip install 'mean-plugin==1.2.3'" in result.stderr
+
+
+# A package that registers a regime and a curation function (docs/extending.md).
+EXTRAS = """
+import dataclasses
+
+import numpy as np
+
+from model_collapse.regimes import REAL, Regime, Selection, parameter, synthetic_source
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class HalfAndHalf(Regime):
+    '''All real data, plus a share of the newest synthetic batch.'''
+
+    name = "half-and-half"
+    share: float = parameter(0.5, high=1.0)
+
+    def synthetic_size(self, iteration, real_size):
+        return round(self.share * real_size)
+
+    def _plan(self, sizes, iteration, seed_count, rng):
+        return [Selection((REAL,)), Selection((synthetic_source(iteration),))]
+
+
+def near_zero(samples):
+    return -np.abs(np.asarray(samples["x"], dtype=float))
+"""
+
+
+def test_an_installed_regime_and_curation_function_are_named_as_the_shipped_ones_are(plugin, tmp_path):
+    info = plugin / "extras_plugin-1.0.dist-info"
+    info.mkdir()
+    (plugin / "extras_plugin.py").write_text(EXTRAS)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extras-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[model_collapse.regimes]\nhalf-and-half = extras_plugin:HalfAndHalf\n\n"
+        "[model_collapse.curation_functions]\nnear-zero = extras_plugin:near_zero\n"
+    )
+    listed = json.loads(cli("list", "--format", "json").stdout)["regimes"]
+    trains_on = "All real data, plus a share of the newest synthetic batch."
+    assert {"regime": "half-and-half", "parameters": "share=0.5", "trains_on": trains_on} in listed
+    curated = {"name": "mean", "samples": 10, "curation": {"candidates": 2, "reward": "near-zero"}}
+    path = config(tmp_path, "mean", regimes=["half-and-half:0.3", "replace"], setting=curated)
+    result = cli("run", path, "--out", tmp_path / "run", "-q")
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(io.StringIO(cli("table", tmp_path / "run").stdout))
+    assert set(frame["regime"]) == {"half-and-half:0.3", "replace"}
+    assert set(frame[frame["regime"] == "half-and-half:0.3"]["train_size"]) == {10, 10 + 3}  # round(0.3 * 10)
+    # registered by an installed package: resuming needs no --allow-import
+    assert cli("resume", tmp_path / "run", "-q").returncode == 0
+    unknown = cli("run", config(tmp_path, "mean", regimes=["half-and-whole"]), "--out", tmp_path / "other")
+    assert unknown.returncode == 2 and "half-and-half" in unknown.stderr  # the known ones, installed included
 
 
 @pytest.mark.parametrize(
@@ -273,7 +327,7 @@ def test_a_chain_stopped_by_a_bug_is_one_line_naming_the_chain_error_and_traceba
     (log,) = (out / "logs").iterdir()
     assert line == (
         f"error: chain base / replace failed: ZeroDivisionError: the plugin divided by zero (its traceback is in "
-        f"{log}); finish it with `model-collapse resume {out} --setting {buggy}`"
+        f"{log}); finish it with `model-collapse resume {out} --allow-import {buggy}`"
     )
     text = log.read_text()
     assert text.startswith("Traceback") and 'raise ZeroDivisionError("the plugin divided by zero")' in text

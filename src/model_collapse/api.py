@@ -162,21 +162,22 @@ def _default_directory(config: str | Path | Mapping[str, Any]) -> Path:
 
 
 def _resume_command(run_directory: Path, experiment: Any) -> str:
-    """The command that finishes ``run_directory``: ``model-collapse resume RUN``, with ``--setting`` for
-    a setting named by import path and ``--allow-import`` for each reward or verifier its curation
-    names (a run directory alone never makes model-collapse import code)."""
+    """The command that finishes ``run_directory``: ``model-collapse resume RUN``, with ``--allow-import``
+    for a setting named by import path and for each reward or verifier its curation names by path (a run
+    directory alone never makes model-collapse import code)."""
     import shlex
 
     from .settings import SETTINGS
-    from .settings.registry import is_import_path
+    from .vouched import is_import_path
 
     words = ["model-collapse", "resume", str(run_directory)]
     name = experiment.setting_name
     if is_import_path(name) and name not in SETTINGS.registered_paths():
-        words += ["--setting", name]
+        words += ["--allow-import", name]
     curations = [point.curation for point in experiment.points if point.curation is not None]
     for path in dict.fromkeys(curation.scored_by for curation in curations if curation.score is None):
-        words += ["--allow-import", path]
+        if is_import_path(path):
+            words += ["--allow-import", path]
     return shlex.join(words)
 
 
@@ -285,11 +286,16 @@ def run(
     return Run(directory)
 
 
-def _allow(setting: str | type | None) -> None:
-    if setting is not None:
-        from .settings import SETTINGS
+def _allow(setting: str | type | None, allow_import: str | Sequence[str] = ()) -> None:
+    """Vouch for the import paths the caller names (``vouched.py``): a setting (a class, or its path),
+    and any setting or curation function a run directory names by path."""
+    from .settings import SETTINGS
+    from .vouched import vouch
 
+    if setting is not None:
         SETTINGS.allow(setting)
+    for path in [allow_import] if isinstance(allow_import, str) else allow_import:
+        vouch(path)
 
 
 def _prepare_resume(run_directory: Path, executor: str | None = None, threads: int | None = None) -> Prepared:
@@ -398,16 +404,16 @@ def resume(
     quiet: bool = True,
     executor: str | None = None,
     setting: str | type | None = None,
-    allow_import: Sequence[str] = (),
+    allow_import: str | Sequence[str] = (),
     recompute_damaged: bool = False,
     threads: int | None = None,
     hooks: Hooks | None = None,
 ) -> Run:
     """Finish an interrupted run: committed iterations are kept, the rest computed as in one go.
 
-    ``setting``: the import path (or class) of a setting the run names by import path, which a run
-    directory alone never makes this import; ``allow_import``: the same for the reward or verifier
-    functions (``package.module:function``) its curation names; ``recompute_damaged``: a chain's
+    ``allow_import``: the import paths (``package.module:name``) of code the run names by path, which a
+    run directory alone never makes this import: its setting, the reward or verifier its curation
+    names; ``setting``: the setting's path or class (an earlier way to say it); ``recompute_damaged``: a chain's
     damaged record and the commits after it are moved into ``RUN/damaged/`` and computed again
     (without it, a damaged record stops the run with an error that says so); ``threads`` and ``hooks``:
     as for ``run``."""
@@ -420,18 +426,12 @@ def resume(
 
 
 def _resumable(
-    run_directory: Any, executor: Any, threads: Any, setting: str | type | None, allow_import: Sequence[str]
+    run_directory: Any, executor: Any, threads: Any, setting: str | type | None, allow_import: str | Sequence[str]
 ) -> tuple[Path, Prepared]:
-    """``resume``'s arguments checked, the functions it may import allowed, and its run prepared."""
-    from .curation import allow_function
-
+    """``resume``'s arguments checked, the code it may import vouched for, and its run prepared."""
     directory = _run_directory(run_directory)
     threads, executor = _count("threads", threads), _choice("executor", executor)
-    if isinstance(allow_import, str):
-        allow_import = [allow_import]
-    _allow(setting)
-    for path in allow_import:
-        allow_function(path)
+    _allow(setting, allow_import)
     return directory, _prepare_resume(directory, executor, threads)
 
 
@@ -486,12 +486,14 @@ def _lock_for_resume(directory: Path, prepared: Prepared, recompute_damaged: boo
     return lock
 
 
-def open(run_directory: str | Path, *, setting: str | type | None = None) -> Run:  # noqa: A001 (model_collapse.open)
+def open(  # noqa: A001 (model_collapse.open)
+    run_directory: str | Path, *, setting: str | type | None = None, allow_import: str | Sequence[str] = ()
+) -> Run:
     """An existing run directory, checked to be one (its config read and validated).
 
-    ``setting``: as for ``resume``."""
+    ``setting`` and ``allow_import``: as for ``resume``."""
     directory = _run_directory(run_directory)
-    _allow(setting)
+    _allow(setting, allow_import)
     found = Run(directory)
     found.experiment  # noqa: B018 (checks the directory now rather than at the first table)
     return found

@@ -87,19 +87,21 @@ class _CommandLine(api.Hooks):
         _say(line)
 
 
-SETTING = typer.Option(
-    None,
+ALLOW_IMPORT = typer.Option(  # noqa: B008 (typer's way)
+    [],
+    "--allow-import",
     "--setting",
-    help="The import path (package.module:Class) of a setting the run names by path: a run directory alone "
-    "never makes model-collapse import code.",
+    help="An import path (package.module:name) the run names, a setting or a curation function, that you vouch "
+    "for: a run directory alone never makes model-collapse import code. Repeat it for several (--setting: its "
+    "earlier name).",
 )
 
 
-def _allow(setting: str | None) -> None:
-    if setting is not None:
-        from .settings import SETTINGS
+def _allow(paths: list[str]) -> None:
+    from .vouched import vouch
 
-        _guarded(lambda: SETTINGS.allow(setting))
+    for path in paths:
+        _guarded(lambda path=path: vouch(path))
 
 
 @app.command()
@@ -135,13 +137,7 @@ def resume(
     quiet: bool = QUIET,
     executor: str | None = EXECUTOR,
     threads: int | None = THREADS,
-    setting: str | None = SETTING,
-    allow_import: list[str] = typer.Option(  # noqa: B008 (typer's way)
-        [],
-        "--allow-import",
-        help="A reward or verifier (package.module:function) the run's curation names: a run directory alone "
-        "never makes model-collapse import code. Repeat it for several.",
-    ),
+    allow_import: list[str] = ALLOW_IMPORT,
     recompute_damaged: bool = typer.Option(
         False,
         "--recompute-damaged",
@@ -155,7 +151,6 @@ def resume(
         workers=workers,
         quiet=quiet,
         executor=executor,
-        setting=setting,
         allow_import=allow_import,
         recompute_damaged=recompute_damaged,
         threads=threads,
@@ -168,13 +163,13 @@ def resume(
 def table(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     complete: bool = typer.Option(False, "--complete", help="Refuse a run whose chains have not all finished."),
-    setting: str | None = SETTING,
+    allow_import: list[str] = ALLOW_IMPORT,
 ) -> None:
     """Print the results as tidy CSV: one row per (sweep point, regime, seed, iteration). Chains without
     every iteration are named on stderr."""
     from .status import run_status
 
-    _allow(setting)
+    _allow(allow_import)
     found = api.Run(run_directory)
     text = _guarded(found.table_csv)  # a damaged record is refused here, naming its file
     unfinished = _guarded(lambda: run_status(run_directory, read_records=False).unfinished)  # read just now
@@ -191,9 +186,11 @@ def table(
 
 
 @app.command()
-def plot(run_directory: Path = typer.Argument(..., help="A run directory."), setting: str | None = SETTING) -> None:
+def plot(
+    run_directory: Path = typer.Argument(..., help="A run directory."), allow_import: list[str] = ALLOW_IMPORT
+) -> None:
     """Write figures (PNG and SVG) into RUN/figures."""
-    _allow(setting)
+    _allow(allow_import)
     paths = _guarded(lambda: api.Run(run_directory).plot())
     if not paths:
         _fail(f"{run_directory} has no completed iteration to plot")
@@ -205,10 +202,10 @@ def plot(run_directory: Path = typer.Argument(..., help="A run directory."), set
 def status(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     chains: bool = typer.Option(True, "--chains/--summary", help="A line per chain, or the summary alone."),
-    setting: str | None = SETTING,
+    allow_import: list[str] = ALLOW_IMPORT,
 ) -> None:
     """How far every chain has got: done, running, failed (with the reason), stopped, not started."""
-    _allow(setting)
+    _allow(allow_import)
     found = _guarded(lambda: api.Run(run_directory).status())
     print("\n".join(found.lines(chains)))
     if found.damaged:
@@ -219,10 +216,10 @@ def status(
 def report(
     run_directory: Path = typer.Argument(..., help="A run directory."),
     out: Path | None = typer.Option(None, "--out", help="The HTML file to write (default: RUN/report.html)."),
-    setting: str | None = SETTING,
+    allow_import: list[str] = ALLOW_IMPORT,
 ) -> None:
     """Write one self-contained HTML page of the run: what ran, every metric's figures and table, samples."""
-    _allow(setting)
+    _allow(allow_import)
     print(_guarded(lambda: api.Run(run_directory).report(out=out)))
 
 
@@ -324,7 +321,7 @@ def _listing() -> tuple[list[dict], list[dict]]:
     ``problem``) and per regime, every value whole."""
     from .curation import offered_scores
     from .reference import config_fields
-    from .regimes import REGIMES
+    from .regimes.grammar import regime_class, regime_names
     from .settings import SETTINGS
 
     settings = []
@@ -349,7 +346,13 @@ def _listing() -> tuple[list[dict], list[dict]]:
         entry["closed_forms"] = _states_theory(name)
         entry["curation_scores"] = list(offered_scores(cls))
     regimes = []
-    for name, regime in REGIMES.items():
+    for name in regime_names():
+        try:
+            regime = regime_class(name)
+        except ConfigError as error:  # an installed regime that cannot be imported here
+            regimes.append({"regime": name, "parameters": "", "trains_on": str(error)})
+            continue
+        assert regime is not None
         defaults = regime.defaults()
         parameter = ", ".join(f"{p}={defaults[p]}" if p in defaults else p for p in regime.parameters())
         regimes.append({"regime": name, "parameters": parameter, "trains_on": (regime.__doc__ or "").strip()})

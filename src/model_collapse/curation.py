@@ -28,8 +28,8 @@ A reward or verifier is a user's function ``function(samples, **options)`` of a 
 setting's data type: ``Samples`` for the array settings, ``samples["x"]`` of shape (seeds, n, d)) that
 returns an array of shape (seeds, n). It is imported when a config that names it is checked and when a
 chain runs, never when a run is read back; and a run directory alone never makes it imported: resuming
-a run whose curation names a function takes the user's word for it (``allow_function``, ``resume
---allow-import``), as a setting named by import path does.
+a run whose curation names a function takes the user's word for it (``resume --allow-import``,
+``vouched.py``), as for a setting named by import path.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from importlib import metadata
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from .errors import ConfigError
 from .settings import CurationConfig, Metric, Setting, SettingConfig
 from .settings.base import Declaration
 from .settings.registry import import_object
+from .vouched import is_import_path, vouched
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +95,10 @@ def check_curation(declared: type[Declaration], point: SettingConfig, import_fun
         _function(curation)
 
 
-_ALLOWED_FUNCTIONS: set[str] = set()  # functions the user named in this process (resume --allow-import)
-
-
-def allow_function(path: str) -> None:
-    """Let this process import the curation function ``path`` that a run directory names."""
-    _ALLOWED_FUNCTIONS.add(path)
-
-
 def check_functions_allowed(point: SettingConfig) -> None:
     """Refuse to resume a run whose curation names a function the user has not named in this process."""
     curation = point.curation
-    if curation is None or curation.score is not None or curation.scored_by in _ALLOWED_FUNCTIONS:
+    if curation is None or curation.score is not None or vouched(curation.scored_by) or _registered(curation):
         return
     path = curation.scored_by
     raise ConfigError(
@@ -113,9 +107,41 @@ def check_functions_allowed(point: SettingConfig) -> None:
     )
 
 
-def _function(curation: CurationConfig) -> Callable[..., Any]:
+# Installed packages register curation functions here (``[project.entry-points."model_collapse.curation_functions"]``).
+ENTRY_POINT_GROUP = "model_collapse.curation_functions"
+
+
+class CurationFunction(Protocol):
+    """A reward or verifier: one number per candidate of a batch (the setting's data type; ``Samples``
+    for the array settings, ``samples["x"]`` of shape (seeds, n, d)), an array (seeds, n), higher
+    better; ``options`` are the config's ``curation.options``."""
+
+    def __call__(self, samples: Any, /, **options: Any) -> np.ndarray: ...
+
+
+def _registered_functions() -> dict[str, str]:
+    return {entry.name: entry.value for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _registered(curation: CurationConfig) -> bool:
+    """Whether the curation function is one an installed package registers (by name or by its path)."""
+    registered = _registered_functions()
+    return curation.scored_by in registered or curation.scored_by in registered.values()
+
+
+def _function(curation: CurationConfig) -> CurationFunction:
     key, path = curation.scorer_key, curation.scored_by
-    function = import_object(path, f"setting.curation.{key} {path!r}")
+    if not is_import_path(path):
+        registered = _registered_functions()
+        if path not in registered:
+            known = ", ".join(sorted(registered)) or "none installed"
+            raise ConfigError(
+                f"setting.curation.{key} {path!r}: no installed package registers it (registered: {known}); "
+                "or name it as package.module:function"
+            )
+        path = registered[path]
+    by_path = is_import_path(curation.scored_by)  # (a registered name's package is installed: never the cwd's)
+    function = import_object(path, f"setting.curation.{key} {path!r}", working_directory=by_path)
     if not callable(function):
         raise ConfigError(
             f"setting.curation.{key} {path!r}: the {type(function).__name__} {function!r}, not a function"

@@ -7,9 +7,38 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
+from ..errors import ConfigError
 from .policies import REGIMES, Regime
+
+# Installed packages add regimes here (``[project.entry-points."model_collapse.regimes"]``); a built-in
+# name always wins.
+ENTRY_POINT_GROUP = "model_collapse.regimes"
+
+
+def regime_names() -> list[str]:
+    """Every regime's name: the built-in ones, then those installed packages register."""
+    installed = sorted({entry.name for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)} - set(REGIMES))
+    return [*REGIMES, *installed]
+
+
+def regime_class(name: str) -> type[Regime] | None:
+    """The regime class ``name`` names (an installed one is imported now), or None for no regime."""
+    if name in REGIMES:
+        return REGIMES[name]
+    entries = [entry for entry in metadata.entry_points(group=ENTRY_POINT_GROUP) if entry.name == name]
+    if not entries:
+        return None
+    try:
+        cls = entries[0].load()
+    except Exception as error:  # the package's own code failed while importing
+        failure = f"{type(error).__name__}: {error}"
+        raise ConfigError(f"regime {name!r}: importing {entries[0].value} failed: {failure}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Regime) and getattr(cls, "name", None) == name):
+        raise ConfigError(f"regime {name!r}: {entries[0].value} is not a Regime subclass named {name!r}")
+    return cls
 
 
 def parse_regime(spec: Any) -> Regime:
@@ -32,7 +61,8 @@ def _parse(spec: Any, expand: bool) -> list[Regime]:
         return [spec]
     if isinstance(spec, str):
         name, _, text = spec.strip().partition(":")
-        several = name in REGIMES and len(REGIMES[name].parameters()) > 1  # "256+2500" (a "," would split a YAML list)
+        found = regime_class(name)
+        several = found is not None and len(found.parameters()) > 1  # "256+2500" (a "," would split a YAML list)
         parts = text.split("+") if several else [text]
         axes: list[list[Any]] = [[part.strip()] for part in parts] if text.strip() else []
     elif isinstance(spec, Mapping):
@@ -40,8 +70,9 @@ def _parse(spec: Any, expand: bool) -> list[Regime]:
         name = spec.pop("name", None)
         if not isinstance(name, str):
             raise ValueError(f"a regime given as a mapping needs a 'name', got {spec!r}")
-        names = REGIMES[name].parameters() if name in REGIMES else ()
-        missing = [p for p in names if p not in spec and p not in REGIMES[name].defaults()]
+        found = regime_class(name)
+        names = found.parameters() if found is not None else ()
+        missing = [p for p in names if p not in spec and found is not None and p not in found.defaults()]
         if missing:  # (as from_values: only a default stands in)
             raise ValueError(f"regime {name!r}: {missing[0]} is missing")
         axes = [_values(name, p, spec.pop(p), expand) for p in names if p in spec]
@@ -49,9 +80,9 @@ def _parse(spec: Any, expand: bool) -> list[Regime]:
             raise ValueError(f"regime {name!r}: unknown field(s) {', '.join(map(str, spec))}")
     else:
         raise ValueError(f"a regime must be a name or a mapping, got {spec!r}")
-    if name not in REGIMES:
-        raise ValueError(f"unknown regime {name!r} (known: {', '.join(REGIMES)})")
-    cls = REGIMES[name]
+    cls = regime_class(name)
+    if cls is None:
+        raise ValueError(f"unknown regime {name!r} (known: {', '.join(regime_names())})")
     combinations = [[_number(name, v) for v in values] for values in itertools.product(*axes)]
     if len(combinations) > 1:  # a grid leaves out its cell that trains on nothing (real = synthetic = 0)
         combinations = [values for values in combinations if not cls.trains_on_nothing(values)]

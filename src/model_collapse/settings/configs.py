@@ -105,6 +105,7 @@ def field_of(config_type: type[StrictConfig], dotted: str) -> Any:
 
 # package.module:function, as settings named by import path are written
 _FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.-]*")  # one an installed package registers
 
 
 class CurationConfig(StrictConfig):
@@ -122,7 +123,9 @@ class CurationConfig(StrictConfig):
         "(model-collapse list shows them)",
     )
     reward: str | None = Field(
-        None, description="a function package.module:function of a batch of candidates: one reward per candidate"
+        None,
+        description="a function of a batch of candidates, one reward per candidate: package.module:function, or "
+        "the name an installed package registers (entry-point group model_collapse.curation_functions)",
     )
     verifier: str | None = Field(
         None, description="as reward, for a verifier's verdicts (1 accepts, 0 rejects) or its confidence"
@@ -166,8 +169,10 @@ class CurationConfig(StrictConfig):
             raise ValueError(f"set exactly one of score, reward and verifier (found {found})")
         for key in ("reward", "verifier"):
             value = getattr(self, key)
-            if value is not None and not _FUNCTION_PATH.fullmatch(value):
-                raise ValueError(f"{key}: expected a function as package.module:function, got {value!r}")
+            if value is not None and not (_FUNCTION_PATH.fullmatch(value) or _FUNCTION_NAME.fullmatch(value)):
+                raise ValueError(
+                    f"{key}: expected a function as package.module:function or a registered name, got {value!r}"
+                )
         if self.score is not None and ":" in self.score:
             raise ValueError(f"score: a score of the setting; a function goes in reward or verifier: {self.score!r}")
         if self.options and self.score is not None:

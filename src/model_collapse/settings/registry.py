@@ -13,7 +13,7 @@ VAE, language models and conformers have a light *declaration* (config type, met
 ``declared`` reads without their model code, so that ``table`` and ``plot`` work without their extras.
 
 Importing a module runs its code, so the registry imports an import path only when the caller says the
-name is the user's own choice (their config, a ``--setting`` option): a path recorded in a run directory
+name is the user's own choice (their config, ``--allow-import``: ``vouched.py``): a path recorded in a run directory
 is imported only when an installed entry point names the same path. A name an entry point registers is
 imported because the user installed that package.
 """
@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..runmarker import enclosing_run_directory
+from ..vouched import is_import_path, vouch, vouched
 from .base import Declaration, Setting
 
 ENTRY_POINT_GROUP = "model_collapse.settings"
@@ -72,13 +73,6 @@ _BUILT_IN = {
         ("conformer_diffusion.config", "ConformerDiffusionDeclaration"),
     ),
 }
-
-_IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
-
-
-def is_import_path(name: str) -> bool:
-    """Whether a setting name is an import path (``package.module:Class``) rather than a registered name."""
-    return bool(_IMPORT_PATH.fullmatch(name))
 
 
 @dataclass(frozen=True)
@@ -223,13 +217,12 @@ class Registry(Mapping[str, "type[Setting]"]):
 
     def __init__(self) -> None:
         self._resolved: dict[str, type] = {}  # import paths and entry points imported so far
-        self._allowed: set[str] = set()  # import paths the user named (``allow``)
         self._given: set[str] = set()  # the import paths of classes ``allow`` was given
 
     def allow(self, setting: str | type) -> str:
-        """Let this process import a setting the user names themselves (``--setting``, the Python API's
-        ``setting=``), wherever it is read from later, a run directory included; returns its name. A
-        class is registered under its import path."""
+        """Let this process import a setting the user names themselves (``--allow-import`` or its alias
+        ``--setting``, the Python API's ``setting=``), wherever it is read from later, a run directory
+        included (``vouched.py``); returns its name. A class is registered under its import path."""
         if isinstance(setting, type):
             from .base import Setting
 
@@ -238,12 +231,8 @@ class Registry(Mapping[str, "type[Setting]"]):
             name = f"{setting.__module__}:{setting.__qualname__}"
             self._resolved[name] = setting
             self._given.add(name)
-        else:
-            name = setting
-            if not is_import_path(name):
-                raise ConfigError(f"--setting {name!r}: expected an import path, package.module:SettingClass")
-        self._allowed.add(name)
-        return name
+            return vouch(name)
+        return vouch(setting, "--setting")
 
     @cached_property
     def _entry_points(self) -> dict[str, list[metadata.EntryPoint]]:
@@ -301,10 +290,10 @@ class Registry(Mapping[str, "type[Setting]"]):
             if name in self._entry_points:
                 self._resolved[name] = load_target(self._entry_point(name).value, name, working_directory=False)
             elif is_import_path(name):
-                if not import_paths and name not in self._allowed and name not in self.registered_paths():
+                if not import_paths and not vouched(name) and name not in self.registered_paths():
                     raise SettingUnavailable(
                         f"setting {name!r} is an import path recorded in a run directory, which cannot make "
-                        f"model-collapse import code: name it yourself (--setting {name}) or install the "
+                        f"model-collapse import code: name it yourself (--allow-import {name}) or install the "
                         "package that registers it"
                     )
                 self._resolved[name] = load_target(name, name)
