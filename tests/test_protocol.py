@@ -121,14 +121,15 @@ def test_an_old_protocol_setting_runs_to_the_new_ones_numbers_with_one_warning(p
     old, old_table = _run(tmp_path, "old_protocol:OldMean", "-j", "2")
     new, new_table = _run(tmp_path, "new_protocol:NewMean", "-j", "2")
     pd.testing.assert_frame_equal(old_table, new_table)
-    warned = [line for line in old.stderr.splitlines() if "ModelCollapseDeprecationWarning" in line]
-    assert len(warned) == 1, old.stderr
-    assert "setting class old_protocol:OldMean uses the setting protocol of model-collapse 0.1" in warned[0]
+    warned = [line for line in old.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and len(old.stderr.splitlines()) == 2, old.stderr  # the warning, then "done: ..."
+    assert warned[0].startswith("warning: setting class old_protocol:OldMean uses the setting protocol of model-collapse 0.1")
+    assert warned[0].endswith(f"({plugin / 'old_protocol.py'}:42)")
     assert (
         "declare capabilities = Capabilities(cheap=True, fresh_real=True) and presentation = "
         "Presentation(preview_size=3) instead" in warned[0]
     )
-    assert "ModelCollapseDeprecationWarning" not in new.stderr
+    assert "warning" not in new.stderr
     assert sorted(p.name for p in (tmp_path / "OldMean").rglob("preview_*.npy")) == sorted(
         p.name for p in (tmp_path / "NewMean").rglob("preview_*.npy")
     )

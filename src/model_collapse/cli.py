@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -435,9 +436,24 @@ def _states_theory(name: str) -> bool:
         return False
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A deprecation of the user's code or config as the command's other notices are: one line, with
+    where it was found; any other warning as Python shows it."""
+    from .deprecation import ModelCollapseDeprecationWarning
+
+    if issubclass(category, ModelCollapseDeprecationWarning):
+        _say(f"warning: {message} ({filename}:{lineno})")
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """The ``model-collapse`` command: like ``app``, but a usage error (an option's bad value, a missing
     argument) is one line and exit 2, as every other error is."""
+    warnings.showwarning = _one_line_warning
     try:
         code = app(prog_name="model-collapse", standalone_mode=False)
     except typer.Abort:
