@@ -33,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         config = LanguageModel.Config(
             samples=args.samples,
-            validation_documents=50,
+            test_samples=50,
             vocab_size=8000,
             model={"preset": "gpt2-tiny", "block_size": 128},
             training={"batch_size": 16, "evaluations_per_epoch": 2},

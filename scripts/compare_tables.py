@@ -8,7 +8,8 @@ same top-level overrides, which keep every sweep point and regime but shorten th
 side by side; then the two ``model-collapse table`` outputs must be equal byte for byte. Where a config's
 fields moved (a setting's flat keys grouped into sections), the table's columns are renamed with them:
 such tables are reported as equal in every value when each column of the earlier table, under its new
-name, holds the same text in every row (columns only the later table has are listed). Configs whose data
+name, holds the same text in every row (columns only the later table has are listed); so are keys a
+setting has since renamed (``SettingConfig.renamed``). Configs whose data
 are not here (TinyStories, MNIST, CelebA) are reported as skipped. Refactors that must not change any
 number are checked with this before they land.
 """
@@ -66,8 +67,18 @@ def same_values(before: str, after: str) -> str | None:
         return None
     old_columns = dict(zip(old_rows[0], zip(*old_rows[1:])))
     new_columns = dict(zip(new_rows[0], zip(*new_rows[1:])))
-    moved = SETTINGS.declared(new_rows[1][0]).Config.moved
-    renamed = {old: moved.get(old, old) for old in old_columns}
+    config = SETTINGS.declared(new_rows[1][0]).Config
+
+    def now(column: str) -> str:
+        """A column under its name now: a key moved into a section, or renamed (a section's keys with it)."""
+        if column in config.moved:
+            return config.moved[column]
+        for old, new in config.renamed.items():
+            if column == old or column.startswith(f"{old}."):
+                return new + column[len(old) :]
+        return column
+
+    renamed = {old: now(old) for old in old_columns}
     if any(old_columns[old] != new_columns.get(new) for old, new in renamed.items()):
         return None
     changes = [f"{old} -> {new}" for old, new in renamed.items() if old != new]

@@ -33,7 +33,7 @@ def tiny_language_model(tokenizer_cache: Path | str, **fields) -> dict:
     return {
         "name": "language-model",
         "samples": 8,
-        "validation_documents": 4,
+        "test_samples": 4,
         "vocab_size": 300,
         "tokenizer_cache": str(tokenizer_cache),
         "model": {"block_size": 32},
@@ -49,10 +49,10 @@ def tiny_conformers(**fields) -> dict:
     return {
         "name": "conformer-diffusion",
         "samples": 4,
-        "test_molecules": 4,
+        "test_samples": 4,
         "device": "cpu",
         "network": {"hidden_dim": 8, "global_convolutions": 1, "local_convolutions": 1},
-        "diffusion": {"steps": 5, "beta_end": 0.6},
+        "diffusion": {"timesteps": 5, "beta_end": 0.6},
         "training": {"steps": 4, "batch_size": 8, "evaluate_every": 2, "validation_conformers": 8},
         "sampling": {"batch_size": 8},
         "evaluation": {"molecules": 2},
@@ -74,10 +74,10 @@ def tiny_fine_tuning(**fields) -> dict:
         "model": {"pretrain": TINY_PRETRAINING},
         "block_size": 16,
         "samples": 8,
-        "test_examples": 8,
+        "test_samples": 8,
         "device": "cpu",
         "training": {"batch_size": 4, "epochs": 1, "learning_rate": 1e-3, "checkpoint_minutes": None},
-        "generation": {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 4},
+        "sampling": {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 4},
         **fields,
     }
 

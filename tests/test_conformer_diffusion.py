@@ -203,7 +203,7 @@ def _kill_when(process: subprocess.Popen, marker, what: str) -> None:
 @pytest.mark.slow
 def test_a_run_killed_while_sampling_or_training_resumes_with_the_same_numbers(tmp_path):
     setting = tiny_conformers(
-        diffusion={"steps": 100, "beta_end": 0.09},  # long enough to be caught sampling
+        diffusion={"timesteps": 100, "beta_end": 0.09},  # long enough to be caught sampling
         training={"steps": 200, "batch_size": 4, "evaluate_every": 50, "checkpoint_minutes": 0.001},
         sampling={"batch_size": 2},
         evaluation={"molecules": 1},
@@ -355,7 +355,7 @@ def test_geom_pickles_of_either_pyg_layout_become_the_chains_molecules(tmp_path,
     real = bundled()
     _write_geom(tmp_path / "geom", monkeypatch, real)
     config = ConformerDiffusionConfig.model_validate(
-        tiny_conformers(dataset="geom", data_dir=str(tmp_path / "geom"), samples=4, test_molecules=2)
+        tiny_conformers(dataset="geom", data_dir=str(tmp_path / "geom"), samples=4, test_samples=2)
     )
     setting = ConformerDiffusion(config, [0])
     train, graphs = setting.real_train, setting.real_train.graphs

@@ -974,7 +974,7 @@ def test_neural_footprints_count_activations_only_where_they_are_in_this_machine
 
     cases = [
         ("vae", {}, {"training": {"batch_size": 4096}}),
-        ("language-model", {"corpus": "moby-dick"}, {"training": {"batch_size": 512}}),
+        ("language-model", {"dataset": "moby-dick"}, {"training": {"batch_size": 512}}),
         ("conformer-diffusion", {}, {"training": {"batch_size": 4096}}),
     ]
     for name, base, larger in cases:

@@ -170,7 +170,7 @@ def test_generated_data_measured_by_the_first_fine_tuned_model_made_once_per_run
 
     fields = {
         "training": {"batch_size": 4, "epochs": 3, "learning_rate": 3e-3},
-        "generation": {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 8,
+        "sampling": {"new_tokens": 16, "num_beams": 2, "batch_size": 4, "evaluation_samples": 8,
                        "measured_by": "fine-tuned"},
     }  # fmt: skip
     first = setting(checkpoints["gpt2"], wikitext, **fields)
@@ -191,7 +191,7 @@ def test_generated_data_measured_by_the_first_fine_tuned_model_made_once_per_run
     assert metrics["generated_perplexity_tail"][0] == np.mean(perplexities > references["tail_threshold"])
     assert fitted.diagnostics["reference"] == references
     by_pretrained = setting(
-        checkpoints["gpt2"], wikitext, **{**fields, "generation": {**fields["generation"], "measured_by": "pretrained"}}
+        checkpoints["gpt2"], wikitext, **{**fields, "sampling": {**fields["sampling"], "measured_by": "pretrained"}}
     )
     assert by_pretrained._references["generated_perplexity_median"] != references["generated_perplexity_median"]
 
@@ -212,7 +212,7 @@ def test_an_interrupted_fit_and_generation_resume_from_their_scratch_with_the_sa
 ):
     training = {"batch_size": 2, "epochs": 2, "learning_rate": 3e-3, "checkpoint_minutes": 0}
     chain = setting(
-        checkpoints["opt"], wikitext, training=training, generation={"new_tokens": 16, "num_beams": 2, "batch_size": 3}
+        checkpoints["opt"], wikitext, training=training, sampling={"new_tokens": 16, "num_beams": 2, "batch_size": 3}
     )
     straight = chain.fit([chain.real_train], np.random.default_rng(0))
     scratch = tmp_path / "scratch"
@@ -247,7 +247,7 @@ def test_prompt_response_chains_sample_conversations_and_keep_the_well_formed(ch
         samples=12,
         max_length=120,
         training={"batch_size": 4, "epochs": 40, "learning_rate": 1e-2, "final_learning_rate_ratio": 1.0},
-        generation={"method": "sample", "max_new_tokens": 110, "batch_size": 16, "evaluation_samples": 8},
+        sampling={"method": "sample", "max_new_tokens": 110, "batch_size": 16, "evaluation_samples": 8},
     )
     assert len(chain.real_train) == 12 and not chain.real_train.loss_from.any()  # the loss counts every token
     fitted = chain.fit([chain.real_train], np.random.default_rng(0))
@@ -257,9 +257,9 @@ def test_prompt_response_chains_sample_conversations_and_keep_the_well_formed(ch
         assert text.startswith("user: ") and text.count("assistant: ") == 1
     metrics = chain.evaluate(fitted.model)
     assert 0 < metrics["well_formed"][0] <= 1
-    # an untrained model writes no conversation: one line saying so, after generation.attempts rounds
+    # an untrained model writes no conversation: one line saying so, after sampling.attempts rounds
     impatient = FineTuning(
-        chain.config.model_copy(update={"generation": chain.config.generation.model_copy(update={"attempts": 2})}), [0]
+        chain.config.model_copy(update={"sampling": chain.config.sampling.model_copy(update={"attempts": 2})}), [0]
     )
     with pytest.raises(NoSamples, match="well-formed samples"):
         impatient.sample(chain._pretrained(), 4, np.random.default_rng(1))
@@ -292,7 +292,7 @@ def test_what_a_user_can_get_wrong_is_one_line(checkpoints, wikitext, tmp_path):
     assert "no usable tokenizer" in refused(no_tokenizer)
     assert "holds no wikitext-2 train split" in refused(checkpoints["gpt2"], tmp_path)
     assert "holds no HelpSteer2 train split" in refused(
-        checkpoints["gpt2"], tmp_path, format="prompt-response", generation={"method": "sample"}
+        checkpoints["gpt2"], tmp_path, format="prompt-response", sampling={"method": "sample"}
     )
     short = tiny_checkpoint(tmp_path / "short", "gpt2", positions=24)
     assert "exceeds the model's context of 24 tokens" in refused(short)
@@ -309,7 +309,7 @@ def test_bad_fine_tuning_configs_are_refused_before_anything_runs(tmp_path):
 
     assert "model.path" in message(model={"path": "x", "pretrain": {}})
     assert "needs format 'text'" in message(format="prompt-response", data_dir="x")
-    assert "must equal block_size" in message(generation={"new_tokens": 8})
+    assert "must equal block_size" in message(sampling={"new_tokens": 8})
 
 
 def test_without_helpsteer2_the_prompt_response_format_reads_the_bundled_passages(checkpoints):
@@ -321,7 +321,7 @@ def test_without_helpsteer2_the_prompt_response_format_reads_the_bundled_passage
     ]
     chain = setting(
         checkpoints["gpt2"], None, format="prompt-response", samples=6, max_length=120,
-        generation={"method": "sample", "max_new_tokens": 60, "batch_size": 4, "evaluation_samples": 4},
+        sampling={"method": "sample", "max_new_tokens": 60, "batch_size": 4, "evaluation_samples": 4},
     )  # fmt: skip
     assert len(chain.real_train) == 6
     for text in chain.preview(chain.real_train):
@@ -367,7 +367,7 @@ def test_a_fine_tuning_run_under_torchrun_with_two_processes(tmp_path):
     config = {
         "setting": tiny_fine_tuning(
             model={"pretrain": {**TINY_PRETRAINING, "preset": "llama-tiny"}},  # no dropout (masks differ by rank)
-            generation={**generation, "measured_by": "fine-tuned"},
+            sampling={**generation, "measured_by": "fine-tuned"},
         ),
         "regimes": ["replace", "accumulate"],
         "iterations": 2,
@@ -403,8 +403,8 @@ def test_shumailov_config_runs_end_to_end_on_a_tiny_model_and_tiny_wikitext(chec
     result = invoke(
         "run", CONFIGS / "shumailov_opt125m_wikitext2.yaml", "--out", run, "-q",
         f"setting.model.path={checkpoints['opt']}", f"setting.data_dir={wikitext}", "setting.device=cpu",
-        "setting.block_size=16", "setting.samples=8", "setting.test_examples=8",
-        "setting.generation.new_tokens=16", "setting.generation.evaluation_samples=4",
+        "setting.block_size=16", "setting.samples=8", "setting.test_samples=8",
+        "setting.sampling.new_tokens=16", "setting.sampling.evaluation_samples=4",
         "setting.training.epochs=[1,2]", "iterations=2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -421,8 +421,8 @@ def test_shumailov_config_runs_end_to_end_on_a_tiny_model_and_tiny_wikitext(chec
 TINY_SFT = (
     "setting.device=cpu", "setting.max_length=120", "setting.training.batch_size=4",
     "setting.training.micro_batch_size=2", "setting.training.epochs=40", "setting.training.learning_rate=1e-2",
-    "setting.training.warmup_fraction=0", "setting.generation.max_new_tokens=110", "setting.generation.batch_size=16",
-    "setting.generation.evaluation_samples=8",
+    "setting.training.warmup_fraction=0", "setting.sampling.max_new_tokens=110", "setting.sampling.batch_size=16",
+    "setting.sampling.evaluation_samples=8",
 )  # fmt: skip
 
 
@@ -467,7 +467,7 @@ def test_value_of_synthetic_config_runs_its_grid_end_to_end_on_a_tiny_model(chec
     refused = invoke(
         "run", CONFIGS / "sft_helpsteer2_value_of_synthetic.yaml", "--out", tmp_path / "more", "-q",
         f"setting.model.path={checkpoints['gpt2']}", f"setting.data_dir={data}", "setting.device=cpu",
-        "setting.max_length=120", "setting.generation.max_new_tokens=110", "setting.generation.evaluation_samples=8",
+        "setting.max_length=120", "setting.sampling.max_new_tokens=110", "setting.sampling.evaluation_samples=8",
         "seeds=1",
         "regimes=[real-synthetic:4+2, real-synthetic:13+2]",
     )  # fmt: skip
@@ -589,7 +589,7 @@ def test_the_checkpoint_and_data_files_are_checked_before_the_run_directory_is_w
     (renamed / "config.json").write_text(json.dumps({**fields, "architectures": ["GPT2ForConditionalGeneration"]}))
     assert check_model_directory(renamed)["model_type"] == "gpt2"
     short = tiny_checkpoint(tmp_path / "short", "gpt2", positions=24)
-    assert with_path(short).endswith("block_size + generation.new_tokens = 32 exceeds the model's context of 24 tokens")
+    assert with_path(short).endswith("block_size + sampling.new_tokens = 32 exceeds the model's context of 24 tokens")
     assert with_path(checkpoints["gpt2"], tmp_path / "no-data").endswith(f"{tmp_path / 'no-data'} is not a directory")
     assert "holds no wikitext-2 train split" in with_path(checkpoints["gpt2"], tmp_path)
     # the same config, corrected, runs into the same --out
@@ -621,7 +621,7 @@ def test_helpsteer2_records_with_a_null_prompt_or_response_are_refused_naming_th
     with gzip.open(data / "train.jsonl.gz", "wt") as out:
         out.writelines(json.dumps(record) + "\n" for record in records)
     with pytest.raises(ConfigError) as caught:
-        setting(checkpoints["gpt2"], data, format="prompt-response", generation={"method": "sample"}).real_train  # noqa: B018
+        setting(checkpoints["gpt2"], data, format="prompt-response", sampling={"method": "sample"}).real_train  # noqa: B018
     assert str(caught.value) == f"{data / 'train.jsonl.gz'}: record 4 has null for its response, not a text"
 
 

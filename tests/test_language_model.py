@@ -187,4 +187,4 @@ def test_tinystories_offline_says_what_to_do_instead(tmp_path):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=120)
     assert "cannot load roneneldan/TinyStories" in result.stdout
-    assert "corpus: files" in result.stdout
+    assert "dataset: files" in result.stdout

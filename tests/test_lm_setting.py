@@ -67,20 +67,10 @@ def test_sampling_in_shards_resumes_from_the_shards_an_interrupted_run_saved(con
     assert documents(resumed) == [[7]] * 32 + documents(straight)[32:]
 
 
-def test_selection_reads_documents_across_parts():
-    a = TokenCorpus.from_documents([[1], [2, 2]])
-    b = TokenCorpus.from_documents([[3, 3, 3]])
-    chosen = TokenCorpus.select([a, b], np.array([[2, 0]]))
-    assert [chosen.document(i).tolist() for i in range(2)] == [[3, 3, 3], [1]]
-
-
-def test_fresh_real_documents_come_from_outside_the_training_set(config):
-    setting = LanguageModel(config, [0])
-    fresh = setting.fresh_real(5, np.random.default_rng(0))
-    train = {tuple(setting.real_train.document(i)) for i in range(10)}
-    assert not any(tuple(fresh.document(i)) in train for i in range(5))
+def test_fresh_real_documents_past_the_reserve_are_refused(config):
+    # (select across parts, fresh documents unseen: the conformance suite, test_conformance.py)
     with pytest.raises(ModelCollapseError, match="lower setting.samples"):
-        setting.fresh_real(10**6, np.random.default_rng(0))
+        LanguageModel(config, [0]).fresh_real(10**6, np.random.default_rng(0))
 
 
 def test_a_committed_iteration_keeps_its_learning_curve(config, tmp_path):
@@ -109,7 +99,7 @@ def test_bad_language_model_configs(tmp_path):
     for changes, message in [
         ({"model": {"preset": "gpt5"}}, "setting.model.preset: unknown preset 'gpt5'"),
         ({"model": {"block_size": 512}}, "block_size 512 exceeds the 256 positions of gpt2-tiny"),
-        ({"corpus": "files"}, "needs train_file"),
+        ({"dataset": "files"}, "needs train_file"),
         ({"sampling": {"top_p": 1.5}}, "setting.sampling.top_p"),
         ({"model": "gpt2-9m"}, "setting.model: moved to setting.model.preset"),
         ({"generation_batch_size": 8}, "setting.generation_batch_size: moved to setting.sampling.batch_size"),

@@ -123,7 +123,7 @@ def test_an_old_protocol_setting_runs_to_the_new_ones_numbers_with_one_warning(p
     pd.testing.assert_frame_equal(old_table, new_table)
     warned = [line for line in old.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 1 and len(old.stderr.splitlines()) == 2, old.stderr  # the warning, then "done: ..."
-    assert warned[0].startswith("warning: setting class old_protocol:OldMean uses the setting protocol of model-collapse 0.1")
+    assert warned[0].startswith("warning: setting class old_protocol:OldMean uses the setting protocol of")
     assert warned[0].endswith(f"({plugin / 'old_protocol.py'}:42)")
     assert (
         "declare capabilities = Capabilities(cheap=True, fresh_real=True) and presentation = "
@@ -203,3 +203,98 @@ def test_capabilities_refuse_what_cannot_be_meant(arguments, problem):
 def test_a_presentation_refuses_a_negative_preview_size():
     with pytest.raises(ValueError, match="preview_size"):
         Presentation(preview_size=-1)
+
+
+# -- one config vocabulary ----------------------------------------------------------------------------
+
+RENAMED = [
+    ("language-model", "validation_documents", 7, "test_samples"),
+    ("language-model", "corpus", "moby-dick", "dataset"),
+    ("fine-tuning", "test_examples", 7, "test_samples"),
+    ("fine-tuning", "generation", {"temperature": 0.5}, "sampling"),
+    ("conformer-diffusion", "test_molecules", 7, "test_samples"),
+    ("conformer-diffusion", "diffusion.steps", 7, "diffusion.timesteps"),
+]
+
+
+def _nested(dotted: str, value):
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+@pytest.mark.parametrize("setting, old, value, new", RENAMED, ids=[f"{s}:{o}" for s, o, _, _ in RENAMED])
+def test_an_earlier_key_works_with_one_warning_naming_the_key_now(setting, old, value, new):
+    from model_collapse.config import build_experiment
+
+    def experiment(key, **extra):
+        return build_experiment(
+            {"setting": {"name": setting, **needs, **_nested(key, value)}, "regimes": ["replace"], "iterations": 2}
+            | {"seeds": 1, **extra}
+        )
+
+    needs = {"model": {"pretrain": {}}} if setting == "fine-tuning" else {}  # (a model to fine-tune)
+
+    with pytest.warns(ModelCollapseDeprecationWarning) as caught:
+        earlier = experiment(old)
+    assert [str(w.message) for w in caught] == [
+        f"setting.{old} is now setting.{new}: write that (the old name goes in the next release)"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        now = experiment(new)
+    assert earlier.points == now.points
+
+
+def test_a_key_given_under_both_names_is_refused_and_a_swept_earlier_key_is_renamed():
+    from model_collapse.config import build_experiment
+    from model_collapse.errors import ConfigError
+
+    both = {"name": "language-model", "validation_documents": 4, "test_samples": 5}
+    with pytest.raises(ConfigError, match="validation_documents: the earlier name of test_samples, which is given too"):
+        build_experiment({"setting": both, "regimes": ["replace"], "iterations": 2, "seeds": 1})
+    raw = {"setting": {"name": "language-model"}, "sweep": {"validation_documents": [4, 5]}}
+    with pytest.warns(ModelCollapseDeprecationWarning, match=r"sweep.validation_documents is now sweep.test_samples"):
+        swept = build_experiment({**raw, "regimes": ["replace"], "iterations": 2, "seeds": 1})
+    assert swept.varying == ("test_samples",) and [p.test_samples for p in swept.points] == [4, 5]
+
+
+class _RenamedConfig(Discrete.Config):  # type: ignore[name-defined,misc]
+    name: str = "renamed-discrete"
+    renamed = {"categories": "outcomes"}
+
+
+class _Renamed(Discrete):
+    """A cheap setting that once called its ``outcomes`` ``categories``."""
+
+    name = "renamed-discrete"
+    Config = _RenamedConfig
+
+
+def test_a_run_directory_written_with_an_earlier_key_reads_as_todays_without_a_warning(tmp_path):
+    """Its config.yaml and every chain.json name the key as it was."""
+    import json
+
+    import yaml
+
+    import model_collapse
+    from model_collapse.results import open_experiment
+    from model_collapse.rundir import ChainStore
+
+    run = tmp_path / "run"
+    config = {"setting": {"name": _Renamed, "outcomes": 5, "samples": 20}, "regimes": ["replace"], "iterations": 3}
+    table = model_collapse.run({**config, "seeds": 2}, out=run).table()
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    recorded["setting"]["categories"] = recorded["setting"].pop("outcomes")
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    (chain,) = run.rglob("chain.json")
+    description = json.loads(chain.read_text())
+    description["setting"]["categories"] = description["setting"].pop("outcomes")
+    chain.write_text(json.dumps(description))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        experiment = open_experiment(run)
+        assert experiment.points[0].outcomes == 5
+        for spec in experiment.chains():
+            ChainStore.of(run, spec).prepare()  # chain.json is checked against the config here
+        assert model_collapse.open(run).table().equals(table)

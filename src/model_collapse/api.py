@@ -1,7 +1,5 @@
 """The Python API: what the ``model-collapse`` command does, from a notebook or a script.
 
-::
-
     import model_collapse
 
     run = model_collapse.run("configs/quickstart.yaml", out="runs/quickstart", overrides=["seeds=20"])

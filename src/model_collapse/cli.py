@@ -441,8 +441,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     where it was found; any other warning as Python shows it."""
     from .deprecation import ModelCollapseDeprecationWarning
 
-    if issubclass(category, ModelCollapseDeprecationWarning):
-        _say(f"warning: {message} ({filename}:{lineno})")
+    if issubclass(category, ModelCollapseDeprecationWarning):  # where, when it is the user's code
+        inside = Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+        _say(f"warning: {message}" if inside else f"warning: {message} ({filename}:{lineno})")
     else:
         _show_warning(message, category, filename, lineno, file, line)
 

@@ -30,11 +30,12 @@ from typing import Any, get_origin
 from pydantic import ValidationError
 
 from .curation import check_curation
+from .deprecation import deprecated
 from .errors import ConfigError
 from .experiment import Experiment, RunConfig, point_name
 from .regimes import Regime, parse_regimes
 from .settings import SETTINGS, SettingConfig
-from .settings.configs import field_of
+from .settings.configs import field_of, renamed_keys
 from .validation import validation_error
 from .yaml_text import YamlProblem, load_yaml
 
@@ -161,7 +162,7 @@ def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str
         field = field_of(config_type, key)
         if isinstance(value, list) and field is not None and not _takes_a_list(field):
             problems.append(f"setting.{key}: a list of values is a sweep; write it as sweep: {{{key}: {value}}}")
-    axes = flatten(config.sweep)
+    axes = {_renamed(config_type, key): values for key, values in flatten(config.sweep).items()}
     sizes = {key: len(values) for key, values in axes.items() if isinstance(values, list)}
     points = math.prod(sizes.values())
     if points > MAX_SWEEP_POINTS:  # counted before anything is expanded, validated or compared
@@ -189,6 +190,16 @@ def _sweep_axes(config: RunConfig, config_type: type[SettingConfig]) -> dict[str
     if problems:
         raise ConfigError("; ".join(problems))
     return axes
+
+
+def _renamed(config_type: type[SettingConfig], key: str) -> str:
+    """A sweep key under its name now, with a deprecation warning if the config used an earlier one."""
+    if key not in config_type.renamed:
+        return key
+    deprecated(
+        f"sweep.{key} is now sweep.{config_type.renamed[key]}: write that (the old name goes in the next release)"
+    )
+    return config_type.renamed[key]
 
 
 def _expand(config: RunConfig, config_type: type[SettingConfig]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
@@ -260,14 +271,34 @@ def build_experiment(raw: Mapping[str, Any], import_paths: bool = True) -> Exper
 def upgrade_run_config(raw: dict[str, Any], version: int) -> dict[str, Any]:
     """A run directory's config in today's layout.
 
-    Format 1 (model-collapse 0.1) wrote a sweep as lists inside ``setting``: they become ``sweep``, and
-    the run's chains and numbers stay as they are. Settings whose fields have since moved into sections
-    recorded their flat layout in every chain as well: those runs are refused."""
+    Keys a setting has since renamed (``SettingConfig.renamed``) take their name now, without a warning
+    (the user did not write them); a run that swept over one named its chain directories after it and is
+    refused. Format 1 (model-collapse 0.1) wrote a sweep as lists inside ``setting``: they become
+    ``sweep``, and the run's chains and numbers stay as they are. Settings whose fields have since moved
+    into sections recorded their flat layout in every chain as well: those runs are refused."""
     setting = raw.get("setting")
     name = setting.get("name") if isinstance(setting, dict) else None
-    if version != 1 or not isinstance(setting, dict) or not isinstance(name, str) or name not in SETTINGS:
+    if not isinstance(setting, dict) or not isinstance(name, str) or not SETTINGS.known(name):
         return raw
-    config_type = SETTINGS.declared(name).Config
+    try:
+        config_type = SETTINGS.declared(name, import_paths=False).Config
+    except ConfigError:  # named again, with its reason, when the config is read
+        return raw
+    if config_type.renamed:
+        swept = [key for key in flatten(raw.get("sweep") or {}) if key in config_type.renamed]
+        if swept:
+            raise ConfigError(
+                f"its sweep varies setting.{swept[0]}, since renamed setting.{config_type.renamed[swept[0]]}, "
+                "which names its chain directories: read it with the model-collapse that wrote it (its run.json "
+                "records the version and git commit)"
+            )
+        try:
+            setting = renamed_keys(setting, config_type.renamed, warn=False)
+        except ValueError as error:
+            raise ConfigError(f"setting.{error}") from None
+        raw = {**raw, "setting": setting}
+    if version != 1 or name not in SETTINGS:
+        return raw
     if config_type.moved:
         raise ConfigError(
             f"written in run format 1, whose {name} config had no sections: read it with the "

@@ -2,7 +2,7 @@
 
 As scikit-learn's ``check_estimator`` holds every estimator to its protocol, ``check_setting`` holds a
 setting to what the chain relies on. Use it in a setting package's tests, every check a test item of its
-own (``parametrize_with_checks``, scikit-learn's design; ``setting_checks`` lists them)::
+own (``parametrize_with_checks``, scikit-learn's design; ``setting_checks`` lists them):
 
     from model_collapse.testing import parametrize_with_checks
 
@@ -238,7 +238,7 @@ def parametrize_with_checks(cases: Iterable[tuple[type[Setting], Mapping[str, An
     """A pytest decorator that makes every check of every (setting class, config) case a test item of its
     own, as scikit-learn's ``parametrize_with_checks`` does: ``-k resume`` picks a check, and one failure
     hides none of the others. ``options`` are ``setting_checks``'s (``seeds``, ``iterations``,
-    ``regimes``, ``checks``)::
+    ``regimes``, ``checks``):
 
         @parametrize_with_checks([(MySetting, {"samples": 20})])
         def test_my_setting(check):

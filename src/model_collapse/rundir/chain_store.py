@@ -5,6 +5,7 @@ diagnostics); and the repair of a damaged chain (damaged commits set aside, a ga
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from ..atomic import (
     write_text_atomic,
 )
 from ..errors import RunDirectoryError
+from ..settings.configs import renamed_keys
 from .records import RECORD_ARRAYS, RECORDS, IterationRecord, records_from_arrays, records_to_arrays
 from .run import LOGS, inside, read_json
 
@@ -73,6 +75,7 @@ class ChainStore:
         description: Mapping[str, Any],
         writer: bool = True,
         defaults: Mapping[str, Any] | None = None,
+        renamed: Mapping[str, str] | None = None,
     ):
         self.directory = directory
         self.writer = writer  # False for the other ranks of a data-parallel run: they read, never write
@@ -80,6 +83,9 @@ class ChainStore:
         # the description's values when nothing is set: a field added to a setting since a chain started
         # is missing from its chain.json, which is the same chain if the field holds its default
         self.defaults = json.loads(json.dumps(dict(defaults or {})))
+        # setting keys renamed since (``SettingConfig.renamed``): a chain.json of an earlier spelling reads
+        # as today's
+        self.renamed = dict(renamed or {})
 
     @classmethod
     def at(
@@ -96,7 +102,9 @@ class ChainStore:
     @classmethod
     def of(cls, run_directory: Path, spec: ChainSpec, writer: bool = True) -> ChainStore:
         """The directory of the chain ``spec`` in ``run_directory``."""
-        return cls.at(run_directory, spec.relative_directory, spec.description(), writer, spec.defaults())
+        store = cls.at(run_directory, spec.relative_directory, spec.description(), writer, spec.defaults())
+        store.renamed = dict(type(spec.point).renamed)
+        return store
 
     def prepare(self) -> None:
         """Create or check the chain directory for writing (nothing for a reader): the remains of an
@@ -161,6 +169,9 @@ class ChainStore:
                 raise RunDirectoryError(f"missing file {path}")
             return
         found = read_json(path)
+        if self.renamed and isinstance(found, dict) and isinstance(found.get("setting"), dict):
+            with contextlib.suppress(ValueError):  # (both spellings: another chain, named below)
+                found = {**found, "setting": renamed_keys(found["setting"], self.renamed, warn=False)}
         if found != self.description and found != _without_added(self.description, found, self.defaults):
             raise RunDirectoryError(
                 f"{path} describes another chain than the run's config.yaml: {found} != {self.description}"

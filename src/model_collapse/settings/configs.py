@@ -11,7 +11,9 @@ config without it describes the same chains as before it existed.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -186,6 +188,41 @@ class CurationConfig(StrictConfig):
         return self
 
 
+def renamed_keys(data: dict[str, Any], renamed: Mapping[str, str], warn: bool) -> dict[str, Any]:
+    """``data`` (a setting's mapping) with every key ``renamed`` lists under its name now; a key given
+    under both names is refused. ``warn``: a deprecation warning for each (a config the user wrote)."""
+    from ..deprecation import deprecated
+
+    found = [(old, new) for old, new in renamed.items() if _has(data, old)]
+    if not found:
+        return data
+    data = copy.deepcopy(data)
+    for old, new in found:
+        if _has(data, new):
+            raise ValueError(f"{old}: the earlier name of {new}, which is given too: keep {new}")
+        *parents, last = old.split(".")
+        holder = data
+        for part in parents:
+            holder = holder[part]
+        value = holder.pop(last)
+        *parents, last = new.split(".")
+        holder = data
+        for part in parents:
+            holder = holder.setdefault(part, {})
+        holder[last] = value
+        if warn:
+            deprecated(f"setting.{old} is now setting.{new}: write that (the old name goes in the next release)")
+    return data
+
+
+def _has(data: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
 class SettingConfig(StrictConfig):
     """Base of every setting's typed config. Unknown keys are errors, never ignored.
 
@@ -196,6 +233,15 @@ class SettingConfig(StrictConfig):
     curation: CurationConfig | None = Field(
         None, description="sample more, keep some: see the Curation section (null: every sample kept)"
     )
+    # keys an earlier model-collapse spelled otherwise (dotted, below ``setting``), to their name now: one
+    # config vocabulary for every setting. Such a key still works, with one deprecation warning naming
+    # the new key; a run directory that records it is read as it is, without one.
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        return renamed_keys(data, cls.renamed, warn=True) if isinstance(data, dict) else data
 
     @model_serializer(mode="wrap")
     def _without_absent_curation(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

@@ -47,6 +47,8 @@ from .devices import resolve_device
 from .image_metrics import frechet_distance, gaussian_statistics, precision_recall_density_coverage
 from .images import ImageSplit, load_images
 from .inception import inception_features, load_inception
+from .neural.seeding import generator as torch_generator
+from .neural.seeding import seeded_torch
 from .vae_config import VAEConfig, VAEDeclaration
 
 
@@ -99,12 +101,6 @@ def negative_elbo(
         )
     kl = 0.5 * (mean**2 + log_variance.exp() - 1 - log_variance).sum(dim=1)
     return reconstruction.flatten(1).sum(dim=1), kl
-
-
-def _generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(rng.integers(2**63)))
-    return generator
 
 
 def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -299,15 +295,14 @@ class VAE(VAEDeclaration, Setting[VAEConfig, Samples]):
     ) -> ConvVAE:
         c = self.config
         pool = sum(len(part) for part in parts)  # kept batches are memory-mapped: read a minibatch at a time
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**63)))
+        with seeded_torch(rng, self.device):
             # training.warm_start: on from the last iteration's model (Bertrand et al.)
             model = copy.deepcopy(previous).to(self.device) if previous is not None else self.new_model()
-        generator = _generator(rng, self.device)
+        generator = torch_generator(rng, self.device)
         optimiser = torch.optim.AdamW(model.parameters(), lr=c.training.learning_rate)
         model.train()
         for _ in range(c.training.epochs):
-            order = torch.randperm(pool, generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
+            order = torch.randperm(pool, generator=torch_generator(rng))
             for start in range(0, pool, c.training.batch_size):
                 rows = order[start : start + c.training.batch_size].numpy()[None]
                 x = _pixels(gather(parts, rows)["x"][0], self.device)
@@ -322,7 +317,7 @@ class VAE(VAEDeclaration, Setting[VAEConfig, Samples]):
 
     @torch.no_grad()
     def _generate(self, model: ConvVAE, size: int, rng: np.random.Generator) -> np.ndarray:
-        generator = _generator(rng, self.device)
+        generator = torch_generator(rng, self.device)
         images, latent_dim = [], self.config.model.latent_dim
         for start in range(0, size, 1024):
             z = torch.randn(min(1024, size - start), latent_dim, generator=generator, device=self.device)
@@ -337,7 +332,7 @@ class VAE(VAEDeclaration, Setting[VAEConfig, Samples]):
         c = self.config
         # The same evaluation noise and prior draws at every iteration: differences are the model's.
         rng = np.random.default_rng(self._evaluation_seed)
-        generator = _generator(rng, self.device)
+        generator = torch_generator(rng, self.device)
         totals = np.zeros(2)
         for start in range(0, len(self.test), 512):
             x = _pixels(self.test[start : start + 512], self.device)

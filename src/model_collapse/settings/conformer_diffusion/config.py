@@ -8,7 +8,7 @@ size is ``configs/geodiff_drugs.yaml`` (GeoDiff's ``drugs_1k`` configuration as 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
@@ -37,10 +37,10 @@ class NetworkSection(StrictConfig):
 
 
 class DiffusionSection(StrictConfig):
-    """The noise schedule: ``steps`` betas from ``beta_start`` to ``beta_end``. Fewer steps need a larger
-    ``beta_end`` for the largest noise to stay about 10 A (GeoDiff: 1,000 steps, sigmoid 1e-7 -> 9e-3)."""
+    """The noise schedule: ``timesteps`` betas from ``beta_start`` to ``beta_end``. Fewer timesteps need a
+    larger ``beta_end`` for the largest noise to stay about 10 A (GeoDiff: 1,000, sigmoid 1e-7 -> 9e-3)."""
 
-    steps: PositiveInt = Field(50, description="diffusion steps")
+    timesteps: PositiveInt = Field(50, description="diffusion timesteps (noise levels)")
     beta_schedule: Literal["sigmoid", "linear", "quad"] = Field(
         "sigmoid", description="how betas grow from beta_start to beta_end (GeoDiff: sigmoid)"
     )
@@ -55,7 +55,7 @@ class DiffusionSection(StrictConfig):
 
     def betas(self) -> np.ndarray:
         """The schedule, as GeoDiff's ``get_beta_schedule`` computes it (float64)."""
-        start, end, steps = self.beta_start, self.beta_end, self.steps
+        start, end, steps = self.beta_start, self.beta_end, self.timesteps
         if self.beta_schedule == "linear":
             return np.linspace(start, end, steps, dtype=np.float64)
         if self.beta_schedule == "quad":
@@ -128,7 +128,7 @@ class ConformerDiffusionConfig(SettingConfig):
     samples: PositiveInt | None = Field(
         40, description="training molecules (null: all); their conformers are the real training data"
     )
-    test_molecules: PositiveInt | None = Field(40, description="held-out molecules of test_loss (null: all)")
+    test_samples: PositiveInt | None = Field(40, description="held-out molecules of test_loss (null: all)")
     conformers_per_molecule: PositiveInt | None = Field(None, description="keep at most this many (null: all)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
@@ -138,6 +138,8 @@ class ConformerDiffusionConfig(SettingConfig):
     training: TrainingSection = Field(default_factory=TrainingSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    renamed: ClassVar[dict[str, str]] = {"test_molecules": "test_samples", "diffusion.steps": "diffusion.timesteps"}
 
     @model_validator(mode="after")
     def _consistent(self):

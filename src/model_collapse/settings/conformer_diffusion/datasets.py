@@ -2,7 +2,7 @@
 
 * ``drugs-like``: the 300 molecules x 5 conformers bundled with the package (``conformers.bundled``),
   shuffled once with a fixed seed (every chain and seed sees the same split), then ``samples`` training
-  molecules, ``test_molecules`` test molecules, the rest in reserve; MAT/COV references are the first
+  molecules, ``test_samples`` test molecules, the rest in reserve; MAT/COV references are the first
   ``evaluation.molecules`` test molecules.
 * ``geom``: GeoDiff's files in ``data_dir``: the training file gives the training molecules (a random
   subset of ``samples`` of them, as the paper subsampled; the others are the reserve), the validation
@@ -52,7 +52,7 @@ def _take(order: np.ndarray, count: int | None, what: Path | str, available: int
 def load_splits(config: ConformerDiffusionConfig) -> MoleculeSplits:
     if config.dataset == "geom":
         return _geom_splits(config)
-    return _drugs_like_splits(config.samples, config.test_molecules, config.conformers_per_molecule,
+    return _drugs_like_splits(config.samples, config.test_samples, config.conformers_per_molecule,
                               config.evaluation.molecules)  # fmt: skip
 
 
@@ -64,7 +64,7 @@ def _drugs_like_splits(samples, test_molecules, per_molecule, reference_molecule
     rest = order[len(train) :]
     if test_molecules is None:
         test_molecules = len(rest) // 2
-    test = _take(rest, test_molecules, "the drugs-like set beyond the training molecules", len(rest), "test_molecules")
+    test = _take(rest, test_molecules, "the drugs-like set beyond the training molecules", len(rest), "test_samples")
     reserve = rest[len(test) :]
     return MoleculeSplits(
         train=everything.subset(np.sort(train)),
@@ -100,7 +100,7 @@ def _geom_splits(config: ConformerDiffusionConfig) -> MoleculeSplits:
         return np.sort(chosen), np.setdiff1d(present, chosen)
 
     train, reserve = molecules("train", config.samples, "samples")
-    test, _ = molecules("validation", config.test_molecules, "test_molecules")
+    test, _ = molecules("validation", config.test_samples, "test_samples")
     evaluation = config.evaluation
     if evaluation.first_molecule is None:
         references, _ = molecules("test", min(evaluation.molecules, len(np.unique(conformers["test"].molecule))),

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import rdkit  # noqa: F401  (the [molecules] extra: its absence is named when the setting is chosen)
-import torch
 
 from ...activity import Meter
 from ...atomic import write_directory_atomic
@@ -28,6 +27,7 @@ from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Evaluation, Fit, Setting
 from ..devices import resolve_device
+from ..neural.seeding import seeded_torch
 from .chemistry import bond_validity, coverage_curve, covmat, mmff_energies, molblocks, rmsd_tables
 from .config import ConformerDiffusionConfig, ConformerDiffusionDeclaration
 from .conformers import Conformers, rank_within_molecule
@@ -95,8 +95,7 @@ class ConformerDiffusion(ConformerDiffusionDeclaration, Setting[ConformerDiffusi
     def fit(
         self, parts: Sequence[Conformers], rng: np.random.Generator, scratch: Path | None = None, previous=None
     ) -> Fit:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**63)))
+        with seeded_torch(rng, self.device):
             # training.warm_start: on from the last iteration's model
             model = copy.deepcopy(previous).to(self.device) if previous is not None else self.new_model()
         curve = train(model, parts, self.validation, self.config.training, rng, self.device, scratch)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
@@ -91,7 +91,7 @@ class FineTuningTraining(TrainingSection):
     evaluations_per_epoch: PositiveInt = Field(1, description="test-loss points of the learning curve per epoch")
 
 
-class Generation(StrictConfig):
+class Sampling(StrictConfig):
     """How a fine-tuned model writes the next iteration's data."""
 
     method: Literal["beam", "sample"] = Field(
@@ -145,21 +145,23 @@ class FineTuningConfig(SettingConfig):
         "SFT on a text field does (an unconditional sample must write the prompt too), or the response and EOS",
     )
     samples: PositiveInt | None = Field(None, description="T: real training blocks or examples (default: all)")
-    test_examples: PositiveInt | None = Field(None, description="held-out blocks or examples used (default: all)")
+    test_samples: PositiveInt | None = Field(None, description="held-out blocks or examples used (default: all)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where models train: auto (CUDA when present, else CPU), cpu or cuda"
     )
     lora: LoRA | None = Field(None, description="fine-tune low-rank adapters instead of every weight (null: full)")
     training: FineTuningTraining = Field(default_factory=FineTuningTraining)
-    generation: Generation = Field(default_factory=Generation)
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    renamed: ClassVar[dict[str, str]] = {"test_examples": "test_samples", "generation": "sampling"}
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.generation.method == "beam" and self.format != "text":
-            raise ValueError("generation.method 'beam' continues real blocks: it needs format 'text'")
-        if self.generation.method == "beam" and self.generation.new_tokens != self.block_size:
+        if self.sampling.method == "beam" and self.format != "text":
+            raise ValueError("sampling.method 'beam' continues real blocks: it needs format 'text'")
+        if self.sampling.method == "beam" and self.sampling.new_tokens != self.block_size:
             raise ValueError(
-                f"generation.new_tokens ({self.generation.new_tokens}) must equal block_size ({self.block_size}): "
+                f"sampling.new_tokens ({self.sampling.new_tokens}) must equal block_size ({self.block_size}): "
                 "each continuation is a training block"
             )
         return self
@@ -177,7 +179,7 @@ class FineTuningDeclaration(NeuralDeclaration[FineTuningConfig]):
         "test_cross_entropy": Metric("cross-entropy on real held-out text (nats / token)"),
         "test_perplexity": Metric("perplexity on real held-out text", log_scale=True),
         # what the model writes, measured by the pretrained model or the first model fine-tuned on real data
-        # (generation.measured_by; Shumailov et al.'s histograms)
+        # (sampling.measured_by; Shumailov et al.'s histograms)
         "generated_perplexity_q05": Metric("5% quantile of generated data's perplexity (measuring model)"),
         "generated_perplexity_median": Metric("median perplexity of generated data (measuring model)"),
         "generated_perplexity_q95": Metric("95% quantile of generated data's perplexity (measuring model)"),
@@ -218,12 +220,12 @@ class FineTuningDeclaration(NeuralDeclaration[FineTuningConfig]):
         if model is None:
             return None
         family, parameters, width, layers, heads = model
-        g = config.generation
+        g = config.sampling
         length = config.block_size if config.format == "text" else config.max_length
         row = length * 4 + 16  # an example: its tokens (uint32) and two offsets
         if not activations_on_host(config.device):  # the original model, kept on the host to copy from
             return Footprint(config.samples or 1, row, fixed_bytes=4 * parameters, fields=("model.path",))
-        measuring = 4 * parameters if config.generation.measured_by == "fine-tuned" else 0  # a second model
+        measuring = 4 * parameters if config.sampling.measured_by == "fine-tuned" else 0  # a second model
         adapters = 0
         if config.lora is not None:  # r x (in + out) per adapted matrix: two per layer unless named
             matrices = len(config.lora.target_modules or ()) or 2
@@ -285,10 +287,10 @@ def model_dimensions(config: FineTuningConfig) -> tuple[str, int, int, int, int]
 
 def check_context(config: FineTuningConfig, positions: int) -> None:
     """That the longest sequence ``config`` trains on or writes fits the model's ``positions``."""
-    g = config.generation
+    g = config.sampling
     if config.format == "prompt-response" and config.max_length > positions:
         raise ConfigError(f"setting.max_length {config.max_length} exceeds the model's context of {positions} tokens")
     longest = config.block_size + g.new_tokens if g.method == "beam" else 1 + g.max_new_tokens
     if longest > positions:
-        what = "block_size + generation.new_tokens" if g.method == "beam" else "1 + generation.max_new_tokens"
+        what = "block_size + sampling.new_tokens" if g.method == "beam" else "1 + sampling.max_new_tokens"
         raise ConfigError(f"setting: {what} = {longest} exceeds the model's context of {positions} tokens")

@@ -37,7 +37,7 @@ def _pretrain(spec: Pretraining, directory: Path) -> None:
 
     config = LanguageModelConfig.model_validate(
         {
-            "corpus": "moby-dick",
+            "dataset": "moby-dick",
             "samples": spec.samples,
             "vocab_size": spec.vocab_size,
             "tokenizer_cache": str(directory / "tokenizer-cache"),

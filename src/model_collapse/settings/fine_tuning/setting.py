@@ -9,7 +9,7 @@ samples kept by the format filter. Generation runs in shards that are saved in t
 directory, so an interrupted run redoes only the shards it had not finished; under ``torchrun`` the ranks
 take the shards in turn.
 
-Generated data are also measured by a fixed model, the same at every iteration (``generation.measured_by``):
+Generated data are also measured by a fixed model, the same at every iteration (``sampling.measured_by``):
 the perplexity of each generated sequence, whose distribution Shumailov et al. draw as histograms, and the
 share of it in the tail. Measured by the pretrained weights, the tail is what lies above the 95% quantile
 of the real data's perplexities; measured by Shumailov et al.'s "first model trained with the real data"
@@ -43,6 +43,7 @@ from ..language_model.diversity import diversity
 from ..language_model.sampling import stream_stories
 from ..language_model.training import cross_entropy as mean_cross_entropy
 from ..language_model.training import train
+from ..neural.seeding import seeded_torch
 from .beam_search import beam_continuations
 from .config import FineTuningConfig, FineTuningDeclaration, check_context
 from .data import (
@@ -150,14 +151,14 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
     @cached_property
     def _held_out(self) -> ExampleBatches:
         data = self._data
-        count = self.config.test_examples or len(data.held_out)
+        count = self.config.test_samples or len(data.held_out)
         return ExampleBatches([data.held_out.head(count)], data.pad)
 
     @cached_property
     def _prompts(self) -> tuple[int, np.ndarray]:
         """The evaluation's random seed and its prompts (real training blocks, for beam search)."""
         rng = seed_rng(self.seeds[0], "evaluate")
-        count = min(self.config.generation.evaluation_samples, len(self.real_train))
+        count = min(self.config.sampling.evaluation_samples, len(self.real_train))
         rows = np.sort(rng.choice(len(self.real_train), count, replace=False))
         return int(rng.integers(2**63)), rows
 
@@ -170,7 +171,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
             return {}
         real = Examples.select([self.real_train], rows[None])
         perplexities = self._perplexities(self._measuring_model, real)
-        if self.config.generation.measured_by == "fine-tuned":  # above what the first model writes itself
+        if self.config.sampling.measured_by == "fine-tuned":  # above what the first model writes itself
             threshold = float(np.quantile(self._write(self._measuring_model)[2], _TAIL_QUANTILE))
         else:
             threshold = float(np.quantile(perplexities, _TAIL_QUANTILE))
@@ -185,8 +186,8 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
 
     @cached_property
     def _measuring_model(self):
-        """The model every iteration's written sequences are measured by (``generation.measured_by``)."""
-        if self.config.generation.measured_by == "pretrained":
+        """The model every iteration's written sequences are measured by (``sampling.measured_by``)."""
+        if self.config.sampling.measured_by == "pretrained":
             return self._data.original
         return self._first_fine_tuned()
 
@@ -200,7 +201,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
 
         if self.shared is None:
             return train()
-        settings = self.config.model_dump(mode="json", exclude={"generation", "device"})
+        settings = self.config.model_dump(mode="json", exclude={"sampling", "device"})
         key = hashlib.sha256(json.dumps({"setting": settings, "seed": self.seeds[0]}, sort_keys=True).encode())
         target = self.shared / f"first-fine-tuned-{key.hexdigest()[:12]}"
         if (target / "config.json").is_file():
@@ -263,8 +264,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
         model = copy.deepcopy(previous) if previous is not None else self._pretrained()
         batches = ExampleBatches(parts, self._data.pad)
         # dropout draws from torch's global generator: seed it for the whole fit
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(int(rng.integers(2**63)))
+        with seeded_torch(rng, self.device):
             adapted = _with_adapters(model, self.config.lora) if self.config.lora is not None else None
             trained = adapted.get_base_model() if adapted is not None else model  # the adapters inside
             curve = train(
@@ -278,7 +278,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
         """``size`` examples written by ``model``: the beam-search continuations of ``size`` real blocks
         (all of them, in order, when ``size`` is the training set's), or well-formed unconditional samples."""
         model.to(self.device)
-        if self.config.generation.method == "beam":
+        if self.config.sampling.method == "beam":
             real = self.real_train
             rows = (
                 np.arange(size) if size == len(real) else np.sort(rng.choice(len(real), size, replace=size > len(real)))
@@ -287,7 +287,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
         return self._conversations(model, size, rng, scratch)
 
     def _continuations(self, model, prompts: Examples, scratch: Path | None) -> Examples:
-        g = self.config.generation
+        g = self.config.sampling
         block = self.config.block_size
         tokens = np.asarray(prompts.tokens[prompts.offsets[0] : prompts.offsets[-1]], dtype=np.int64).reshape(-1, block)
         shards = [range(start, min(start + g.batch_size, len(tokens))) for start in range(0, len(tokens), g.batch_size)]
@@ -304,7 +304,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
 
     def _conversations(self, model, size: int, rng: np.random.Generator, scratch: Path | None) -> Examples:
         """Unconditional samples, in rounds, until ``size`` are well formed (the follow-up's filter)."""
-        g = self.config.generation
+        g = self.config.sampling
         seeds = rng.integers(2**63, size=g.attempts)
         kept: list[Examples] = []
         have = drawn = 0
@@ -322,13 +322,13 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
         if have < size:
             raise NoSamples(
                 f"the model wrote {have} well-formed samples ('user: ...' with one 'assistant: ') in {drawn} draws, "
-                f"{size} were needed: raise generation.attempts, or start from a model that writes conversations"
+                f"{size} were needed: raise sampling.attempts, or start from a model that writes conversations"
             )
         return Examples.concatenate(kept)
 
     def _samples(self, model, count: int, seed: int, scratch: Path | None) -> Examples:
         """The well-formed ones of ``count`` unconditional samples from ``seed``."""
-        g, data = self.config.generation, self._data
+        g, data = self.config.sampling, self._data
         shards = [min(g.batch_size, count - start) for start in range(0, count, g.batch_size)]
 
         def shard(index: int) -> Examples:
@@ -351,7 +351,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
         return {name: np.array([value]) for name, value in metrics.items()}
 
     def _written(self, model) -> tuple[Examples, float, np.ndarray]:
-        """The ``generation.evaluation_samples`` sequences ``model`` writes from the same prompts or random
+        """The ``sampling.evaluation_samples`` sequences ``model`` writes from the same prompts or random
         stream at every iteration (so that differences are the model's), the share of them kept by the
         format filter, and their perplexities under the measuring model. Kept for the last model: ``fit``
         records the perplexities, ``evaluate`` measures the same sequences."""
@@ -366,7 +366,7 @@ class FineTuning(FineTuningDeclaration, Setting[FineTuningConfig, Examples]):
         model.to(self.device)
         if not len(rows):
             written, share = Examples.from_sequences([], np.zeros(0, dtype=np.int64)), float("nan")
-        elif self.config.generation.method == "beam":
+        elif self.config.sampling.method == "beam":
             written, share = self._continuations(model, Examples.select([self.real_train], rows[None]), None), 1.0
         else:
             written = self._samples(model, len(rows), seed, None)

@@ -95,17 +95,17 @@ class SamplingSection(StrictConfig):
 
 class LanguageModelConfig(SettingConfig):
     name: Literal["language-model"] = "language-model"
-    corpus: Literal["tinystories", "files", "moby-dick"] = Field(
+    dataset: Literal["tinystories", "files", "moby-dick"] = Field(
         BUNDLED, description="the text: the bundled moby-dick (offline), tinystories (Hugging Face), or your files"
     )
-    train_file: str | None = Field(None, description="corpus files: the training text")
-    validation_file: str | None = Field(None, description="corpus files: the validation text")
+    train_file: str | None = Field(None, description="dataset files: the training text")
+    validation_file: str | None = Field(None, description="dataset files: the validation text")
     separator: str | None = Field(None, description="a line that separates documents in .txt files")
     data_dir: str | None = Field(
         None, description="tinystories: a local copy of the Hugging Face data set (data/*.parquet); else the Hub"
     )
     samples: PositiveInt | None = Field(None, description="T: real training documents (default: the whole split)")
-    validation_documents: PositiveInt | None = Field(None, description="validation documents used (default: all)")
+    test_samples: PositiveInt | None = Field(None, description="held-out validation documents used (default: all)")
     vocab_size: PositiveInt = Field(
         8000, description="the byte-level BPE tokenizer's vocabulary, trained on the real training text"
     )
@@ -120,6 +120,7 @@ class LanguageModelConfig(SettingConfig):
     training: TrainingSection = Field(default_factory=TrainingSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
 
+    renamed: ClassVar[dict[str, str]] = {"corpus": "dataset", "validation_documents": "test_samples"}
     # the flat layout of model-collapse 0.1
     moved: ClassVar[dict[str, str]] = {
         "model": "model.preset",
@@ -145,10 +146,10 @@ class LanguageModelConfig(SettingConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.corpus == "files" and not (self.train_file and self.validation_file):
-            raise ValueError("corpus 'files' needs train_file and validation_file")
-        if self.data_dir and self.corpus != "tinystories":
-            raise ValueError(f"data_dir is for corpus 'tinystories' (corpus {self.corpus!r} takes train_file)")
+        if self.dataset == "files" and not (self.train_file and self.validation_file):
+            raise ValueError("dataset 'files' needs train_file and validation_file")
+        if self.data_dir and self.dataset != "tinystories":
+            raise ValueError(f"data_dir is for dataset 'tinystories' (dataset {self.dataset!r} takes train_file)")
         return self
 
 

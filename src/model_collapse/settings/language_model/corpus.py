@@ -129,7 +129,7 @@ def _tinystories(split: str) -> list[str]:
         raise ModelCollapseError(
             f"cannot load roneneldan/TinyStories ({type(error).__name__}: {error}); without network access, "
             "give setting.data_dir (a local copy of the data set), point the setting at local files "
-            "(corpus: files) or use the bundled corpus (corpus: moby-dick)"
+            "(dataset: files) or use the bundled corpus (dataset: moby-dick)"
         ) from None
     return [text for text in table["text"] if text and text.strip()]
 

@@ -26,6 +26,8 @@ from ...errors import ModelCollapseError, RunDirectoryError
 from ...randomness import seed_rng
 from ..base import Fit, Setting
 from ..devices import resolve_device
+from ..neural.seeding import generator as torch_generator
+from ..neural.seeding import seeded_torch
 from .config import LanguageModelConfig, LanguageModelDeclaration
 from .corpus import load_documents
 from .diversity import NAMES as DIVERSITY
@@ -69,14 +71,15 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig, Token
         super().__init__(config, seeds)
         self.device = resolve_device(config.device)
         files = {"train": config.train_file, "validation": config.validation_file}
-        train_documents = load_documents(config.corpus, "train", files, config.separator, config.data_dir)
-        validation_documents = load_documents(config.corpus, "validation", files, config.separator, config.data_dir)
+        train_documents = load_documents(config.dataset, "train", files, config.separator, config.data_dir)
+        validation_documents = load_documents(config.dataset, "validation", files, config.separator, config.data_dir)
         size = config.samples or len(train_documents)
         if size > len(train_documents):
             raise ModelCollapseError(
                 f"setting.samples: the corpus has {len(train_documents)} training documents, asked for {size}"
             )
-        corpus_description = {"corpus": config.corpus, "files": files, "separator": config.separator}
+        # (the tokenizer cache is keyed by this text: "corpus", the field's earlier name, keeps its keys)
+        corpus_description = {"corpus": config.dataset, "files": files, "separator": config.separator}
         if config.data_dir:  # a local copy of a corpus is its own corpus to the tokenizer cache
             corpus_description["data_dir"] = str(Path(config.data_dir).expanduser().resolve())
         self.tokenizer = cached_tokenizer(
@@ -90,7 +93,7 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig, Token
         nonempty = np.flatnonzero(np.diff(self._real.offsets) > 0)
         self._first_tokens = self._real.tokens[self._real.offsets[nonempty]]  # the prompts of first-token sampling
         self._reserve = train_documents[size:]  # never trained on: the source of fresh real documents
-        validation = self._encode(validation_documents[: config.validation_documents])
+        validation = self._encode(validation_documents[: config.test_samples])
         self.validation = pack(validation, config.model.block_size, self.eos, self.eos)
         # Sampled stories' diversity is compared with real stories': as many, cut at the samples' length.
         self._evaluation_seed = int(seed_rng(self.seeds[0], "evaluate").integers(2**63))
@@ -127,8 +130,7 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig, Token
         documents = sum(len(part) for part in parts)
         blocks = pack(parts, self.config.model.block_size, self.eos, self.eos, order=rng.permutation(documents))
         # Initialisation and dropout draw from torch's global generator: seed it for the whole fit.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(int(rng.integers(2**63)))
+        with seeded_torch(rng, self.device):
             architecture = self.config.model
             if previous is not None:  # training.warm_start
                 model = copy.deepcopy(previous)
@@ -221,7 +223,7 @@ class LanguageModel(LanguageModelDeclaration, Setting[LanguageModelConfig, Token
         first_tokens = rng.choice(self._first_tokens, c.evaluation_stories) if c.prompt == "first-token" else None
         prompts = story_prompts(first_tokens, c.evaluation_stories, self.eos)
         new_tokens = min(c.max_new_tokens, model.config.max_position_embeddings - prompts.shape[1])
-        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**63)))
+        generator = torch_generator(rng, self.device)
         model.to(self.device)
         stories = self._sample_shard(model, prompts, new_tokens, generator)
         return diversity([stories.document(i) for i in range(len(stories))])
