@@ -175,3 +175,23 @@ def test_a_fit_that_seeds_torchs_global_random_state_fails_deterministic():
     with pytest.raises(SettingCheckFailed, match="deterministic: fit draws from or seeds PyTorch's global random"):
         check_setting(SeedsTorch, TINY["discrete"], regimes=["replace"])
     check_setting(SeedsInsideForkRng, TINY["discrete"], regimes=["replace"])
+
+
+def test_a_check_a_setting_skips_on_purpose_is_reported_with_its_declared_reason():
+    """As scikit-learn's expected_failed_checks: the author's reason, in the report and the test item."""
+    reason = "its evaluation draws from a clock"
+    report = check_setting(
+        GlobalRandomSample, TINY["gaussian"], regimes=["replace"], checks=["deterministic", "metrics"],
+        skip={"deterministic": reason},
+    )  # fmt: skip
+    assert report.passed == ["metrics"] and report.skipped == [
+        f"deterministic: skipped by the setting's author: {reason}"
+    ]
+    (item,) = setting_checks(
+        GlobalRandomSample, TINY["gaussian"], checks=["deterministic"], skip={"deterministic": reason}
+    )
+    assert item.run() == f"skipped by the setting's author: {reason}"
+    with pytest.raises(ValueError, match="skip names unknown checks"):
+        check_setting(Discrete, TINY["discrete"], skip={"determinism": reason})
+    with pytest.raises(ValueError, match="give the reason"):
+        check_setting(Discrete, TINY["discrete"], skip={"deterministic": ""})

@@ -174,12 +174,14 @@ def setting_checks(
     iterations: int = 3,
     regimes: Iterable[str] = REGIMES,
     checks: Iterable[str] = CHECKS,
+    skip: Mapping[str, str] | None = None,
 ) -> list[SettingCheck]:
     """Every check ``check_setting`` runs on ``setting_class`` and ``config``, in its order, each a
     ``SettingCheck`` to run on its own (one test item each: ``parametrize_with_checks``). They share the
     chains they compute (a chain run straight is compared by ``repeatable`` and ``resume``), so running
     them all costs what ``check_setting`` costs. The arguments are ``check_setting``'s."""
     wanted, point = _arguments(setting_class, config, iterations, checks)
+    declared = _declared_skips(skip)
     capabilities = setting_class.capabilities_of(point)
     if seeds is None:
         seeds = (0,) if capabilities.one_seed_per_chain else (0, 1)
@@ -189,7 +191,8 @@ def setting_checks(
     runnable = [r for r in parsed if fresh or not r.draws_fresh_real]
 
     def item(name: str, regime: str | None = None, skip: str | None = None) -> SettingCheck:
-        return SettingCheck(setting_class.name, name, regime, skip, checker)
+        reason = declared.get(name) or skip  # the setting author's reason first, then the suite's
+        return SettingCheck(setting_class.name, name, regime, reason, checker)
 
     found = []
     for name in wanted:
@@ -216,14 +219,19 @@ def check_setting(
     iterations: int = 3,
     regimes: Iterable[str] = REGIMES,
     checks: Iterable[str] = CHECKS,
+    skip: Mapping[str, str] | None = None,
 ) -> CheckReport:
     """Hold ``setting_class`` to the setting protocol on ``config`` (its fields, as a mapping, or a
     config object); raises ``SettingCheckFailed`` at the first check it fails.
 
     ``config`` should be tiny: every check runs chains of ``iterations`` iterations (at least 2) under
     every one of ``regimes``. ``seeds``: default (0, 1), or (0,) for a setting with one seed per chain.
-    ``setting_checks`` gives the same checks one by one, for a test item each."""
-    found = setting_checks(setting_class, config, seeds=seeds, iterations=iterations, regimes=regimes, checks=checks)
+    ``skip``: checks the setting does not pass on purpose, each with its reason (``{"repeatable_on_threads":
+    "cuBLAS reduces in an order of its own"}``, as scikit-learn's ``expected_failed_checks``): reported
+    as skipped, with the reason. ``setting_checks`` gives the same checks one by one, for a test item each."""
+    found = setting_checks(
+        setting_class, config, seeds=seeds, iterations=iterations, regimes=regimes, checks=checks, skip=skip
+    )
     report = CheckReport(setting_class.name)
     for check in found:
         reason = check.run()
@@ -238,7 +246,7 @@ def parametrize_with_checks(cases: Iterable[tuple[type[Setting], Mapping[str, An
     """A pytest decorator that makes every check of every (setting class, config) case a test item of its
     own, as scikit-learn's ``parametrize_with_checks`` does: ``-k resume`` picks a check, and one failure
     hides none of the others. ``options`` are ``setting_checks``'s (``seeds``, ``iterations``,
-    ``regimes``, ``checks``):
+    ``regimes``, ``checks``, ``skip``: a check skipped with the reason given):
 
         @parametrize_with_checks([(MySetting, {"samples": 20})])
         def test_my_setting(check):
@@ -251,6 +259,18 @@ def parametrize_with_checks(cases: Iterable[tuple[type[Setting], Mapping[str, An
 
 
 _PER_REGIME = ("repeatable", "resume")
+
+
+def _declared_skips(skip: Mapping[str, str] | None) -> dict[str, str]:
+    """The checks a setting's author skips on purpose, each with a reason of words."""
+    declared = dict(skip or {})
+    unknown = sorted(set(declared) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"skip names unknown checks {unknown}; the checks are {', '.join(CHECKS)}")
+    for name, reason in declared.items():
+        if not (isinstance(reason, str) and reason.strip()):
+            raise ValueError(f"skip[{name!r}]: give the reason the setting does not pass it, not {reason!r}")
+    return {name: f"skipped by the setting's author: {reason}" for name, reason in declared.items()}
 
 
 def _arguments(
