@@ -309,3 +309,45 @@ def helpsteer_files(directory: Path, train: int = 12, validation: int = 4) -> Pa
                 out.write(json.dumps(record) + "\n")
         start += count
     return directory
+
+
+# A setting as a researcher writes it, against the public API alone: a Gaussian's mean refitted to its
+# own samples; default save/load of its array model, a random stream of its own ("test"). What it can do
+# is declared by the subclasses the tests write (tests/test_plugins.py, tests/test_protocol.py).
+MEAN_PLUGIN_BASE = """
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from model_collapse.randomness import seed_rng
+from model_collapse.settings import Capabilities, Metric, Presentation, Samples, Setting, SettingConfig, concatenate
+
+
+class MeanConfig(SettingConfig):
+    name: str = "mean"
+    samples: PositiveInt = Field(20, description="draws per seed")
+
+
+class MeanBase(Setting):
+    name = "mean"
+    Config = MeanConfig
+    metrics = {"error": Metric("squared error of the mean")}
+
+    def __init__(self, config, seeds):
+        super().__init__(config, seeds)
+        self._real = Samples(x=np.stack([seed_rng(s, "real").normal(size=config.samples) for s in self.seeds]))
+        self.test = np.stack([seed_rng(s, "test").normal(size=100) for s in self.seeds])
+
+    @property
+    def real_train(self):
+        return self._real
+
+    def fit(self, parts, rng, scratch=None):
+        x = concatenate(parts)["x"]
+        return np.stack([x.mean(axis=1), x.std(axis=1)], axis=1)
+
+    def sample(self, model, size, rng, scratch=None):
+        return Samples(x=model[:, :1] + model[:, 1:] * rng.standard_normal((self.seed_count, size)))
+
+    def evaluate(self, model):
+        return {"error": (model[:, 0] - self.test.mean(axis=1)) ** 2}
+"""

@@ -14,52 +14,21 @@ import pytest
 import yaml
 
 import model_collapse
-from helpers import cli
+from helpers import MEAN_PLUGIN_BASE, cli
 from model_collapse.config import build_experiment
 from model_collapse.errors import ConfigError
 from model_collapse.settings import SETTINGS
 from model_collapse.settings.discrete import Discrete, DiscreteConfig
 
-# A setting as a researcher writes it, against the public API alone: a Gaussian's mean refitted to its
-# own samples; no fresh_real, default save/load of its array model, a random stream of its own ("test").
-PLUGIN = """
-import numpy as np
-from pydantic import Field, PositiveInt
+# The mean plugin (helpers.MEAN_PLUGIN_BASE), cheap, with no fresh_real.
+PLUGIN = (
+    MEAN_PLUGIN_BASE
+    + """
 
-from model_collapse.randomness import seed_rng
-from model_collapse.settings import Capabilities, Metric, Presentation, Samples, Setting, SettingConfig, concatenate
-
-
-class MeanConfig(SettingConfig):
-    name: str = "mean"
-    samples: PositiveInt = Field(20, description="draws per seed")
-
-
-class MeanSetting(Setting):
-    name = "mean"
-    Config = MeanConfig
+class MeanSetting(MeanBase):
     capabilities = Capabilities(cheap=True)
-    metrics = {"error": Metric("squared error of the mean")}
-
-    def __init__(self, config, seeds):
-        super().__init__(config, seeds)
-        self._real = Samples(x=np.stack([seed_rng(s, "real").normal(size=config.samples) for s in self.seeds]))
-        self.test = np.stack([seed_rng(s, "test").normal(size=100) for s in self.seeds])
-
-    @property
-    def real_train(self):
-        return self._real
-
-    def fit(self, parts, rng, scratch=None):
-        x = concatenate(parts)["x"]
-        return np.stack([x.mean(axis=1), x.std(axis=1)], axis=1)
-
-    def sample(self, model, size, rng, scratch=None):
-        return Samples(x=model[:, :1] + model[:, 1:] * rng.standard_normal((self.seed_count, size)))
-
-    def evaluate(self, model):
-        return {"error": (model[:, 0] - self.test.mean(axis=1)) ** 2}
 """
+)
 
 MARKER = "imported.txt"
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from helpers import cli
+from helpers import MEAN_PLUGIN_BASE, cli
 from model_collapse.deprecation import ModelCollapseDeprecationWarning
 from model_collapse.settings import Capabilities, Presentation, Samples, Setting, SettingConfig
 from model_collapse.settings.discrete import Discrete
@@ -25,52 +25,16 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableException
 
 # One setting twice, as model-collapse 0.1 took it and as it takes it now: a mean and spread refitted to
 # their own samples, with fresh real data and text previews.
-COMMON = """
-import numpy as np
-from pydantic import Field, PositiveInt
-
-from model_collapse.randomness import seed_rng
-from model_collapse.settings import Capabilities, Metric, Presentation, Samples, Setting, SettingConfig, concatenate
-
-
-class MeanConfig(SettingConfig):
-    name: str = "mean"
-    samples: PositiveInt = Field(20, description="draws per seed")
-
-
-class Base(Setting):
-    name = "mean"
-    Config = MeanConfig
-    metrics = {"error": Metric("squared error of the mean")}
-
-    def __init__(self, config, seeds):
-        super().__init__(config, seeds)
-        self._real = Samples(x=np.stack([seed_rng(s, "real").normal(size=config.samples) for s in self.seeds]))
-        self.test = np.stack([seed_rng(s, "test").normal(size=100) for s in self.seeds])
-
-    @property
-    def real_train(self):
-        return self._real
-
-    def fit(self, parts, rng, scratch=None):
-        x = concatenate(parts)["x"]
-        return np.stack([x.mean(axis=1), x.std(axis=1)], axis=1)
-
-    def sample(self, model, size, rng, scratch=None):
-        return Samples(x=model[:, :1] + model[:, 1:] * rng.standard_normal((self.seed_count, size)))
-
-    def evaluate(self, model):
-        return {"error": (model[:, 0] - self.test.mean(axis=1)) ** 2}
-
-    def preview(self, data):
-        return np.array([f"x = {x:.3f}" for x in data["x"][0, :3]])
-"""
+COMMON = MEAN_PLUGIN_BASE
 
 OLD = """
 
-class OldMean(Base):
+class OldMean(MeanBase):
     cheap = True
     preview_size = 3
+
+    def preview(self, data):
+        return np.array([f"x = {x:.3f}" for x in data["x"][0, :3]])
 
     def fresh_real(self, size, rng):
         return Samples(x=rng.normal(size=(self.seed_count, size)))
@@ -78,9 +42,12 @@ class OldMean(Base):
 
 NEW = """
 
-class NewMean(Base):
+class NewMean(MeanBase):
     capabilities = Capabilities(cheap=True, fresh_real=True)
     presentation = Presentation(preview_size=3)
+
+    def preview(self, data):
+        return np.array([f"x = {x:.3f}" for x in data["x"][0, :3]])
 
     def fresh_real(self, size, rng):
         return Samples(x=rng.normal(size=(self.seed_count, size)))
@@ -124,7 +91,8 @@ def test_an_old_protocol_setting_runs_to_the_new_ones_numbers_with_one_warning(p
     warned = [line for line in old.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 1 and len(old.stderr.splitlines()) == 2, old.stderr  # the warning, then "done: ..."
     assert warned[0].startswith("warning: setting class old_protocol:OldMean uses the setting protocol of")
-    assert warned[0].endswith(f"({plugin / 'old_protocol.py'}:42)")
+    line = (COMMON + OLD).splitlines().index("class OldMean(MeanBase):") + 1
+    assert warned[0].endswith(f"({plugin / 'old_protocol.py'}:{line})")  # the class statement
     assert (
         "declare capabilities = Capabilities(cheap=True, fresh_real=True) and presentation = "
         "Presentation(preview_size=3) instead" in warned[0]
