@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..vouched import is_import_path
+
 
 def _admits_bool(annotation: Any) -> bool:
     if annotation is bool:
@@ -106,7 +108,6 @@ def field_of(config_type: type[StrictConfig], dotted: str) -> Any:
 
 
 # package.module:function, as settings named by import path are written
-_FUNCTION_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.-]*")  # one an installed package registers
 
 
@@ -171,7 +172,7 @@ class CurationConfig(StrictConfig):
             raise ValueError(f"set exactly one of score, reward and verifier (found {found})")
         for key in ("reward", "verifier"):
             value = getattr(self, key)
-            if value is not None and not (_FUNCTION_PATH.fullmatch(value) or _FUNCTION_NAME.fullmatch(value)):
+            if value is not None and not (is_import_path(value) or _FUNCTION_NAME.fullmatch(value)):
                 raise ValueError(
                     f"{key}: expected a function as package.module:function or a registered name, got {value!r}"
                 )
